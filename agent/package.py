@@ -16,9 +16,10 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
-from agent.errors import PackageFormatError
+from agent.errors import NotFoundError, PackageFormatError
 from agent.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURES_BYTES
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PackageParts",
     "copy_payload",
     "hash_payload",
+    "open_package",
     "read_package",
     "write_package",
 ]
@@ -145,6 +147,24 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
         raise PackageFormatError("package has data after its third member; expected end of archive")
     name, offset, size = parts[2]
     return PackageParts(small[0], small[1], name, _PAYLOAD_BY_NAME[name], offset, size)
+
+
+def open_package(path: Path) -> tuple[PackageParts, BinaryIO]:
+    """Open a package file and parse its container; the caller closes the returned file.
+
+    Raises:
+        NotFoundError: the file cannot be opened.
+        PackageFormatError: the container is malformed.
+    """
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise NotFoundError(f"cannot open package {path}: {exc.strerror}") from exc
+    try:
+        return read_package(fh, os.fstat(fh.fileno()).st_size), fh
+    except BaseException:
+        fh.close()
+        raise
 
 
 def hash_payload(

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, cast
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import ConfigError, ManifestError, PackageFormatError
+from agent.errors import ConfigError, ManifestError
 from agent.keys import PrivateKey
 from agent.manifest import (
     FORMAT_VERSION,
@@ -43,14 +43,13 @@ from agent.manifest import (
     parse_manifest,
     parse_signatures,
 )
-from agent.package import PackageParts, copy_payload, hash_payload, read_package, write_package
+from agent.package import copy_payload, hash_payload, open_package, write_package
 
 __all__ = [
     "AppConfig",
     "BuildResult",
     "build_package",
     "load_app_config",
-    "open_package",
     "payload_matches",
     "sign_package",
 ]
@@ -334,19 +333,6 @@ def build_package(
             tmp.unlink(missing_ok=True)
             raise
     return BuildResult(output, manifest, manifest_bytes, len(files), total, payload_size)
-
-
-def open_package(path: Path) -> tuple[PackageParts, BinaryIO]:
-    """Open a package file and parse its container (caller closes the file)."""
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise PackageFormatError(f"cannot open package {path}: {exc.strerror}") from exc
-    try:
-        return read_package(fh, os.fstat(fh.fileno()).st_size), fh
-    except BaseException:
-        fh.close()
-        raise
 
 
 def sign_package(path: Path, key: PrivateKey) -> list[str]:

@@ -1,0 +1,470 @@
+"""``cutover-agent``: the on-host CLI. Works with the daemon stopped: this is the emergency path.
+
+Every command takes the same per-app lock, reads the same state and journal, and runs the same
+crash recovery as the daemon (agent.lifecycle). Human output by default, ``--json`` for scripts.
+Exit codes (agent.errors.ExitCode, docs/operations.md): 0 ok, 1 operation failed, 2 usage or
+config, 3 input rejected, 4 conflict (locked), 5 not found, 6 verification failed (drift),
+7 activation reverted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pwd
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_config
+from agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
+from agent.lifecycle import AppManager, OpResult
+from agent.package import open_package
+from agent.store import ReleaseStore
+from agent.trust import peek_app
+
+__all__ = ["main"]
+
+
+def _actor() -> str:
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return f"cli:{os.environ.get('SUDO_USER', user)}"
+
+
+class _Out:
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def result(self, data: dict[str, Any], human: Callable[[], None]) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            human()
+
+    def recovered(self, actions: Sequence[str]) -> None:
+        if actions and not self.json:
+            for a in actions:
+                print(f"recovered: {a}", file=sys.stderr)
+
+
+def _pick_app(cfg: LoadedConfig, name: str | None) -> str:
+    if name:
+        if name not in cfg.apps:
+            raise NotFoundError(
+                f"app {name!r} is not in {cfg.path}; configured apps: {', '.join(cfg.apps) or '(none)'}"
+            )
+        return name
+    if len(cfg.apps) == 1:
+        return next(iter(cfg.apps))
+    if not cfg.apps:
+        raise ConfigError(f"{cfg.path} has no apps; add one with `cutover-agent init`")
+    raise ConfigError(f"{cfg.path} has several apps ({', '.join(cfg.apps)}); choose one with --app")
+
+
+def _manager(cfg: LoadedConfig, app: str, progress_events: bool = False) -> AppManager:
+    def events(ev: dict[str, Any]) -> None:
+        if progress_events and ev.get("event") == "hook.output":
+            print(f"  [{ev.get('hook')}] {ev.get('line')}", file=sys.stderr)
+
+    return AppManager(app, cfg.apps[app], cfg.policies[app], actor=_actor(), events=events)
+
+
+def _run(coro: Coroutine[Any, Any, OpResult]) -> OpResult:
+    return asyncio.run(coro)
+
+
+def _print_op(out: _Out, res: OpResult) -> None:
+    out.recovered(res.recovered)
+
+    def human() -> None:
+        print(res.message)
+        if res.current is not None or res.op in ("activate", "rollback"):
+            print(f"current: {res.current}   previous: {res.previous}")
+        for w in res.details.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+        if res.details.get("removed"):
+            print("removed: " + ", ".join(res.details["removed"]))
+        if res.details.get("pruned"):
+            print("pruned: " + ", ".join(res.details["pruned"]))
+
+    out.result(res.to_json(), human)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_init(args: argparse.Namespace, out: _Out) -> int:
+    root = Path(args.root).resolve()
+    add_app_to_config(args.config, args.app, root, Path(args.trust_release_key))
+    cfg = load_config(args.config)
+    store = ReleaseStore(args.app, cfg.apps[args.app], cfg.policies[args.app])
+    store.init_layout()
+    store.log(
+        "init", root=str(root), actor=_actor(), release_keys=sorted(cfg.policies[args.app].keys)
+    )
+    data = {
+        "app": args.app,
+        "root": str(root),
+        "config": str(args.config),
+        "release_keys": sorted(cfg.policies[args.app].keys),
+    }
+    out.result(data, lambda: print(f"initialised {args.app} at {root}; config {args.config}"))
+    return ExitCode.OK
+
+
+def _state_view(cfg: LoadedConfig, app: str) -> dict[str, Any]:
+    mgr = _manager(cfg, app)
+    state = mgr.snapshot()
+    return {
+        "app": app,
+        "root": str(cfg.apps[app].root),
+        "current": state.current,
+        "previous": state.previous,
+        "highest_version": state.highest_version,
+        "pending": state.pending.model_dump() if state.pending else None,
+        "releases": [
+            r.model_dump(exclude={"hooks", "health"})
+            for r in sorted(state.releases.values(), key=lambda r: -r.seq)
+        ],
+    }
+
+
+def cmd_status(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    apps = [_pick_app(cfg, args.app)] if args.app or len(cfg.apps) == 1 else list(cfg.apps)
+    # Recovery first: status after a crash must show the recovered, consistent state.
+    for app in apps:
+        res = _run(_manager(cfg, app).recover_only())
+        out.recovered(res.recovered)
+    views = [_state_view(cfg, a) for a in apps]
+
+    def human() -> None:
+        for v in views:
+            staged = [
+                r["version"] for r in v["releases"] if r["status"] == "staged" and r["installed"]
+            ]
+            bad = [r["version"] for r in v["releases"] if r["status"] == "bad"]
+            print(f"{v['app']}  ({v['root']})")
+            print(f"  current   {v['current'] or '-'}")
+            print(f"  previous  {v['previous'] or '-'}")
+            print(f"  staged    {', '.join(staged) or '-'}")
+            if bad:
+                print(f"  bad       {', '.join(bad)}")
+
+    out.result({"apps": views}, human)
+    return ExitCode.OK
+
+
+def cmd_releases(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    app = _pick_app(cfg, args.app)
+    view = _state_view(cfg, app)
+
+    def human() -> None:
+        rows = [("VERSION", "STATUS", "STAGED", "ACTIVATED", "PIN", "SIGNERS")]
+        for r in view["releases"]:
+            if not r["installed"] and r["status"] != "failed":
+                continue
+            rows.append(
+                (
+                    r["version"],
+                    r["status"] + ("" if r["installed"] else " (removed)"),
+                    r["staged_at"],
+                    r["activated_at"] or "-",
+                    "yes" if r["pinned"] else "",
+                    ",".join(s[:12] for s in r["signers"]),
+                )
+            )
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+    out.result(view, human)
+    return ExitCode.OK
+
+
+def cmd_stage(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    package = Path(args.package)
+    app = args.app
+    if app is None:
+        parts, fh = open_package(package)
+        fh.close()
+        app = peek_app(parts.manifest_bytes)
+    app = _pick_app(cfg, app)
+    progress = _progress_bar() if sys.stderr.isatty() and not out.json else None
+    mgr = _manager(cfg, app, progress_events=not out.json)
+    try:
+        res = _run(
+            mgr.stage(
+                package,
+                expected_version=args.version,
+                allow_downgrade=args.allow_downgrade,
+                progress=progress,
+            )
+        )
+    finally:
+        if progress is not None:
+            progress("done", 0, 0)
+    _print_op(out, res)
+    return ExitCode.OK
+
+
+def _progress_bar() -> Callable[[str, int, int], None]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if step == "done":
+            bar.stop()
+            return
+        if step not in tasks:
+            if not tasks:
+                bar.start()
+            tasks[step] = bar.add_task(step, total=total or None)
+        bar.update(tasks[step], completed=done)
+
+    return update
+
+
+def cmd_activate(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    res = _run(
+        _manager(cfg, _pick_app(cfg, args.app), progress_events=not out.json).activate(args.version)
+    )
+    _print_op(out, res)
+    return ExitCode.OK
+
+
+def cmd_rollback(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    mgr = _manager(cfg, _pick_app(cfg, args.app), progress_events=not out.json)
+    res = _run(mgr.rollback(args.to, restore=args.restore))
+    _print_op(out, res)
+    return ExitCode.OK if res.ok else ExitCode.FAILED
+
+
+def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    res = _run(_manager(cfg, _pick_app(cfg, args.app)).verify(args.version))
+    _print_op(out, res)
+    return ExitCode.OK
+
+
+def cmd_prune(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    _print_op(out, _run(_manager(cfg, _pick_app(cfg, args.app)).prune()))
+    return ExitCode.OK
+
+
+def cmd_pin(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    mgr = _manager(cfg, _pick_app(cfg, args.app))
+    _print_op(out, _run(mgr.pin(args.version, args.command == "pin")))
+    return ExitCode.OK
+
+
+def cmd_delete(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    _print_op(out, _run(_manager(cfg, _pick_app(cfg, args.app)).delete(args.version)))
+    return ExitCode.OK
+
+
+def cmd_journal(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    app = _pick_app(cfg, args.app)
+    store = ReleaseStore(app, cfg.apps[app], cfg.policies[app])
+    store.check_layout()
+    if args.verify:
+        state = store.load()
+        n = store.journal.verify(store.journal_head(state))
+        out.result(
+            {"app": app, "entries": n, "ok": True},
+            lambda: print(f"journal of {app}: {n} entries, hash chain intact"),
+        )
+        return ExitCode.OK
+    entries = store.journal.tail(args.limit)
+
+    def human() -> None:
+        for e in entries:
+            extra = {k: v for k, v in e.items() if k not in ("seq", "ts", "event", "prev", "app")}
+            detail = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extra.items())
+            print(f"{e['seq']:>5} {e['ts']} {e['event']:<18} {detail}"[:400])
+
+    out.result({"app": app, "entries": entries}, human)
+    return ExitCode.OK
+
+
+def cmd_keys(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    rows: list[dict[str, Any]] = []
+    for app, pol in cfg.policies.items():
+        for kid, k in sorted(pol.keys.items()):
+            rows.append(
+                {
+                    "role": "release",
+                    "app": app,
+                    "keyid": kid,
+                    "source": k.source,
+                    "threshold": pol.threshold,
+                }
+            )
+    for kid, lk in sorted(cfg.controller_keys.items()):
+        rows.append(
+            {
+                "role": f"controller:{lk.role}",
+                "app": "*",
+                "keyid": kid,
+                "source": lk.key.source,
+                "name": lk.name,
+            }
+        )
+
+    def human() -> None:
+        for r in rows:
+            print(f"{r['role']:<20} {r['app']:<12} {r['keyid'][:16]}  {r['source']}")
+
+    out.result({"keys": rows}, human)
+    return ExitCode.OK
+
+
+def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
+    from agent.server import serve
+
+    code: int = serve(args.config)
+    return code
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="machine-readable JSON on stdout",
+    )
+    common.add_argument(
+        "--app", default=argparse.SUPPRESS, help="app name (needed when several are configured)"
+    )
+    p = argparse.ArgumentParser(
+        prog="cutover-agent",
+        description="Cutover host agent: stage, activate and roll back signed releases on this host. "
+        "Every command works with the daemon stopped.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage/config, 3 rejected, 4 locked, 5 not found, "
+        "6 verification failed, 7 activation reverted.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"agent config (default {DEFAULT_CONFIG}, or $CUTOVER_AGENT_CONFIG)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    p.add_argument("--app", default=None, help="app name (needed when several are configured)")
+    p.add_argument("--version", action="version", version=f"cutover-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace, _Out], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("init", cmd_init, "create an app root and add the app to the config")
+    sp.add_argument("--root", required=True, help="app root directory, e.g. /srv/ame")
+    sp.add_argument(
+        "--trust-release-key", required=True, metavar="FILE.pub", help="release public key to trust"
+    )
+    add("serve", cmd_serve, "run the agent daemon (HTTP API)")
+    add("status", cmd_status, "show current, previous and staged releases")
+    add("releases", cmd_releases, "list releases and their states")
+    sp = add("stage", cmd_stage, "verify a package and install it as a staged release")
+    sp.add_argument("package", help="path to APP-VERSION.cutover")
+    sp.add_argument(
+        "--expect-version",
+        dest="version",
+        default=None,
+        help="refuse the package unless it is this version",
+    )
+    sp.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="accept a version older than the highest staged (local override)",
+    )
+    sp = add(
+        "activate",
+        cmd_activate,
+        "switch current to a staged release (hooks, health checks, auto-revert)",
+    )
+    sp.add_argument("version")
+    sp = add("rollback", cmd_rollback, "switch back to the previous good release, or --to VERSION")
+    sp.add_argument("--to", default=None, metavar="VERSION", help="a specific installed release")
+    sp.add_argument(
+        "--restore",
+        action="store_true",
+        help="run the configured database restore command when leaving a migrating release",
+    )
+    sp = add(
+        "verify", cmd_verify, "re-hash an installed release (default: current) against its manifest"
+    )
+    sp.add_argument("version", nargs="?", default=None)
+    add(
+        "prune",
+        cmd_prune,
+        "delete releases beyond the retention count (never current, previous or pinned)",
+    )
+    for name, help_ in (
+        ("pin", "protect a release from pruning"),
+        ("unpin", "allow pruning again"),
+    ):
+        sp = add(name, cmd_pin, help_)
+        sp.add_argument("version")
+    sp = add("delete", cmd_delete, "delete one release that is not current, previous or pinned")
+    sp.add_argument("version")
+    sp = add("journal", cmd_journal, "show the audit journal, or --verify its hash chain")
+    sp.add_argument(
+        "--verify", action="store_true", help="check the hash chain; exit 6 if tampered"
+    )
+    sp.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    add("keys", cmd_keys, "list trusted release keys and controller keys")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = _Out(bool(args.json))
+    try:
+        from agent._logging import configure_logging
+
+        configure_logging("auto", "info" if args.command == "serve" else "warning")
+        code: int = args.fn(args, out)
+        return code
+    except CutoverError as exc:
+        if out.json:
+            print(json.dumps({"error": exc.code, "message": str(exc), "exit_code": exc.exit_code}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The agent's TOML config (default ``/etc/cutover/agent.toml``), validated strictly.
+
+Example::
+
+    [agent]
+    name = "web-1.example.net:7801"   # the @authority requests must be signed for
+    listen = "0.0.0.0:7801"
+    state_dir = "/var/lib/cutover"
+
+    [[controller_keys]]
+    name = "ops"
+    path = "keys/ops.pub"              # relative paths are relative to this file
+    role = "deploy"                    # or "read"
+
+    [apps.ame]
+    root = "/srv/ame"
+    release_keys = ["keys/release.pub"]
+    threshold = 1
+    keep = 5
+
+Every error names the file, the key and what is wrong. Key files are loaded with the config, so a
+reload either swaps in a complete new config or keeps the old one in force.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError, KeyFileError
+from agent.fsutil import atomic_write
+from agent.keys import PublicKey, load_public_key
+from agent.manifest import APP_RE, Hook
+from agent.trust import TrustPolicy
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "AgentConfig",
+    "AgentSection",
+    "AppSection",
+    "ControllerKey",
+    "LoadedConfig",
+    "LoadedKey",
+    "add_app_to_config",
+    "load_config",
+]
+
+DEFAULT_CONFIG = Path(os.environ.get("CUTOVER_AGENT_CONFIG", "/etc/cutover/agent.toml"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Strict):
+    name: str = Field(default="localhost:7801", min_length=1)
+    listen: str = "127.0.0.1:7801"
+    state_dir: Path = Path("/var/lib/cutover")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_upload_bytes: int = Field(default=8 * 1024**3, gt=0)
+    upload_timeout_s: float = Field(default=3600.0, gt=0)
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_timeout_s: float = Field(default=3600.0, gt=0)
+    max_request_lifetime_s: int = Field(default=300, gt=0, le=300)
+    clock_skew_s: int = Field(default=30, ge=0, le=300)
+    drain_timeout_s: float = Field(default=60.0, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("listen must be HOST:PORT, e.g. 127.0.0.1:7801")
+        return v
+
+
+class ControllerKey(_Strict):
+    name: str = ""
+    path: Path
+    role: Literal["read", "deploy"] = "deploy"
+
+
+class HostHooks(_Strict):
+    """Host-local hooks, run after the release's own hooks of the same step."""
+
+    post_activate: list[Hook] = []
+    post_rollback: list[Hook] = []
+
+
+class AppSection(_Strict):
+    root: Path
+    release_keys: list[Path] = Field(min_length=1)
+    threshold: int = Field(default=1, ge=1)
+    keep: int = Field(default=5, ge=1, le=1000)
+    allow_downgrade: bool = False
+    checkpoint: list[str] | None = None
+    checkpoint_timeout_s: float = Field(default=1800.0, gt=0)
+    restore: list[str] | None = None
+    hooks: HostHooks = HostHooks()
+    hook_output_cap_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    hook_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    @field_validator("root")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("root must be an absolute path, e.g. /srv/ame")
+        return v
+
+
+class AgentConfig(_Strict):
+    agent: AgentSection = AgentSection()
+    controller_keys: list[ControllerKey] = []
+    apps: dict[str, AppSection] = {}
+
+    @field_validator("apps")
+    @classmethod
+    def _names(cls, v: dict[str, AppSection]) -> dict[str, AppSection]:
+        for name in v:
+            if not APP_RE.fullmatch(name):
+                raise ValueError(f"app name {name!r} must match [a-z0-9][a-z0-9_-]{{0,63}}")
+        return v
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    key: PublicKey
+    role: str
+    name: str
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with every key file loaded."""
+
+    path: Path
+    config: AgentConfig
+    controller_keys: dict[str, LoadedKey]
+    policies: dict[str, TrustPolicy]
+
+    @property
+    def agent(self) -> AgentSection:
+        return self.config.agent
+
+    @property
+    def apps(self) -> dict[str, AppSection]:
+        return self.config.apps
+
+    def watched_files(self) -> set[Path]:
+        files = {self.path}
+        files.update(k.path for k in self.config.controller_keys)
+        for app in self.config.apps.values():
+            files.update(app.release_keys)
+        return files
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _load_raw(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"config {path} not found: create it with `cutover-agent --config {path} init ...` "
+            "or pass --config"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    return _parse(text, path)
+
+
+def _parse(text: str, path: Path) -> AgentConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
+    try:
+        cfg = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"config {path}: " + "; ".join(problems)) from exc
+    base = path.parent
+    return cfg.model_copy(
+        update={
+            "agent": cfg.agent.model_copy(
+                update={
+                    "state_dir": _resolve(base, cfg.agent.state_dir),
+                    "tls_cert": cfg.agent.tls_cert and _resolve(base, cfg.agent.tls_cert),
+                    "tls_key": cfg.agent.tls_key and _resolve(base, cfg.agent.tls_key),
+                }
+            ),
+            "controller_keys": [
+                k.model_copy(update={"path": _resolve(base, k.path)}) for k in cfg.controller_keys
+            ],
+            "apps": {
+                name: a.model_copy(
+                    update={"release_keys": [_resolve(base, k) for k in a.release_keys]}
+                )
+                for name, a in cfg.apps.items()
+            },
+        }
+    )
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, validate and load every key the config names.
+
+    Raises:
+        ConfigError: the file or a key file is missing or invalid (the message names which).
+    """
+    cfg = _load_raw(path)
+    controller: dict[str, LoadedKey] = {}
+    release_ids: set[str] = set()
+    policies: dict[str, TrustPolicy] = {}
+    try:
+        for name, app in cfg.apps.items():
+            keys: dict[str, PublicKey] = {}
+            for kp in app.release_keys:
+                k = load_public_key(kp)
+                keys[k.keyid] = k
+            if app.threshold > len(keys):
+                raise ConfigError(
+                    f"config {path}: apps.{name}.threshold is {app.threshold} but only "
+                    f"{len(keys)} distinct release keys are trusted"
+                )
+            release_ids.update(keys)
+            policies[name] = TrustPolicy(app=name, keys=keys, threshold=app.threshold)
+        for i, ck in enumerate(cfg.controller_keys):
+            k = load_public_key(ck.path)
+            if k.keyid in controller:
+                raise ConfigError(f"config {path}: controller_keys[{i}] repeats key {k.keyid[:16]}")
+            controller[k.keyid] = LoadedKey(k, ck.role, ck.name or ck.path.stem)
+    except KeyFileError as exc:
+        raise ConfigError(f"config {path}: {exc}") from exc
+    both = release_ids & controller.keys()
+    if both:
+        raise ConfigError(
+            f"config {path}: key {sorted(both)[0][:16]} is both a release key and a controller "
+            "key; the roles must use different keys"
+        )
+    return LoadedConfig(path, cfg, controller, policies)
+
+
+def add_app_to_config(path: Path, app: str, root: Path, release_key: Path) -> None:
+    """Append an ``[apps.NAME]`` section to the config (created if missing), atomically.
+
+    Raises:
+        ConfigError: the app exists already, or the result would not validate.
+    """
+    try:
+        load_public_key(release_key)
+    except KeyFileError as exc:
+        raise ConfigError(f"--trust-release-key: {exc}") from exc
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    if existing and app in _load_raw(path).apps:
+        raise ConfigError(f"config {path}: app {app!r} exists already; edit the file instead")
+    section = (
+        f"\n[apps.{app}]\n"
+        f"root = {_toml_str(str(root))}\n"
+        f"release_keys = [{_toml_str(str(release_key.resolve()))}]\n"
+        "threshold = 1\nkeep = 5\n"
+    )
+    text = existing.rstrip("\n") + ("\n" if existing else "") + section
+    _parse(text, path)  # never write a config that would not load
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text.encode(), 0o640)
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,175 @@
+"""The append-only, hash-chained audit journal of one app (``.cutover/journal.jsonl``).
+
+Each line is one JSON object. ``seq`` counts from 1; ``prev`` is the SHA-256 (hex) of the previous
+line's exact bytes (without its newline), ``0``*64 for the first. Editing, removing or reordering
+any line breaks the chain at the next line. Truncating the tail is caught by comparing against the
+head (seq and hash) that every state-file write records. Each append is fsynced.
+
+A crash in the middle of an append can leave a torn last line (no trailing newline); the next
+open drops it and the caller records that in the journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.errors import DriftError, StorageError
+
+__all__ = ["GENESIS", "Journal", "JournalHead", "line_hash"]
+
+GENESIS = "0" * 64
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+@dataclass(frozen=True)
+class JournalHead:
+    seq: int
+    hash: str
+
+
+class Journal:
+    """Append-only hash-chained JSON-lines log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._head: JournalHead | None = None
+        self.dropped_torn_line = False
+
+    def _load_head(self) -> JournalHead:
+        if self._head is not None:
+            return self._head
+        head = JournalHead(0, GENESIS)
+        try:
+            with self.path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size:
+                    # Read backwards just far enough to find the last complete line.
+                    block = min(size, 1 << 20)
+                    fh.seek(size - block)
+                    tail = fh.read(block)
+                    if not tail.endswith(b"\n"):
+                        cut = tail.rfind(b"\n")
+                        keep = size - block + cut + 1 if cut >= 0 else 0
+                        os.truncate(self.path, keep)
+                        self.dropped_torn_line = True
+                        tail = tail[: cut + 1] if cut >= 0 else b""
+                    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+                    last = lines[-1] if lines and lines[-1] else b""
+                    if last:
+                        head = JournalHead(int(json.loads(last)["seq"]), line_hash(last))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError) as exc:
+            raise StorageError(f"cannot read journal {self.path}: {exc}") from exc
+        self._head = head
+        return head
+
+    @property
+    def head(self) -> JournalHead:
+        with self._lock:
+            return self._load_head()
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one entry (fsynced) and return it.
+
+        Raises:
+            StorageError: the journal cannot be written (disk full, permissions).
+        """
+        with self._lock:
+            head = self._load_head()
+            entry: dict[str, Any] = {
+                "seq": head.seq + 1,
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "event": event,
+                **fields,
+                "prev": head.hash,
+            }
+            line = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str).encode()
+            try:
+                fd = os.open(
+                    self.path,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    0o640,
+                )
+                try:
+                    os.write(fd, line + b"\n")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot append to journal {self.path}: {exc.strerror}; free disk space"
+                ) from exc
+            self._head = JournalHead(head.seq + 1, line_hash(line))
+            return entry
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as fh:
+                for raw in fh:
+                    if raw.endswith(b"\n"):
+                        yield json.loads(raw)
+        except FileNotFoundError:
+            return
+
+    def tail(self, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for e in self.entries():
+            out.append(e)
+            if len(out) > limit:
+                out.pop(0)
+        return out
+
+    def verify(self, expected_head: JournalHead | None = None) -> int:
+        """Check the whole chain; return the number of entries.
+
+        Raises:
+            DriftError: a line was altered, removed, reordered, or the tail was cut.
+        """
+        prev, seq = GENESIS, 0
+        try:
+            with self.path.open("rb") as fh:
+                for lineno, raw in enumerate(fh, 1):
+                    line = raw.rstrip(b"\n")
+                    try:
+                        entry = json.loads(line)
+                    except ValueError as exc:
+                        raise DriftError(
+                            f"journal {self.path} line {lineno} is not JSON: tampered or corrupt"
+                        ) from exc
+                    if entry.get("prev") != prev or entry.get("seq") != seq + 1:
+                        raise DriftError(
+                            f"journal {self.path} line {lineno} (seq {entry.get('seq')}) does not "
+                            "chain to the line before it: the journal was edited, reordered or "
+                            "had lines removed"
+                        )
+                    prev, seq = line_hash(line), seq + 1
+                    if (
+                        expected_head is not None
+                        and seq == expected_head.seq
+                        and prev != expected_head.hash
+                    ):
+                        raise DriftError(
+                            f"journal {self.path} line {lineno} differs from the entry the "
+                            "state file recorded: the journal was rewritten"
+                        )
+        except FileNotFoundError:
+            pass
+        if expected_head is not None and seq < expected_head.seq:
+            raise DriftError(
+                f"journal {self.path} ends at seq {seq}, but the state file recorded seq "
+                f"{expected_head.seq}: entries were cut from its end"
+            )
+        return seq

@@ -1,0 +1,252 @@
+"""``cutover``: the controller CLI (release engineer and automation side).
+
+Commands in this version: ``keygen``, ``build``, ``sign``, ``inspect``. Exit codes follow
+agent.errors.ExitCode (docs/operations.md). ``--json`` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import ConfigError, CutoverError, ExitCode
+from agent.keys import generate_keypair, load_private_key
+from agent.manifest import DirEntry, FileEntry, ReleaseType
+from controller.build import build_package, payload_matches, sign_package
+
+__all__ = ["main"]
+
+
+def _emit(as_json: bool, data: dict[str, Any], human: Callable[[], None]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        human()
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"--created-at {value!r} is not an ISO 8601 time (e.g. 2026-03-07T12:00:00Z)"
+        ) from exc
+    if dt.utcoffset() is None:
+        raise ConfigError(f"--created-at {value!r} needs a timezone (append Z for UTC)")
+    return dt
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = generate_keypair(args.path)
+    data = {"private": str(args.path), "public": f"{args.path}.pub", "keyid": key.keyid}
+    _emit(
+        args.json,
+        data,
+        lambda: print(f"wrote {args.path} (0600) and {args.path}.pub\nkeyid {key.keyid}"),
+    )
+    return ExitCode.OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    notes = args.notes or ""
+    if args.notes_file:
+        notes = Path(args.notes_file).read_text(encoding="utf-8")
+    expires = datetime.now(UTC) + timedelta(days=args.expires_days) if args.expires_days else None
+    bar = None
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from rich.progress import BarColumn, DownloadColumn, Progress
+
+        bar = Progress("building", BarColumn(), DownloadColumn(), transient=True)
+        task = bar.add_task("build", total=None)
+        bar.start()
+
+        def progress(n: int) -> None:
+            bar.advance(task, n)
+
+    try:
+        res = build_package(
+            Path(args.app_dir),
+            Path(args.output),
+            version=args.version,
+            commit=args.commit,
+            branch=args.branch,
+            build=args.build_id,
+            release_type=ReleaseType(args.release_type) if args.release_type else None,
+            notes=notes,
+            created_at=_parse_time(args.created_at) if args.created_at else None,
+            expires_at=expires,
+            compression=args.compression,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    data = {
+        "package": str(res.path),
+        "app": res.manifest.app,
+        "version": res.manifest.version,
+        "entries": res.files,
+        "bytes": res.total_bytes,
+        "payload_bytes": res.payload_size,
+        "payload_sha256": res.manifest.payload.sha256,
+    }
+    _emit(
+        args.json,
+        data,
+        lambda: print(
+            f"built {res.path}: {res.manifest.app} {res.manifest.version}, {res.files} entries, "
+            f"{res.total_bytes} bytes -> {res.payload_size} bytes payload (unsigned: run `cutover sign`)"
+        ),
+    )
+    return ExitCode.OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    key = load_private_key(args.key)
+    signers = sign_package(Path(args.package), key)
+    data = {"package": args.package, "keyid": key.keyid, "signers": signers}
+    _emit(
+        args.json,
+        data,
+        lambda: print(f"signed {args.package} with {key.keyid[:16]}; {len(signers)} signature(s)"),
+    )
+    return ExitCode.OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    manifest, signers, ok = payload_matches(Path(args.package))
+    kinds = {"files": 0, "dirs": 0, "symlinks": 0}
+    for e in manifest.files:
+        kinds[
+            "files"
+            if isinstance(e, FileEntry)
+            else "dirs"
+            if isinstance(e, DirEntry)
+            else "symlinks"
+        ] += 1
+    hooks = {
+        name: [h.name for h in getattr(manifest.hooks, name)]
+        for name in ("stage", "pre_activate", "post_activate", "post_rollback")
+    }
+    data: dict[str, Any] = {
+        "app": manifest.app,
+        "version": manifest.version,
+        "build": manifest.build,
+        "commit": manifest.commit,
+        "branch": manifest.branch,
+        "created_at": manifest.created_at.isoformat(),
+        "expires_at": manifest.expires_at.isoformat() if manifest.expires_at else None,
+        "release_type": manifest.release_type.value,
+        "requires_migration": manifest.requires_migration,
+        "entries": kinds,
+        "bytes": manifest.total_file_bytes(),
+        "payload": manifest.payload.model_dump(),
+        "payload_matches": ok,
+        "signers": signers,
+        "hooks": hooks,
+        "shared": manifest.shared.model_dump(),
+        "notes": manifest.notes,
+    }
+
+    def human() -> None:
+        print(
+            f"{manifest.app} {manifest.version}  ({manifest.release_type.value}"
+            f"{', requires migration' if manifest.requires_migration else ''})"
+        )
+        print(
+            f"  commit {manifest.commit or '-'}  branch {manifest.branch or '-'}  build {manifest.build or '-'}"
+        )
+        print(f"  created {data['created_at']}  expires {data['expires_at'] or 'never'}")
+        print(
+            f"  {kinds['files']} files, {kinds['dirs']} dirs, {kinds['symlinks']} symlinks, {data['bytes']} bytes"
+        )
+        print(
+            f"  payload {manifest.payload.compression} {manifest.payload.size} bytes: "
+            f"{'matches its digest' if ok else 'DOES NOT MATCH its digest'}"
+        )
+        for stage, names in hooks.items():
+            if names:
+                print(f"  hooks.{stage}: {', '.join(names)}")
+        print(f"  signatures: {len(signers)}" + "".join(f"\n    {s}" for s in signers))
+
+    _emit(args.json, data, human)
+    return ExitCode.OK if ok else ExitCode.REJECTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    p = argparse.ArgumentParser(
+        prog="cutover",
+        description="Cutover controller: build, sign and inspect signed release packages.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage/config, 3 rejected (e.g. payload mismatch).",
+    )
+    p.add_argument("--version", action="version", version=f"cutover {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser(
+        "keygen", parents=[common], help="write an Ed25519 key pair (PATH, PATH.pub)"
+    )
+    sp.add_argument("path", type=Path)
+    sp.set_defaults(fn=cmd_keygen)
+
+    sp = sub.add_parser(
+        "build", parents=[common], help="build an unsigned package from an app tree"
+    )
+    sp.add_argument("app_dir", help="app tree with cutover.toml at its root")
+    sp.add_argument(
+        "--version", required=True, dest="version", help="release version, e.g. 2026.03.7"
+    )
+    sp.add_argument("-o", "--output", required=True, help="package file to write")
+    sp.add_argument("--commit", default="")
+    sp.add_argument("--branch", default="")
+    sp.add_argument("--build-id", default="", help="CI build identifier")
+    sp.add_argument("--release-type", choices=[t.value for t in ReleaseType], default=None)
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--notes", default=None)
+    g.add_argument("--notes-file", default=None)
+    sp.add_argument(
+        "--created-at", default=None, help="ISO time (default $SOURCE_DATE_EPOCH, else now)"
+    )
+    sp.add_argument("--expires-days", type=int, default=None, help="manifest expires after N days")
+    sp.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
+    sp.set_defaults(fn=cmd_build)
+
+    sp = sub.add_parser("sign", parents=[common], help="add a signature to a package")
+    sp.add_argument("package")
+    sp.add_argument("--key", required=True, help="private key (PEM PKCS#8)")
+    sp.set_defaults(fn=cmd_sign)
+
+    sp = sub.add_parser(
+        "inspect", parents=[common], help="show a package's manifest, signers and payload check"
+    )
+    sp.add_argument("package")
+    sp.set_defaults(fn=cmd_inspect)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except CutoverError as exc:
+        if args.json:
+            print(json.dumps({"error": exc.code, "message": str(exc), "exit_code": exc.exit_code}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return ExitCode.FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Kill -9 at every named step of stage, activate, rollback and prune; the next command must find
+``current`` on a complete release, record the recovery, leave incoming/ empty and verify clean."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.conftest import Host, PackageFactory
+
+# (operation, step, expected current afterwards, recovery expected in the journal)
+CASES = [
+    ("stage", "stage.extracted", "1.0.0", True),
+    ("stage", "stage.before_rename", "1.0.0", True),
+    ("stage", "stage.renamed", "1.0.0", True),
+    ("stage", "stage.durable", "1.0.0", True),
+    ("stage", "stage.recorded", "1.0.0", False),
+    ("activate", "activate.intent", "1.0.0", True),
+    ("activate", "activate.flipped", "1.0.0", True),
+    ("activate", "activate.before_commit", "1.0.0", True),
+    ("activate", "activate.committed", "1.1.0", False),
+    ("rollback", "rollback.intent", "1.1.0", True),
+    ("rollback", "rollback.flipped", "1.0.0", True),
+    ("rollback", "rollback.committed", "1.0.0", False),
+    ("prune", "prune.trashed", "1.1.0", True),
+]
+
+
+@pytest.fixture
+def two_releases(host: Host, make_package: PackageFactory) -> tuple[Host, PackageFactory]:
+    host.cli_json("stage", str(make_package("1.0.0")))
+    host.cli_json("activate", "1.0.0")
+    return host, make_package
+
+
+@pytest.mark.parametrize(
+    ("op", "step", "expect_current", "recovers"), CASES, ids=[c[1] for c in CASES]
+)
+def test_sigkill_at_step_recovers(
+    two_releases, op: str, step: str, expect_current: str, recovers: bool
+) -> None:
+    host, make_package = two_releases
+    p2 = make_package("1.1.0")
+    if op == "stage":
+        args = ["stage", str(p2)]
+    else:
+        host.cli_json("stage", str(p2))
+        if op in ("rollback", "prune"):
+            host.cli_json("activate", "1.1.0")
+        if op == "prune":
+            for v in ("1.2.0", "1.3.0"):
+                host.cli_json("stage", str(make_package(v)))
+            host.config.write_text(host.config.read_text().replace("keep = 5", "keep = 1"))
+        args = {"activate": ["activate", "1.1.0"], "rollback": ["rollback"], "prune": ["prune"]}[op]
+    journal_before = len(host.journal())
+
+    crashed = host.cli(*args, env={"CUTOVER_TEST_CRASH_AT": step})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+
+    # `current` resolves to a complete release at this very instant, before any recovery ran.
+    link = host.current
+    assert link is not None and (host.root / link / "VERSION").is_file()
+
+    status = host.cli_json("status")["apps"][0]
+    assert status["current"] == expect_current
+    assert host.current == f"releases/{expect_current}"
+    assert (host.root / "current" / "VERSION").read_text() == f"{expect_current}\n"
+    assert status["pending"] is None
+    assert list((host.root / ".cutover" / "incoming").iterdir()) == []
+    assert list((host.root / ".cutover" / "trash").iterdir()) == []
+    recovered = [e for e in host.journal()[journal_before:] if e["event"] == "recovery"]
+    assert bool(recovered) == recovers, recovered
+    # Every installed release is complete and matches its manifest.
+    for rel in status["releases"]:
+        if rel["installed"]:
+            assert host.cli_json("verify", rel["version"])["ok"] is True
+    # Only recorded releases exist on disk.
+    on_disk = {p.name for p in (host.root / "releases").iterdir()}
+    assert on_disk == {r["version"] for r in status["releases"] if r["installed"]}
+    assert host.cli_json("journal", "--verify")["ok"] is True
+
+
+def test_interrupted_stage_can_be_retried(two_releases) -> None:
+    host, make_package = two_releases
+    p2 = make_package("1.1.0")
+    assert (
+        host.cli("stage", str(p2), env={"CUTOVER_TEST_CRASH_AT": "stage.renamed"}).returncode == -9
+    )
+    out = host.cli_json("stage", str(p2))
+    assert out["version"] == "1.1.0" and out["recovered"]
+    assert host.state()["releases"]["1.1.0"]["status"] == "staged"
+
+
+def test_torn_journal_line_is_dropped_and_reported(two_releases) -> None:
+    host, _ = two_releases
+    path = host.root / ".cutover" / "journal.jsonl"
+    with path.open("ab") as fh:
+        fh.write(b'{"seq": 99, "half a line')
+    out = host.cli_json("status")
+    assert out["apps"][0]["current"] == "1.0.0"
+    assert any(
+        "torn" in a for e in host.journal() if e["event"] == "recovery" for a in e["actions"]
+    )
+    assert host.cli_json("journal", "--verify")["ok"] is True
