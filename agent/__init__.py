@@ -1,6 +1,43 @@
-"""cutover-agent: the host side of Cutover (package format, verification, release store, API)."""
+"""cutover-agent: the host side of Cutover.
+
+Public API (everything else is an implementation detail)::
+
+    from agent import AppManager, load_config, verify_release, parse_manifest, ...
+"""
 
 from __future__ import annotations
 
+from agent.config import AgentConfig, LoadedConfig, load_config
+from agent.errors import (
+    CutoverError,
+    ExitCode,
+    OperationalError,
+    RejectedError,
+)
+from agent.keys import PrivateKey, PublicKey, generate_keypair, load_private_key, load_public_key
+from agent.manifest import Manifest, parse_manifest
+from agent.trust import HostHistory, TrustPolicy, VerifiedRelease, verify_release
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+
+__all__ = [
+    "AgentConfig",
+    "CutoverError",
+    "ExitCode",
+    "HostHistory",
+    "LoadedConfig",
+    "Manifest",
+    "OperationalError",
+    "PrivateKey",
+    "PublicKey",
+    "RejectedError",
+    "TrustPolicy",
+    "VerifiedRelease",
+    "__version__",
+    "generate_keypair",
+    "load_config",
+    "load_private_key",
+    "load_public_key",
+    "parse_manifest",
+    "verify_release",
+]

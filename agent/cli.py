@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from agent._logging import configure_logging
 
-        configure_logging("auto", "info" if args.command == "serve" else "warning")
+        configure_logging("auto", "info" if args.command == "serve" else "error")
         code: int = args.fn(args, out)
         return code
     except CutoverError as exc:

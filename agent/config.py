@@ -25,6 +25,7 @@ reload either swaps in a complete new config or keeps the old one in force.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,18 @@ class AgentSection(_Strict):
     clock_skew_s: int = Field(default=30, ge=0, le=300)
     drain_timeout_s: float = Field(default=60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(
+            r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?|\[[0-9a-f:.]+\](:[0-9]{1,5})?", v
+        ):
+            raise ValueError(
+                "name must be the lowercase host or host:port the controller uses to reach this "
+                "agent (default port omitted), e.g. web-1.example.net:7801"
+            )
+        return v
 
     @field_validator("listen")
     @classmethod

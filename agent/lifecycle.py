@@ -29,7 +29,6 @@ from typing import Any
 
 import structlog
 
-from agent import health as healthmod
 from agent import hooks as hooksmod
 from agent._faults import checkpoint
 from agent.config import AppSection
@@ -390,6 +389,11 @@ class AppManager:
         offsets: dict[str, int],
     ) -> dict[str, Any]:
         phase = manifest.health.staged if phase_name == "staged" else manifest.health.live
+        probe = manifest.health.version_probe if phase_name == "live" else None
+        if not phase.checks and probe is None:
+            return {"phase": phase_name, "status": "pass", "rounds": 0, "checks": 0}
+        from agent import health as healthmod  # imports aiohttp: only when checks run
+
         hctx = healthmod.HealthContext(
             release_dir=release_dir,
             version=version,
@@ -405,11 +409,11 @@ class AppManager:
 
         result = await healthmod.run_phase(phase_name, phase, hctx, on_event=on_event)
         out: dict[str, Any] = dict(result.to_json())
-        if phase_name == "live" and result.status == "pass" and manifest.health.version_probe:
-            probe = await healthmod.probe_version(manifest.health.version_probe, hctx)
-            out["version_probe"] = {"status": probe.status, "detail": probe.detail}
-            if probe.status != "pass":
-                out["status"] = probe.status
+        if probe is not None and result.status == "pass":
+            seen = await healthmod.probe_version(probe, hctx)
+            out["version_probe"] = {"status": seen.status, "detail": seen.detail}
+            if seen.status != "pass":
+                out["status"] = seen.status
         self.emit("health.done", phase=phase_name, status=out["status"])
         return out
 
@@ -442,13 +446,7 @@ class AppManager:
                 rec.checkpoint_ref = await self._checkpoint(version, ctx)
                 await self._save(state)
             await self._run_hooks(manifest.hooks.pre_activate, "pre_activate", ctx)
-            offsets = (
-                await asyncio.to_thread(
-                    healthmod.log_offsets, manifest.health.live.checks, release_dir
-                )
-                if _has_log_checks(manifest)
-                else {}
-            )
+            offsets = await asyncio.to_thread(_log_offsets, manifest, release_dir)
             op_id = uuid.uuid4().hex[:12]
             state.pending = Pending(
                 op="activate", op_id=op_id, from_version=old, to_version=version, actor=self.actor
@@ -802,8 +800,13 @@ def _installed(state: AppState) -> str:
     return ", ".join(r.version for r in state.installed()) or "(none)"
 
 
-def _has_log_checks(manifest: Manifest) -> bool:
-    return any(c.type == "log" for c in manifest.health.live.checks)
+def _log_offsets(manifest: Manifest, release_dir: Path) -> dict[str, int]:
+    """Log sizes before the flip, so live log checks see only lines written after it."""
+    if not any(c.type == "log" for c in manifest.health.live.checks):
+        return {}
+    from agent.health import log_offsets
+
+    return log_offsets(manifest.health.live.checks, release_dir)
 
 
 def _health_summary(result: dict[str, Any]) -> str:

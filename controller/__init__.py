@@ -1,5 +1,7 @@
-"""cutover: the fleet side of Cutover (build, sign, push, rollout)."""
+"""cutover: the fleet side of Cutover (build, sign, and the signing agent client)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from controller.build import AppConfig, BuildResult, build_package, load_app_config, sign_package
+
+__all__ = ["AppConfig", "BuildResult", "build_package", "load_app_config", "sign_package"]

@@ -46,7 +46,7 @@ def test_tampered_payload_is_rejected(active_host: Host, make_package: PackageFa
     _flip_payload_byte(pkg)
     before, outside = active_host.snapshot(), _outside_listing(active_host)
     proc = active_host.cli("stage", str(pkg))
-    assert proc.returncode == 3 and "digest_mismatch" in proc.stdout
+    assert proc.returncode == 3 and "payload_digest" in proc.stdout
     assert active_host.snapshot() == before and _outside_listing(active_host) == outside
 
 

@@ -1,0 +1,93 @@
+"""The controller CLI as a user runs it: keygen, build, sign (several signers), inspect."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+from agent.keys import load_private_key, load_public_key
+from agent.package import open_package
+from tests.conftest import BIN
+
+
+def cutover(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "cutover"), *args], capture_output=True, text=True, cwd=cwd, check=False
+    )
+
+
+def test_keygen_writes_pem_pair_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    proc = cutover("keygen", str(tmp_path / "k"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    priv, pub = load_private_key(tmp_path / "k"), load_public_key(tmp_path / "k.pub")
+    assert out["keyid"] == priv.keyid == pub.keyid and len(out["keyid"]) == 64
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    assert (tmp_path / "k").read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert (tmp_path / "k.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    before = (tmp_path / "k").read_bytes()
+    again = cutover("keygen", str(tmp_path / "k"))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    assert (tmp_path / "k").read_bytes() == before
+
+
+def _tree(tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    (app / "public").mkdir(parents=True)
+    (app / "public" / "index.php").write_text("<?php echo 'hi';\n")
+    (app / "cutover.toml").write_text(
+        'app = "ame"\n[[hooks.post_activate]]\nname = "queue restart"\nargv = ["php", "artisan", "queue:restart"]\n'
+    )
+    return app
+
+
+def test_build_sign_twice_inspect(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    for name in ("tech", "sec"):
+        assert cutover("keygen", str(tmp_path / name)).returncode == 0
+    pkg = tmp_path / "ame-1.0.0.cutover"
+    proc = cutover(
+        "build", str(app), "--version", "1.0.0", "-o", str(pkg), "--commit", "abc123", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["version"] == "1.0.0"
+    assert json.loads(cutover("inspect", str(pkg), "--json").stdout)["signers"] == []
+    for name in ("tech", "sec"):
+        assert cutover("sign", str(pkg), "--key", str(tmp_path / name)).returncode == 0
+    info = json.loads(cutover("inspect", str(pkg), "--json").stdout)
+    keyids = {load_public_key(tmp_path / f"{n}.pub").keyid for n in ("tech", "sec")}
+    assert set(info["signers"]) == keyids
+    assert info["payload_matches"] is True and info["commit"] == "abc123"
+    assert info["hooks"]["post_activate"] == ["queue restart"]
+    human = cutover("inspect", str(pkg))
+    assert (
+        "matches its digest" in human.stdout
+        and "hooks.post_activate: queue restart" in human.stdout
+    )
+
+
+def test_inspect_reports_a_tampered_payload(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    pkg = tmp_path / "ame-1.0.0.cutover"
+    assert cutover("build", str(app), "--version", "1.0.0", "-o", str(pkg)).returncode == 0
+    parts, fh = open_package(pkg)
+    fh.close()
+    data = bytearray(pkg.read_bytes())
+    data[parts.payload_offset + parts.payload_size // 2] ^= 0xFF
+    pkg.write_bytes(bytes(data))
+    proc = cutover("inspect", str(pkg), "--json")
+    assert proc.returncode == 3 and json.loads(proc.stdout)["payload_matches"] is False
+
+
+def test_build_refuses_unsafe_trees_with_a_clear_error(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    (app / "escape").symlink_to("../../etc/passwd")
+    proc = cutover("build", str(app), "--version", "1.0.0", "-o", str(tmp_path / "x.cutover"))
+    assert proc.returncode == 3 and "points outside the app tree" in proc.stderr
+    assert not (tmp_path / "x.cutover").exists()
+    (app / "escape").unlink()
+    (app / "cutover.toml").write_text('app = "ame"\nbogus = 1\n')
+    proc = cutover("build", str(app), "--version", "1.0.0", "-o", str(tmp_path / "x.cutover"))
+    assert proc.returncode == 2 and "bogus" in proc.stderr and "cutover.toml" in proc.stderr
