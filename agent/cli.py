@@ -86,7 +86,7 @@ def _print_op(out: _Out, res: OpResult) -> None:
     def human() -> None:
         print(res.message)
         if res.current is not None or res.op in ("activate", "rollback"):
-            print(f"current: {res.current}   previous: {res.previous}")
+            print(f"current: {res.current or '-'}   previous: {res.previous or '-'}")
         for w in res.details.get("warnings", []):
             print(f"warning: {w}", file=sys.stderr)
         if res.details.get("removed"):
@@ -99,6 +99,8 @@ def _print_op(out: _Out, res: OpResult) -> None:
 
 # ---------------------------------------------------------------- commands
 def cmd_init(args: argparse.Namespace, out: _Out) -> int:
+    if not args.app:
+        raise ConfigError("init needs --app NAME (the app this root holds, e.g. --app ame)")
     root = Path(args.root).resolve()
     add_app_to_config(args.config, args.app, root, Path(args.trust_release_key))
     cfg = load_config(args.config)
@@ -138,10 +140,12 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     apps = [_pick_app(cfg, args.app)] if args.app or len(cfg.apps) == 1 else list(cfg.apps)
     # Recovery first: status after a crash must show the recovered, consistent state.
+    recovered: dict[str, list[str]] = {}
     for app in apps:
         res = _run(_manager(cfg, app).recover_only())
         out.recovered(res.recovered)
-    views = [_state_view(cfg, a) for a in apps]
+        recovered[app] = res.recovered
+    views = [{**_state_view(cfg, a), "recovered": recovered[a]} for a in apps]
 
     def human() -> None:
         for v in views:

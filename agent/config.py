@@ -24,6 +24,7 @@ reload either swaps in a complete new config or keeps the old one in force.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -288,7 +289,12 @@ def add_app_to_config(path: Path, app: str, root: Path, release_key: Path) -> No
     text = existing.rstrip("\n") + ("\n" if existing else "") + section
     _parse(text, path)  # never write a config that would not load
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text.encode(), 0o640)
+    st = path.stat() if existing else None
+    atomic_write(path, text.encode(), st.st_mode & 0o7777 if st else 0o640)
+    if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        # keep the owner/group the daemon reads it as (e.g. root:cutover 0640)
+        with contextlib.suppress(OSError):
+            os.chown(path, st.st_uid, st.st_gid)
 
 
 def _toml_str(s: str) -> str:

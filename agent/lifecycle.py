@@ -41,7 +41,7 @@ from agent.errors import (
     StateError,
 )
 from agent.locking import AppLock
-from agent.manifest import Hook, Manifest
+from agent.manifest import HealthSpec, Hook
 from agent.package import open_package
 from agent.state import AppState, Pending, ReleaseRecord, ReleaseStatus, utcnow
 from agent.store import ReleaseStore, remove_tree
@@ -193,6 +193,13 @@ class AppManager:
                         f"rollback to {pending.to_version} (op {pending.op_id}) was interrupted "
                         "after the flip; completed it"
                     )
+                    await self._save(state)
+                    try:
+                        await self._post_rollback_hooks(
+                            state, pending.to_version, pending.from_version
+                        )
+                    except HookError as exc:
+                        actions.append(f"post_rollback hooks after the completed rollback: {exc}")
                 else:
                     actions.append(
                         f"rollback to {pending.to_version} (op {pending.op_id}) was interrupted "
@@ -203,19 +210,29 @@ class AppManager:
         if on_disk != state.current:
             rec = state.releases.get(on_disk or "")
             if on_disk is not None and rec is not None and rec.installed:
+                # An operator flipped by hand (the documented last-resort runbook): adopt it as a
+                # rollback, so history and `previous` follow what is really live.
                 actions.append(
-                    f"state said current={state.current} but disk says {on_disk}; adopted disk"
+                    f"current was switched outside Cutover from {state.current} to {on_disk}; "
+                    "recorded it as a rollback"
                 )
-                state.current = on_disk
-            elif on_disk is None and state.current is not None:
-                raise DriftError(
-                    f"{self.store.layout.current} is missing but the state says {state.current} is "
-                    f"active; restore it with `cutover-agent activate {state.current}`"
+                self._commit_rollback(state, on_disk)
+            elif (
+                on_disk is None
+                and state.current is not None
+                and self.store.layout.release(state.current).is_dir()
+            ):
+                await asyncio.to_thread(self.store.flip, state.current)
+                actions.append(
+                    f"the current link was missing; restored it to {state.current} (the recorded "
+                    "active release)"
                 )
             else:
                 raise DriftError(
-                    f"{self.store.layout.current} points at {on_disk!r}, which is not a recorded "
-                    "release; inspect the host, then fix the link by hand"
+                    f"{self.store.layout.current} points at {on_disk!r}, which is not an installed "
+                    f"release (the state says {state.current!r}); inspect the host, then point it "
+                    "at a release by hand: ln -sfn releases/VERSION current.tmp && "
+                    "mv -T current.tmp current"
                 )
         if actions:
             for a in actions:
@@ -288,15 +305,18 @@ class AppManager:
                 staging = await asyncio.to_thread(self.store.extract, fh, parts, verified, on_bytes)
             checkpoint("stage.extracted")
             self.emit("extract.done", version=version, bytes=total)
-            release_dir: Path | None = None
             try:
-                release_dir = await asyncio.to_thread(self.store.install, staging, verified)
+                release_dir, runtime_digest = await asyncio.to_thread(
+                    self.store.install, staging, verified
+                )
                 ctx = self._hook_ctx(version, state.current, release_dir)
                 hook_results = await self._run_hooks(manifest.hooks.stage, "stage", ctx)
                 if manifest.hooks.stage:
                     await asyncio.to_thread(self.store.record_inventory, release_dir, manifest)
                 await asyncio.to_thread(self.store.make_readonly, release_dir)
-                staged_health = await self._health("staged", manifest, version, release_dir, {})
+                staged_health = await self._health(
+                    "staged", manifest.health, version, release_dir, {}
+                )
                 if staged_health["status"] != "pass":
                     raise StateError(
                         f"staged health checks of {version} did not pass: "
@@ -306,7 +326,7 @@ class AppManager:
                 checkpoint("stage.durable")
             except BaseException as exc:
                 await asyncio.shield(
-                    self._abort_stage(state, verified.digest, version, staging, release_dir, exc)
+                    self._abort_stage(state, verified.digest, version, staging, exc)
                 )
                 raise
             state.releases[version] = ReleaseRecord(
@@ -314,6 +334,7 @@ class AppManager:
                 status=ReleaseStatus.STAGED,
                 seq=state.next_seq,
                 manifest_digest=verified.digest,
+                runtime_digest=runtime_digest,
                 signers=list(verified.signers),
                 release_type=manifest.release_type.value,
                 requires_migration=manifest.requires_migration,
@@ -336,7 +357,7 @@ class AppManager:
             await self._save(state)
             checkpoint("stage.recorded")
             self.emit("stage.done", version=version)
-            result.current = state.current
+            result.current, result.previous = state.current, state.previous
             result.message = f"staged {self.app} {version}"
             return result
 
@@ -346,15 +367,15 @@ class AppManager:
         digest: str,
         version: str,
         staging: Path,
-        release_dir: Path | None,
         exc: BaseException,
     ) -> None:
         def cleanup() -> None:
+            # Either the staging dir or (after the rename) releases/<version>: never a recorded
+            # release, since staging an installed version returns early above.
             remove_tree(staging)
-            if release_dir is not None:
-                dst = self.store.trash_release(version)
-                if dst is not None:
-                    remove_tree(dst)
+            dst = self.store.trash_release(version)
+            if dst is not None:
+                remove_tree(dst)
 
         await asyncio.to_thread(cleanup)
         reason = str(exc) or type(exc).__name__
@@ -383,13 +404,13 @@ class AppManager:
     async def _health(
         self,
         phase_name: str,
-        manifest: Manifest,
+        health: HealthSpec,
         version: str,
         release_dir: Path,
         offsets: dict[str, int],
     ) -> dict[str, Any]:
-        phase = manifest.health.staged if phase_name == "staged" else manifest.health.live
-        probe = manifest.health.version_probe if phase_name == "live" else None
+        phase = health.staged if phase_name == "staged" else health.live
+        probe = health.version_probe if phase_name == "live" else None
         if not phase.checks and probe is None:
             return {"phase": phase_name, "status": "pass", "rounds": 0, "checks": 0}
         from agent import health as healthmod  # imports aiohttp: only when checks run
@@ -438,15 +459,15 @@ class AppManager:
                 result.message = f"{version} is already active; nothing to do"
                 result.details["already_active"] = True
                 return result
-            manifest = await asyncio.to_thread(self.store.load_manifest, state, version)
+            spec = await asyncio.to_thread(self.store.load_runtime, state, version)
             release_dir = self.store.layout.release(version)
             old = state.current
             ctx = self._hook_ctx(version, old, release_dir)
-            if manifest.requires_migration:
+            if spec.requires_migration:
                 rec.checkpoint_ref = await self._checkpoint(version, ctx)
                 await self._save(state)
-            await self._run_hooks(manifest.hooks.pre_activate, "pre_activate", ctx)
-            offsets = await asyncio.to_thread(_log_offsets, manifest, release_dir)
+            await self._run_hooks(spec.hooks.pre_activate, "pre_activate", ctx)
+            offsets = await asyncio.to_thread(_log_offsets, spec.health, release_dir)
             op_id = uuid.uuid4().hex[:12]
             state.pending = Pending(
                 op="activate", op_id=op_id, from_version=old, to_version=version, actor=self.actor
@@ -468,19 +489,25 @@ class AppManager:
             self.emit("flip", version=version, previous=old)
             try:
                 hooks_out = await self._run_hooks(
-                    [*manifest.hooks.post_activate, *self.section.hooks.post_activate],
+                    [*spec.hooks.post_activate, *self.section.hooks.post_activate],
                     "post_activate",
                     ctx,
                 )
-                live = await self._health("live", manifest, version, release_dir, offsets)
+                live = await self._health("live", spec.health, version, release_dir, offsets)
                 if live["status"] != "pass":
                     raise StateError(f"live health checks failed: {_health_summary(live)}")
             except BaseException as exc:
                 await asyncio.shield(self._revert(state, version, old, exc))
                 if isinstance(exc, Exception):
+                    db_note = (
+                        f" The database was NOT restored (checkpoint {rec.checkpoint_ref!r}): "
+                        "restore it if the old release needs the old schema."
+                        if spec.requires_migration
+                        else ""
+                    )
                     raise ActivationFailedError(
                         f"activation of {self.app} {version} failed after the flip and was reverted "
-                        f"to {old or '(no release)'}: {exc}"
+                        f"to {old or '(no release)'}: {exc}.{db_note}"
                     ) from exc
                 raise
             checkpoint("activate.before_commit")
@@ -488,7 +515,7 @@ class AppManager:
             rec.hooks = hooks_out
             rec.health = [*rec.health[-1:], live]
             state.current = version
-            state.history.append(version)
+            state.history = [v for v in state.history if v != version] + [version]
             state.pending = None
             await asyncio.to_thread(
                 self.store.log,
@@ -535,8 +562,22 @@ class AppManager:
         rec = state.releases[version]
         rec.status = ReleaseStatus.BAD
         rec.reason = f"activation failed: {reason}"[:2000]
+        db: dict[str, Any] = {}
+        if rec.requires_migration:
+            db = {"database_restored": False, "checkpoint_ref": rec.checkpoint_ref}
+            self.emit(
+                "revert.database",
+                message=f"{version} may have migrated the database; it was NOT restored "
+                f"(checkpoint {rec.checkpoint_ref!r}): restore it by hand if the old release "
+                "needs the old schema",
+            )
         await asyncio.to_thread(
-            self.store.log, "activate.reverted", version=version, restored=old, reason=reason[:4000]
+            self.store.log,
+            "activate.reverted",
+            version=version,
+            restored=old,
+            reason=reason[:4000],
+            **db,
         )
         await self._save(state)
         if old is not None:
@@ -548,17 +589,20 @@ class AppManager:
 
     async def _post_rollback_hooks(self, state: AppState, target: str, left: str | None) -> None:
         try:
-            manifest = await asyncio.to_thread(self.store.load_manifest, state, target)
+            spec = await asyncio.to_thread(self.store.load_runtime, state, target)
         except CutoverError:
             return
         ctx = self._hook_ctx(target, left, self.store.layout.release(target))
         await self._run_hooks(
-            [*manifest.hooks.post_rollback, *self.section.hooks.post_rollback], "post_rollback", ctx
+            [*spec.hooks.post_rollback, *self.section.hooks.post_rollback], "post_rollback", ctx
         )
 
     # ------------------------------------------------------------------ rollback
     def _commit_rollback(self, state: AppState, target: str) -> None:
         state.current = target
+        rec = state.releases.get(target)
+        if rec is not None and rec.activated_at is None:
+            rec.activated_at, rec.activated_by = utcnow(), self.actor
         if target in state.history:
             while state.history and state.history[-1] != target:
                 state.history.pop()
@@ -585,23 +629,38 @@ class AppManager:
                 raise StateError(
                     f"{self.app} {target} is marked bad ({rec.reason}); choose another --to"
                 )
+            if rec.activated_at is None:
+                raise StateError(
+                    f"{self.app} {target} has never been active on this host; a rollback skips "
+                    f"checkpoints, pre_activate hooks and health gating, so use `activate {target}`"
+                )
             result = OpResult("rollback", self.app, version=target, recovered=recovered)
             if target == state.current:
                 result.current, result.previous = state.current, state.previous
                 result.message = f"{target} is already active; nothing to do"
                 return result
             old = state.current
-            left = state.releases.get(old or "")
+            migrated = [
+                state.releases[v]
+                for v in _crossed(state, target)
+                if v in state.releases and state.releases[v].requires_migration
+            ]
             warnings: list[str] = []
-            if left is not None and left.requires_migration:
-                if restore:
-                    await self._restore(state, old or "", target, left.checkpoint_ref)
-                    warnings.append(f"database restored from checkpoint {left.checkpoint_ref!r}")
-                else:
-                    warnings.append(
-                        f"{old} ran migrations: the database was NOT restored (checkpoint "
-                        f"{left.checkpoint_ref!r}); use --restore to run the restore command"
-                    )
+            if migrated and restore:
+                # The earliest crossed migration's checkpoint is the database the target expects.
+                ref = migrated[0].checkpoint_ref
+                await self._restore(state, old or "", target, ref)
+                warnings.append(f"database restored from checkpoint {ref!r}")
+            elif migrated:
+                names = ", ".join(
+                    f"{r.version} (checkpoint {r.checkpoint_ref!r})" for r in migrated
+                )
+                warnings.append(
+                    f"rolling back across migrating release(s) {names}: the database was NOT "
+                    "restored; use --restore to run the configured restore command"
+                )
+            elif restore:
+                warnings.append("--restore ignored: no release being rolled back ran migrations")
             op_id = uuid.uuid4().hex[:12]
             state.pending = Pending(
                 op="rollback", op_id=op_id, from_version=old, to_version=target, actor=self.actor
@@ -634,9 +693,9 @@ class AppManager:
             checkpoint("rollback.committed")
             try:
                 await self._post_rollback_hooks(state, target, old)
-                manifest = await asyncio.to_thread(self.store.load_manifest, state, target)
+                spec = await asyncio.to_thread(self.store.load_runtime, state, target)
                 live = await self._health(
-                    "live", manifest, target, self.store.layout.release(target), {}
+                    "live", spec.health, target, self.store.layout.release(target), {}
                 )
                 result.details["health"] = live
                 if live["status"] != "pass":
@@ -789,6 +848,18 @@ class AppManager:
         return self.store.load()
 
 
+def _crossed(state: AppState, target: str) -> list[str]:
+    """Releases a rollback to ``target`` leaves behind, oldest first."""
+    if target in state.history:
+        idx = len(state.history) - 1 - state.history[::-1].index(target)
+        crossed = state.history[idx + 1 :]
+    else:
+        crossed = []
+    if state.current and state.current not in crossed:
+        crossed.append(state.current)
+    return crossed
+
+
 def _newer(a: str, b: str) -> bool:
     try:
         return is_older(b, a)
@@ -800,13 +871,13 @@ def _installed(state: AppState) -> str:
     return ", ".join(r.version for r in state.installed()) or "(none)"
 
 
-def _log_offsets(manifest: Manifest, release_dir: Path) -> dict[str, int]:
+def _log_offsets(health: HealthSpec, release_dir: Path) -> dict[str, int]:
     """Log sizes before the flip, so live log checks see only lines written after it."""
-    if not any(c.type == "log" for c in manifest.health.live.checks):
+    if not any(c.type == "log" for c in health.live.checks):
         return {}
     from agent.health import log_offsets
 
-    return log_offsets(manifest.health.live.checks, release_dir)
+    return log_offsets(health.live.checks, release_dir)
 
 
 def _health_summary(result: dict[str, Any]) -> str:

@@ -64,8 +64,11 @@ class AppLock:
             "since": time.time(),
             "host": socket.gethostname(),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder_info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder_info).encode(), 0)
+        except OSError:
+            pass  # disk full: the lock itself holds; only the holder's name is missing
         self._fd = fd
 
     @staticmethod
@@ -82,6 +85,8 @@ class AppLock:
             fd, self._fd = self._fd, None
             try:
                 os.ftruncate(fd, 0)
+            except OSError:
+                pass
             finally:
                 os.close(fd)  # closing the last fd of the description drops the flock
 

@@ -89,7 +89,7 @@ def _read_header(fh: BinaryIO, index: int) -> tuple[str, int]:
     stored = _parse_number(raw[148:156], "header checksum")
     if stored != sum(raw[:148]) + 256 + sum(raw[156:]):
         raise PackageFormatError(f"package: member {index + 1} has a bad header checksum")
-    if raw[257:263] not in (b"ustar\x00", b"ustar "):
+    if raw[257:265] != b"ustar\x0000":
         raise PackageFormatError(f"package: member {index + 1} is not a ustar header")
     if raw[156:157] not in (b"0", b"\x00"):
         raise PackageFormatError(
@@ -143,8 +143,11 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
             fh.seek(size + _padding(size), os.SEEK_CUR)
         parts.append((name, offset, size))
     trailer = fh.read(2 * BLOCK)
-    if trailer.strip(b"\x00"):
-        raise PackageFormatError("package has data after its third member; expected end of archive")
+    if len(trailer) < 2 * BLOCK or trailer.strip(b"\x00") or fh.read(1):
+        raise PackageFormatError(
+            "package does not end with the end-of-archive marker after its third member "
+            "(truncated, or extra data appended)"
+        )
     name, offset, size = parts[2]
     return PackageParts(small[0], small[1], name, _PAYLOAD_BY_NAME[name], offset, size)
 

@@ -54,6 +54,7 @@ class ReleaseRecord(_Model):
     status: ReleaseStatus
     seq: int  # staging order, for retention ("newest N") without mtimes
     manifest_digest: str
+    runtime_digest: str = ""  # of manifests/<v>.runtime.json (hooks, health, shared)
     signers: list[str] = []
     release_type: str = ""
     requires_migration: bool = False
@@ -139,7 +140,9 @@ class StateFile:
                 "agent never resets state silently"
             ) from exc
         if state.app != self.app:
-            raise StorageError(f"state file {self.path} belongs to app {state.app!r}, not {self.app!r}")
+            raise StorageError(
+                f"state file {self.path} belongs to app {state.app!r}, not {self.app!r}"
+            )
         return state
 
     def save(self, state: AppState) -> None:

@@ -19,7 +19,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -122,8 +122,13 @@ class BuildResult:
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
+    """gitignore-like: a pattern without ``/`` matches a name at any depth (``.git``,
+    ``node_modules``, ``*.log``); a pattern with ``/`` matches the path from the tree root."""
+    name = rel.rpartition("/")[2]
     return any(
-        fnmatch.fnmatchcase(rel, p) or (fnmatch.fnmatchcase(rel.split("/")[0], p) and "/" not in p)
+        fnmatch.fnmatchcase(rel, p.strip("/"))
+        if "/" in p.strip("/")
+        else fnmatch.fnmatchcase(name, p)
         for p in patterns
     )
 
@@ -232,7 +237,7 @@ def build_package(
     release_type: ReleaseType | None = None,
     notes: str = "",
     created_at: datetime | None = None,
-    expires_at: datetime | None = None,
+    expires_after: timedelta | None = None,
     compression: str = "zstd",
     progress: Callable[[int], None] | None = None,
 ) -> BuildResult:
@@ -243,6 +248,7 @@ def build_package(
         ManifestError: the tree holds something that cannot be shipped safely.
     """
     cfg = load_app_config(app_dir)
+    created = _created_at(created_at)
     if output.exists():
         raise ConfigError(f"{output} exists already; choose another -o path or remove it")
     entries = _walk(app_dir, cfg)
@@ -305,7 +311,7 @@ def build_package(
             "build": build,
             "commit": commit,
             "branch": branch,
-            "created_at": _created_at(created_at).isoformat().replace("+00:00", "Z"),
+            "created_at": created.isoformat().replace("+00:00", "Z"),
             "release_type": (release_type or cfg.release.release_type).value,
             "requires_migration": cfg.release.requires_migration,
             "notes": notes,
@@ -319,8 +325,8 @@ def build_package(
             },
             "files": [f.model_dump(mode="json") for f in files],
         }
-        if expires_at is not None:
-            doc["expires_at"] = expires_at.isoformat().replace("+00:00", "Z")
+        if expires_after is not None:
+            doc["expires_at"] = (created + expires_after).isoformat().replace("+00:00", "Z")
         manifest_bytes = canonical_json(doc)
         manifest = parse_manifest(manifest_bytes)  # the builder holds itself to the agent's rules
         payload.seek(0)

@@ -7,17 +7,19 @@ agent.errors.ExitCode (docs/operations.md). ``--json`` prints one JSON document 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.errors import ConfigError, CutoverError, ExitCode
-from agent.keys import generate_keypair, load_private_key
-from agent.manifest import DirEntry, FileEntry, ReleaseType
+from agent.keys import generate_keypair, load_private_key, load_public_key
+from agent.manifest import DirEntry, FileEntry, ReleaseType, parse_signatures
+from agent.package import open_package
 from controller.build import build_package, payload_matches, sign_package
 
 __all__ = ["main"]
@@ -57,7 +59,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     notes = args.notes or ""
     if args.notes_file:
         notes = Path(args.notes_file).read_text(encoding="utf-8")
-    expires = datetime.now(UTC) + timedelta(days=args.expires_days) if args.expires_days else None
+    expires = timedelta(days=args.expires_days) if args.expires_days else None
     bar = None
     progress = None
     if sys.stderr.isatty() and not args.json:
@@ -81,7 +83,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             release_type=ReleaseType(args.release_type) if args.release_type else None,
             notes=notes,
             created_at=_parse_time(args.created_at) if args.created_at else None,
-            expires_at=expires,
+            expires_after=expires,
             compression=args.compression,
             progress=progress,
         )
@@ -120,8 +122,28 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _check_signers(package: Path, trusted: list[str]) -> dict[str, str]:
+    """keyid -> "valid" / "INVALID" / "unknown" against the given public keys (pure check)."""
+    keys = {k.keyid: k for k in (load_public_key(p) for p in trusted)}
+    parts, fh = open_package(package)
+    fh.close()
+    verdicts: dict[str, str] = {}
+    for entry in parse_signatures(parts.signatures_bytes):
+        key = keys.get(entry.keyid)
+        if key is None:
+            verdicts[entry.keyid] = "unknown"
+            continue
+        try:
+            raw = base64.b64decode(entry.sig, validate=True)
+        except ValueError:
+            raw = b""
+        verdicts[entry.keyid] = "valid" if key.verify(raw, parts.manifest_bytes) else "INVALID"
+    return verdicts
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     manifest, signers, ok = payload_matches(Path(args.package))
+    verdicts = _check_signers(Path(args.package), args.trust) if args.trust else {}
     kinds = {"files": 0, "dirs": 0, "symlinks": 0}
     for e in manifest.files:
         kinds[
@@ -150,6 +172,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "payload": manifest.payload.model_dump(),
         "payload_matches": ok,
         "signers": signers,
+        "signature_check": verdicts or None,
         "hooks": hooks,
         "shared": manifest.shared.model_dump(),
         "notes": manifest.notes,
@@ -174,10 +197,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for stage, names in hooks.items():
             if names:
                 print(f"  hooks.{stage}: {', '.join(names)}")
-        print(f"  signatures: {len(signers)}" + "".join(f"\n    {s}" for s in signers))
+        print(
+            f"  signatures: {len(signers)}"
+            + ("" if verdicts else " (not checked: pass --trust KEY.pub to verify)")
+            + "".join(f"\n    {s}  {verdicts.get(s, '')}" for s in signers)
+        )
 
     _emit(args.json, data, human)
-    return ExitCode.OK if ok else ExitCode.REJECTED
+    bad = any(v == "INVALID" for v in verdicts.values())
+    return ExitCode.REJECTED if not ok or bad else ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--created-at", default=None, help="ISO time (default $SOURCE_DATE_EPOCH, else now)"
     )
-    sp.add_argument("--expires-days", type=int, default=None, help="manifest expires after N days")
+    sp.add_argument(
+        "--expires-days", type=int, default=None, help="manifest expires N days after created_at"
+    )
     sp.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
     sp.set_defaults(fn=cmd_build)
 
@@ -228,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", parents=[common], help="show a package's manifest, signers and payload check"
     )
     sp.add_argument("package")
+    sp.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="KEY.pub",
+        help="verify signatures against this public key (repeatable); exit 3 if any is invalid",
+    )
     sp.set_defaults(fn=cmd_inspect)
     return p
 

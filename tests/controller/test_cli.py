@@ -61,6 +61,12 @@ def test_build_sign_twice_inspect(tmp_path: Path) -> None:
     assert set(info["signers"]) == keyids
     assert info["payload_matches"] is True and info["commit"] == "abc123"
     assert info["hooks"]["post_activate"] == ["queue restart"]
+    checked = json.loads(
+        cutover("inspect", str(pkg), "--json", "--trust", str(tmp_path / "tech.pub")).stdout
+    )
+    tech = load_public_key(tmp_path / "tech.pub").keyid
+    assert checked["signature_check"][tech] == "valid"
+    assert set(checked["signature_check"].values()) == {"valid", "unknown"}
     human = cutover("inspect", str(pkg))
     assert (
         "matches its digest" in human.stdout
