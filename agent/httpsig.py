@@ -67,14 +67,22 @@ Content-Type -> Content-Digest -> request target -> key -> Ed25519 signature.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
+from agent._sfv import (
+    InnerList,
+    Item,
+    Member,
+    Params,
+    SFError,
+    parse_dictionary,
+    serialize_inner_list,
+    serialize_string,
+)
 from agent.errors import AuthError
 from agent.keys import PrivateKey, PublicKey
 
@@ -115,10 +123,6 @@ _METHOD_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PATH_RE = re.compile(r"/[\x21-\x22\x24-\x3e\x40-\x7e]*")  # VCHAR minus '#' and '?'
 _QUERY_RE = re.compile(r"[\x21-\x22\x24-\x7e]*")  # VCHAR minus '#'
 _AUTHORITY_RE = re.compile(r"(?:[a-z0-9._~-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
-_KEY_RE = re.compile(r"[a-z*][a-z0-9_.*-]*")
-_DIGIT = frozenset("0123456789")
-_ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TCHAR = _DIGIT | _ALPHA | frozenset("!#$%&'*+-.^_`|~")
 _DUP_CODE = {
     "signature-input": "malformed_signature_input",
     "signature": "malformed_signature",
@@ -156,207 +160,6 @@ class Verified:
     content_digest: bytes
 
 
-# --- RFC 8941 structured fields: the subset the profile needs, parsed strictly ------------------
-
-
-class _Token(str):
-    """An sf-token, kept apart from an sf-string so a type confusion is detectable."""
-
-    __slots__ = ()
-
-
-_Bare = int | bool | Decimal | str | bytes  # _Token is a str; bool is checked before int
-_Params = list[tuple[str, _Bare]]  # a list, not a dict: duplicates must stay visible
-
-
-@dataclass(frozen=True)
-class _Item:
-    value: _Bare
-    params: _Params
-
-
-@dataclass(frozen=True)
-class _InnerList:
-    items: list[_Item]
-    params: _Params
-
-
-class _SFError(ValueError):
-    pass
-
-
-class _Parser:
-    """RFC 8941 §4.2 dictionary parser (no Date or Display String from RFC 9651)."""
-
-    def __init__(self, text: str) -> None:
-        self.s = text
-        self.i = 0
-
-    def _peek(self) -> str:
-        return self.s[self.i] if self.i < len(self.s) else ""
-
-    def _skip(self, chars: str) -> None:
-        while self.i < len(self.s) and self.s[self.i] in chars:
-            self.i += 1
-
-    def dictionary(self) -> list[tuple[str, _Item | _InnerList]]:
-        self._skip(" ")
-        members: list[tuple[str, _Item | _InnerList]] = []
-        while self.i < len(self.s):
-            key = self._key()
-            member: _Item | _InnerList
-            if self._peek() == "=":
-                self.i += 1
-                member = self._inner_list() if self._peek() == "(" else self._item()
-            else:
-                member = _Item(True, self._params())
-            members.append((key, member))
-            self._skip(" \t")
-            if self.i >= len(self.s):
-                break
-            if self._peek() != ",":
-                raise _SFError(f"expected ',' at offset {self.i}")
-            self.i += 1
-            self._skip(" \t")
-            if self.i >= len(self.s):
-                raise _SFError("trailing comma")
-        return members
-
-    def _inner_list(self) -> _InnerList:
-        self.i += 1
-        items: list[_Item] = []
-        while self.i < len(self.s):
-            self._skip(" ")
-            if self._peek() == ")":
-                self.i += 1
-                return _InnerList(items, self._params())
-            items.append(self._item())
-            if self._peek() not in (" ", ")"):
-                raise _SFError(f"expected ' ' or ')' at offset {self.i}")
-        raise _SFError("unterminated inner list")
-
-    def _item(self) -> _Item:
-        return _Item(self._bare(), self._params())
-
-    def _params(self) -> _Params:
-        params: _Params = []
-        while self._peek() == ";":
-            self.i += 1
-            self._skip(" ")
-            key = self._key()
-            value: _Bare = True
-            if self._peek() == "=":
-                self.i += 1
-                value = self._bare()
-            params.append((key, value))
-        return params
-
-    def _key(self) -> str:
-        m = _KEY_RE.match(self.s, self.i)
-        if m is None:
-            raise _SFError(f"expected a key at offset {self.i}")
-        self.i = m.end()
-        return m.group()
-
-    def _bare(self) -> _Bare:
-        c = self._peek()
-        if c == "-" or c in _DIGIT:
-            return self._number()
-        if c == '"':
-            return self._string()
-        if c == ":":
-            return self._bytes()
-        if c == "?":
-            flag = self.s[self.i + 1 : self.i + 2]
-            if flag not in ("0", "1"):
-                raise _SFError(f"bad boolean at offset {self.i}")
-            self.i += 2
-            return flag == "1"
-        if c == "*" or c in _ALPHA:
-            start = self.i
-            self.i += 1
-            self._skip_tchar()
-            return _Token(self.s[start : self.i])
-        raise _SFError(f"unexpected {c!r} at offset {self.i}" if c else "unexpected end")
-
-    def _skip_tchar(self) -> None:
-        while self.i < len(self.s) and (self.s[self.i] in _TCHAR or self.s[self.i] in ":/"):
-            self.i += 1
-
-    def _number(self) -> int | Decimal:
-        start = self.i
-        if self._peek() == "-":
-            self.i += 1
-        digits_start = self.i
-        if self._peek() not in _DIGIT:
-            raise _SFError(f"expected a digit at offset {self.i}")
-        is_decimal = False
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            if c in _DIGIT:
-                self.i += 1
-            elif c == "." and not is_decimal:
-                if self.i - digits_start > 12:
-                    raise _SFError("decimal too long")
-                is_decimal = True
-                self.i += 1
-            else:
-                break
-            if self.i - digits_start > (16 if is_decimal else 15):
-                raise _SFError("number too long")
-        text = self.s[start : self.i]
-        if not is_decimal:
-            return int(text)
-        fraction = text.rsplit(".", 1)[1]
-        if not 1 <= len(fraction) <= 3:
-            raise _SFError("decimal needs 1 to 3 fractional digits")
-        return Decimal(text)
-
-    def _string(self) -> str:
-        self.i += 1
-        out: list[str] = []
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            self.i += 1
-            if c == "\\":
-                nxt = self._peek()
-                if nxt not in ('"', "\\"):
-                    raise _SFError(f"bad escape at offset {self.i}")
-                out.append(nxt)
-                self.i += 1
-            elif c == '"':
-                return "".join(out)
-            elif not " " <= c <= "~":
-                raise _SFError(f"bad character in string at offset {self.i - 1}")
-            else:
-                out.append(c)
-        raise _SFError("unterminated string")
-
-    def _bytes(self) -> bytes:
-        end = self.s.find(":", self.i + 1)
-        if end < 0:
-            raise _SFError("unterminated byte sequence")
-        text = self.s[self.i + 1 : end]
-        self.i = end + 1
-        try:
-            raw = base64.b64decode(text.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise _SFError("byte sequence is not base64") from exc
-        if base64.b64encode(raw).decode("ascii") != text:
-            raise _SFError("byte sequence is not canonical padded base64")
-        return raw
-
-
-def _parse_dictionary(text: str) -> list[tuple[str, _Item | _InnerList]]:
-    return _Parser(text).dictionary()
-
-
-def _ser_string(value: str) -> str:
-    if not all(" " <= c <= "~" for c in value):
-        raise ValueError(f"{value!r} is not printable ASCII")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 # --- RFC 9421 signature base ---------------------------------------------------------------------
 
 
@@ -372,16 +175,7 @@ def serialize_signature_params(
     Raises:
         ValueError: a name is not an sf-key, or a value is not an sf-integer or printable string.
     """
-    out = ["(", " ".join(_ser_string(c) for c in components), ")"]
-    for key, value in params:
-        if _KEY_RE.fullmatch(key) is None:
-            raise ValueError(f"{key!r} is not a structured-field key")
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError(f"parameter {key!r} must be an int or a str")
-        if isinstance(value, int) and abs(value) >= 10**15:
-            raise ValueError(f"parameter {key!r} is out of sf-integer range")
-        out.append(f";{key}={value}" if isinstance(value, int) else f";{key}={_ser_string(value)}")
-    return "".join(out)
+    return serialize_inner_list(components, params)
 
 
 def build_signature_base(components: Sequence[tuple[str, str]], signature_params: str) -> bytes:
@@ -405,7 +199,7 @@ def build_signature_base(components: Sequence[tuple[str, str]], signature_params
             raise ValueError(f"component name {name!r} is not allowed")
         if not all(" " <= c <= "~" or c == "\t" for c in value):
             raise ValueError(f"component {name!r} has a control or non-ASCII character")
-        lines.append(f"{_ser_string(name)}: {value}")
+        lines.append(f"{serialize_string(name)}: {value}")
     lines.append(f'"@signature-params": {signature_params}')
     return "\n".join(lines).encode("ascii")
 
@@ -432,13 +226,13 @@ def parse_content_digest(value: str) -> bytes:
     """
     hint = "send exactly one member, sha-256=:BASE64:"
     try:
-        members = _parse_dictionary(value.strip(" \t"))
-    except _SFError as exc:
+        members = parse_dictionary(value.strip(" \t"))
+    except SFError as exc:
         raise _fail("bad_digest_header", f"Content-Digest is malformed ({exc}); {hint}") from exc
     if [key for key, _ in members] != ["sha-256"]:
         raise _fail("bad_digest_header", f"Content-Digest must hold sha-256 only; {hint}")
     item = members[0][1]
-    if not isinstance(item, _Item) or type(item.value) is not bytes or item.params:
+    if not isinstance(item, Item) or type(item.value) is not bytes or item.params:
         raise _fail("bad_digest_header", f"Content-Digest sha-256 is not a byte sequence; {hint}")
     if len(item.value) != 32:
         raise _fail("bad_digest_header", "Content-Digest sha-256 is not 32 bytes long")
@@ -552,12 +346,12 @@ def _lookup(headers: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def _single_member(text: str, field: str, malformed: str) -> _Item | _InnerList:
+def _single_member(text: str, field: str, malformed: str) -> Member:
     if len(text) > _MAX_SIG_FIELD_CHARS:
         raise _fail(malformed, f"{field} is longer than {_MAX_SIG_FIELD_CHARS} characters")
     try:
-        members = _parse_dictionary(text)
-    except _SFError as exc:
+        members = parse_dictionary(text)
+    except SFError as exc:
         raise _fail(
             malformed, f"{field} is not a valid structured-field dictionary ({exc})"
         ) from exc
@@ -572,8 +366,8 @@ def _single_member(text: str, field: str, malformed: str) -> _Item | _InnerList:
     return members[0][1]
 
 
-def _check_components(member: _Item | _InnerList) -> _InnerList:
-    if not isinstance(member, _InnerList):
+def _check_components(member: Member) -> InnerList:
+    if not isinstance(member, InnerList):
         raise _fail("malformed_signature_input", "Signature-Input member is not an inner list")
     names = [item.value for item in member.items]
     if (
@@ -584,7 +378,7 @@ def _check_components(member: _Item | _InnerList) -> _InnerList:
     return member
 
 
-def _check_params(params: _Params) -> list[tuple[str, int | str]]:
+def _check_params(params: Params) -> list[tuple[str, int | str]]:
     names = [name for name, _ in params]
     if len(set(names)) != len(names):
         raise _fail("bad_params", "a signature parameter is repeated")
@@ -681,7 +475,7 @@ def verify_request(
 
     sig_member = _single_member(fields["signature"], "Signature", "malformed_signature")
     if (
-        not isinstance(sig_member, _Item)
+        not isinstance(sig_member, Item)
         or type(sig_member.value) is not bytes
         or sig_member.params
         or len(sig_member.value) != 64
