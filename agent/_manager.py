@@ -229,6 +229,7 @@ class ManagerBase:
         return actions
 
     async def _begin(self, op: str) -> tuple[AppState, list[str]]:
+        self.store.journal.invalidate()  # the lock is ours now; re-read the chain head
         state = await asyncio.to_thread(self.store.load)
         recovered = await self.recover(state)
         self.emit("op.start", op=op)

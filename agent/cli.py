@@ -456,7 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from agent._logging import configure_logging
 
-        configure_logging("auto", "info" if args.command == "serve" else "error")
+        if args.command == "serve":
+            configure_logging("auto", "info")
+        else:  # the CLI's stdout is for results (--json); warnings go to stderr
+            configure_logging("auto", "warning", stream=sys.stderr)
         code: int = args.fn(args, out)
         return code
     except CutoverError as exc:

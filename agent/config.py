@@ -70,7 +70,7 @@ class AgentSection(_Strict):
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     fetch_timeout_s: float = Field(default=3600.0, gt=0)
     max_request_lifetime_s: int = Field(default=300, gt=0, le=300)
-    clock_skew_s: int = Field(default=30, ge=0, le=300)
+    clock_skew_s: int = Field(default=30, ge=0, le=30)  # httpsig.MAX_SKEW_S
     drain_timeout_s: float = Field(default=60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -76,6 +76,12 @@ class Journal:
         self._head = head
         return head
 
+    def invalidate(self) -> None:
+        """Forget the cached head: another process may have appended since (call under the
+        app lock, before appending)."""
+        with self._lock:
+            self._head = None
+
     @property
     def head(self) -> JournalHead:
         with self._lock:

@@ -3,5 +3,13 @@
 from __future__ import annotations
 
 from controller.build import AppConfig, BuildResult, build_package, load_app_config, sign_package
+from controller.client import AgentClient
 
-__all__ = ["AppConfig", "BuildResult", "build_package", "load_app_config", "sign_package"]
+__all__ = [
+    "AgentClient",
+    "AppConfig",
+    "BuildResult",
+    "build_package",
+    "load_app_config",
+    "sign_package",
+]

@@ -1,0 +1,101 @@
+"""structlog configuration shared by the daemon and the CLIs (STYLE.md, "Logging").
+
+One processor chain for everything that logs, including the standard library's loggers (aiohttp's
+server errors, asyncio's warnings), so journald receives one JSON object per line::
+
+    merge_contextvars -> add_log_level -> format_exc_info -> TimeStamper(iso, utc) -> JSONRenderer
+
+On a terminal (``fmt="auto"`` and stdout is a tty, or ``fmt="console"``) the last step is
+structlog's ConsoleRenderer instead, and exceptions are left for it to pretty-print.
+
+Request and operation context (request id, keyid, operation id, app, version) is bound with
+``structlog.contextvars`` by the server, so every line logged while handling a request carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import Processor
+
+__all__ = ["LEVELS", "configure_logging"]
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _renderer(fmt: str, stream: TextIO) -> tuple[Processor, bool]:
+    """The final processor and whether exceptions must be pre-formatted for it."""
+    if fmt == "console" or (fmt == "auto" and stream.isatty()):
+        return structlog.dev.ConsoleRenderer(colors=stream.isatty()), False
+    return structlog.processors.JSONRenderer(sort_keys=False), True
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard library's logging to write to ``stream`` (stdout).
+
+    The daemon logs to stdout (journald); the CLIs pass stderr so ``--json`` output stays clean.
+
+    Idempotent: calling it again (the daemon does, once its config names a format) replaces the
+    previous configuration.
+
+    Args:
+        fmt: ``"json"``, ``"console"`` or ``"auto"`` (console on a tty, JSON otherwise).
+        level: ``"debug"``, ``"info"``, ``"warning"`` or ``"error"``.
+
+    Raises:
+        ValueError: unknown ``fmt`` or ``level``.
+    """
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError(f"log format {fmt!r} is not one of auto, json, console")
+    try:
+        numeric = LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}") from None
+    out = stream if stream is not None else sys.stdout
+    renderer, format_exceptions = _renderer(fmt, out)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+    ]
+    if format_exceptions:
+        shared.append(structlog.processors.format_exc_info)
+    shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        # The daemon reconfigures after reading its config: loggers must not cache the old chain.
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[_stdlib_event, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.INFO))
+    # aiohttp's access log duplicates our canonical request line; its error logger stays.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _stdlib_event(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:
+    """Name stdlib records by their logger so they stay distinguishable from our fixed events."""
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict.setdefault("logger", record.name)
+    return event_dict

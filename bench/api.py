@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Agent API benchmark: request latency under a concurrent upload+stage, and memory while
+receiving a 1 GiB package. Real ``cutover-agent serve`` processes on 127.0.0.1.
+
+    .venv/bin/python bench/api.py [--rate 50] [--idle-s 3] [--reps 3] [--keep] [--trace FILE]
+
+1. Latency. A signed ``GET /v1/apps`` is sent at a steady rate (open loop: each request is
+   scheduled on a fixed clock, latency counts from its scheduled time, so a stalled agent cannot
+   hide behind a stalled client). Baseline: the agent idle, measured in the same run. Then again
+   while a 250 MiB release (``/work/shared/bench/make_corpus.py OUT --files 20000 --total-mb 250
+   --seed 1``, zstd) is uploaded and staged on the same agent by a separate process. Repeated
+   ``--reps`` times on a fresh agent (idle and loaded interleaved); the goal is judged on the
+   median p99, because this shared 2-core machine is noisy (bench/README.md).
+2. Memory. A fresh agent receives and stages a ~1 GiB package (incompressible payload,
+   ``compression = none``, 8 files). Peak RSS (``VmHWM`` of /proc/PID/status) after receiving,
+   after staging, against the agent's idle RSS.
+
+Goals: p99 <= 50 ms under load; peak RSS <= 100 MiB. Packages and keys are cached under
+bench/out/ (first run: a minute or two to build). ``CUTOVER_AGENT_BIN`` runs another agent
+executable (e.g. an installed one). Timing claims live here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
+from agent.store import Layout  # noqa: E402
+from controller.build import build_package, sign_package  # noqa: E402
+from controller.client import AgentClient  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+CORPUS = Path("/work/shared/bench/make_corpus.py")
+AGENT = Path(os.environ.get("CUTOVER_AGENT_BIN", Path(sys.executable).parent / "cutover-agent"))
+MiB = 1 << 20
+GOAL_P99_MS = 50.0
+GOAL_RSS_MIB = 100.0
+
+
+# ---------------------------------------------------------------------- inputs (cached)
+def key(name: str) -> PrivateKey:
+    path = OUT / "keys" / name
+    if path.exists():
+        return load_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return generate_keypair(path)
+
+
+def _package(name: str, make_tree: Callable[[Path], None], version: str, compression: str) -> Path:
+    out = OUT / f"{name}-{version}.cutover"
+    stamp = out.with_suffix(".signed")
+    if out.exists() and stamp.exists():
+        return out
+    tree = OUT / f"tree-{name}"
+    if not (tree / "cutover.toml").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        t0 = time.monotonic()
+        make_tree(tree)
+        (tree / "cutover.toml").write_text(f'app = "{name}"\n')
+        print(f"  built tree {tree.name} in {time.monotonic() - t0:.1f} s", flush=True)
+    out.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    build_package(tree, out, version=version, compression=compression)
+    sign_package(out, key("release"))
+    stamp.touch()
+    print(
+        f"  built {out.name} ({out.stat().st_size / MiB:.0f} MiB) in {time.monotonic() - t0:.1f} s"
+    )
+    return out
+
+
+def corpus_tree(tree: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            str(CORPUS),
+            str(tree),
+            "--files",
+            "20000",
+            "--total-mb",
+            "250",
+            "--seed",
+            "1",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def big_tree(tree: Path) -> None:
+    tree.mkdir(parents=True)
+    for i in range(8):
+        with (tree / f"blob{i}.bin").open("wb") as fh:
+            for _ in range(128):
+                fh.write(os.urandom(MiB))
+
+
+# ---------------------------------------------------------------------- agent process
+class Agent:
+    def __init__(self, base: Path, app: str) -> None:
+        base.mkdir(parents=True)
+        self.base = base
+        self.app = app
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.root = base / "srv" / app
+        for d in Layout(self.root).dirs():
+            d.mkdir(parents=True, exist_ok=True)
+        self.config = base / "agent.toml"
+        self.config.write_text(
+            "[agent]\n"
+            f'name = "127.0.0.1:{self.port}"\nlisten = "127.0.0.1:{self.port}"\n'
+            f'state_dir = "{base / "state"}"\nlog_format = "json"\n'
+            "max_upload_bytes = 2147483648\n\n"
+            f'[[controller_keys]]\nname = "bench"\npath = "{OUT / "keys" / "deploy.pub"}"\n\n'
+            f'[apps.{app}]\nroot = "{self.root}"\nrelease_keys = ["{OUT / "keys" / "release.pub"}"]\n'
+        )
+        self.log = (base / "agent.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(AGENT), "--config", str(self.config), "serve"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1):  # noqa: S310  # loopback
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"agent did not start; see {base / 'agent.log'}") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self, field: str) -> float:
+        """A /proc/PID/status field in MiB (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise KeyError(field)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+# ---------------------------------------------------------------------- measurements
+TRACE: list[tuple[float, float]] = []  # (wall clock at scheduled send, latency ms), for --trace
+
+
+async def probe(url: str, rate: float, stop: asyncio.Event, min_s: float) -> list[float]:
+    """Signed GET /v1/apps at ``rate``/s until ``stop`` (and at least ``min_s``); latencies in ms."""
+    latencies: list[float] = []
+    offset = time.time() - time.perf_counter()
+    interval = 1 / rate
+    async with AgentClient(url, key("deploy")) as client:
+        await client.apps()  # warm the connection
+
+        async def one(scheduled: float) -> None:
+            await client.apps()
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+            TRACE.append((scheduled + offset, latencies[-1]))
+
+        tasks = []
+        start = time.perf_counter()
+        n = 0
+        while not (stop.is_set() and time.perf_counter() - start >= min_s):
+            scheduled = start + n * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+            n += 1
+        await asyncio.gather(*tasks)
+    return latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def upload_in_subprocess(
+    url: str, app: str, version: str, package: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "_upload", url, app, version, str(package)],
+        stdout=subprocess.PIPE,
+    )
+
+
+async def _upload_worker(url: str, app: str, version: str, package: Path) -> None:
+    async with AgentClient(url, key("deploy"), upload_timeout_s=3600) as c:
+        t0 = time.perf_counter()
+        accepted = await c.upload(app, version, package)
+        t1 = time.perf_counter()
+        record = await c.wait(accepted["operation"])
+        t2 = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "upload_s": t1 - t0,
+                "stage_s": t2 - t1,
+                "status": record["status"],
+                "error": record["error"],
+            }
+        )
+    )
+
+
+def child_result(proc: subprocess.Popen[bytes]) -> dict[str, object]:
+    out, _ = proc.communicate(timeout=3600)
+    result: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
+    if result["status"] != "succeeded":
+        raise RuntimeError(f"operation failed: {result}")
+    return result
+
+
+async def latency_bench(base: Path, package: Path, rate: float, idle_s: float) -> dict[str, object]:
+    """One repetition on a fresh agent: idle baseline, then the same probe during upload+stage."""
+    agent = Agent(base, "bench")
+    try:
+        idle = await probe(agent.url, rate, _set(asyncio.Event()), idle_s)
+        stop = asyncio.Event()
+        proc = upload_in_subprocess(agent.url, "bench", "1.0.0", package)
+        waiter = asyncio.create_task(asyncio.to_thread(child_result, proc))
+        waiter.add_done_callback(lambda _: stop.set())
+        loaded = await probe(agent.url, rate, stop, 1.0)
+        timing = await waiter
+    finally:
+        agent.stop()
+    return {"idle": idle, "loaded": loaded, **timing}
+
+
+def _set(ev: asyncio.Event) -> asyncio.Event:
+    ev.set()
+    return ev
+
+
+async def rss_bench(base: Path, package: Path) -> dict[str, float]:
+    agent = Agent(base, "big")
+    try:
+        await asyncio.sleep(0.5)
+        idle_rss = agent.status("VmRSS")
+        async with AgentClient(agent.url, key("deploy"), upload_timeout_s=3600) as c:
+            t0 = time.perf_counter()
+            accepted = await c.upload("big", "1.0.0", package)
+            upload_s = time.perf_counter() - t0
+            hwm_received = agent.status("VmHWM")
+            record = await c.wait(accepted["operation"])
+            stage_s = time.perf_counter() - t0 - upload_s
+        if record["status"] != "succeeded":
+            raise RuntimeError(f"staging failed: {record['error']}")
+        hwm_staged = agent.status("VmHWM")
+    finally:
+        agent.stop()
+    return {
+        "idle_rss": idle_rss,
+        "hwm_received": hwm_received,
+        "hwm_staged": hwm_staged,
+        "upload_s": upload_s,
+        "stage_s": stage_s,
+        "size_mib": (await asyncio.to_thread(package.stat)).st_size / MiB,
+    }
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_upload":
+        asyncio.run(_upload_worker(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5])))
+        return 0
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rate", type=float, default=50.0, help="GET /v1/apps per second (default 50)")
+    ap.add_argument(
+        "--idle-s", type=float, default=3.0, help="idle baseline duration (default 3 s)"
+    )
+    ap.add_argument("--reps", type=int, default=3, help="latency repetitions (default 3)")
+    ap.add_argument("--keep", action="store_true", help="keep the agents' roots and logs")
+    ap.add_argument(
+        "--trace", type=Path, help="write (time, latency ms) of every probe as JSON lines"
+    )
+    args = ap.parse_args()
+
+    print("preparing inputs (cached in bench/out/)", flush=True)
+    key("deploy")
+    corpus = _package("bench", corpus_tree, "1.0.0", "zstd")
+    big = _package("big", big_tree, "1.0.0", "none")
+    base = Path(tempfile.mkdtemp(prefix="api-", dir=OUT))
+    reps: list[dict[str, object]] = []
+    try:
+        for i in range(args.reps):  # fresh agent and root each time: no deletes between reps
+            reps.append(
+                asyncio.run(latency_bench(base / f"latency{i}", corpus, args.rate, args.idle_s))
+            )
+        rss = asyncio.run(rss_bench(base / "rss", big))
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base}")
+    if args.trace:
+        args.trace.write_text("".join(f"[{t:.3f}, {ms:.2f}]\n" for t, ms in TRACE))
+
+    print()
+    print(f"signed GET /v1/apps at {args.rate:g}/s (open loop, latency from scheduled send time),")
+    print(
+        f"idle baseline then during upload+stage of a {corpus.stat().st_size / MiB:.0f} MiB package "
+        "(20,000 files, zstd); a fresh agent per repetition"
+    )
+    p99s = []
+    for i, rep in enumerate(reps, 1):
+        idle, loaded = rep["idle"], rep["loaded"]
+        assert isinstance(idle, list) and isinstance(loaded, list)
+        p50_i, p99_i, p50_l, p99_l = pct(idle, 50), pct(idle, 99), pct(loaded, 50), pct(loaded, 99)
+        p99s.append(p99_l)
+        print(
+            f"  rep {i}: idle   n={len(idle):4d} p50 {p50_i:6.2f} ms p99 {p99_i:7.2f} ms | "
+            f"loaded n={len(loaded):4d} p50 {p50_l:6.2f} ms p99 {p99_l:7.2f} ms max {max(loaded):7.2f} ms"
+            f" | p99 x{p99_l / p99_i:.1f} | upload {rep['upload_s']:.1f} s stage {rep['stage_s']:.1f} s"
+        )
+    p99 = statistics.median(p99s)
+    verdict = "OK" if p99 <= GOAL_P99_MS else "MISSED"
+    print(
+        f"  goal p99 <= {GOAL_P99_MS:g} ms under load (median of reps): {p99:.1f} ms -> {verdict}"
+    )
+    print()
+    print(f"peak RSS of the agent receiving a {rss['size_mib']:.0f} MiB package (compression none)")
+    print(f"  idle RSS                    {rss['idle_rss']:7.1f} MiB")
+    print(
+        f"  VmHWM after receiving       {rss['hwm_received']:7.1f} MiB   (upload {rss['upload_s']:.1f} s, {rss['size_mib'] / rss['upload_s']:.0f} MiB/s)"
+    )
+    print(
+        f"  VmHWM after staging         {rss['hwm_staged']:7.1f} MiB   (stage {rss['stage_s']:.1f} s)"
+    )
+    print(f"  ratio peak/idle: x{rss['hwm_staged'] / rss['idle_rss']:.2f}")
+    verdict = "OK" if rss["hwm_staged"] <= GOAL_RSS_MIB else "MISSED"
+    print(f"  goal peak RSS <= {GOAL_RSS_MIB:g} MiB: {rss['hwm_staged']:.1f} MiB -> {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
