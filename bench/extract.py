@@ -1,0 +1,200 @@
+"""Benchmark: staging a release with our extractor vs GNU tar, on the reference corpus.
+
+    python bench/extract.py [--runs N]
+
+Builds once (cached under bench/out/, which git ignores) the 20,000-file, 250 MiB corpus with
+/work/shared/bench/make_corpus.py, a signed package of it made by ``cutover build``/``sign``, and
+the same tree as a plain tar and a tar.zst (``tar --sort=name``, zstd level 3). Then, in one run,
+interleaved round by round, it times:
+
+* ``tar --zstd -xf corpus.tar.zst -C fresh_dir``, then ``sync`` (timed separately, so both the
+  plain and the durable figure come from the same run);
+* ``tar -xf corpus.tar -C fresh_dir``, then ``sync``;
+* ours, durable, in a fresh Python process: open the package, ``verify_release``,
+  ``verify_payload_digest``, ``extract_payload``, ``syncfs``. Reported twice: the whole process
+  (includes interpreter start-up and imports) and the in-process time the child measures itself;
+* ``python -c pass``, for the start-up cost alone.
+
+An untimed ``sync`` precedes every step so none pays for another's dirty pages. Extracted trees
+are kept until the end of the run (deleting a large tree slows file creation on this disk for
+minutes; see /work/shared/bench/README.md) and removed afterwards. Prints medians (min-max) and
+the ratio ours / (``tar --zstd -xf && sync``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+MAKE_CORPUS = Path("/work/shared/bench/make_corpus.py")
+CORPUS_ARGS = ["--files", "20000", "--total-mb", "250", "--seed", "1"]
+VERSION = "1.0.0"
+CREATED_AT = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def prepare() -> dict[str, Path]:
+    """Build (or reuse) the corpus, the signed package, the tar and the tar.zst."""
+    sys.path.insert(0, str(ROOT))
+    from agent.keys import generate_keypair
+    from controller.build import build_package, sign_package
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    corpus = OUT / "corpus"
+    marker = OUT / "corpus.done"
+    if not marker.exists():
+        if corpus.exists():
+            shutil.rmtree(corpus)
+        print("building the corpus (once)...", flush=True)
+        _run([sys.executable, str(MAKE_CORPUS), str(corpus), *CORPUS_ARGS])
+        (corpus / "cutover.toml").write_text('app = "ame"\n')
+        marker.write_text(" ".join(CORPUS_ARGS) + "\n")
+    key = OUT / "release.key"
+    if not key.exists():
+        generate_keypair(key)
+    package = OUT / f"ame-{VERSION}.cutover"
+    if not package.exists():
+        print("building and signing the package (once)...", flush=True)
+        from agent.keys import load_private_key
+
+        build_package(corpus, package, version=VERSION, created_at=CREATED_AT)
+        sign_package(package, load_private_key(key))
+    tar = OUT / "corpus.tar"
+    if not tar.exists():
+        print("making corpus.tar and corpus.tar.zst with GNU tar (once)...", flush=True)
+        _run(["tar", "--sort=name", "-C", str(corpus), "-cf", str(tar), "."])
+    tzst = OUT / "corpus.tar.zst"
+    if not tzst.exists():
+        _run(["zstd", "-3", "-q", "-f", str(tar), "-o", str(tzst)])
+    return {"package": package, "pub": Path(f"{key}.pub"), "tar": tar, "tzst": tzst}
+
+
+def child(package: Path, pub: Path, dest: Path) -> None:
+    """One durable staging, in this fresh process; prints phase timings as JSON."""
+    t0 = time.perf_counter()
+    sys.path.insert(0, str(ROOT))
+    from agent.archive import extract_payload, verify_payload_digest
+    from agent.fsutil import syncfs
+    from agent.keys import load_public_key
+    from agent.package import open_package
+    from agent.trust import HostHistory, TrustPolicy, verify_release
+
+    t1 = time.perf_counter()
+    key = load_public_key(pub)
+    parts, fh = open_package(package)
+    with fh:
+        verified = verify_release(
+            parts.manifest_bytes,
+            parts.signatures_bytes,
+            TrustPolicy("ame", {key.keyid: key}),
+            expected_version=VERSION,
+            history=HostHistory(),
+            now=datetime.now(UTC),
+        )
+        t2 = time.perf_counter()
+        verify_payload_digest(fh, parts, verified.manifest)
+        t3 = time.perf_counter()
+        extract_payload(fh, parts, verified.manifest, dest, already_verified=True)
+        t4 = time.perf_counter()
+    syncfs(dest)
+    t5 = time.perf_counter()
+    phases = {
+        "imports": t1 - t0,
+        "verify_release": t2 - t1,
+        "payload_digest": t3 - t2,
+        "extract": t4 - t3,
+        "syncfs": t5 - t4,
+        "in_process": t5 - t1,
+    }
+    print(json.dumps(phases))
+
+
+def _timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    return time.perf_counter() - t0, proc.stdout
+
+
+def _row(name: str, values: list[float], base: float | None) -> str:
+    med = statistics.median(values)
+    ratio = f"{med / base:6.2f}x" if base else ""
+    return f"{name:<52} {med:7.3f}  ({min(values):.3f}-{max(values):.3f})  {ratio}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--child", nargs=3, metavar=("PACKAGE", "PUB", "DEST"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(*(Path(p) for p in args.child))
+        return 0
+    files = prepare()
+    runs_dir = OUT / f"runs-{os.getpid()}"
+    runs_dir.mkdir()
+    t: dict[str, list[float]] = {}
+    phases: list[dict[str, float]] = []
+
+    def add(key: str, value: float) -> None:
+        t.setdefault(key, []).append(value)
+
+    try:
+        for i in range(args.runs):
+            for kind, archive, flags in (
+                ("zst", files["tzst"], ["--zstd", "-xf"]),
+                ("tar", files["tar"], ["-xf"]),
+            ):
+                dest = runs_dir / f"{kind}-{i}"
+                dest.mkdir()
+                _run(["sync"])
+                add(kind, _timed(["tar", *flags, str(archive), "-C", str(dest)])[0])
+                add(f"{kind}+sync", t[kind][-1] + _timed(["sync"])[0])
+            _run(["sync"])
+            wall, out = _timed(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(files["package"]),
+                    str(files["pub"]),
+                    str(runs_dir / f"ours-{i}"),
+                ]
+            )
+            add("ours", wall)
+            phases.append(json.loads(out))
+            add("pass", _timed([sys.executable, "-c", "pass"])[0])
+            print(f"round {i + 1}/{args.runs} done", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+
+    base = statistics.median(t["zst+sync"])
+    ph = {k: [p[k] for p in phases] for k in phases[0]}
+    print(f"\nextract benchmark: 20,000 files / 250 MiB corpus, {args.runs} interleaved rounds")
+    print(f"median seconds (min-max); ratio vs `tar --zstd -xf && sync` = {base:.3f} s\n")
+    print(_row("tar -xf X.tar", t["tar"], base))
+    print(_row("tar -xf X.tar && sync", t["tar+sync"], base))
+    print(_row("tar --zstd -xf X.tar.zst", t["zst"], base))
+    print(_row("tar --zstd -xf X.tar.zst && sync   [baseline]", t["zst+sync"], base))
+    print(_row("ours, whole process (incl. start-up + imports)", t["ours"], base))
+    print(_row("ours, in-process (verify..syncfs)", ph["in_process"], base))
+    print(_row("  python -c pass", t["pass"], None))
+    for name in ("imports", "verify_release", "payload_digest", "extract", "syncfs"):
+        print(_row(f"  ours: {name}", ph[name], None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
