@@ -246,7 +246,7 @@ async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
         await asyncio.to_thread(ctx.nonces.use, verified.nonce, verified.expires, now)
     except ValueError as exc:
         # NonceStore bounds ``expires`` by the profile's default 30 s skew; a config allowing
-        # more (agent.clock_skew_s up to 300) must still refuse, never fail with a 500.
+        # more (a skew allowance beyond httpsig.MAX_SKEW_S) must still refuse, never fail with a 500.
         raise AuthError(
             f"signature expires too far ahead for the nonce store ({exc}); sync the clocks",
             code="not_yet_valid",

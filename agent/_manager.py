@@ -167,11 +167,20 @@ class ManagerBase:
                     )
                     state.current = pending.from_version
                     state.pending = None
+                    left = state.releases.get(pending.to_version)
+                    if left is not None and left.requires_migration:
+                        actions.append(
+                            f"{pending.to_version} may have migrated the database; it was NOT "
+                            f"restored (checkpoint {left.checkpoint_ref!r})"
+                        )
                     await self._save(state)
                     if pending.from_version is not None:
-                        await self._post_rollback_hooks(
-                            state, pending.from_version, pending.to_version
-                        )
+                        try:
+                            await self._post_rollback_hooks(
+                                state, pending.from_version, pending.to_version
+                            )
+                        except HookError as exc:
+                            actions.append(f"post_rollback hooks after the revert failed: {exc}")
             else:
                 if on_disk == pending.to_version:
                     self._commit_rollback(state, pending.to_version)
@@ -202,7 +211,7 @@ class ManagerBase:
                     f"current was switched outside Cutover from {state.current} to {on_disk}; "
                     "recorded it as a rollback"
                 )
-                self._commit_rollback(state, on_disk)
+                self._commit_rollback(state, on_disk, stamp=False)
             elif (
                 on_disk is None
                 and state.current is not None
@@ -215,7 +224,7 @@ class ManagerBase:
                 )
             else:
                 raise DriftError(
-                    f"{self.store.layout.current} points at {on_disk!r}, which is not an installed "
+                    f"{self.store.layout.current} points at {on_disk or 'nothing'!r}, which is not an installed "
                     f"release (the state says {state.current!r}); inspect the host, then point it "
                     "at a release by hand: ln -sfn releases/VERSION current.tmp && "
                     "mv -T current.tmp current"
@@ -289,10 +298,10 @@ class ManagerBase:
         )
 
     # ------------------------------------------------------------------ rollback
-    def _commit_rollback(self, state: AppState, target: str) -> None:
+    def _commit_rollback(self, state: AppState, target: str, *, stamp: bool = True) -> None:
         state.current = target
         rec = state.releases.get(target)
-        if rec is not None and rec.activated_at is None:
+        if stamp and rec is not None and rec.activated_at is None:
             rec.activated_at, rec.activated_by = utcnow(), self.actor
         if target in state.history:
             while state.history and state.history[-1] != target:

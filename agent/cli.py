@@ -24,7 +24,7 @@ from agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_c
 from agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
 from agent.lifecycle import AppManager, OpResult
 from agent.package import open_package
-from agent.store import ReleaseStore
+from agent.store import Layout, ReleaseStore
 from agent.trust import peek_app
 
 __all__ = ["main"]
@@ -102,6 +102,7 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     if not args.app:
         raise ConfigError("init needs --app NAME (the app this root holds, e.g. --app ame)")
     root = Path(args.root).resolve()
+    Layout(root).create()  # first: a config naming a root that cannot be created helps nobody
     add_app_to_config(args.config, args.app, root, Path(args.trust_release_key))
     cfg = load_config(args.config)
     store = ReleaseStore(args.app, cfg.apps[args.app], cfg.policies[args.app])

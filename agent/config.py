@@ -288,9 +288,15 @@ def add_app_to_config(path: Path, app: str, root: Path, release_key: Path) -> No
     )
     text = existing.rstrip("\n") + ("\n" if existing else "") + section
     _parse(text, path)  # never write a config that would not load
-    path.parent.mkdir(parents=True, exist_ok=True)
     st = path.stat() if existing else None
-    atomic_write(path, text.encode(), st.st_mode & 0o7777 if st else 0o640)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text.encode(), st.st_mode & 0o7777 if st else 0o640)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write config {path}: {exc.strerror}; run init as a user that may write it "
+            "(usually root), or pass --config"
+        ) from exc
     if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
         # keep the owner/group the daemon reads it as (e.g. root:cutover 0640)
         with contextlib.suppress(OSError):

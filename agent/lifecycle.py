@@ -280,7 +280,7 @@ class AppManager(MaintenanceOps):
                     )
                     raise ActivationFailedError(
                         f"activation of {self.app} {version} failed after the flip and was reverted "
-                        f"to {old or '(no release)'}: {exc}.{db_note}"
+                        f"to {old or '(no release)'}: {str(exc).rstrip('.')}.{db_note}"
                     ) from exc
                 raise
             checkpoint("activate.before_commit")
@@ -389,6 +389,8 @@ class AppManager(MaintenanceOps):
                 result.current, result.previous = state.current, state.previous
                 result.message = f"{target} is already active; nothing to do"
                 return result
+            # Load (and digest-check) the target's runtime spec before changing anything.
+            spec = await asyncio.to_thread(self.store.load_runtime, state, target)
             old = state.current
             migrated = [
                 state.releases[v]
@@ -437,13 +439,12 @@ class AppManager(MaintenanceOps):
                 previous=old,
                 op_id=op_id,
                 actor=self.actor,
-                database_restored=restore,
+                database_restored=restore and bool(migrated),
             )
             await self._save(state)
             checkpoint("rollback.committed")
             try:
                 await self._post_rollback_hooks(state, target, old)
-                spec = await asyncio.to_thread(self.store.load_runtime, state, target)
                 live = await self._health(
                     "live", spec.health, target, self.store.layout.release(target), {}
                 )
@@ -454,7 +455,9 @@ class AppManager(MaintenanceOps):
                 warnings.append(f"post_rollback hooks failed: {exc}")
                 result.ok = False
             result.current, result.previous = state.current, state.previous
-            result.message = f"rolled back {self.app} to {target}"
+            result.message = f"rolled back {self.app} to {target}" + (
+                "" if result.ok else f", but: {'; '.join(warnings)}"
+            )
             if warnings:
                 result.details["warnings"] = warnings
                 await asyncio.to_thread(

@@ -36,6 +36,7 @@ BLOCK = 512
 PAYLOAD_NAMES = {"zstd": "payload.tar.zst", "gzip": "payload.tar.gz", "none": "payload.tar"}
 _PAYLOAD_BY_NAME = {v: k for k, v in PAYLOAD_NAMES.items()}
 _FIXED_MTIME = 0  # deterministic packages
+_MAX_PADDING = 64 * 1024  # zero blocks a tar record may add after the end-of-archive marker
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,14 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
             fh.seek(size + _padding(size), os.SEEK_CUR)
         parts.append((name, offset, size))
     trailer = fh.read(2 * BLOCK)
-    if len(trailer) < 2 * BLOCK or trailer.strip(b"\x00") or fh.read(1):
+    # tar pads to its record size (GNU: 10 KiB): allow zero padding, nothing else, after the marker.
+    rest = fh.read(_MAX_PADDING + 1)
+    if (
+        len(trailer) < 2 * BLOCK
+        or trailer.strip(b"\x00")
+        or rest.strip(b"\x00")
+        or len(rest) > _MAX_PADDING
+    ):
         raise PackageFormatError(
             "package does not end with the end-of-archive marker after its third member "
             "(truncated, or extra data appended)"

@@ -103,6 +103,15 @@ class Layout:
     def dirs(self) -> tuple[Path, ...]:
         return (self.releases, self.shared, self.meta, self.incoming, self.manifests, self.trash)
 
+    def create(self) -> None:
+        """Create the layout (idempotent); agent state under .cutover/ is not world-readable."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for d in self.dirs():
+                d.mkdir(mode=0o750 if d.is_relative_to(self.meta) else 0o755, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {exc.filename}: {exc.strerror}") from exc
+
 
 class RuntimeSpec(BaseModel):
     """What activation and rollback need from a manifest, without its file list.
@@ -168,12 +177,7 @@ class ReleaseStore:
     # ---------------------------------------------------------------- layout, lock, state
     def init_layout(self) -> None:
         """Create the layout (idempotent)."""
-        try:
-            self.layout.root.mkdir(parents=True, exist_ok=True)
-            for d in self.layout.dirs():
-                d.mkdir(mode=0o750 if d.is_relative_to(self.layout.meta) else 0o755, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {exc.filename}: {exc.strerror}") from exc
+        self.layout.create()
 
     def check_layout(self) -> None:
         missing = [str(d) for d in self.layout.dirs() if not d.is_dir()]

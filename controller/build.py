@@ -123,14 +123,15 @@ class BuildResult:
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
     """gitignore-like: a pattern without ``/`` matches a name at any depth (``.git``,
-    ``node_modules``, ``*.log``); a pattern with ``/`` matches the path from the tree root."""
+    ``node_modules``, ``*.log``); a pattern with a ``/`` (leading or inner; a trailing one is
+    ignored) matches the path from the tree root (``/vendor``, ``storage/*.log``)."""
     name = rel.rpartition("/")[2]
-    return any(
-        fnmatch.fnmatchcase(rel, p.strip("/"))
-        if "/" in p.strip("/")
-        else fnmatch.fnmatchcase(name, p)
-        for p in patterns
-    )
+    for p in patterns:
+        body = p.rstrip("/")
+        anchored = "/" in body
+        if fnmatch.fnmatchcase(rel if anchored else name, body.lstrip("/")):
+            return True
+    return False
 
 
 def _normalise_link(rel: str, target: str, root: Path) -> str:

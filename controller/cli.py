@@ -59,6 +59,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     notes = args.notes or ""
     if args.notes_file:
         notes = Path(args.notes_file).read_text(encoding="utf-8")
+    if args.expires_days is not None and args.expires_days < 1:
+        raise ConfigError("--expires-days must be at least 1 (omit it for no expiry)")
     expires = timedelta(days=args.expires_days) if args.expires_days else None
     bar = None
     progress = None
@@ -199,7 +201,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"  hooks.{stage}: {', '.join(names)}")
         print(
             f"  signatures: {len(signers)}"
-            + ("" if verdicts else " (not checked: pass --trust KEY.pub to verify)")
+            + ("" if verdicts or not signers else " (not checked: pass --trust KEY.pub to verify)")
             + "".join(f"\n    {s}  {verdicts.get(s, '')}" for s in signers)
         )
 

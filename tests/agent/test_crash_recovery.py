@@ -103,3 +103,41 @@ def test_torn_journal_line_is_dropped_and_reported(two_releases) -> None:
         "torn" in a for e in host.journal() if e["event"] == "recovery" for a in e["actions"]
     )
     assert host.cli_json("journal", "--verify")["ok"] is True
+
+
+def test_hand_flip_is_adopted_as_a_rollback(two_releases) -> None:
+    """The runbook's last resort (ln + mv -T) is recorded as a rollback by the next command."""
+    host, make_package = two_releases
+    host.cli_json("stage", str(make_package("1.1.0")))
+    host.cli_json("activate", "1.1.0")
+    tmp = host.root / "current.manual"
+    tmp.symlink_to("releases/1.0.0")
+    tmp.replace(host.root / "current")
+    status = host.cli_json("status")["apps"][0]
+    assert status["current"] == "1.0.0" and status["previous"] is None
+    assert any("outside Cutover" in a for a in status["recovered"])
+    assert host.state()["history"] == ["1.0.0"]
+
+
+def test_missing_current_link_is_restored(two_releases) -> None:
+    host, _ = two_releases
+    (host.root / "current").unlink()
+    status = host.cli_json("status")["apps"][0]
+    assert host.current == "releases/1.0.0" and status["current"] == "1.0.0"
+    assert any("was missing" in a for a in status["recovered"])
+
+
+def test_rollback_refuses_when_the_target_runtime_spec_was_tampered(two_releases) -> None:
+    host, make_package = two_releases
+    host.cli_json("stage", str(make_package("1.1.0")))
+    host.cli_json("activate", "1.1.0")
+    spec = host.root / ".cutover" / "manifests" / "1.0.0.runtime.json"
+    spec.write_text(
+        spec.read_text().replace(
+            '"post_rollback":[]', '"post_rollback":[{"name":"x","argv":["id"]}]'
+        )
+    )
+    before = host.snapshot()
+    proc = host.cli("rollback")
+    assert proc.returncode == 6 and "does not match the digest" in proc.stdout
+    assert host.snapshot() == before

@@ -88,3 +88,11 @@ def test_malformed_containers_are_rejected(name: str) -> None:
     with pytest.raises(PackageFormatError) as info:
         _read(data)
     assert says in str(info.value)
+
+
+def test_zero_padding_to_a_tar_record_is_accepted() -> None:
+    """GNU tar pads archives to 10 KiB records; zero blocks after the marker are fine."""
+    data = _written()
+    padded = data + bytes(10240 - len(data) % 10240)
+    parts = read_package(io.BytesIO(padded), len(padded))
+    assert parts.payload_size == len(PAYLOAD)

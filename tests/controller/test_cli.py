@@ -97,3 +97,34 @@ def test_build_refuses_unsafe_trees_with_a_clear_error(tmp_path: Path) -> None:
     (app / "cutover.toml").write_text('app = "ame"\nbogus = 1\n')
     proc = cutover("build", str(app), "--version", "1.0.0", "-o", str(tmp_path / "x.cutover"))
     assert proc.returncode == 2 and "bogus" in proc.stderr and "cutover.toml" in proc.stderr
+
+
+def test_excludes_match_names_at_any_depth_and_anchor_with_a_slash(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    for rel in (
+        "node_modules/a.js",
+        "lib/node_modules/b.js",
+        "vendor/x.php",
+        "public/vendor/y.css",
+        "debug.log",
+        "lib/deep/trace.log",
+        "lib/keep.php",
+    ):
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text(rel)
+    (app / "cutover.toml").write_text(
+        'app = "ame"\n[build]\nexclude = ["node_modules", "/vendor", "*.log"]\n'
+    )
+    pkg = tmp_path / "ame-1.0.0.cutover"
+    assert cutover("build", str(app), "--version", "1.0.0", "-o", str(pkg)).returncode == 0
+    parts, fh = open_package(pkg)
+    fh.close()
+    paths = {e["path"] for e in json.loads(parts.manifest_bytes)["files"]}
+    assert {"lib/keep.php", "public/vendor/y.css", "public/index.php"} <= paths
+    assert not paths & {
+        "node_modules",
+        "lib/node_modules",
+        "vendor",
+        "debug.log",
+        "lib/deep/trace.log",
+    }
