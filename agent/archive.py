@@ -300,7 +300,8 @@ def _make_dest(dest: Path) -> tuple[int, int]:
         parent_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise StorageError(
-            f"cannot open {dest.parent} to extract into: {exc.strerror}; create it first",
+            f"cannot open {dest.parent} to extract into: {exc.strerror}; create it (or fix its "
+            "permissions) first",
             code="no_parent",
         ) from exc
     try:
@@ -596,8 +597,8 @@ def _escapes(link: str, target: str) -> bool:
 
 # -- writing --------------------------------------------------------------------------------------
 
-# (fd, bytes to append, None) or (fd, None, the entry to check, chmod to and close)
-_Op = tuple[int, memoryview | None, FileEntry | None]
+# (fd, bytes to append, entry), or (fd, None, entry): check the digest, chmod, close.
+_Op = tuple[int, memoryview | None, FileEntry]
 
 
 class _Writer:
@@ -622,8 +623,8 @@ class _Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def write(self, fd: int, data: memoryview) -> None:
-        self._batch.append((fd, data, None))
+    def write(self, fd: int, data: memoryview, entry: FileEntry) -> None:
+        self._batch.append((fd, data, entry))
         self._batch_bytes += len(data)
         if self._batch_bytes >= CHUNK:
             self.flush()
@@ -665,36 +666,39 @@ class _Writer:
         digest = hashlib.sha256()
         while (batch := self._queue.get()) is not None:
             for fd, data, entry in batch:
+                if data is not None:
+                    if not self._stopped:
+                        try:
+                            digest.update(data)
+                            while data:
+                                data = data[os.write(fd, data) :]
+                        except BaseException as exc:  # reported to the caller's thread
+                            self._fail(exc, entry)
+                    continue
                 try:
-                    if entry is None:
-                        if not self._stopped:
-                            view = cast(memoryview, data)
-                            digest.update(view)
-                            while view:
-                                view = view[os.write(fd, view) :]
-                        continue
                     if not self._stopped:
                         _check_digest(digest.hexdigest(), entry)
                         os.fchmod(fd, entry.mode)
+                except BaseException as exc:
+                    self._fail(exc, entry)
+                finally:
                     digest = hashlib.sha256()
-                    os.close(fd)
-                except BaseException as exc:  # reported to the caller's thread
-                    self._fail(exc, fd, entry)
+                    try:
+                        os.close(fd)  # exactly once: a retry could close a reused number
+                    except OSError as exc:
+                        self._fail(exc, entry)
 
-    def _fail(self, exc: BaseException, fd: int, entry: FileEntry | None) -> None:
+    def _fail(self, exc: BaseException, entry: FileEntry) -> None:
         self._stopped = True
         if self.error is None:
-            path = entry.path if entry is not None else "a file"
             if isinstance(exc, CutoverError):
                 self.error = exc
-            elif isinstance(exc, OSError):
-                self.error = _storage_error(exc, self._dest, path)
             else:
-                self.error = StorageError(f"writing {path} failed: {exc!r}", code="io_error")
-            self.error.__cause__ = exc
-        if entry is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+                if isinstance(exc, OSError):
+                    self.error = _storage_error(exc, self._dest, entry.path)
+                else:
+                    self.error = StorageError(f"writing {entry.path} failed: {exc!r}")
+                self.error.__cause__ = exc
 
 
 class _Extraction:
@@ -922,12 +926,13 @@ class _Extraction:
                     written = os.write(fd, view)
             _check_digest(digest.hexdigest(), entry)
             os.fchmod(fd, entry.mode)
+            self._open_fd = -1
             os.close(fd)
         else:
             while left:
                 view = stream.take(left)
                 left -= len(view)
-                writer.write(fd, view)
+                writer.write(fd, view, entry)
             writer.close(fd, entry)
         self._open_fd = -1
         if size % BLOCK:

@@ -47,7 +47,7 @@ from controller.build import build_package, sign_package  # noqa: E402
 from controller.client import AgentClient  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-CORPUS = Path("/work/shared/bench/make_corpus.py")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_corpus.py"
 AGENT = Path(os.environ.get("CUTOVER_AGENT_BIN", Path(sys.executable).parent / "cutover-agent"))
 MiB = 1 << 20
 GOAL_P99_MS = 50.0

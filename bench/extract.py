@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-MAKE_CORPUS = Path("/work/shared/bench/make_corpus.py")
+MAKE_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_corpus.py"
 CORPUS_ARGS = ["--files", "20000", "--total-mb", "250", "--seed", "1"]
 VERSION = "1.0.0"
 CREATED_AT = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)

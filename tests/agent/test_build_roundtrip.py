@@ -1,6 +1,6 @@
 """Build → sign → inspect → verify → extract reproduces the app tree, and builds are reproducible.
 
-The tree is the realistic PHP-app corpus from /work/shared/bench/make_corpus.py (vendor/, hashed
+The tree is the realistic PHP-app corpus from ../shared/bench/make_corpus.py (vendor/, hashed
 assets, executable scripts, relative symlinks, a shared ``storage/`` the package must not ship).
 """
 
@@ -23,7 +23,8 @@ from agent.trust import HostHistory, TrustPolicy, verify_release
 from controller.build import build_package, payload_matches, sign_package
 from tests.agent.conftest import NOW, Tree, snapshot
 
-MAKE_CORPUS = Path("/work/shared/bench/make_corpus.py")
+# shared/ sits beside the repository (on developer machines and in CI).
+MAKE_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "bench" / "make_corpus.py"
 CREATED = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
 TOML = 'app = "ame"\n\n[shared]\ndirs = ["storage"]\n'
 
