@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from agent._faults import checkpoint
-from agent._manager import ManagerBase, OpResult, _installed
+from agent._manager import ManagerBase, OpResult
 from agent.errors import DriftError, NotFoundError, StateError
 from agent.state import AppState
 
@@ -58,11 +58,7 @@ class MaintenanceOps(ManagerBase):
     async def pin(self, version: str, pinned: bool = True) -> OpResult:
         with self._locked("pin" if pinned else "unpin"):
             state, recovered = await self._begin("pin")
-            rec = state.releases.get(version)
-            if rec is None or not rec.installed:
-                raise NotFoundError(
-                    f"{self.app} {version} is not installed; installed: {_installed(state)}"
-                )
+            rec = self._installed_record(state, version)
             rec.pinned = pinned
             await asyncio.to_thread(
                 self.store.log, "pin" if pinned else "unpin", version=version, actor=self.actor
@@ -80,11 +76,7 @@ class MaintenanceOps(ManagerBase):
     async def delete(self, version: str) -> OpResult:
         with self._locked(f"delete {version}"):
             state, recovered = await self._begin("delete")
-            rec = state.releases.get(version)
-            if rec is None or not rec.installed:
-                raise NotFoundError(
-                    f"{self.app} {version} is not installed; installed: {_installed(state)}"
-                )
+            rec = self._installed_record(state, version)
             if version in (state.current, state.previous):
                 raise StateError(
                     f"{self.app} {version} is the current or previous release; it cannot be deleted"

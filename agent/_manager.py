@@ -16,20 +16,21 @@ file's write-ahead ``pending`` intent and the journal:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from agent import hooks as hooksmod
 from agent.config import AppSection
-from agent.errors import CutoverError, DriftError, HookError
+from agent.errors import CutoverError, DriftError, HookError, NotFoundError
 from agent.locking import AppLock
 from agent.manifest import HealthSpec, Hook
-from agent.state import AppState, utcnow
+from agent.state import AppState, Pending, ReleaseRecord, utcnow
 from agent.store import ReleaseStore
 from agent.trust import TrustPolicy
 from agent.versions import Incomparable, is_older
@@ -143,6 +144,50 @@ class ManagerBase:
         self.emit("hooks.done", phase=phase)
         return out
 
+    def _installed_record(self, state: AppState, version: str) -> ReleaseRecord:
+        """The record of an installed release, or NotFoundError listing what is installed."""
+        rec = state.releases.get(version)
+        if rec is None or not rec.installed:
+            raise NotFoundError(
+                f"{self.app} {version} is not installed on this host (stage it first with "
+                f"`cutover-agent stage PACKAGE`); installed: {_installed(state)}"
+            )
+        return rec
+
+    async def _write_intent(
+        self,
+        state: AppState,
+        op: Literal["activate", "rollback"],
+        old: str | None,
+        target: str,
+        **fields: Any,
+    ) -> str:
+        """Save the write-ahead intent of a flip and journal it; returns the operation id."""
+        op_id = uuid.uuid4().hex[:12]
+        state.pending = Pending(
+            op=op, op_id=op_id, from_version=old, to_version=target, actor=self.actor
+        )
+        await self._save(state)
+        await asyncio.to_thread(
+            self.store.log,
+            f"{op}.intent",
+            version=target,
+            previous=old,
+            op_id=op_id,
+            actor=self.actor,
+            **fields,
+        )
+        return op_id
+
+    async def _post_rollback_noting(
+        self, state: AppState, target: str, left: str | None, actions: list[str], when: str
+    ) -> None:
+        """Run post_rollback hooks during recovery; a failure is reported, never raised."""
+        try:
+            await self._post_rollback_hooks(state, target, left)
+        except HookError as exc:
+            actions.append(f"post_rollback hooks {when} failed: {exc}")
+
     async def _save(self, state: AppState) -> None:
         await asyncio.to_thread(self.store.save, state)
 
@@ -175,12 +220,13 @@ class ManagerBase:
                         )
                     await self._save(state)
                     if pending.from_version is not None:
-                        try:
-                            await self._post_rollback_hooks(
-                                state, pending.from_version, pending.to_version
-                            )
-                        except HookError as exc:
-                            actions.append(f"post_rollback hooks after the revert failed: {exc}")
+                        await self._post_rollback_noting(
+                            state,
+                            pending.from_version,
+                            pending.to_version,
+                            actions,
+                            "after the revert",
+                        )
             else:
                 if on_disk == pending.to_version:
                     self._commit_rollback(state, pending.to_version)
@@ -189,12 +235,13 @@ class ManagerBase:
                         "after the flip; completed it"
                     )
                     await self._save(state)
-                    try:
-                        await self._post_rollback_hooks(
-                            state, pending.to_version, pending.from_version
-                        )
-                    except HookError as exc:
-                        actions.append(f"post_rollback hooks after the completed rollback: {exc}")
+                    await self._post_rollback_noting(
+                        state,
+                        pending.to_version,
+                        pending.from_version,
+                        actions,
+                        "after the completed rollback",
+                    )
                 else:
                     actions.append(
                         f"rollback to {pending.to_version} (op {pending.op_id}) was interrupted "

@@ -20,7 +20,6 @@ chooses it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,11 @@ from agent.errors import (
     ActivationFailedError,
     CutoverError,
     HookError,
-    NotFoundError,
     StateError,
 )
 from agent.manifest import Hook
 from agent.package import open_package
-from agent.state import AppState, Pending, ReleaseRecord, ReleaseStatus, utcnow
+from agent.state import AppState, ReleaseRecord, ReleaseStatus, utcnow
 from agent.store import remove_tree
 
 __all__ = ["AppManager", "EventSink", "OpResult"]
@@ -216,12 +214,7 @@ class AppManager(MaintenanceOps):
         """Checkpoint if needed, pre_activate hooks, flip, post_activate hooks, live checks."""
         with self._locked(f"activate {version}"):
             state, recovered = await self._begin("activate")
-            rec = state.releases.get(version)
-            if rec is None or not rec.installed:
-                raise NotFoundError(
-                    f"{self.app} {version} is not staged on this host; stage it first "
-                    f"(`cutover-agent stage PACKAGE`); staged: {_installed(state)}"
-                )
+            rec = self._installed_record(state, version)
             if rec.status == ReleaseStatus.BAD:
                 raise StateError(
                     f"{self.app} {version} is marked bad ({rec.reason}); stage a fixed release"
@@ -241,23 +234,12 @@ class AppManager(MaintenanceOps):
                 await self._save(state)
             await self._run_hooks(spec.hooks.pre_activate, "pre_activate", ctx)
             offsets = await asyncio.to_thread(_log_offsets, spec.health, release_dir)
-            op_id = uuid.uuid4().hex[:12]
-            state.pending = Pending(
-                op="activate", op_id=op_id, from_version=old, to_version=version, actor=self.actor
-            )
-            await self._save(state)
-            await asyncio.to_thread(
-                self.store.log,
-                "activate.intent",
-                version=version,
-                previous=old,
-                op_id=op_id,
-                actor=self.actor,
-            )
+            op_id = await self._write_intent(state, "activate", old, version)
             checkpoint("activate.intent")
             await asyncio.to_thread(self.store.flip, version)
             checkpoint("activate.flipped")
-            state.pending = state.pending.model_copy(update={"phase": "flipped"})
+            if state.pending is not None:
+                state.pending = state.pending.model_copy(update={"phase": "flipped"})
             await self._save(state)
             self.emit("flip", version=version, previous=old)
             try:
@@ -370,11 +352,7 @@ class AppManager(MaintenanceOps):
                     f"no release to roll back to for {self.app}: current is {state.current}, and no "
                     f"earlier good release is installed ({_installed(state)})"
                 )
-            rec = state.releases.get(target)
-            if rec is None or not rec.installed:
-                raise NotFoundError(
-                    f"{self.app} {target} is not installed; installed: {_installed(state)}"
-                )
+            rec = self._installed_record(state, target)
             if rec.status == ReleaseStatus.BAD:
                 raise StateError(
                     f"{self.app} {target} is marked bad ({rec.reason}); choose another --to"
@@ -413,20 +391,7 @@ class AppManager(MaintenanceOps):
                 )
             elif restore:
                 warnings.append("--restore ignored: no release being rolled back ran migrations")
-            op_id = uuid.uuid4().hex[:12]
-            state.pending = Pending(
-                op="rollback", op_id=op_id, from_version=old, to_version=target, actor=self.actor
-            )
-            await self._save(state)
-            await asyncio.to_thread(
-                self.store.log,
-                "rollback.intent",
-                version=target,
-                previous=old,
-                op_id=op_id,
-                actor=self.actor,
-                warnings=warnings,
-            )
+            op_id = await self._write_intent(state, "rollback", old, target, warnings=warnings)
             checkpoint("rollback.intent")
             await asyncio.to_thread(self.store.flip, target)
             checkpoint("rollback.flipped")
