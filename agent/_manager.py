@@ -131,7 +131,8 @@ class ManagerBase:
             results = await hooksmod.run_hooks(hooks, phase, ctx, on_output=self._on_output)
         except HookError as exc:
             res = exc.results if isinstance(exc, hooksmod.HookFailedError) else []
-            self.store.log(
+            await asyncio.to_thread(
+                self.store.log,
                 "hooks.failed",
                 phase=phase,
                 version=ctx.version,
@@ -140,7 +141,9 @@ class ManagerBase:
             )
             raise
         out = [r.to_json() for r in results]
-        self.store.log("hooks.done", phase=phase, version=ctx.version, results=out)
+        await asyncio.to_thread(
+            self.store.log, "hooks.done", phase=phase, version=ctx.version, results=out
+        )
         self.emit("hooks.done", phase=phase)
         return out
 
@@ -188,6 +191,13 @@ class ManagerBase:
         except HookError as exc:
             actions.append(f"post_rollback hooks {when} failed: {exc}")
 
+    async def _log_quietly(self, event: str, **fields: Any) -> None:
+        """Journal on a failure path: a second failure (disk full) must not mask the first."""
+        try:
+            await asyncio.to_thread(self.store.log, event, **fields)
+        except CutoverError:
+            log.exception("journal_append_failed", app=self.app, journal_event=event)
+
     async def _save(self, state: AppState) -> None:
         await asyncio.to_thread(self.store.save, state)
 
@@ -199,16 +209,19 @@ class ManagerBase:
         if pending is not None:
             on_disk = self.store.read_current()
             if pending.op == "activate":
-                if on_disk == pending.from_version:
+                if on_disk == pending.from_version and pending.phase == "intent":
                     actions.append(
                         f"activation of {pending.to_version} (op {pending.op_id}) was interrupted "
                         f"before the flip; current stays {pending.from_version}"
                     )
                 else:
-                    await asyncio.to_thread(self.store.flip, pending.from_version)
+                    if on_disk != pending.from_version:
+                        await asyncio.to_thread(self.store.flip, pending.from_version)
+                    failed = " (it had failed: marked bad)" if pending.phase == "reverting" else ""
                     actions.append(
                         f"activation of {pending.to_version} (op {pending.op_id}) was interrupted "
-                        f"after the flip; reverted current to {pending.from_version or '(none)'}"
+                        f"after the flip{failed}; reverted current to "
+                        f"{pending.from_version or '(none)'}"
                     )
                     state.current = pending.from_version
                     state.pending = None

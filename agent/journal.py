@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.errors import DriftError, StorageError
 
@@ -47,28 +47,40 @@ class Journal:
         self._head: JournalHead | None = None
         self.dropped_torn_line = False
 
+    @staticmethod
+    def _rfind_newline(fh: BinaryIO, end: int) -> int:
+        """Offset of the last ``\n`` before ``end``, or -1; scans backwards in chunks, so a line
+        of any length is found whole."""
+        chunk = 1 << 16
+        pos = end
+        while pos > 0:
+            start = max(0, pos - chunk)
+            fh.seek(start)
+            idx = fh.read(pos - start).rfind(b"\n")
+            if idx >= 0:
+                return start + idx
+            pos = start
+        return -1
+
     def _load_head(self) -> JournalHead:
         if self._head is not None:
             return self._head
         head = JournalHead(0, GENESIS)
         try:
-            with self.path.open("rb") as fh:
+            with self.path.open("r+b") as fh:
                 size = fh.seek(0, os.SEEK_END)
+                last_nl = self._rfind_newline(fh, size) if size else -1
+                if size and last_nl != size - 1:
+                    # A crash mid-append left a torn final line: drop exactly that fragment.
+                    fh.truncate(last_nl + 1)
+                    os.fsync(fh.fileno())
+                    self.dropped_torn_line = True
+                    size = last_nl + 1
                 if size:
-                    # Read backwards just far enough to find the last complete line.
-                    block = min(size, 1 << 20)
-                    fh.seek(size - block)
-                    tail = fh.read(block)
-                    if not tail.endswith(b"\n"):
-                        cut = tail.rfind(b"\n")
-                        keep = size - block + cut + 1 if cut >= 0 else 0
-                        os.truncate(self.path, keep)
-                        self.dropped_torn_line = True
-                        tail = tail[: cut + 1] if cut >= 0 else b""
-                    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
-                    last = lines[-1] if lines and lines[-1] else b""
-                    if last:
-                        head = JournalHead(int(json.loads(last)["seq"]), line_hash(last))
+                    prev_nl = self._rfind_newline(fh, size - 1)
+                    fh.seek(prev_nl + 1)
+                    last = fh.read(size - 1 - (prev_nl + 1))
+                    head = JournalHead(int(json.loads(last)["seq"]), line_hash(last))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError) as exc:

@@ -111,7 +111,20 @@ class AppManager(MaintenanceOps):
                     if progress is not None:
                         progress("extract", done, total)
 
-                staging = await asyncio.to_thread(self.store.extract, fh, parts, verified, on_bytes)
+                try:
+                    staging = await asyncio.to_thread(
+                        self.store.extract, fh, parts, verified, on_bytes
+                    )
+                except BaseException as exc:  # the extractor already removed its partial tree
+                    await asyncio.shield(
+                        self._log_quietly(
+                            "stage.failed",
+                            version=version,
+                            error=(str(exc) or type(exc).__name__)[:4000],
+                            code=getattr(exc, "code", "cancelled"),
+                        )
+                    )
+                    raise
             checkpoint("stage.extracted")
             self.emit("extract.done", version=version, bytes=total)
             try:
@@ -236,13 +249,18 @@ class AppManager(MaintenanceOps):
             offsets = await asyncio.to_thread(_log_offsets, spec.health, release_dir)
             op_id = await self._write_intent(state, "activate", old, version)
             checkpoint("activate.intent")
-            await asyncio.to_thread(self.store.flip, version)
-            checkpoint("activate.flipped")
-            if state.pending is not None:
-                state.pending = state.pending.model_copy(update={"phase": "flipped"})
-            await self._save(state)
-            self.emit("flip", version=version, previous=old)
+            history_before = list(state.history)
+            judged = committing = False
+            # Everything from the flip to the commit is inside the try: whatever fails or is
+            # cancelled there (a hook, a check, a full disk, SIGTERM) flips back.
             try:
+                await asyncio.to_thread(self.store.flip, version)
+                checkpoint("activate.flipped")
+                if state.pending is not None:
+                    state.pending = state.pending.model_copy(update={"phase": "flipped"})
+                await self._save(state)
+                self.emit("flip", version=version, previous=old)
+                judged = True  # from here on a failure is the release's: it will be marked bad
                 hooks_out = await self._run_hooks(
                     [*spec.hooks.post_activate, *self.section.hooks.post_activate],
                     "post_activate",
@@ -251,13 +269,39 @@ class AppManager(MaintenanceOps):
                 live = await self._health("live", spec.health, version, release_dir, offsets)
                 if live["status"] != "pass":
                     raise StateError(f"live health checks failed: {_health_summary(live)}")
+                checkpoint("activate.before_commit")
+                committing = True
+                rec.activated_at, rec.activated_by = utcnow(), self.actor
+                rec.hooks = hooks_out
+                rec.health = [*rec.health[-1:], live]
+                state.current = version
+                state.history = [v for v in state.history if v != version] + [version]
+                state.pending = None
+                await asyncio.to_thread(
+                    self.store.log,
+                    "activate.done",
+                    version=version,
+                    previous=old,
+                    op_id=op_id,
+                    actor=self.actor,
+                )
+                await self._save(state)
             except BaseException as exc:
-                await asyncio.shield(self._revert(state, version, old, exc))
+                await asyncio.shield(
+                    self._revert(
+                        state,
+                        version,
+                        old,
+                        exc,
+                        mark_bad=judged and not committing,
+                        history=history_before,
+                    )
+                )
                 if isinstance(exc, Exception):
                     db_note = (
                         f" The database was NOT restored (checkpoint {rec.checkpoint_ref!r}): "
                         "restore it if the old release needs the old schema."
-                        if spec.requires_migration
+                        if spec.requires_migration and judged
                         else ""
                     )
                     raise ActivationFailedError(
@@ -265,22 +309,6 @@ class AppManager(MaintenanceOps):
                         f"to {old or '(no release)'}: {str(exc).rstrip('.')}.{db_note}"
                     ) from exc
                 raise
-            checkpoint("activate.before_commit")
-            rec.activated_at, rec.activated_by = utcnow(), self.actor
-            rec.hooks = hooks_out
-            rec.health = [*rec.health[-1:], live]
-            state.current = version
-            state.history = [v for v in state.history if v != version] + [version]
-            state.pending = None
-            await asyncio.to_thread(
-                self.store.log,
-                "activate.done",
-                version=version,
-                previous=old,
-                op_id=op_id,
-                actor=self.actor,
-            )
-            await self._save(state)
             checkpoint("activate.committed")
             self.emit("activate.done", version=version)
             result.current, result.previous = state.current, state.previous
@@ -307,18 +335,36 @@ class AppManager(MaintenanceOps):
         return ref
 
     async def _revert(
-        self, state: AppState, version: str, old: str | None, exc: BaseException
+        self,
+        state: AppState,
+        version: str,
+        old: str | None,
+        exc: BaseException,
+        *,
+        mark_bad: bool,
+        history: list[str],
     ) -> None:
+        """Flip back to ``old`` after a failed or interrupted activation (write-ahead: the
+        ``reverting`` phase is saved first, so a crash mid-revert is finished by recovery)."""
         reason = str(exc) or type(exc).__name__
         self.emit("revert.start", version=version, to=old, reason=reason[:2000])
+        rec = state.releases[version]
+        if mark_bad:
+            rec.status = ReleaseStatus.BAD
+            rec.reason = f"activation failed: {reason}"[:2000]
+        state.history = history
+        if state.pending is not None:
+            state.pending = state.pending.model_copy(update={"phase": "reverting"})
+        try:
+            await self._save(state)
+        except CutoverError:  # disk full: flip back anyway; recovery finishes from the journal
+            log.exception("revert_intent_not_saved", app=self.app, version=version)
         await asyncio.to_thread(self.store.flip, old)
+        checkpoint("activate.reverted_flip")
         state.current = old
         state.pending = None
-        rec = state.releases[version]
-        rec.status = ReleaseStatus.BAD
-        rec.reason = f"activation failed: {reason}"[:2000]
         db: dict[str, Any] = {}
-        if rec.requires_migration:
+        if rec.requires_migration and mark_bad:
             db = {"database_restored": False, "checkpoint_ref": rec.checkpoint_ref}
             self.emit(
                 "revert.database",
@@ -332,6 +378,7 @@ class AppManager(MaintenanceOps):
             version=version,
             restored=old,
             reason=reason[:4000],
+            marked_bad=mark_bad,
             **db,
         )
         await self._save(state)

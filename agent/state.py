@@ -75,7 +75,7 @@ class Pending(_Model):
     op_id: str
     from_version: str | None
     to_version: str
-    phase: Literal["intent", "flipped"] = "intent"
+    phase: Literal["intent", "flipped", "reverting"] = "intent"
     started_at: str = Field(default_factory=utcnow)
     actor: str = ""
 

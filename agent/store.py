@@ -143,18 +143,21 @@ class RuntimeSpec(BaseModel):
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a tree we own, making read-only directories writable first; never follows links."""
-    if not path.exists() and not path.is_symlink():
+    """Remove a tree we own, making read-only directories writable first.
+
+    Never follows a symlink, even one swapped in while it runs: directories are opened with
+    ``O_NOFOLLOW`` and made writable through their fds (``os.fwalk``); ``shutil.rmtree`` is the
+    fd-based, symlink-attack-safe variant on Linux.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return
-    if path.is_symlink() or not path.is_dir():
+    if not stat.S_ISDIR(st.st_mode):
         path.unlink()
         return
-    for dirpath, dirnames, _ in os.walk(path):
-        os.chmod(dirpath, 0o700)
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                os.chmod(p, 0o700)
+    for _, _, _, dirfd in os.fwalk(path, follow_symlinks=False):
+        os.fchmod(dirfd, 0o700)
     shutil.rmtree(path)
 
 
@@ -443,10 +446,19 @@ class ReleaseStore:
     # ---------------------------------------------------------------- deletion
     def trash_release(self, version: str) -> Path | None:
         src = self.layout.release(version)
-        if not src.exists():
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
             return None
         dst = self.layout.trash / f"{version}.{random_suffix()}"
-        os.chmod(src, 0o700)  # renaming a directory updates its '..': needs write permission
+        if stat.S_ISDIR(st.st_mode):
+            # Renaming a directory updates its '..': it needs write permission. fchmod through an
+            # O_NOFOLLOW fd, so a symlink planted in releases/ never redirects the chmod.
+            fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
         os.rename(src, dst)
         fsync_dir(self.layout.releases)
         for suffix in (".json", ".runtime.json", ".inventory.json"):
@@ -489,6 +501,15 @@ class ReleaseStore:
                 actions.append(f"removed stray temp symlink {entry.name}")
         if self.empty_trash():
             actions.append("finished deleting releases left in trash/")
+        head = self.journal.head
+        if head.seq < state.journal_seq or (
+            head.seq == state.journal_seq and head.hash != state.journal_hash
+        ):
+            actions.append(
+                f"journal integrity: the journal ends at seq {head.seq}, but the state recorded "
+                f"seq {state.journal_seq} when it was last saved: entries were removed or "
+                "rewritten outside Cutover; inspect the journal and its backups"
+            )
         for rec in state.releases.values():
             if (
                 rec.installed

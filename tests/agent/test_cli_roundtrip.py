@@ -208,6 +208,15 @@ def test_journal_truncation_is_detected(host: Host, make_package: PackageFactory
     path.write_text("\n".join(lines[:-1]) + "\n")
     proc = host.cli("journal", "--verify")
     assert proc.returncode == 6 and "cut from its end" in proc.stdout
+    # The next operation does not launder the cut: it records it in the chain itself.
+    status = host.cli_json("status")["apps"][0]
+    assert any("journal integrity" in a for a in status["recovered"])
+    assert any(
+        "journal integrity" in a
+        for e in host.journal()
+        if e["event"] == "recovery"
+        for a in e["actions"]
+    )
 
 
 def test_keys_and_status_json(host: Host, make_package: PackageFactory) -> None:

@@ -141,3 +141,44 @@ def test_rollback_refuses_when_the_target_runtime_spec_was_tampered(two_releases
     proc = host.cli("rollback")
     assert proc.returncode == 6 and "does not match the digest" in proc.stdout
     assert host.snapshot() == before
+
+
+def test_symlink_planted_in_releases_is_removed_without_following_it(two_releases) -> None:
+    """Recovery runs as root from the CLI: a link in releases/ must never redirect a chmod."""
+    host, _ = two_releases
+    victim = host.tmp / "victim"
+    victim.mkdir(mode=0o755)
+    victim.chmod(0o755)
+    (victim / "keep").write_text("x")
+    (host.root / "releases" / "9.9.9").symlink_to(victim)
+    status = host.cli_json("status")["apps"][0]
+    assert not (host.root / "releases" / "9.9.9").is_symlink()
+    assert (victim.stat().st_mode & 0o777) == 0o755 and (victim / "keep").read_text() == "x"
+    assert any("9.9.9" in a for a in status["recovered"])
+
+
+def test_crash_during_automatic_revert_is_finished_and_reported(two_releases) -> None:
+    """Kill -9 right after the revert's flip back: the next start reports a failed activation,
+    keeps the release bad and runs the old release's post_rollback hooks."""
+    host, make_package = two_releases
+    marker = host.tmp / "post_rollback.log"
+    bad = make_package(
+        "1.1.0",
+        toml=(
+            "[health.live]\ninterval_s = 0.1\nretries = 0\nhealthy_deadline_s = 2\n"
+            '[[health.live.checks]]\ntype = "command"\nargv = ["false"]\n'
+        ),
+    )
+    host.config.write_text(
+        host.config.read_text()
+        + f'\n[apps.demo.hooks]\npost_rollback = [{{name = "mark", argv = ["sh", "-c", "echo $CUTOVER_VERSION >> {marker}"]}}]\n'
+    )
+    host.cli_json("stage", str(bad))
+    crashed = host.cli("activate", "1.1.0", env={"CUTOVER_TEST_CRASH_AT": "activate.reverted_flip"})
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    assert host.current == "releases/1.0.0"
+    status = host.cli_json("status")["apps"][0]
+    assert status["current"] == "1.0.0" and status["pending"] is None
+    assert any("marked bad" in a for a in status["recovered"])
+    assert host.state()["releases"]["1.1.0"]["status"] == "bad"
+    assert marker.read_text().split() == ["1.0.0"]

@@ -48,6 +48,8 @@ def test_tampered_payload_is_rejected(active_host: Host, make_package: PackageFa
     proc = active_host.cli("stage", str(pkg))
     assert proc.returncode == 3 and "payload_digest" in proc.stdout
     assert active_host.snapshot() == before and _outside_listing(active_host) == outside
+    failed = [e for e in active_host.journal() if e["event"] == "stage.failed"]
+    assert failed and failed[-1]["version"] == "1.1.0" and failed[-1]["code"] == "payload_digest"
 
 
 def test_unsigned_package_is_rejected(active_host: Host, make_package: PackageFactory) -> None:
