@@ -72,8 +72,9 @@ class AppManager(MaintenanceOps):
             parts, fh = await asyncio.to_thread(open_package, package)
             with fh:
                 # Parsing and checking a 20,000-entry manifest takes ~0.2 s: never on the loop.
-                verified = await asyncio.to_thread(
-                    self.store.verify,
+                verified, payload_sha256 = await asyncio.to_thread(
+                    self.store.verify_and_hash,
+                    fh,
                     parts,
                     state,
                     expected_version=expected_version,
@@ -113,7 +114,7 @@ class AppManager(MaintenanceOps):
 
                 try:
                     staging = await asyncio.to_thread(
-                        self.store.extract, fh, parts, verified, on_bytes
+                        self.store.extract, fh, parts, verified, on_bytes, payload_sha256
                     )
                 except BaseException as exc:  # the extractor already removed its partial tree
                     await asyncio.shield(
