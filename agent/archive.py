@@ -133,8 +133,6 @@ def verify_payload_digest(
     parts: PackageParts,
     manifest: Manifest,
     progress: Callable[[int], None] | None = None,
-    *,
-    precomputed_sha256: str | None = None,
 ) -> None:
     """Check the compressed payload's codec, size and SHA-256 against the signed manifest.
 
@@ -146,8 +144,6 @@ def verify_payload_digest(
         parts: the container layout from :func:`agent.package.read_package`.
         manifest: the verified manifest (from :func:`agent.trust.verify_release`).
         progress: called with byte counts as the payload is hashed.
-        precomputed_sha256: the payload's SHA-256 if it was hashed already (concurrently with
-            the manifest's verification, see :func:`agent.package.verify_while_hashing`).
 
     Raises:
         PackageFormatError: the payload member's codec is not the manifest's, or the file ends early.
@@ -163,11 +159,7 @@ def verify_payload_digest(
             code="payload_size",
         )
     try:
-        actual = (
-            precomputed_sha256
-            if precomputed_sha256 is not None
-            else hash_payload(fh, parts, progress)
-        )
+        actual = hash_payload(fh, parts, progress)
     except OSError as exc:
         raise StorageError(
             f"cannot read the package payload: {exc.strerror or exc}; check the file and retry"

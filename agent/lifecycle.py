@@ -72,9 +72,8 @@ class AppManager(MaintenanceOps):
             parts, fh = await asyncio.to_thread(open_package, package)
             with fh:
                 # Parsing and checking a 20,000-entry manifest takes ~0.2 s: never on the loop.
-                verified, payload_sha256 = await asyncio.to_thread(
-                    self.store.verify_and_hash,
-                    fh,
+                verified = await asyncio.to_thread(
+                    self.store.verify,
                     parts,
                     state,
                     expected_version=expected_version,
@@ -114,7 +113,7 @@ class AppManager(MaintenanceOps):
 
                 try:
                     staging = await asyncio.to_thread(
-                        self.store.extract, fh, parts, verified, on_bytes, payload_sha256
+                        self.store.extract, fh, parts, verified, on_bytes
                     )
                 except BaseException as exc:  # the extractor already removed its partial tree
                     await asyncio.shield(

@@ -15,10 +15,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from agent.errors import NotFoundError, PackageFormatError
 from agent.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURES_BYTES
@@ -30,11 +29,8 @@ __all__ = [
     "hash_payload",
     "open_package",
     "read_package",
-    "verify_while_hashing",
     "write_package",
 ]
-
-_T = TypeVar("_T")
 
 BLOCK = 512
 PAYLOAD_NAMES = {"zstd": "payload.tar.zst", "gzip": "payload.tar.gz", "none": "payload.tar"}
@@ -200,24 +196,6 @@ def hash_payload(
         if progress is not None:
             progress(n)
     return h.hexdigest()
-
-
-def verify_while_hashing(
-    fh: BinaryIO, parts: PackageParts, verify: Callable[[], _T]
-) -> tuple[_T, str]:
-    """Run ``verify`` (signatures and schema of the manifest, in memory) while a second thread
-    hashes the payload from ``fh``: OpenSSL's SHA-256 releases the GIL, so the two overlap.
-
-    The hash reads the very file the extraction will read (same handle, not the path again), and
-    nothing is decompressed until the caller has compared the digest with the manifest.
-
-    Returns:
-        ``verify()``'s result and the payload's SHA-256 (hex).
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="payload-hash") as pool:
-        future = pool.submit(hash_payload, fh, parts)
-        result = verify()  # on failure, the pool's exit waits for the hash (~0.1 s), then raises
-        return result, future.result()
 
 
 def write_package(

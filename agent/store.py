@@ -56,7 +56,7 @@ from agent.manifest import (
     canonical_json,
     parse_manifest,
 )
-from agent.package import PackageParts, verify_while_hashing
+from agent.package import PackageParts
 from agent.state import AppState, ReleaseStatus, StateFile
 from agent.trust import HostHistory, TrustPolicy, VerifiedRelease, verify_release
 
@@ -264,37 +264,16 @@ class ReleaseStore:
             now=datetime.now(UTC),
         )
 
-    def verify_and_hash(
-        self,
-        fh: BinaryIO,
-        parts: PackageParts,
-        state: AppState,
-        *,
-        expected_version: str | None,
-        allow_downgrade: bool,
-    ) -> tuple[VerifiedRelease, str]:
-        """:meth:`verify` while the payload is hashed in parallel; returns both."""
-        return verify_while_hashing(
-            fh,
-            parts,
-            lambda: self.verify(
-                parts, state, expected_version=expected_version, allow_downgrade=allow_downgrade
-            ),
-        )
-
     def extract(
         self,
         fh: BinaryIO,
         parts: PackageParts,
         verified: VerifiedRelease,
         progress: Callable[[int], None] | None = None,
-        payload_sha256: str | None = None,
     ) -> Path:
-        """Check the payload digest, then extract it into a fresh ``incoming/`` directory."""
+        """Verify the payload digest, then extract it into a fresh ``incoming/`` directory."""
         dest = self.layout.incoming / f"{verified.manifest.version}.{random_suffix()}"
-        archive.verify_payload_digest(
-            fh, parts, verified.manifest, precomputed_sha256=payload_sha256
-        )
+        archive.verify_payload_digest(fh, parts, verified.manifest)
         archive.extract_payload(
             fh, parts, verified.manifest, dest, progress=progress, already_verified=True
         )
