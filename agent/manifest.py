@@ -20,7 +20,6 @@ Rules enforced on every manifest, before any signature is even looked at:
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from datetime import datetime
@@ -38,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent._json import canonical_json, strict_json_loads
 from agent.errors import ManifestError
 from agent.versions import validate_version
 
@@ -448,37 +448,6 @@ class SignatureEntry(_Model):
         return v
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ManifestError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ManifestError(f"JSON constant {name} is not allowed")
-
-
-def strict_json_loads(data: bytes, what: str, max_bytes: int) -> Any:
-    """Parse JSON strictly: size cap, UTF-8 without BOM, no duplicate keys, no NaN/Infinity."""
-    if len(data) > max_bytes:
-        raise ManifestError(f"{what} is {len(data)} bytes; the limit is {max_bytes}")
-    if data.startswith(b"\xef\xbb\xbf"):
-        raise ManifestError(f"{what} starts with a byte-order mark; write plain UTF-8")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{what} is not valid UTF-8: {exc}") from exc
-    try:
-        return json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
-
-
 def _explain(exc: ValidationError, what: str) -> str:
     lines = []
     for err in exc.errors()[:5]:
@@ -518,11 +487,3 @@ def parse_signatures(data: bytes) -> list[SignatureEntry]:
         return [SignatureEntry.model_validate(o) for o in obj]
     except ValidationError as exc:
         raise ManifestError(_explain(exc, "signatures.json")) from exc
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no spaces, UTF-8, trailing newline."""
-    return (
-        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        + "\n"
-    ).encode("utf-8")

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent import archive
+from agent._drift import compare, expected_entries, inventory
 from agent._faults import checkpoint
 from agent.config import AppSection
 from agent.errors import (
@@ -46,13 +47,10 @@ from agent.fsutil import atomic_write, fsync_dir, random_suffix, syncfs
 from agent.journal import Journal, JournalHead
 from agent.locking import AppLock
 from agent.manifest import (
-    DirEntry,
-    FileEntry,
     HealthSpec,
     Hooks,
     Manifest,
     SharedPaths,
-    SymlinkEntry,
     canonical_json,
     parse_manifest,
 )
@@ -159,11 +157,6 @@ def remove_tree(path: Path) -> None:
     for _, _, _, dirfd in os.fwalk(path, follow_symlinks=False):
         os.fchmod(dirfd, 0o700)
     shutil.rmtree(path)
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class ReleaseStore:
@@ -338,19 +331,7 @@ class ReleaseStore:
     def record_inventory(self, release_dir: Path, manifest: Manifest) -> int:
         """Record files that stage hooks added, so ``verify`` can tell them from tampering."""
         listed = {e.path for e in manifest.files} | set(self.shared_link_targets(manifest))
-        extra: dict[str, dict[str, Any]] = {}
-        for path, st in _walk(release_dir):
-            if path in listed:
-                continue
-            full = release_dir / path
-            if stat.S_ISLNK(st.st_mode):
-                extra[path] = {"symlink": os.readlink(full)}
-            elif stat.S_ISDIR(st.st_mode):
-                extra[path] = {"dir": True}
-            elif stat.S_ISREG(st.st_mode):
-                extra[path] = {"size": st.st_size, "sha256": _sha256_file(full)}
-            else:
-                extra[path] = {"other": stat.S_IFMT(st.st_mode)}
+        extra = inventory(release_dir, listed)
         atomic_write(
             self.layout.manifests / f"{manifest.version}.inventory.json",
             json.dumps(extra, sort_keys=True).encode(),
@@ -403,45 +384,10 @@ class ReleaseStore:
         if not root.is_dir():
             return [f"{root}: release directory is missing"]
         inv_path = self.layout.manifests / f"{version}.inventory.json"
-        inventory: dict[str, dict[str, Any]] = (
+        extra: dict[str, dict[str, Any]] = (
             json.loads(inv_path.read_bytes()) if inv_path.exists() else {}
         )
-        expected: dict[str, dict[str, Any]] = dict(inventory)
-        for e in manifest.files:
-            if isinstance(e, FileEntry):
-                expected[e.path] = {"size": e.size, "sha256": e.sha256, "mode": e.mode & ~0o222}
-            elif isinstance(e, DirEntry):
-                expected[e.path] = {"dir": True}
-            elif isinstance(e, SymlinkEntry):
-                expected[e.path] = {"symlink": e.symlink}
-        for rel, target in self.shared_link_targets(manifest).items():
-            expected[rel] = {"symlink": target}
-        problems: list[str] = []
-        seen: set[str] = set()
-        for path, st in _walk(root):
-            seen.add(path)
-            want = expected.get(path)
-            full = root / path
-            if want is None:
-                problems.append(f"{path}: unexpected entry (not in the manifest)")
-            elif "symlink" in want:
-                if not stat.S_ISLNK(st.st_mode) or os.readlink(full) != want["symlink"]:
-                    problems.append(f"{path}: symlink changed")
-            elif "dir" in want:
-                if not stat.S_ISDIR(st.st_mode):
-                    problems.append(f"{path}: expected a directory")
-            elif not stat.S_ISREG(st.st_mode):
-                problems.append(f"{path}: expected a regular file")
-            elif st.st_size != want["size"]:
-                problems.append(f"{path}: size {st.st_size}, expected {want['size']}")
-            elif _sha256_file(full) != want["sha256"]:
-                problems.append(f"{path}: content differs from the manifest (sha256)")
-            elif "mode" in want and stat.S_IMODE(st.st_mode) != want["mode"]:
-                problems.append(
-                    f"{path}: mode {stat.S_IMODE(st.st_mode):#o}, expected {want['mode']:#o}"
-                )
-        problems.extend(f"{p}: missing" for p in sorted(expected.keys() - seen))
-        return problems
+        return compare(root, expected_entries(manifest, self.shared_link_targets(manifest), extra))
 
     # ---------------------------------------------------------------- deletion
     def trash_release(self, version: str) -> Path | None:
@@ -525,21 +471,6 @@ class ReleaseStore:
 
     def journal_head(self, state: AppState) -> JournalHead:
         return JournalHead(state.journal_seq, state.journal_hash)
-
-
-def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
-    out: list[tuple[str, os.stat_result]] = []
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(root / rel if rel else root) as it:
-            for e in it:
-                path = f"{rel}/{e.name}" if rel else e.name
-                st = e.stat(follow_symlinks=False)
-                out.append((path, st))
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(path)
-    return out
 
 
 def normalise(state: AppState) -> None:

@@ -127,6 +127,9 @@ error_log {workdir}/error.log warn;
 events {{ worker_connections 512; }}
 http {{
     access_log off;
+    # Never close a client's keep-alive connection during the test (default: after 1000
+    # requests); aiohttp can leak the socket it was about to reuse when that races a request.
+    keepalive_requests 10000000;
     default_type text/html;
 {temp_paths}
     # Resolve the `current` symlink on every request (see the module docstring).
