@@ -20,6 +20,7 @@ Rules this module enforces:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -296,7 +297,7 @@ class ReleaseStore:
     def link_shared(self, release_dir: Path, manifest: Manifest) -> None:
         shared = self.layout.shared
         for rel in manifest.shared.dirs:
-            (shared / rel).mkdir(parents=True, exist_ok=True)
+            _make_shared_dir(shared, rel)
         for rel in manifest.shared.files:
             if not (shared / rel).exists():
                 raise StorageError(
@@ -471,6 +472,36 @@ class ReleaseStore:
 
     def journal_head(self, state: AppState) -> JournalHead:
         return JournalHead(state.journal_seq, state.journal_hash)
+
+
+def _make_shared_dir(shared: Path, rel: str) -> None:
+    """Create ``shared/<rel>`` without ever creating anything through a symlink.
+
+    A link under shared/ may be the operator's (storage on another disk): it is used as it is if
+    its target exists. But nothing is created through one: the app user could plant
+    ``shared/x -> /etc`` and have the agent (or root running the CLI) create directories there.
+    """
+    fd = os.open(shared, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel.split("/"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                nfd = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
+                if (shared / rel).is_dir():
+                    return  # an existing link to an existing directory: the operator's choice
+                raise StorageError(
+                    f"shared dir {shared / rel}: component {part!r} is a symlink to nothing or not "
+                    f"a directory ({exc.strerror}), and the agent never creates "
+                    "directories through links; create the target directory by hand"
+                ) from exc
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
 
 
 def normalise(state: AppState) -> None:

@@ -162,3 +162,29 @@ def test_disk_full_during_staging(host: Host, make_package: PackageFactory, tmp_
         assert host.cli_json("verify")["ok"] is True
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_no_directory_is_created_through_a_link_planted_in_shared(
+    host: Host, make_package: PackageFactory
+) -> None:
+    """An app user plants shared/storage -> elsewhere (missing): staging refuses, creates nothing
+    there, and leaves nothing installed; a link to an existing directory is used as it is."""
+    elsewhere = host.tmp / "elsewhere"
+    (host.root / "shared" / "storage").symlink_to(elsewhere)
+    pkg = make_package(
+        "1.0.0",
+        toml='[shared]\ndirs = ["storage/app"]\n',
+        files={"index.html": "x\n", "storage/.gitkeep": ""},
+    )
+    before = host.snapshot()
+    proc = host.cli("stage", str(pkg))
+    assert proc.returncode == 1 and "never creates directories through links" in proc.stdout
+    assert not elsewhere.exists()
+    after = host.snapshot()
+    assert {k: v for k, v in after.items() if k != "state"} == {
+        k: v for k, v in before.items() if k != "state"
+    }
+    assert host.state()["releases"]["1.0.0"]["status"] == "failed"
+    elsewhere.mkdir()
+    (elsewhere / "app").mkdir()
+    assert host.cli_json("stage", str(pkg))["version"] == "1.0.0"
