@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit demo bench bench-extract bench-flip bench-api clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null || { echo "error: Python 3.11+ is needed (found: $(PYTHON)); run make PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -28,8 +28,17 @@ test: lint typecheck unit
 demo: $(STAMP)
 	$(BIN)/python -m controller.demo
 
-bench: $(STAMP)
+# Benchmarks print ratios against baselines measured in the same run (bench/README.md).
+bench: bench-extract bench-flip bench-api
+
+bench-extract: $(STAMP)
 	$(BIN)/python bench/extract.py
+
+bench-flip: $(STAMP)
+	$(BIN)/python bench/flip.py
+
+bench-api: $(STAMP)
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
