@@ -37,7 +37,7 @@ from agent.journal import Journal
 from agent.lifecycle import AppManager, EventSink, OpResult
 from agent.manifest import APP_RE
 from agent.metrics import CONTENT_TYPE
-from agent.operations import Operation, new_operation_id
+from agent.operations import Operation, Runner, new_operation_id
 from agent.state import AppState, ReleaseStatus
 from agent.store import Layout
 from agent.versions import VERSION_RE
@@ -133,6 +133,45 @@ def _accepted(op: Operation) -> web.Response:
             },
         },
         status=202,
+    )
+
+
+async def _stage_spooled(
+    ctx: AgentContext,
+    op: Operation,
+    sink: EventSink,
+    app: str,
+    actor: str,
+    path: Path,
+    version: str,
+) -> OpResult:
+    """Stage a package the daemon received (upload) or downloaded (fetch) into its spool."""
+    op.phase = "run"
+    mgr = ctx.manager(app, actor, sink)
+    progress = ctx.progress_sink(sink, "extract")
+    return await mgr.stage(path, expected_version=version, progress=lambda _s, d, t: progress(d, t))
+
+
+def _start_staging(
+    ctx: AgentContext,
+    kind: str,
+    app: str,
+    version: str,
+    actor: str,
+    run: Runner,
+    op_id: str,
+    path: Path,
+) -> Operation:
+    """Register a staging operation whose spooled package is removed when it ends."""
+    return ctx.registry.start(
+        kind,
+        app,
+        version,
+        actor,
+        run,
+        op_id=op_id,
+        cleanup=_remove(path),
+        on_done=lambda o: ctx.refresh_app(o.app),
     )
 
 
@@ -278,23 +317,9 @@ async def upload(request: web.Request) -> web.Response:
         log.info("upload_received", app=app, version=version, bytes=size, operation=op_id)
 
         async def run(op: Operation, sink: EventSink) -> OpResult:
-            op.phase = "run"
-            mgr = ctx.manager(app, caller.actor, sink)
-            progress = ctx.progress_sink(sink, "extract")
-            return await mgr.stage(
-                path, expected_version=version, progress=lambda _s, d, t: progress(d, t)
-            )
+            return await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
 
-        op = ctx.registry.start(
-            "stage",
-            app,
-            version,
-            caller.actor,
-            run,
-            op_id=op_id,
-            cleanup=_remove(path),
-            on_done=lambda o: ctx.refresh_app(o.app),
-        )
+        op = _start_staging(ctx, "stage", app, version, caller.actor, run, op_id, path)
         started = True
     finally:
         if not started:
@@ -329,25 +354,11 @@ async def fetch(request: web.Request) -> web.Response:
             on_bytes=ctx.metrics.received_bytes.labels("fetch").inc,
         )
         sink({"event": "fetch.done", "bytes": size})
-        op.phase = "run"
-        mgr = ctx.manager(app, caller.actor, sink)
-        progress = ctx.progress_sink(sink, "extract")
-        result = await mgr.stage(
-            path, expected_version=version, progress=lambda _s, d, t: progress(d, t)
-        )
+        result = await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
         result.details["fetched_bytes"] = size
         return result
 
-    op = ctx.registry.start(
-        "fetch",
-        app,
-        version,
-        caller.actor,
-        run,
-        op_id=op_id,
-        cleanup=_remove(path),
-        on_done=lambda o: ctx.refresh_app(o.app),
-    )
+    op = _start_staging(ctx, "fetch", app, version, caller.actor, run, op_id, path)
     return _accepted(op)
 
 

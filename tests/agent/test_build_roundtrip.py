@@ -18,8 +18,8 @@ import pytest
 
 from agent.archive import extract_payload
 from agent.keys import PrivateKey, generate_keypair
-from agent.package import open_package
-from agent.trust import HostHistory, TrustPolicy, verify_release
+from agent.package import PackageParts, open_package
+from agent.trust import HostHistory, TrustPolicy, VerifiedRelease, verify_release
 from controller.build import build_package, payload_matches, sign_package
 from tests.agent.conftest import NOW, Tree, snapshot
 
@@ -42,6 +42,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (out / "cutover.toml").write_text(TOML)
     return out
+
+
+def _verified(parts: PackageParts, key: PrivateKey, version: str) -> VerifiedRelease:
+    """The agent's verification of a package signed by ``key`` alone."""
+    return verify_release(
+        parts.manifest_bytes,
+        parts.signatures_bytes,
+        TrustPolicy("ame", {key.keyid: key.public}),
+        expected_version=version,
+        history=HostHistory(),
+        now=NOW,
+    )
 
 
 @pytest.fixture
@@ -73,14 +85,7 @@ def test_round_trip_reproduces_the_tree(corpus: Path, tmp_path: Path, key: Priva
 
     parts, fh = open_package(pkg)
     with fh:
-        verified = verify_release(
-            parts.manifest_bytes,
-            parts.signatures_bytes,
-            TrustPolicy("ame", {key.keyid: key.public}),
-            expected_version="1.0.0",
-            history=HostHistory(),
-            now=NOW,
-        )
+        verified = _verified(parts, key, "1.0.0")
         dest = tmp_path / "incoming" / "1.0.0"
         dest.parent.mkdir()
         stats = extract_payload(fh, parts, verified.manifest, dest)
@@ -134,14 +139,7 @@ def test_other_codecs_round_trip(tmp_path: Path, key: PrivateKey, compression: s
     sign_package(pkg, key)
     parts, fh = open_package(pkg)
     with fh:
-        verified = verify_release(
-            parts.manifest_bytes,
-            parts.signatures_bytes,
-            TrustPolicy("ame", {key.keyid: key.public}),
-            expected_version="2.0.0",
-            history=HostHistory(),
-            now=NOW,
-        )
+        verified = _verified(parts, key, "2.0.0")
         assert parts.payload_compression == compression
         extract_payload(fh, parts, verified.manifest, tmp_path / "out")
     assert snapshot(tmp_path / "out") == expected_tree(src, skip=set())

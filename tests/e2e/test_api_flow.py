@@ -66,9 +66,7 @@ async def test_upload_activate_rollback_with_event_stream(
         ), _names(act_events)
         assert act_events[-1]["status"] == "succeeded"
 
-        assert (await c.wait((await c.upload(APP, "1.1.0", packages["1.1.0"]))["operation"]))[
-            "status"
-        ] == "succeeded"
+        await _succeeds(c, c.upload(APP, "1.1.0", packages["1.1.0"]))
         done = await c.wait((await c.activate(APP, "1.1.0"))["operation"])
         assert done["status"] == "succeeded", done
         assert agent.current() == "releases/1.1.0"
@@ -108,12 +106,8 @@ async def test_conflicting_operations_get_409_with_the_holder(
     shared = agent.root / "shared"
     async with agent.client() as c:
         for v in ("1.0.0", SLOW_VERSION):
-            assert (await c.wait((await c.upload(APP, v, packages[v]))["operation"]))[
-                "status"
-            ] == "succeeded"
-        assert (await c.wait((await c.activate(APP, "1.0.0"))["operation"]))[
-            "status"
-        ] == "succeeded"
+            await _succeeds(c, c.upload(APP, v, packages[v]))
+        await _succeeds(c, c.activate(APP, "1.0.0"))
         slow = await c.activate(APP, SLOW_VERSION)
         await _wait_for(lambda: (shared / "hook-started").exists())
         before = agent.snapshot()
@@ -139,9 +133,7 @@ async def test_lock_held_by_another_process_gives_409(
 ) -> None:
     """The app flock taken outside the daemon (as the on-host CLI does) is reported as the holder."""
     async with agent.client() as c:
-        assert (await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"]))["operation"]))[
-            "status"
-        ] == "succeeded"
+        await _succeeds(c, c.upload(APP, "1.0.0", packages["1.0.0"]))
         lock = AppLock(agent.meta / "lock", APP, "cli activate 1.0.0")
         lock.acquire()
         try:
@@ -151,9 +143,7 @@ async def test_lock_held_by_another_process_gives_409(
             assert locked.value.holder["pid"] == os.getpid()
         finally:
             lock.release()
-        assert (await c.wait((await c.activate(APP, "1.0.0"))["operation"]))[
-            "status"
-        ] == "succeeded"
+        await _succeeds(c, c.activate(APP, "1.0.0"))
 
 
 async def test_pin_protects_from_delete_then_delete_removes(
@@ -161,12 +151,8 @@ async def test_pin_protects_from_delete_then_delete_removes(
 ) -> None:
     async with agent.client() as c:
         for v in ("1.0.0", "1.1.0", "1.2.0"):
-            assert (await c.wait((await c.upload(APP, v, packages[v]))["operation"]))[
-                "status"
-            ] == "succeeded"
-        assert (await c.wait((await c.activate(APP, "1.2.0"))["operation"]))[
-            "status"
-        ] == "succeeded"
+            await _succeeds(c, c.upload(APP, v, packages[v]))
+        await _succeeds(c, c.activate(APP, "1.2.0"))
         assert (await c.pin(APP, "1.0.0"))["message"] == "pinned 1.0.0"
         refused = await c.wait((await c.delete(APP, "1.0.0"))["operation"])
         assert refused["status"] == "failed" and refused["error"]["error"] == "invalid_state"
@@ -176,6 +162,13 @@ async def test_pin_protects_from_delete_then_delete_removes(
         assert not (agent.root / "releases" / "1.0.0").exists()
         with pytest.raises(NotFoundError):
             await c.operation("0123456789abcdef")
+
+
+async def _succeeds(client: Any, request: Any) -> dict[str, Any]:
+    """Await an accepted operation to its end and assert it succeeded; return its record."""
+    record: dict[str, Any] = await client.wait((await request)["operation"])
+    assert record["status"] == "succeeded", record
+    return record
 
 
 async def _wait_for(cond: Any, timeout_s: float = 15.0) -> None:
@@ -352,12 +345,8 @@ async def test_sigterm_during_activation_reverts_and_next_start_is_consistent(
     agent.start()
     async with agent.client() as c:
         for v in ("1.0.0", SLOW_VERSION):
-            assert (await c.wait((await c.upload(APP, v, packages[v]))["operation"]))[
-                "status"
-            ] == "succeeded"
-        assert (await c.wait((await c.activate(APP, "1.0.0"))["operation"]))[
-            "status"
-        ] == "succeeded"
+            await _succeeds(c, c.upload(APP, v, packages[v]))
+        await _succeeds(c, c.activate(APP, "1.0.0"))
         await c.activate(APP, SLOW_VERSION)
         await _wait_for(lambda: (agent.root / "shared" / "hook-started").exists())
     assert agent.current() == f"releases/{SLOW_VERSION}"  # flipped; post_activate hook running
