@@ -17,7 +17,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy cannot follow setuptools' editable finder; these links give it the installed import names.
 typecheck: $(STAMP)
+	@mkdir -p .typecheck/cutover
+	@ln -sfn ../../agent .typecheck/cutover/agent
+	@ln -sfn ../../controller .typecheck/cutover/controller
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -26,7 +30,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(BIN)/python -m controller.demo
+	$(BIN)/python -m cutover.controller.demo
 
 # Benchmarks print ratios against baselines measured in the same run (bench/README.md).
 bench: bench-extract bench-flip bench-api
@@ -41,4 +45,4 @@ bench-api: $(STAMP)
 	$(BIN)/python bench/api.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache

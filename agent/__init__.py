@@ -2,21 +2,27 @@
 
 Public API (everything else is an implementation detail)::
 
-    from agent import AppManager, load_config, verify_release, parse_manifest, ...
+    from cutover.agent import AppManager, load_config, verify_release, parse_manifest, ...
 """
 
 from __future__ import annotations
 
-from agent.config import AgentConfig, LoadedConfig, load_config
-from agent.errors import (
+from cutover.agent.config import AgentConfig, LoadedConfig, load_config
+from cutover.agent.errors import (
     CutoverError,
     ExitCode,
     OperationalError,
     RejectedError,
 )
-from agent.keys import PrivateKey, PublicKey, generate_keypair, load_private_key, load_public_key
-from agent.manifest import Manifest, parse_manifest
-from agent.trust import HostHistory, TrustPolicy, VerifiedRelease, verify_release
+from cutover.agent.keys import (
+    PrivateKey,
+    PublicKey,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+)
+from cutover.agent.package.manifest import Manifest, parse_manifest
+from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
 
 __version__ = "0.1.0"
 

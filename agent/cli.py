@@ -19,13 +19,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
-from agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_config
-from agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
-from agent.lifecycle import AppManager, OpResult
-from agent.package import open_package
-from agent.store import Layout, ReleaseStore
-from agent.trust import peek_app
+from cutover.agent import __version__
+from cutover.agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_config
+from cutover.agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
+from cutover.agent.host.store import Layout, ReleaseStore
+from cutover.agent.lifecycle.manager import AppManager, OpResult
+from cutover.agent.package.container import open_package
+from cutover.agent.trust.policy import peek_app
 
 __all__ = ["main"]
 
@@ -347,7 +347,7 @@ def cmd_keys(args: argparse.Namespace, out: _Out) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
-    from agent.server import serve
+    from cutover.agent.daemon.server import serve
 
     code: int = serve(args.config)
     return code
@@ -455,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = _Out(bool(args.json))
     try:
-        from agent._logging import configure_logging
+        from cutover.agent._util.logsetup import configure_logging
 
         if args.command == "serve":
             configure_logging("auto", "info")

@@ -34,11 +34,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.errors import ConfigError, KeyFileError
-from agent.fsutil import atomic_write
-from agent.keys import PublicKey, load_public_key
-from agent.manifest import APP_RE, Hook
-from agent.trust import TrustPolicy
+from cutover.agent._util.fsutil import atomic_write
+from cutover.agent.errors import ConfigError, KeyFileError
+from cutover.agent.keys import PublicKey, load_public_key
+from cutover.agent.package.manifest import APP_RE, Hook
+from cutover.agent.trust.policy import TrustPolicy
 
 __all__ = [
     "DEFAULT_CONFIG",

@@ -21,7 +21,7 @@ from functools import total_ordering
 from packaging.version import InvalidVersion
 from packaging.version import Version as Pep440
 
-from agent.errors import ManifestError
+from cutover.agent.errors import ManifestError
 
 __all__ = ["VERSION_RE", "Incomparable", "compare", "is_older", "validate_version"]
 

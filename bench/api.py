@@ -41,10 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
-from agent.store import Layout  # noqa: E402
-from controller.build import build_package, sign_package  # noqa: E402
-from controller.client import AgentClient  # noqa: E402
+from cutover.agent.host.store import Layout  # noqa: E402
+from cutover.agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
+from cutover.controller.build import build_package, sign_package  # noqa: E402
+from cutover.controller.client import AgentClient  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_corpus.py"

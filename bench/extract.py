@@ -49,8 +49,8 @@ def _run(cmd: list[str]) -> None:
 def prepare() -> dict[str, Path]:
     """Build (or reuse) the corpus, the signed package, the tar and the tar.zst."""
     sys.path.insert(0, str(ROOT))
-    from agent.keys import generate_keypair
-    from controller.build import build_package, sign_package
+    from cutover.agent.keys import generate_keypair
+    from cutover.controller.build import build_package, sign_package
 
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = OUT / "corpus"
@@ -68,7 +68,7 @@ def prepare() -> dict[str, Path]:
     package = OUT / f"ame-{VERSION}.cutover"
     if not package.exists():
         print("building and signing the package (once)...", flush=True)
-        from agent.keys import load_private_key
+        from cutover.agent.keys import load_private_key
 
         build_package(corpus, package, version=VERSION, created_at=CREATED_AT)
         sign_package(package, load_private_key(key))
@@ -86,11 +86,11 @@ def child(package: Path, pub: Path, dest: Path) -> None:
     """One durable staging, in this fresh process; prints phase timings as JSON."""
     t0 = time.perf_counter()
     sys.path.insert(0, str(ROOT))
-    from agent.archive import extract_payload, verify_payload_digest
-    from agent.fsutil import syncfs
-    from agent.keys import load_public_key
-    from agent.package import open_package
-    from agent.trust import HostHistory, TrustPolicy, verify_release
+    from cutover.agent._util.fsutil import syncfs
+    from cutover.agent.extract.extractor import extract_payload, verify_payload_digest
+    from cutover.agent.keys import load_public_key
+    from cutover.agent.package.container import open_package
+    from cutover.agent.trust.policy import HostHistory, TrustPolicy, verify_release
 
     t1 = time.perf_counter()
     key = load_public_key(pub)

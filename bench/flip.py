@@ -40,11 +40,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent._logging import configure_logging  # noqa: E402
-from agent.config import add_app_to_config, load_config  # noqa: E402
-from agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
-from agent.lifecycle import AppManager  # noqa: E402
-from controller.build import build_package, sign_package  # noqa: E402
+from cutover.agent._util.logsetup import configure_logging  # noqa: E402
+from cutover.agent.config import add_app_to_config, load_config  # noqa: E402
+from cutover.agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
+from cutover.agent.lifecycle.manager import AppManager  # noqa: E402
+from cutover.controller.build import build_package, sign_package  # noqa: E402
 
 FILE_BYTES = 256 * 1024  # every generated file; the big release just has more of them
 V1, V2 = "1.0.0", "2.0.0"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from controller.build import AppConfig, BuildResult, build_package, load_app_config, sign_package
-from controller.client import AgentClient
+from cutover.controller.build import (
+    AppConfig,
+    BuildResult,
+    build_package,
+    load_app_config,
+    sign_package,
+)
+from cutover.controller.client import AgentClient
 
 __all__ = [
     "AgentClient",

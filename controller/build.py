@@ -26,9 +26,10 @@ from typing import Any, BinaryIO, cast
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import ConfigError, ManifestError
-from agent.keys import PrivateKey
-from agent.manifest import (
+from cutover.agent.errors import ConfigError, ManifestError
+from cutover.agent.keys import PrivateKey
+from cutover.agent.package.container import copy_payload, hash_payload, open_package, write_package
+from cutover.agent.package.manifest import (
     FORMAT_VERSION,
     DirEntry,
     FileEntry,
@@ -43,7 +44,6 @@ from agent.manifest import (
     parse_manifest,
     parse_signatures,
 )
-from agent.package import copy_payload, hash_payload, open_package, write_package
 
 __all__ = [
     "AppConfig",

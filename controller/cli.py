@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
-from agent.errors import ConfigError, CutoverError, ExitCode
-from agent.keys import generate_keypair, load_private_key, load_public_key
-from agent.manifest import DirEntry, FileEntry, ReleaseType, parse_signatures
-from agent.package import open_package
-from controller.build import build_package, payload_matches, sign_package
+from cutover.agent import __version__
+from cutover.agent.errors import ConfigError, CutoverError, ExitCode
+from cutover.agent.keys import generate_keypair, load_private_key, load_public_key
+from cutover.agent.package.container import open_package
+from cutover.agent.package.manifest import DirEntry, FileEntry, ReleaseType, parse_signatures
+from cutover.controller.build import build_package, payload_matches, sign_package
 
 __all__ = ["main"]
 

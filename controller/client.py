@@ -36,8 +36,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from yarl import URL
 
-from agent import httpsig
-from agent.errors import (
+from cutover.agent.errors import (
     AuthError,
     CutoverError,
     LockedError,
@@ -47,7 +46,8 @@ from agent.errors import (
     RequestError,
     TransportError,
 )
-from agent.keys import PrivateKey
+from cutover.agent.keys import PrivateKey
+from cutover.agent.trust import httpsig
 
 __all__ = ["EMPTY_SHA256", "AgentClient", "default_authority", "signed_headers"]
 

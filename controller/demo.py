@@ -22,9 +22,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agent.keys import PrivateKey, generate_keypair
-from controller.build import build_package, sign_package
-from controller.client import AgentClient
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.controller.build import build_package, sign_package
+from cutover.controller.client import AgentClient
 
 console = Console(highlight=False)
 BIN = Path(sys.executable).parent

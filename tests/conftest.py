@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.keys import PrivateKey, generate_keypair
-from controller.build import build_package, sign_package
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.controller.build import build_package, sign_package
 
 BIN = Path(sys.executable).parent
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import zstandard
 
-from agent.archive import ExtractLimits, ExtractStats, extract_payload
-from agent.keys import PrivateKey, generate_keypair
-from agent.manifest import canonical_json
-from agent.package import open_package, write_package
-from agent.trust import HostHistory, TrustPolicy, verify_release
-from controller.build import sign_package
+from cutover.agent.extract.extractor import ExtractLimits, ExtractStats, extract_payload
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.agent.package.container import open_package, write_package
+from cutover.agent.package.manifest import canonical_json
+from cutover.agent.trust.policy import HostHistory, TrustPolicy, verify_release
+from cutover.controller.build import sign_package
 
 APP = "ame"
 VERSION = "1.0.0"

@@ -13,11 +13,16 @@ from typing import Any
 
 import pytest
 
-from agent import archive
-from agent.archive import ExtractLimits, extract_payload, verify_payload_digest
-from agent.errors import ArchiveLimitError, DigestMismatchError, StorageError, UnsafeArchiveError
-from agent.manifest import parse_manifest
-from agent.package import open_package
+from cutover.agent.errors import (
+    ArchiveLimitError,
+    DigestMismatchError,
+    StorageError,
+    UnsafeArchiveError,
+)
+from cutover.agent.extract import extractor as archive
+from cutover.agent.extract.extractor import ExtractLimits, extract_payload, verify_payload_digest
+from cutover.agent.package.container import open_package
+from cutover.agent.package.manifest import parse_manifest
 from tests.agent.conftest import Kit, Member, dir_, entries_for, reg, snapshot, sym
 
 TREE = [

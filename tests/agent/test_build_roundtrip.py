@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.archive import extract_payload
-from agent.keys import PrivateKey, generate_keypair
-from agent.package import PackageParts, open_package
-from agent.trust import HostHistory, TrustPolicy, VerifiedRelease, verify_release
-from controller.build import build_package, payload_matches, sign_package
+from cutover.agent.extract.extractor import extract_payload
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.agent.package.container import PackageParts, open_package
+from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
+from cutover.controller.build import build_package, payload_matches, sign_package
 from tests.agent.conftest import NOW, Tree, snapshot
 
 # shared/ sits beside the repository (on developer machines and in CI).

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agent.health import (
+from cutover.agent.actions.health import (
     CheckResult,
     HealthContext,
     PhaseResult,
@@ -23,7 +23,14 @@ from agent.health import (
     run_check,
     run_phase,
 )
-from agent.manifest import CommandCheck, HealthPhase, HttpCheck, LogCheck, TcpCheck, VersionProbe
+from cutover.agent.package.manifest import (
+    CommandCheck,
+    HealthPhase,
+    HttpCheck,
+    LogCheck,
+    TcpCheck,
+    VersionProbe,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Serve = Callable[[Handler], Awaitable[str]]

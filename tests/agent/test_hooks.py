@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import HookError
-from agent.hooks import (
+from cutover.agent.actions.hooks import (
     DEFAULT_PATH,
     HookContext,
     HookFailedError,
@@ -21,7 +20,8 @@ from agent.hooks import (
     run_hook,
     run_hooks,
 )
-from agent.manifest import Hook
+from cutover.agent.errors import HookError
+from cutover.agent.package.manifest import Hook
 
 PY = sys.executable
 

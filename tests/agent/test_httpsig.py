@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from multidict import CIMultiDict
 
-from agent import httpsig
-from agent.errors import AuthError
-from agent.httpsig import (
+from cutover.agent.errors import AuthError
+from cutover.agent.keys import PrivateKey, PublicKey, keyid_of
+from cutover.agent.trust import httpsig
+from cutover.agent.trust.httpsig import (
     COMPONENTS,
     RequestTarget,
     build_signature_base,
@@ -30,7 +31,6 @@ from agent.httpsig import (
     sign_request,
     verify_request,
 )
-from agent.keys import PrivateKey, PublicKey, keyid_of
 
 NOW = 1_760_000_000
 AGENT = "agent-1.example.net:8443"

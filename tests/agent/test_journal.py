@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import DriftError
-from agent.journal import Journal
+from cutover.agent.errors import DriftError
+from cutover.agent.host.journal import Journal
 
 
 def test_head_after_a_line_longer_than_any_read_window(tmp_path: Path) -> None:

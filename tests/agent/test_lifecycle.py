@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.config import load_config
-from agent.errors import ActivationFailedError, ExitCode, StateError
-from agent.lifecycle import AppManager, OpResult
+from cutover.agent.config import load_config
+from cutover.agent.errors import ActivationFailedError, ExitCode, StateError
+from cutover.agent.lifecycle.manager import AppManager, OpResult
 from tests.conftest import Host, PackageFactory
 
 A, B, C = "1.0.0", "2.0.0", "3.0.0"
@@ -373,7 +373,7 @@ def test_hooks_get_cutover_env_and_run_in_the_release_dir(
 def test_host_local_hooks_run_after_the_releases_own(
     host: Host, make_package: PackageFactory
 ) -> None:
-    """apps.demo.hooks.post_activate / post_rollback from agent.toml run after the release's own
+    """apps.demo.hooks.post_activate / post_rollback from cutover.agent.toml run after the release's own
     hooks of the same step, on activation and on rollback, and both are journaled in that order."""
     configure(
         host,

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.archive import ExtractLimits
-from agent.errors import (
+from cutover.agent.errors import (
     ArchiveLimitError,
     CutoverError,
     DigestMismatchError,
@@ -32,8 +31,9 @@ from agent.errors import (
     SignatureError,
     UnsafeArchiveError,
 )
-from agent.package import open_package
-from agent.trust import HostHistory
+from cutover.agent.extract.extractor import ExtractLimits
+from cutover.agent.package.container import open_package
+from cutover.agent.trust.policy import HostHistory
 from tests.agent.conftest import (
     NOW,
     Kit,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import AuthError, StorageError
-from agent.nonces import NonceStore
+from cutover.agent.daemon.nonces import NonceStore
+from cutover.agent.errors import AuthError, StorageError
 
 NOW = 1_760_000_000
 

@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from agent.errors import PackageFormatError
-from agent.package import PAYLOAD_NAMES, hash_payload, read_package, write_package
+from cutover.agent.errors import PackageFormatError
+from cutover.agent.package.container import PAYLOAD_NAMES, hash_payload, read_package, write_package
 
 MANIFEST = b'{"app":"ame"}\n'
 SIGS = b"[]\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.keys import generate_keypair
-from agent.package import open_package
+from cutover.agent.keys import generate_keypair
+from cutover.agent.package.container import open_package
 from tests.conftest import Host, PackageFactory
 
 
@@ -138,8 +138,8 @@ def test_disk_full_during_staging(host: Host, make_package: PackageFactory, tmp_
         cfg = host.config.read_text().replace(str(host.root), str(root))
         host.config.write_text(cfg)
         host.root = root
-        from agent.config import load_config
-        from agent.store import ReleaseStore
+        from cutover.agent.config import load_config
+        from cutover.agent.host.store import ReleaseStore
 
         loaded = load_config(host.config)
         ReleaseStore("demo", loaded.apps["demo"], loaded.policies["demo"]).init_layout()

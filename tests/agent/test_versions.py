@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import ManifestError
-from agent.versions import Incomparable, compare, is_older, validate_version
+from cutover.agent.errors import ManifestError
+from cutover.agent.versions import Incomparable, compare, is_older, validate_version
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from agent.keys import load_private_key, load_public_key
-from agent.package import open_package
+from cutover.agent.keys import load_private_key, load_public_key
+from cutover.agent.package.container import open_package
 from tests.conftest import BIN
 
 

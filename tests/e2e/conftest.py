@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from agent.keys import PrivateKey, generate_keypair
-from agent.store import Layout
-from controller.build import build_package, sign_package
-from controller.client import AgentClient
+from cutover.agent.host.store import Layout
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.controller.build import build_package, sign_package
+from cutover.controller.client import AgentClient
 
 BIN = Path(sys.executable).parent
 AGENT = BIN / "cutover-agent"

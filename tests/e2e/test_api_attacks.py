@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import httpsig
-from agent.keys import PrivateKey
-from controller.client import signed_headers
+from cutover.agent.keys import PrivateKey
+from cutover.agent.trust import httpsig
+from cutover.controller.client import signed_headers
 from tests.e2e.conftest import APP, Agent, Keys, RawResponse, send_raw
 
 pytestmark = pytest.mark.e2e

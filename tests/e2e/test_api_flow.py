@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent.errors import AuthError, LockedError, NotFoundError, TransportError
-from agent.locking import AppLock
-from agent.package import read_package
-from controller.client import signed_headers
+from cutover.agent.errors import AuthError, LockedError, NotFoundError, TransportError
+from cutover.agent.host.lock import AppLock
+from cutover.agent.package.container import read_package
+from cutover.controller.client import signed_headers
 from tests.e2e.conftest import APP, SLOW_VERSION, Agent, send_raw
 
 pytestmark = pytest.mark.e2e

@@ -24,8 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.config import load_config
-from agent.lifecycle import AppManager
+from cutover.agent.config import load_config
+from cutover.agent.lifecycle.manager import AppManager
 from tests.conftest import Host, PackageFactory
 from tests.e2e.nginx_fixture import Nginx, ensure_nginx, run_nginx
 

@@ -1,0 +1,345 @@
+"""Request authentication, bounded body reading and error mapping for the agent API.
+
+Security rules enforced here, in this order, for every route except ``GET /v1/health`` and
+``GET /metrics``:
+
+1. **Signature before anything.** :func:`agent.httpsig.verify_request` runs on the method, the
+   raw path and query as received, and as ``@authority`` the agent's *configured* name (never the
+   Host header). The keys are the controller keys of the config in force *at this request*
+   (``ConfigHolder.current``): a key removed by a reload fails from the next request on. Release
+   keys are never in that mapping, so a release key is an ``unknown_key``.
+2. **Once.** The verified nonce is recorded durably (:class:`agent.nonces.NonceStore`) before
+   anything acts on the request; a second use is ``replayed``, also after a restart.
+3. **Role.** ``read`` keys may only ``GET``; ``deploy`` keys may do everything. Otherwise
+   ``forbidden_role``.
+4. **Body after signature, digest before use.** No body byte is read before steps 1-3 passed. A
+   body is read in chunks with an idle timeout and an overall deadline (``408 body_timeout``) and a
+   size cap checked against ``Content-Length`` up front and counted while reading
+   (``413 payload_too_large``), hashed while read, and compared with the signed
+   ``Content-Digest`` (``401 digest_mismatch``) before any handler sees it. Small bodies (JSON,
+   at most :data:`MAX_JSON_BYTES`) are read here; the package upload route streams its body to a
+   file with :func:`stream_body` and deletes the file on any failure.
+5. **Rejections change nothing.** Every refusal answers ``{"error": code, "message": ...}``
+   before any handler runs (nonce bookkeeping aside, which is the agent's, not an app's, state),
+   and closes the connection when a body was left unread.
+
+Each request also gets a request id, bound with the keyid into structlog's contextvars, and one
+canonical ``request`` log line (method, path, route, status, duration_ms, keyid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from cutover.agent.daemon.operations import error_body
+from cutover.agent.errors import (
+    AuthError,
+    CutoverError,
+    LockedError,
+    NotFoundError,
+    OperationalError,
+    RejectedError,
+    RequestError,
+)
+from cutover.agent.trust import httpsig
+
+if TYPE_CHECKING:
+    from cutover.agent.daemon.context import AgentContext
+
+__all__ = [
+    "CTX_KEY",
+    "MAX_JSON_BYTES",
+    "PUBLIC_ROUTES",
+    "STREAMING_ROUTES",
+    "Caller",
+    "auth_middleware",
+    "error_response",
+    "status_for",
+    "stream_body",
+]
+
+log = structlog.get_logger(__name__)
+
+CTX_KEY: web.AppKey[AgentContext] = web.AppKey("cutover_ctx")
+MAX_JSON_BYTES = 64 * 1024
+JSON_BODY_TIMEOUT_S = 60.0
+PUBLIC_ROUTES = frozenset({"health", "metrics"})
+STREAMING_ROUTES = frozenset({"upload"})
+
+_STATUS_BY_CODE = {
+    "payload_too_large": 413,
+    "body_timeout": 408,
+    "unsupported_media_type": 415,
+    "method_not_allowed": 405,
+    "shutting_down": 503,
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated controller key behind a request."""
+
+    keyid: str
+    name: str
+    role: str
+    content_digest: bytes
+
+    @property
+    def actor(self) -> str:
+        """How the journal names the caller: ``api:NAME/KEYID16``."""
+        return f"api:{self.name}/{self.keyid[:16]}"
+
+
+def status_for(exc: CutoverError) -> int:
+    """The HTTP status of an error (docs/protocol.md, "Errors")."""
+    if exc.code in _STATUS_BY_CODE:
+        return _STATUS_BY_CODE[exc.code]
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, RequestError):
+        return 400
+    if isinstance(exc, RejectedError):
+        return 422
+    if isinstance(exc, LockedError):
+        return 409
+    if isinstance(exc, NotFoundError):
+        return 404
+    return 500
+
+
+def error_response(exc: CutoverError) -> web.Response:
+    return web.json_response(error_body(exc), status=status_for(exc))
+
+
+def _too_large(limit: int) -> RequestError:
+    return RequestError(
+        f"request body exceeds the limit of {limit} bytes (agent.max_upload_bytes for packages)",
+        code="payload_too_large",
+    )
+
+
+async def stream_body(
+    request: web.Request,
+    *,
+    max_bytes: int,
+    idle_timeout_s: float,
+    total_timeout_s: float,
+    write: Callable[[bytes], Awaitable[None]],
+    batch_bytes: int = 1 << 20,
+) -> tuple[int, bytes]:
+    """Read the request body in bounded chunks, hand batches to ``write``, hash everything.
+
+    Args:
+        request: the request (its body not read yet).
+        max_bytes: the largest body accepted.
+        idle_timeout_s: the longest wait for the next chunk.
+        total_timeout_s: the longest the whole body may take.
+        write: awaited with batches of about ``batch_bytes`` (and the rest at the end).
+
+    Returns:
+        The body length and its SHA-256.
+
+    Raises:
+        RequestError: ``payload_too_large`` or ``body_timeout``.
+        TransportError-like ``aiohttp`` errors propagate if the client disconnects mid-body.
+    """
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise _too_large(max_bytes)
+    digest = hashlib.sha256()
+    size = 0
+    buf = bytearray()
+    deadline = time.monotonic() + total_timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestError(
+                f"request body took longer than {total_timeout_s:g} s", code="body_timeout"
+            )
+        try:
+            chunk = await asyncio.wait_for(
+                request.content.readany(), timeout=min(idle_timeout_s, remaining)
+            )
+        except TimeoutError:
+            raise RequestError(
+                f"request body stalled: no data for {min(idle_timeout_s, remaining):g} s "
+                "(agent.upload_idle_timeout_s / upload_timeout_s)",
+                code="body_timeout",
+            ) from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        buf += chunk
+        if len(buf) >= batch_bytes:
+            data = bytes(buf)
+            buf.clear()
+            await _hash_and_write(digest, data, write)
+    if buf:
+        await _hash_and_write(digest, bytes(buf), write)
+    return size, digest.digest()
+
+
+async def _hash_and_write(
+    digest: Any, data: bytes, write: Callable[[bytes], Awaitable[None]]
+) -> None:
+    if len(data) >= 256 * 1024:
+        await asyncio.to_thread(digest.update, data)  # hashlib releases the GIL on large input
+    else:
+        digest.update(data)
+    await write(data)
+
+
+def check_digest(caller: Caller, actual: bytes) -> None:
+    """Raise ``digest_mismatch`` unless the body's SHA-256 is the signed Content-Digest."""
+    if not hmac.compare_digest(actual, caller.content_digest):
+        raise AuthError(
+            "the body does not match the signed Content-Digest (altered in transit?)",
+            code="digest_mismatch",
+        )
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    return info.route.name or "" if info.http_exception is None else ""
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
+    cfg = ctx.holder.current
+    path, _, query = request.raw_path.partition("?")
+    target = httpsig.RequestTarget(
+        method=request.method, authority=cfg.agent.name, path=path, query=query
+    )
+    now = time.time()
+    keys = {kid: lk.key for kid, lk in cfg.controller_keys.items()}
+    try:
+        verified = httpsig.verify_request(
+            target,
+            request.headers,
+            keys=keys,
+            now=now,
+            max_lifetime_s=cfg.agent.max_request_lifetime_s,
+            max_skew_s=cfg.agent.clock_skew_s,
+        )
+    except ValueError as exc:  # the agent's name is not a valid authority: our config is wrong
+        raise OperationalError(
+            f"agent.name {cfg.agent.name!r} is unusable as @authority ({exc}); fix the config",
+            code="bad_config",
+        ) from exc
+    try:
+        await asyncio.to_thread(ctx.nonces.use, verified.nonce, verified.expires, now)
+    except ValueError as exc:
+        # NonceStore bounds ``expires`` by the profile's default 30 s skew; a config allowing
+        # more (a skew allowance beyond httpsig.MAX_SKEW_S) must still refuse, never fail with a 500.
+        raise AuthError(
+            f"signature expires too far ahead for the nonce store ({exc}); sync the clocks",
+            code="not_yet_valid",
+        ) from exc
+    key = cfg.controller_keys[verified.keyid]
+    if key.role != "deploy" and request.method != "GET":
+        raise AuthError(
+            f"key {key.name!r} has role {key.role!r}, which may only read (GET)",
+            code="forbidden_role",
+        )
+    return Caller(verified.keyid, key.name, key.role, verified.content_digest)
+
+
+async def _read_small_body(ctx: AgentContext, request: web.Request, caller: Caller) -> bytes:
+    parts: list[bytes] = []
+
+    async def keep(data: bytes) -> None:
+        parts.append(data)
+
+    _, actual = await stream_body(
+        request,
+        max_bytes=MAX_JSON_BYTES,
+        idle_timeout_s=ctx.holder.current.agent.upload_idle_timeout_s,
+        total_timeout_s=min(JSON_BODY_TIMEOUT_S, ctx.holder.current.agent.upload_timeout_s),
+        write=keep,
+    )
+    check_digest(caller, actual)
+    return b"".join(parts)
+
+
+def _http_error(exc: web.HTTPException) -> CutoverError:
+    if exc.status == 404:
+        return NotFoundError("no such endpoint; see docs/protocol.md")
+    if exc.status == 405:
+        return RequestError(f"method {exc.reason} not allowed here", code="method_not_allowed")
+    return RequestError(exc.reason or "bad request")
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Authenticate, read the body, run the handler, map errors, log one line per request."""
+    ctx = request.app[CTX_KEY]
+    started = time.monotonic()
+    request_id = secrets.token_hex(8)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    caller: Caller | None = None
+    error: CutoverError | None = None
+    response: web.StreamResponse
+    try:
+        name = _route_name(request)
+        if name not in PUBLIC_ROUTES:
+            caller = await _authenticate(ctx, request)
+            structlog.contextvars.bind_contextvars(keyid=caller.keyid[:16], key=caller.name)
+            request["caller"] = caller
+            if name not in STREAMING_ROUTES:
+                request["body"] = await _read_small_body(ctx, request, caller)
+        response = await handler(request)
+    except web.HTTPException as exc:
+        error = _http_error(exc)
+        response = error_response(error)
+    except CutoverError as exc:
+        error = exc
+        response = error_response(exc)
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        error = RequestError(f"client went away: {exc}", code="client_disconnected")
+        response = error_response(error)
+    except Exception as exc:  # a bug: answer in the API's shape, keep the traceback in the log
+        log.exception("request_crashed", method=request.method, path=request.raw_path[:256])
+        error = OperationalError(
+            f"internal error ({type(exc).__name__}); see the agent log", code="internal"
+        )
+        response = error_response(error)
+    if error is not None:
+        if isinstance(error, AuthError):
+            ctx.metrics.auth_failure(error.code)
+        if not request.content.at_eof():
+            response.force_close()  # never read an unauthenticated or refused body to the end
+    duration = time.monotonic() - started
+    ctx.metrics.request(request.method, _route_label(request), response.status, duration)
+    level = "info" if response.status < 400 else "warning" if response.status < 500 else "error"
+    getattr(log, level)(
+        "request",
+        method=request.method,
+        path=request.raw_path[:256],
+        route=_route_label(request),
+        status=response.status,
+        duration_ms=round(duration * 1000, 2),
+        keyid=caller.keyid[:16] if caller else None,
+        error=error.code if error else None,
+        message=error.message if error and response.status >= 500 else None,
+        remote=request.remote,
+    )
+    return response

@@ -1,0 +1,122 @@
+"""The state the API handlers share: one :class:`AgentContext` per running server.
+
+It holds the config in force (through the reload holder), the operation registry, the metrics, the
+nonce store and the upload spool, and creates a fresh :class:`~agent.lifecycle.AppManager` per
+operation: the journal caches its chain head, which is only valid while the app lock is held, so a
+long-lived manager would chain new entries onto a stale head after the CLI appended some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cutover.agent.config import LoadedConfig
+from cutover.agent.daemon.metrics import AppReleases, Metrics
+from cutover.agent.daemon.nonces import NonceStore
+from cutover.agent.daemon.operations import OperationRegistry
+from cutover.agent.daemon.reload import ConfigHolder
+from cutover.agent.errors import NotFoundError, OperationalError
+from cutover.agent.host.state import ReleaseStatus
+from cutover.agent.lifecycle.manager import AppManager, EventSink
+
+__all__ = ["AgentContext"]
+
+log = structlog.get_logger(__name__)
+
+_PROGRESS_EVERY_S = 0.5
+
+
+@dataclass
+class AgentContext:
+    """Everything the handlers share; one per running server."""
+
+    holder: ConfigHolder
+    registry: OperationRegistry
+    metrics: Metrics
+    nonces: NonceStore
+    uploads_dir: Path
+    shutting_down: bool = False
+    uploads: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def config(self) -> LoadedConfig:
+        return self.holder.current
+
+    def manager(self, app: str, actor: str, events: EventSink | None = None) -> AppManager:
+        """A fresh AppManager for ``app`` under the config in force.
+
+        Raises:
+            NotFoundError: the app is not configured (any more).
+        """
+        cfg = self.config
+        if app not in cfg.apps:
+            raise NotFoundError(f"app {app!r} is not configured on this agent")
+        if events is None:
+            return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor)
+        return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor, events=events)
+
+    def accepting(self) -> None:
+        if self.shutting_down:
+            raise OperationalError(
+                "the agent is shutting down; retry once it is back", code="shutting_down"
+            )
+
+    async def ensure_free(self, app: str) -> None:
+        """Refuse early (409) if this process or another holds the app.
+
+        Raises:
+            LockedError: busy; ``holder`` says with what.
+        """
+        self.registry.check_free(app)
+        await self.probe_flock(app)
+
+    async def probe_flock(self, app: str) -> None:
+        """Take and drop the app's flock at once: is another process (the CLI) holding it?
+
+        Raises:
+            LockedError: held; ``holder`` is what the holder wrote into the lock file.
+        """
+        store = self.manager(app, "probe").store
+
+        def probe() -> None:
+            lock = store.lock("probe")
+            lock.acquire()
+            lock.release()
+
+        await asyncio.to_thread(probe)
+
+    async def refresh_app(self, app: str) -> None:
+        """Re-read ``app``'s state into the release metrics."""
+        cfg = self.config
+        if app not in cfg.apps:
+            self.metrics.set_app(app, None)
+            return
+        store = self.manager(app, "metrics").store
+        try:
+            state = await asyncio.to_thread(store.load)
+        except Exception as exc:
+            log.warning("app_state_unreadable", app=app, error=str(exc))
+            return
+        staged = tuple(r.version for r in state.installed() if r.status == ReleaseStatus.STAGED)
+        self.metrics.set_app(
+            app, AppReleases(state.current, state.previous, staged, len(state.installed()))
+        )
+
+    def progress_sink(self, sink: EventSink, step: str) -> Callable[[int, int | None], None]:
+        """A throttled ``progress`` event emitter (safe from worker threads via ``sink``)."""
+        last = [0.0]
+
+        def progress(done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if now - last[0] >= _PROGRESS_EVERY_S or (total is not None and done >= total):
+                last[0] = now
+                sink({"event": "progress", "step": step, "done": done, "total": total})
+
+        return progress

@@ -1,0 +1,176 @@
+"""Prometheus metrics of one agent (served at ``GET /metrics``, text exposition format).
+
+Every metric lives in the agent's own :class:`prometheus_client.CollectorRegistry` (never the
+process-global default), so tests and embedders can create several agents in one process.
+
+Label values come only from the agent's config (app names), fixed sets in the code (operation
+kinds, hook phases, reason codes, route templates) or installed release versions; nothing a
+request sends verbatim ends up in a label, so an unauthenticated client cannot grow the
+cardinality. Nothing secret is exported: no key material, no paths, no hook output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cutover.agent import __version__
+
+__all__ = ["CONTENT_TYPE", "AppReleases", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class AppReleases:
+    """What ``cutover_app_release_info`` reports for one app."""
+
+    current: str | None
+    previous: str | None
+    staged: tuple[str, ...] = ()
+    installed: int = 0
+
+
+class _ReleaseCollector(Collector):
+    """Current/previous/staged versions per app, from a snapshot the server refreshes."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppReleases] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "cutover_app_release_info",
+            "1 for each release of each app by role (current, previous, staged).",
+            labels=["app", "version", "role"],
+        )
+        installed = GaugeMetricFamily(
+            "cutover_app_releases_installed",
+            "Releases installed under releases/ per app.",
+            labels=["app"],
+        )
+        for app, rel in sorted(self.apps.items()):
+            if rel.current:
+                info.add_metric([app, rel.current, "current"], 1)
+            if rel.previous:
+                info.add_metric([app, rel.previous, "previous"], 1)
+            for version in rel.staged:
+                info.add_metric([app, version, "staged"], 1)
+            installed.add_metric([app], rel.installed)
+        yield info
+        yield installed
+
+
+class Metrics:
+    """The agent's metrics; attributes are the prometheus_client instruments."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.info = Gauge("cutover_agent_info", "Agent build information.", ["version"], registry=r)
+        self.info.labels(__version__).set(1)
+        self.requests = Counter(
+            "cutover_http_requests_total",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "cutover_http_request_duration_seconds",
+            "Time to answer a request (streamed bodies included).",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600),
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "cutover_auth_failures_total",
+            "Requests refused by authentication, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self.operations = Counter(
+            "cutover_operations_total",
+            "Finished operations by kind, app and result (succeeded, failed, cancelled).",
+            ["op", "app", "result"],
+            registry=r,
+        )
+        self.operation_seconds = Histogram(
+            "cutover_operation_duration_seconds",
+            "Duration of finished operations.",
+            ["op", "app"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.operations_running = Gauge(
+            "cutover_operations_running", "Operations in progress.", registry=r
+        )
+        self.hooks = Counter(
+            "cutover_hook_phases_total",
+            "Hook phases run, by app, phase and result (pass, fail, cancelled).",
+            ["app", "phase", "result"],
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "cutover_health_check_results_total",
+            "Individual health check attempts by app, phase (staged, live) and status.",
+            ["app", "phase", "status"],
+            registry=r,
+        )
+        self.health_phases = Counter(
+            "cutover_health_phase_results_total",
+            "Health phases by app, phase and final status (pass, fail, inconclusive).",
+            ["app", "phase", "status"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "cutover_package_bytes_received_total",
+            "Package bytes received, by source (upload, fetch).",
+            ["source"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "cutover_config_reloads_total",
+            "Config reload attempts by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.config_loaded = Gauge(
+            "cutover_config_loaded_timestamp_seconds",
+            "When the config in force was loaded (Unix time).",
+            registry=r,
+        )
+        self.releases = _ReleaseCollector()
+        r.register(self.releases)
+
+    # ------------------------------------------------------------------ helpers
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        m = method if method in _KNOWN_METHODS else "OTHER"
+        self.requests.labels(m, route, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
+
+    def set_app(self, app: str, releases: AppReleases | None) -> None:
+        """Replace the release snapshot of ``app`` (None: forget the app)."""
+        if releases is None:
+            self.releases.apps.pop(app, None)
+        else:
+            self.releases.apps[app] = releases
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)

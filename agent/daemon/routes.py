@@ -1,0 +1,456 @@
+"""Route handlers of the agent HTTP API (``/v1``); the contract is docs/protocol.md.
+
+Handlers run after :mod:`agent._auth` has authenticated the request and (except for the upload)
+read and digest-checked its body. They validate parameters and bodies strictly (pydantic,
+``extra="forbid"``), refuse a conflicting operation early with ``409`` (an operation of this
+process on the app, or the app's flock held by another process, e.g. the on-host CLI), then start
+the work as an operation (:mod:`agent.operations`) and answer ``202``.
+
+Every operation works through :class:`agent.lifecycle.AppManager`, the one implementation shared
+with the CLI, created fresh per operation: its journal caches the chain head, which is only valid
+while the app lock is held.
+
+Uploads stream to ``<state_dir>/uploads/<operation id>.cutover`` (daemon-owned: app recovery
+wipes ``<root>/.cutover/incoming/`` under the app lock, so a file there could vanish under us),
+and the file is removed when the operation ends, the upload fails, or the agent stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cutover.agent import __version__
+from cutover.agent.daemon.auth import CTX_KEY, Caller, check_digest, stream_body
+from cutover.agent.daemon.context import AgentContext
+from cutover.agent.daemon.fetch import download, redact, validate_url
+from cutover.agent.daemon.metrics import CONTENT_TYPE
+from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
+from cutover.agent.errors import NotFoundError, RequestError
+from cutover.agent.host.journal import Journal
+from cutover.agent.host.state import AppState, ReleaseStatus
+from cutover.agent.host.store import Layout
+from cutover.agent.lifecycle.manager import AppManager, EventSink, OpResult
+from cutover.agent.package.manifest import APP_RE
+from cutover.agent.versions import VERSION_RE
+
+__all__ = ["routes"]
+
+log = structlog.get_logger(__name__)
+
+MAX_JOURNAL_LIMIT = 10_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActivateBody(_Body):
+    version: str = Field(pattern=VERSION_RE.pattern)
+
+
+class RollbackBody(_Body):
+    to: str | None = Field(default=None, pattern=VERSION_RE.pattern)
+    restore: bool = False
+
+
+class FetchBody(_Body):
+    url: str = Field(min_length=1, max_length=8192)
+
+
+_M = TypeVar("_M", bound=_Body)
+
+
+# ---------------------------------------------------------------------- helpers
+def _ctx(request: web.Request) -> AgentContext:
+    return request.app[CTX_KEY]
+
+
+def _caller(request: web.Request) -> Caller:
+    caller: Caller = request["caller"]
+    return caller
+
+
+def _app(request: web.Request) -> str:
+    app = request.match_info["app"]
+    if not APP_RE.fullmatch(app) or app not in _ctx(request).config.apps:
+        raise NotFoundError(f"app {app!r} is not configured on this agent")
+    return app
+
+
+def _version(request: web.Request) -> str:
+    version = request.match_info["version"]
+    if not VERSION_RE.fullmatch(version):
+        raise RequestError(f"invalid version {version!r}: use [A-Za-z0-9._+-], at most 128")
+    return version
+
+
+def _json_body(request: web.Request, model: type[_M]) -> _M:
+    media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise RequestError(
+            "send the body as Content-Type: application/json", code="unsupported_media_type"
+        )
+    try:
+        return model.model_validate_json(request["body"])
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise RequestError(f"invalid request body: {problems}") from exc
+
+
+def _no_body(request: web.Request) -> None:
+    if request["body"]:
+        raise RequestError("this endpoint takes no body")
+
+
+def _no_query(request: web.Request, allowed: frozenset[str] = frozenset()) -> None:
+    unknown = set(request.query) - allowed
+    if unknown:
+        raise RequestError(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+
+
+def _accepted(op: Operation) -> web.Response:
+    return web.json_response(
+        {
+            "operation": op.id,
+            "op": op.op,
+            "app": op.app,
+            "version": op.version,
+            "status": op.status,
+            "links": {
+                "self": f"/v1/operations/{op.id}",
+                "events": f"/v1/operations/{op.id}/events",
+            },
+        },
+        status=202,
+    )
+
+
+async def _stage_spooled(
+    ctx: AgentContext,
+    op: Operation,
+    sink: EventSink,
+    app: str,
+    actor: str,
+    path: Path,
+    version: str,
+) -> OpResult:
+    """Stage a package the daemon received (upload) or downloaded (fetch) into its spool."""
+    op.phase = "run"
+    mgr = ctx.manager(app, actor, sink)
+    progress = ctx.progress_sink(sink, "extract")
+    return await mgr.stage(path, expected_version=version, progress=lambda _s, d, t: progress(d, t))
+
+
+def _start_staging(
+    ctx: AgentContext,
+    kind: str,
+    app: str,
+    version: str,
+    actor: str,
+    run: Runner,
+    op_id: str,
+    path: Path,
+) -> Operation:
+    """Register a staging operation whose spooled package is removed when it ends."""
+    return ctx.registry.start(
+        kind,
+        app,
+        version,
+        actor,
+        run,
+        op_id=op_id,
+        cleanup=_remove(path),
+        on_done=lambda o: ctx.refresh_app(o.app),
+    )
+
+
+def _remove(path: Path) -> Callable[[], Awaitable[None]]:
+    async def cleanup() -> None:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    return cleanup
+
+
+def _app_summary(app: str, root: Path, state: AppState) -> dict[str, Any]:
+    return {
+        "app": app,
+        "root": str(root),
+        "current": state.current,
+        "previous": state.previous,
+        "staged": [r.version for r in state.installed() if r.status == ReleaseStatus.STAGED],
+        "highest_version": state.highest_version,
+        "pending": state.pending.model_dump(mode="json") if state.pending else None,
+    }
+
+
+# ---------------------------------------------------------------------- handlers
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/health", name="health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/metrics", name="metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(_ctx(request).metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/v1/apps", name="apps")
+async def list_apps(request: web.Request) -> web.Response:
+    _no_query(request)
+    ctx = _ctx(request)
+    cfg = ctx.config
+    out = []
+    for app, section in sorted(cfg.apps.items()):
+        store = ctx.manager(app, "read").store
+        try:
+            state = await asyncio.to_thread(store.load)
+        except Exception as exc:
+            out.append({"app": app, "root": str(section.root), "error": str(exc)})
+            continue
+        summary = _app_summary(app, section.root, state)
+        summary["busy"] = ctx.registry.busy(app)
+        out.append(summary)
+    return web.json_response(
+        {"agent": {"name": cfg.agent.name, "version": __version__}, "apps": out}
+    )
+
+
+@routes.get("/v1/apps/{app}", name="app")
+async def get_app(request: web.Request) -> web.Response:
+    _no_query(request)
+    app = _app(request)
+    ctx = _ctx(request)
+    store = ctx.manager(app, "read").store
+    state = await asyncio.to_thread(store.load)
+    body = _app_summary(app, store.layout.root, state)
+    body["initialized"] = store.layout.meta.is_dir()
+    body["busy"] = ctx.registry.busy(app)
+    body["releases"] = [
+        r.model_dump(mode="json") for r in sorted(state.releases.values(), key=lambda r: -r.seq)
+    ]
+    return web.json_response(body)
+
+
+@routes.get("/v1/apps/{app}/journal", name="journal")
+async def journal(request: web.Request) -> web.Response:
+    _no_query(request, frozenset({"limit"}))
+    app = _app(request)
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_JOURNAL_LIMIT:
+        raise RequestError(f"limit must be an integer from 1 to {MAX_JOURNAL_LIMIT}")
+    meta = Layout(_ctx(request).config.apps[app].root).meta
+    entries = await asyncio.to_thread(Journal(meta / "journal.jsonl").tail, int(raw))
+    return web.json_response({"app": app, "entries": entries})
+
+
+@routes.put("/v1/apps/{app}/releases/{version}", name="upload")
+async def upload(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    _no_query(request)
+    app, version = _app(request), _version(request)
+    caller = _caller(request)
+    ctx.accepting()
+    media = request.headers.get("Content-Type", "").strip().lower()
+    if media != "application/octet-stream":
+        raise RequestError(
+            "upload the package as Content-Type: application/octet-stream",
+            code="unsupported_media_type",
+        )
+    agent = ctx.config.agent
+    if request.content_length is not None and request.content_length > agent.max_upload_bytes:
+        raise RequestError(
+            f"package of {request.content_length} bytes exceeds agent.max_upload_bytes "
+            f"({agent.max_upload_bytes})",
+            code="payload_too_large",
+        )
+    op_id = new_operation_id()
+    path = ctx.uploads_dir / f"{op_id}.cutover"
+    ctx.registry.reserve(app, f"upload {version}", op_id)
+    started = False
+    task = asyncio.current_task()
+    try:
+        await ctx.probe_flock(app)  # the registry half is our own reservation
+        fd = await asyncio.to_thread(
+            os.open,
+            path,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        fh = os.fdopen(fd, "wb")
+        if task is not None:
+            ctx.uploads.add(task)
+        try:
+
+            async def write(data: bytes) -> None:
+                await asyncio.to_thread(fh.write, data)
+                ctx.metrics.received_bytes.labels("upload").inc(len(data))
+
+            size, actual = await stream_body(
+                request,
+                max_bytes=agent.max_upload_bytes,
+                idle_timeout_s=agent.upload_idle_timeout_s,
+                total_timeout_s=agent.upload_timeout_s,
+                write=write,
+            )
+        finally:
+            if task is not None:
+                ctx.uploads.discard(task)
+            await asyncio.to_thread(fh.close)
+        check_digest(caller, actual)
+        ctx.accepting()
+        await ctx.probe_flock(app)
+        log.info("upload_received", app=app, version=version, bytes=size, operation=op_id)
+
+        async def run(op: Operation, sink: EventSink) -> OpResult:
+            return await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
+
+        op = _start_staging(ctx, "stage", app, version, caller.actor, run, op_id, path)
+        started = True
+    finally:
+        if not started:
+            ctx.registry.release(app, op_id)
+            await asyncio.shield(_remove(path)())
+    return _accepted(op)
+
+
+@routes.post("/v1/apps/{app}/releases/{version}/fetch", name="fetch")
+async def fetch(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    _no_query(request)
+    app, version = _app(request), _version(request)
+    caller = _caller(request)
+    url = validate_url(_json_body(request, FetchBody).url)
+    ctx.accepting()
+    await ctx.ensure_free(app)
+    op_id = new_operation_id()
+    path = ctx.uploads_dir / f"{op_id}.cutover"
+    agent = ctx.config.agent
+
+    async def run(op: Operation, sink: EventSink) -> OpResult:
+        op.phase = "download"
+        sink({"event": "fetch.start", "url": redact(url)})
+        size = await download(
+            url,
+            path,
+            max_bytes=agent.max_upload_bytes,
+            timeout_s=agent.fetch_timeout_s,
+            idle_timeout_s=agent.upload_idle_timeout_s,
+            on_progress=ctx.progress_sink(sink, "download"),
+            on_bytes=ctx.metrics.received_bytes.labels("fetch").inc,
+        )
+        sink({"event": "fetch.done", "bytes": size})
+        result = await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
+        result.details["fetched_bytes"] = size
+        return result
+
+    op = _start_staging(ctx, "fetch", app, version, caller.actor, run, op_id, path)
+    return _accepted(op)
+
+
+async def _start(
+    request: web.Request,
+    op_name: str,
+    version: str | None,
+    work: Callable[[AppManager], Awaitable[OpResult]],
+) -> web.Response:
+    ctx = _ctx(request)
+    app = _app(request)
+    caller = _caller(request)
+    ctx.accepting()
+    await ctx.ensure_free(app)
+
+    async def run(op: Operation, sink: EventSink) -> OpResult:
+        op.phase = "run"
+        return await work(ctx.manager(app, caller.actor, sink))
+
+    op = ctx.registry.start(
+        op_name, app, version, caller.actor, run, on_done=lambda o: ctx.refresh_app(o.app)
+    )
+    return _accepted(op)
+
+
+@routes.post("/v1/apps/{app}/activate", name="activate")
+async def activate(request: web.Request) -> web.Response:
+    _no_query(request)
+    _app(request)
+    body = _json_body(request, ActivateBody)
+    return await _start(request, "activate", body.version, lambda m: m.activate(body.version))
+
+
+@routes.post("/v1/apps/{app}/rollback", name="rollback")
+async def rollback(request: web.Request) -> web.Response:
+    _no_query(request)
+    _app(request)
+    body = _json_body(request, RollbackBody)
+    return await _start(
+        request, "rollback", body.to, lambda m: m.rollback(body.to, restore=body.restore)
+    )
+
+
+@routes.delete("/v1/apps/{app}/releases/{version}", name="delete")
+async def delete(request: web.Request) -> web.Response:
+    _no_query(request)
+    _app(request)
+    _no_body(request)
+    version = _version(request)
+    return await _start(request, "delete", version, lambda m: m.delete(version))
+
+
+async def _pin(request: web.Request, pinned: bool) -> web.Response:
+    _no_query(request)
+    ctx = _ctx(request)
+    app, version = _app(request), _version(request)
+    _no_body(request)
+    ctx.accepting()
+    ctx.registry.check_free(app)
+    result = await ctx.manager(app, _caller(request).actor).pin(version, pinned)
+    return web.json_response(result.to_json())
+
+
+@routes.post("/v1/apps/{app}/releases/{version}/pin", name="pin")
+async def pin(request: web.Request) -> web.Response:
+    return await _pin(request, True)
+
+
+@routes.post("/v1/apps/{app}/releases/{version}/unpin", name="unpin")
+async def unpin(request: web.Request) -> web.Response:
+    return await _pin(request, False)
+
+
+@routes.get("/v1/operations/{op_id}", name="operation")
+async def operation(request: web.Request) -> web.Response:
+    _no_query(request)
+    op = _ctx(request).registry.get(request.match_info["op_id"])
+    return web.json_response(op.record())
+
+
+@routes.get("/v1/operations/{op_id}/events", name="events")
+async def events(request: web.Request) -> web.StreamResponse:
+    _no_query(request)
+    op = _ctx(request).registry.get(request.match_info["op_id"])
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async for event in op.follow():
+            line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
+            await response.write(line.encode())
+    except ConnectionError:  # the follower went away: the operation goes on
+        return response
+    await response.write_eof()
+    return response

@@ -1,0 +1,333 @@
+"""``cutover-agent serve``: the agent daemon (aiohttp), shaped like uvicorn's ``server.py``.
+
+Lifecycle:
+
+1. load the config (a :class:`~agent.config.ConfigError` aborts the start: the CLI maps it to
+   exit code 2), prepare ``<state_dir>`` (``uploads/`` emptied of stale files, ``nonces.log``);
+2. run crash recovery for every configured app (:meth:`AppManager.recover_only`) and log what it
+   did; an app that cannot be recovered (layout missing, lock held, drift) is logged and skipped;
+3. bind the listen socket (TLS when ``tls_cert``/``tls_key`` are set), then tell systemd
+   ``READY=1`` and keep its watchdog fed; watch the config files (:mod:`agent.reload`); SIGHUP
+   reloads;
+4. on SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, refuse new operations
+   (``503 shutting_down``), abort uploads and downloads in flight (their files are removed), let
+   running operations finish for up to ``drain_timeout_s``, then cancel them once (an activation
+   cancelled after its flip reverts; a cancelled staging cleans up), close the remaining
+   connections and return 0. A second signal skips the wait. Signal handlers are restored on exit.
+
+Security rules of the API (what :mod:`agent._auth` enforces for every route but ``/v1/health``
+and ``/metrics``): RFC 9421 signature checked against the controller keys of the config in force
+before any body byte is read; single-use nonces remembered across restarts; roles (``read`` may
+only GET); body size, idle and total time bounded; body digest checked before use; every refusal
+is a ``401``/``408``/``413`` with a reason code and changes no app state. ``/v1/health`` answers
+``{"status": "ok"}`` only; ``/metrics`` is unauthenticated and exports nothing secret (see
+docs/agent.md for why, and how to firewall it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from cutover.agent import __version__
+from cutover.agent._util.logsetup import configure_logging
+from cutover.agent.config import LoadedConfig, load_config
+from cutover.agent.daemon import sdnotify
+from cutover.agent.daemon.auth import CTX_KEY, MAX_JSON_BYTES, auth_middleware
+from cutover.agent.daemon.context import AgentContext
+from cutover.agent.daemon.metrics import Metrics
+from cutover.agent.daemon.nonces import NonceStore
+from cutover.agent.daemon.operations import OperationRegistry
+from cutover.agent.daemon.reload import ConfigHolder, ConfigReloader
+from cutover.agent.daemon.routes import routes
+from cutover.agent.errors import (
+    ConfigError,
+    CutoverError,
+    LockedError,
+    OperationalError,
+    StorageError,
+)
+from cutover.agent.lifecycle.manager import AppManager
+
+__all__ = ["Server", "build_app", "serve"]
+
+log = structlog.get_logger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CONNECTION_CLOSE_TIMEOUT_S = 5.0
+
+_SignalHandler = int | signal.Handlers | Any | None  # what signal.getsignal returns
+
+
+def serve(config_path: Path) -> int:
+    """Run the agent daemon until SIGTERM/SIGINT.
+
+    Args:
+        config_path: the agent config (``agent.toml``).
+
+    Returns:
+        0 after a graceful shutdown.
+
+    Raises:
+        ConfigError: the config, a key file or the TLS files cannot be loaded (nothing started).
+        StorageError: the state directory cannot be prepared.
+        OperationalError: the listen address cannot be bound (``listen_failed``).
+    """
+    return asyncio.run(Server(config_path).run())
+
+
+def build_app(ctx: AgentContext) -> web.Application:
+    """The aiohttp application: routes, the authentication middleware, the shared context.
+
+    ``client_max_size`` stays small: handlers never call ``request.read()``; bodies are read by
+    :func:`agent._auth.stream_body` from ``request.content`` with their own caps (the upload's is
+    ``agent.max_upload_bytes``).
+    """
+    app = web.Application(middlewares=[auth_middleware], client_max_size=MAX_JSON_BYTES)
+    app[CTX_KEY] = ctx
+    app.add_routes(routes)
+    return app
+
+
+def _ssl_context(cfg: LoadedConfig) -> ssl.SSLContext | None:
+    cert, key = cfg.agent.tls_cert, cfg.agent.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError(
+            f"config {cfg.path}: set both agent.tls_cert and agent.tls_key, or neither"
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"config {cfg.path}: cannot load TLS cert {cert} / key {key}: {exc}"
+        ) from exc
+    return ctx
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _prepare_state_dir(state_dir: Path) -> Path:
+    uploads = state_dir / "uploads"
+    try:
+        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        uploads.mkdir(mode=0o700, exist_ok=True)
+        stale = sorted(uploads.iterdir())
+        for entry in stale:
+            entry.unlink()
+    except OSError as exc:
+        raise StorageError(
+            f"cannot prepare state directory {state_dir}: {exc.strerror or exc}; it must be "
+            "writable by the agent (systemd: StateDirectory=cutover)"
+        ) from exc
+    if stale:
+        log.info("stale_uploads_removed", count=len(stale))
+    return uploads
+
+
+class Server:
+    """One agent daemon run: start, serve, drain, stop."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self._forced = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._original_handlers: dict[int, _SignalHandler] = {}
+        self.ctx: AgentContext | None = None
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (*HANDLED_SIGNALS, signal.SIGHUP):
+            self._original_handlers[sig] = signal.getsignal(sig)
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self._handle_exit, sig, None)
+        loop.add_signal_handler(signal.SIGHUP, self._handle_hup)
+
+    def _restore_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, handler in self._original_handlers.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
+        self._original_handlers.clear()
+
+    def _handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit.is_set():
+            self.force_exit = True
+            self._forced.set()
+            log.warning("force_exit", signal=signal.Signals(sig).name)
+        else:
+            log.info("shutdown_requested", signal=signal.Signals(sig).name)
+        self.should_exit.set()
+
+    def _handle_hup(self) -> None:
+        self._spawn(self._reload("sighup"), "reload-sighup")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ startup
+    async def _recover_all(self, cfg: LoadedConfig, apps: list[str] | None = None) -> None:
+        for app in sorted(apps if apps is not None else cfg.apps):
+            mgr = AppManager(app, cfg.apps[app], cfg.policies[app], actor="agent")
+            try:
+                result = await mgr.recover_only()
+            except LockedError as exc:
+                log.warning("startup_recovery_skipped", app=app, reason=str(exc))
+                continue
+            except CutoverError as exc:
+                log.error("app_unavailable", app=app, error=exc.code, message=str(exc))
+                continue
+            log.info(
+                "startup_recovery",
+                app=app,
+                current=result.current,
+                recovered=result.recovered,
+                clean=not result.recovered,
+            )
+
+    async def _on_reload(self, old: LoadedConfig, new: LoadedConfig) -> None:
+        if self.ctx is None:  # pragma: no cover - reloads start after the context exists
+            return
+        added = sorted(new.apps.keys() - old.apps.keys())
+        if added:
+            await self._recover_all(new, added)
+        for app in old.apps.keys() | new.apps.keys():
+            await self.ctx.refresh_app(app)
+
+    async def _reload(self, trigger: str) -> None:
+        sdnotify.notify("RELOADING=1")
+        try:
+            await self.reloader.reload(trigger)
+        finally:
+            sdnotify.notify("READY=1")
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        """Start, serve until a signal, drain and stop. Returns the exit code (0)."""
+        cfg = await asyncio.to_thread(load_config, self.config_path)
+        configure_logging(cfg.agent.log_format, os.environ.get("CUTOVER_LOG_LEVEL", "info"))
+        ssl_context = _ssl_context(cfg)
+        uploads = await asyncio.to_thread(_prepare_state_dir, cfg.agent.state_dir)
+        nonces = await asyncio.to_thread(NonceStore, cfg.agent.state_dir / "nonces.log")
+        metrics = Metrics()
+        metrics.config_loaded.set_to_current_time()
+        holder = ConfigHolder(cfg)
+        self.ctx = ctx = AgentContext(
+            holder=holder,
+            registry=OperationRegistry(metrics),
+            metrics=metrics,
+            nonces=nonces,
+            uploads_dir=uploads,
+        )
+        self.reloader = ConfigReloader(holder, metrics, on_reload=self._on_reload)
+        await self._recover_all(cfg)
+        for app in cfg.apps:
+            await ctx.refresh_app(app)
+
+        runner = web.AppRunner(
+            build_app(ctx),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=CONNECTION_CLOSE_TIMEOUT_S,
+        )
+        await runner.setup()
+        host, port = _host_port(cfg.agent.listen)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException as exc:
+            await runner.cleanup()
+            await asyncio.to_thread(nonces.close)
+            if isinstance(exc, OSError):
+                raise OperationalError(
+                    f"cannot listen on {cfg.agent.listen}: {exc.strerror or exc}; is another agent "
+                    "running, or is agent.listen wrong?",
+                    code="listen_failed",
+                ) from exc
+            raise
+        self._install_signal_handlers()
+        stop_watching = asyncio.Event()
+        try:
+            log.info(
+                "listening",
+                listen=cfg.agent.listen,
+                addresses=[str(a) for a in runner.addresses],
+                name=cfg.agent.name,
+                tls=ssl_context is not None,
+                apps=sorted(cfg.apps),
+                controller_keys=len(cfg.controller_keys),
+                version=__version__,
+                pid=os.getpid(),
+            )
+            sdnotify.notify("READY=1", f"STATUS=serving {cfg.agent.listen}")
+            interval = sdnotify.watchdog_interval_s()
+            if interval is not None:
+                self._spawn(sdnotify.watchdog_loop(interval), "watchdog")
+            self._spawn(self.reloader.watch(stop_watching), "config-watch")
+            await self.should_exit.wait()
+            await self._shutdown(site, ctx)
+        finally:
+            stop_watching.set()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await runner.cleanup()
+            await asyncio.to_thread(nonces.close)
+            await asyncio.to_thread(_prepare_state_dir, cfg.agent.state_dir)
+            self._restore_signal_handlers()
+        log.info("stopped")
+        return 0
+
+    async def _shutdown(self, site: web.BaseSite, ctx: AgentContext) -> None:
+        sdnotify.notify("STOPPING=1", "STATUS=draining")
+        ctx.shutting_down = True
+        await site.stop()  # no new connections; requests on open ones get 503 for new work
+        aborted = [t for t in ctx.uploads if not t.done()]
+        for task in aborted:
+            task.cancel()
+        downloads = [op for op in ctx.registry.running() if op.phase == "download"]
+        for op in downloads:
+            ctx.registry.cancel(op)
+        running = ctx.registry.running()
+        drain_s = ctx.config.agent.drain_timeout_s
+        log.info(
+            "draining",
+            operations=[f"{op.op} {op.app} {op.version or ''}".strip() for op in running],
+            uploads_aborted=len(aborted),
+            downloads_aborted=len(downloads),
+            drain_timeout_s=drain_s,
+        )
+        if aborted:
+            await asyncio.wait(aborted, timeout=CONNECTION_CLOSE_TIMEOUT_S)
+        if running and not self.force_exit:
+            drain = asyncio.ensure_future(ctx.registry.drain(drain_s))
+            forced = asyncio.ensure_future(self._forced.wait())
+            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (drain, forced):
+                task.cancel()
+        if ctx.registry.running():
+            log.warning(
+                "drain_forced" if self.force_exit else "drain_timeout",
+                cancelling=[op.id for op in ctx.registry.running()],
+            )
+            await ctx.registry.cancel_all()

@@ -1,0 +1,233 @@
+"""The extractor's disk side (:mod:`agent.archive`): creating, writing and removing the tree.
+
+Rules enforced here:
+
+* **Writing never follows a symlink.** ``dest`` is created fresh, 0700 (an existing one is refused,
+  never reused). Everything beneath it is opened relative to directory fds with :data:`DIR_FLAGS`
+  (``O_NOFOLLOW``) or, for new files, :data:`FILE_FLAGS` (``O_CREAT | O_EXCL | O_NOFOLLOW``).
+* **A file is checked before it is kept.** The writer thread hashes every byte it writes and checks
+  the file's SHA-256 against its manifest entry before giving it its manifest mode. The first
+  failure stops all further writing; every fd handed over is still closed, exactly once; the error
+  reaches the caller at its next :meth:`Writer.flush` or :meth:`Writer.finish`. At most
+  ``WRITE_QUEUE`` batches (each flushed at 1 MiB or ``WRITE_BATCH_FILES`` files) are in flight.
+* **Removal never follows a symlink either.** :func:`discard` removes a partial tree through
+  directory fds; failing to is noted on the original error, never raised instead of it.
+* **Errors say what to do.** An ``OSError`` becomes a :class:`~agent.errors.StorageError` naming
+  the member: ``disk_full`` for ENOSPC and EDQUOT, ``io_error`` otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Final
+
+from cutover.agent.errors import CutoverError, DigestMismatchError, StorageError
+from cutover.agent.extract._stream import CHUNK, REBUILD
+from cutover.agent.package.manifest import FileEntry
+
+__all__ = [
+    "DIR_FLAGS",
+    "FILE_FLAGS",
+    "Writer",
+    "check_digest",
+    "discard",
+    "make_dest",
+    "storage_error",
+]
+
+WRITE_QUEUE: Final = 4  # batches in flight to the writer thread
+WRITE_BATCH_FILES: Final = 32  # files per batch; with WRITE_QUEUE bounds open file fds (~200)
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def make_dest(dest: Path) -> tuple[int, int]:
+    """Create ``dest`` (0700); return (parent fd, dest fd)."""
+    try:
+        parent_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot open {dest.parent} to extract into: {exc.strerror}; create it (or fix its "
+            "permissions) first",
+            code="no_parent",
+        ) from exc
+    try:
+        os.mkdir(dest.name, 0o700, dir_fd=parent_fd)
+    except OSError as exc:
+        os.close(parent_fd)
+        if exc.errno == errno.EEXIST:
+            raise StorageError(
+                f"{dest} exists already; extraction needs a fresh directory (remove it or "
+                "choose another)",
+                code="dest_exists",
+            ) from exc
+        raise storage_error(exc, dest, "") from exc
+    try:
+        return parent_fd, os.open(dest.name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        discard(parent_fd, dest, exc)
+        os.close(parent_fd)
+        raise storage_error(exc, dest, "") from exc
+
+
+def storage_error(exc: OSError, dest: Path, member: str) -> StorageError:
+    where = f"{dest}/{member}" if member else str(dest)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(
+            f"disk full on {dest} while writing {where}: free space (e.g. `cutover-agent prune`) "
+            "and retry; nothing was kept",
+            code="disk_full",
+        )
+    return StorageError(
+        f"cannot write {where}: {exc.strerror or exc}; check the filesystem and the permissions "
+        f"of {dest.parent}, then retry",
+        code="io_error",
+    )
+
+
+def discard(parent_fd: int, dest: Path, exc: BaseException) -> None:
+    """Remove the partial tree; failing to is noted on ``exc``, never raised instead of it."""
+    try:
+        _remove_tree(parent_fd, dest.name)
+    except OSError as cleanup:
+        exc.add_note(
+            f"could not remove the partial extraction {dest}: {cleanup.strerror}; remove it by hand"
+        )
+
+
+def _remove_tree(parent_fd: int, name: str) -> None:
+    """``rm -rf parent/name`` through directory fds: never follows a symlink."""
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        os.fchmod(fd, 0o700)  # a directory may already carry a read-only manifest mode
+        with os.scandir(fd) as it:
+            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for child, is_dir in children:
+            if is_dir:
+                _remove_tree(fd, child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+# -- decompression ------------------------------------------------------------------------------
+
+
+def check_digest(actual: str, entry: FileEntry) -> None:
+    if actual != entry.sha256:
+        raise DigestMismatchError(
+            f"payload file {entry.path!r} has sha256 {actual[:16]}… but the signed manifest says "
+            f"{entry.sha256[:16]}…; {REBUILD}",
+            code="digest_mismatch",
+        )
+
+
+# (fd, bytes to append, entry), or (fd, None, entry): check the digest, chmod, close.
+_Op = tuple[int, memoryview | None, FileEntry]
+
+
+class Writer:
+    """Appends to, hashes, checks, chmods and closes open files on its own thread, in order.
+
+    The caller's thread keeps every decision (names, types, sizes, creation); this thread only
+    copies data into fds the caller created and checks their digests. The first failure stops
+    all writing (fds are still closed) and is raised to the caller at its next :meth:`flush` or
+    :meth:`finish`.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self._dest = dest
+        self._queue: queue.Queue[list[_Op] | None] = queue.Queue(WRITE_QUEUE)
+        self._batch: list[_Op] = []
+        self._batch_bytes = 0
+        self._batch_files = 0
+        self._stopped = False
+        self.error: CutoverError | None = None
+        self._thread = threading.Thread(target=self._run, name="cutover-write", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def write(self, fd: int, data: memoryview, entry: FileEntry) -> None:
+        self._batch.append((fd, data, entry))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= CHUNK:
+            self.flush()
+
+    def close(self, fd: int, entry: FileEntry) -> None:
+        self._batch.append((fd, None, entry))
+        self._batch_files += 1
+        if self._batch_files >= WRITE_BATCH_FILES:
+            self.flush()
+
+    def busy(self) -> bool:
+        """True when the thread is behind: its queue is full and the caller would wait."""
+        return self._queue.full()
+
+    def flush(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch, self._batch_bytes, self._batch_files = [], 0, 0
+
+    def finish(self) -> None:
+        """Wait until everything is written and closed; raise the first failure."""
+        self.flush()
+        self._queue.put(None)
+        self._thread.join()
+        self.flush()
+
+    def abort(self) -> None:
+        """Stop writing, but close every fd already handed over, and wait for the thread."""
+        self._stopped = True
+        if self._thread.is_alive():
+            self._queue.put(self._batch)
+            self._batch = []
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        digest = hashlib.sha256()
+        while (batch := self._queue.get()) is not None:
+            for fd, data, entry in batch:
+                if data is not None:
+                    if not self._stopped:
+                        try:
+                            digest.update(data)
+                            while data:
+                                data = data[os.write(fd, data) :]
+                        except BaseException as exc:  # reported to the caller's thread
+                            self._fail(exc, entry)
+                    continue
+                try:
+                    if not self._stopped:
+                        check_digest(digest.hexdigest(), entry)
+                        os.fchmod(fd, entry.mode)
+                except BaseException as exc:
+                    self._fail(exc, entry)
+                finally:
+                    digest = hashlib.sha256()
+                    try:
+                        os.close(fd)  # exactly once: a retry could close a reused number
+                    except OSError as exc:
+                        self._fail(exc, entry)
+
+    def _fail(self, exc: BaseException, entry: FileEntry) -> None:
+        self._stopped = True
+        if self.error is None:
+            if isinstance(exc, CutoverError):
+                self.error = exc
+            else:
+                if isinstance(exc, OSError):
+                    self.error = storage_error(exc, self._dest, entry.path)
+                else:
+                    self.error = StorageError(f"writing {entry.path} failed: {exc!r}")
+                self.error.__cause__ = exc

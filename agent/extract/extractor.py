@@ -1,0 +1,518 @@
+"""The safe streaming extractor: turns a verified package's payload into a release tree.
+
+The payload is untrusted until each of its bytes has been matched against the signed manifest, so
+the extractor trusts nothing in it and enforces, while streaming (docs/security-model.md):
+
+* **Signed bytes only.** The compressed payload's size and SHA-256 must equal ``manifest.payload``
+  before a single byte is decompressed (:func:`verify_payload_digest`). The codec comes from the
+  manifest; zstd windows are capped at 128 MiB (the zstd CLI default), so a frame cannot demand
+  unbounded memory.
+* **A small, strict tar dialect**, parsed by :mod:`agent._tarstream` (never ``tarfile.extract``):
+  POSIX ustar headers with valid checksums, each optionally preceded by one local pax header whose
+  only effective keys are ``path``, ``linkpath`` and ``size``. Members are regular files,
+  directories or symlinks. Hardlinks, devices, FIFOs, GNU long names and sparse files, global pax
+  headers, unknown or repeated pax keys, non-UTF-8 names, setuid/setgid/sticky modes and data on
+  non-files are refused.
+* **The payload is exactly the manifest.** Every member is listed in the manifest with the same
+  type, mode, size and SHA-256 (hashed while writing) or symlink target; it appears once (also
+  under case-folding and Unicode normalisation, :func:`agent.manifest.fold_key`) and after its
+  parent directory; every manifest entry appears. A name the manifest does not list is reported
+  with the :func:`agent.manifest.check_relpath` rule it breaks (``..``, absolute, backslash,
+  control character, NUL).
+* **Caps.** Members: at most ``len(manifest.files)`` and ``limits.max_entries``. Decompressed bytes:
+  at most what the manifest's entries need in tar form plus ``limits.per_entry_allowance`` per
+  entry. Path length and depth: ``limits``. Pax headers: 64 KiB. Memory: bounded queues of at most
+  1 MiB chunks; no file is ever held in memory whole.
+* **Writing never follows a symlink.** ``dest`` is created fresh (0700) and everything beneath it
+  is created relative to file descriptors of directories this run created, with
+  ``O_NOFOLLOW | O_EXCL``. Files are created 0600 and get their manifest mode once written.
+  Symlinks are created last, from the manifest; directories get their manifest modes last, and
+  the release root becomes 0755 like every shipped directory.
+* **All or nothing.** On any failure ``dest`` is removed (through directory fds, never following
+  a symlink) before the error is raised: a caller sees a complete, verified tree or nothing.
+
+Ownership, times and ustar names overridden by pax are never applied. Durability is the caller's
+job: one :func:`agent.fsutil.syncfs` after extraction instead of an fsync per file.
+
+Here are the public API and the orchestration (:class:`_Extraction`); the tar parser, codec check,
+decompressor thread and byte cap are in :mod:`agent._tarstream`; the destination, writer thread,
+removal and storage errors in :mod:`agent._extract_io`. Three threads share the work: one
+decompresses (the codecs release the GIL); the caller's parses headers, checks names, creates
+files and directories, and writes and hashes small files; one writes, hashes and closes large
+files (``os.write`` and ``hashlib`` release the GIL for long stretches there), so the page-cache
+copy of the bulk of the bytes overlaps parsing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final, cast
+
+from cutover.agent.errors import (
+    ArchiveLimitError,
+    CutoverError,
+    DigestMismatchError,
+    ManifestError,
+    StorageError,
+    UnsafeArchiveError,
+)
+from cutover.agent.extract._io import (
+    DIR_FLAGS,
+    FILE_FLAGS,
+    check_digest,
+    discard,
+    make_dest,
+    storage_error,
+)
+from cutover.agent.extract._io import Writer as _Writer  # tests patch it here: archive._Writer
+from cutover.agent.extract._stream import (
+    BLOCK,
+    CHUNK,
+    DIR,
+    KINDS,
+    REBUILD,
+    REFUSED,
+    REG,
+    SYM,
+    Producer,
+    Stream,
+    TarParser,
+    check_codec,
+    padded,
+)
+from cutover.agent.extract._stream import (
+    open_decoder as _open_decoder,  # tests patch archive._open_decoder
+)
+from cutover.agent.package.container import PackageParts, hash_payload
+from cutover.agent.package.manifest import (
+    DirEntry,
+    FileEntry,
+    Manifest,
+    SymlinkEntry,
+    check_relpath,
+    fold_key,
+)
+
+__all__ = ["ExtractLimits", "ExtractStats", "extract_payload", "verify_payload_digest"]
+
+MAX_OPEN_DIRS: Final = 64  # directory fds kept open; the others are reopened on demand
+# Files from this size go to the writer thread; smaller ones are written inline, where a GIL
+# hand-over per file would cost more than the write (measured: bench/extract.py).
+WRITER_MIN_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps applied while extracting, on top of what the manifest itself allows.
+
+    Attributes:
+        max_entries: most members a payload may hold.
+        per_entry_allowance: extra decompressed bytes tolerated per entry (e.g. 1024 for tar
+            writers that add pax time records); 0 fits ``cutover build``.
+        max_depth: most path components.
+        max_path_bytes: longest path, in UTF-8 bytes.
+    """
+
+    max_entries: int = 1_000_000
+    per_entry_allowance: int = 0
+    max_depth: int = 128
+    max_path_bytes: int = 4096
+
+
+@dataclass(frozen=True)
+class ExtractStats:
+    """What an extraction wrote: counts, file bytes, and wall time in seconds."""
+
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    seconds: float
+
+
+def verify_payload_digest(
+    fh: BinaryIO,
+    parts: PackageParts,
+    manifest: Manifest,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Check the compressed payload's codec, size and SHA-256 against the signed manifest.
+
+    Must run before any payload byte is decompressed: it is what makes the decompressor see only
+    signed bytes. :func:`extract_payload` calls it unless told it already ran.
+
+    Args:
+        fh: the package file, opened for binary reading.
+        parts: the container layout from :func:`agent.package.read_package`.
+        manifest: the verified manifest (from :func:`agent.trust.verify_release`).
+        progress: called with byte counts as the payload is hashed.
+
+    Raises:
+        PackageFormatError: the payload member's codec is not the manifest's, or the file ends early.
+        DigestMismatchError: size or SHA-256 differs from ``manifest.payload``.
+        StorageError: the package file cannot be read.
+    """
+    check_codec(parts, manifest)
+    expected = manifest.payload
+    if parts.payload_size != expected.size:
+        raise DigestMismatchError(
+            f"payload {parts.payload_name!r} is {parts.payload_size} bytes but the signed "
+            f"manifest says {expected.size}; {REBUILD}",
+            code="payload_size",
+        )
+    try:
+        actual = hash_payload(fh, parts, progress)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot read the package payload: {exc.strerror or exc}; check the file and retry"
+        ) from exc
+    if actual != expected.sha256:
+        raise DigestMismatchError(
+            f"payload {parts.payload_name!r} has sha256 {actual[:16]}… but the signed manifest "
+            f"says {expected.sha256[:16]}…; {REBUILD}",
+            code="payload_digest",
+        )
+
+
+def extract_payload(
+    fh: BinaryIO,
+    parts: PackageParts,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+    limits: ExtractLimits = ExtractLimits(),
+    already_verified: bool = False,
+) -> ExtractStats:
+    """Extract the payload into the new directory ``dest``, verifying it against ``manifest``.
+
+    The rules are in the module docstring. The payload digest is checked first
+    (:func:`verify_payload_digest`) unless ``already_verified`` says the caller just did so on
+    this same, privately held file. Nothing is fsynced: call :func:`agent.fsutil.syncfs` once.
+
+    Args:
+        fh: the package file, opened for binary reading.
+        parts: the container layout from :func:`agent.package.read_package`.
+        manifest: the verified manifest (from :func:`agent.trust.verify_release`).
+        dest: a path that does not exist yet, in an existing private directory.
+        progress: called with byte counts: compressed bytes while the digest is checked, then
+            file bytes as they are extracted (so the total is ``payload.size`` +
+            ``total_file_bytes()``, or just the latter when ``already_verified``).
+        limits: caps on top of the manifest's.
+        already_verified: skip the payload digest check (the caller just ran it).
+
+    Returns:
+        Counts of what was written and the elapsed time.
+
+    Raises:
+        UnsafeArchiveError: a member is of a refused type, unsafe, unlisted or duplicated.
+        ArchiveLimitError: a cap was exceeded.
+        DigestMismatchError: the payload, or a file's size or digest or a symlink's target,
+            differs from the manifest, or an entry is missing.
+        PackageFormatError: the payload is truncated or corrupt.
+        StorageError: ``dest`` exists or cannot be written (disk full, permissions).
+    """
+    started = time.monotonic()
+    check_codec(parts, manifest)
+    cap = _byte_cap(manifest, limits)
+    if not already_verified:
+        verify_payload_digest(fh, parts, manifest, progress)
+    producer = Producer(_open_decoder(fh, parts, manifest.payload.compression))
+    parent_fd, root_fd = make_dest(dest)
+    job = _Extraction(manifest, limits, root_fd, dest, progress)
+    try:
+        producer.start()
+        job.run(Stream(producer.next, cap, job.where))
+        job.finish()
+    except BaseException as exc:
+        producer.stop()
+        job.close()
+        discard(parent_fd, dest, exc)
+        os.close(parent_fd)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, dest, job.member) from exc
+        raise
+    producer.stop()
+    job.close()
+    os.close(parent_fd)
+    return ExtractStats(job.files, job.dirs, job.symlinks, job.bytes, time.monotonic() - started)
+
+
+def _byte_cap(manifest: Manifest, limits: ExtractLimits) -> int:
+    """Most decompressed bytes a payload for ``manifest`` may hold; checks the limits on it."""
+    if len(manifest.files) > limits.max_entries:
+        raise ArchiveLimitError(
+            f"manifest lists {len(manifest.files)} entries; this host allows at most "
+            f"{limits.max_entries}: split the release or raise the limit",
+            code="too_many_entries",
+        )
+    total = 2 * BLOCK + 10240  # end-of-archive marker, then padding to a 10 KiB tar record
+    for e in manifest.files:
+        name = len(e.path.encode())
+        if name > limits.max_path_bytes or e.path.count("/") >= limits.max_depth:
+            raise ArchiveLimitError(
+                f"manifest entry {e.path[:80]!r} exceeds this host's limits of "
+                f"{limits.max_path_bytes} bytes and {limits.max_depth} levels per path",
+                code="path_limit",
+            )
+        link = len(e.symlink.encode()) if isinstance(e, SymlinkEntry) else 0
+        data = e.size if isinstance(e, FileEntry) else 0
+        # ustar header + data padded to a block + a pax header carrying path, linkpath and size.
+        total += 2 * BLOCK + padded(data) + padded(name + link + 64) + limits.per_entry_allowance
+    return total
+
+
+def _escapes(link: str, target: str) -> bool:
+    if not target or target.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link), target))
+    return resolved == ".." or resolved.startswith("../")
+
+
+class _Extraction(TarParser):
+    """One extraction run: parses members, checks them, and creates them under ``root_fd``."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        limits: ExtractLimits,
+        root_fd: int,
+        dest: Path,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        super().__init__(len(manifest.files))
+        self._entries = manifest.entries_by_path()
+        self._limits = limits
+        self._progress = progress
+        self._unreported = 0
+        self._seen: set[str] = set()
+        self._created: set[str] = {""}
+        self._fds: dict[str, int] = {"": root_fd}
+        self._writer = _Writer(dest)
+        self._open_fd = -1  # a file being filled: ours to close until the writer gets its close
+        self.files = self.dirs = self.symlinks = self.bytes = 0
+
+    def run(self, stream: Stream) -> None:
+        """Parse and extract members up to the end-of-archive marker."""
+        self._writer.start()
+        super().run(stream)
+
+    def _member(
+        self, stream: Stream, kind: int, raw: bytes, link: bytes, mode: int, size: int
+    ) -> None:
+        if kind not in KINDS:
+            what = REFUSED.get(kind, f"of unknown type {bytes([kind])!r}")
+            raise self._error(
+                UnsafeArchiveError,
+                f"{raw[:80]!r} is {what}; only regular files, directories and symlinks are allowed",
+                "bad_type",
+            )
+        if kind == DIR and raw.endswith(b"/"):
+            raw = raw[:-1]
+        limits = self._limits
+        if len(raw) > limits.max_path_bytes or raw.count(b"/") >= limits.max_depth:
+            raise self._error(
+                ArchiveLimitError,
+                f"{raw[:80]!r}... is longer than {limits.max_path_bytes} bytes or deeper than "
+                f"{limits.max_depth} levels",
+                "path_limit",
+            )
+        try:
+            path = raw.decode()
+        except UnicodeDecodeError:
+            raise self._error(
+                UnsafeArchiveError, f"{raw[:80]!r} is not UTF-8", "unsafe_path"
+            ) from None
+        self.member = path
+        entry = self._entries.get(path)
+        if entry is None:
+            raise self._unlisted(path)
+        if path in self._seen:
+            raise self._error(
+                UnsafeArchiveError,
+                "appears twice (a later copy could replace a checked one)",
+                "duplicate",
+            )
+        self._seen.add(path)
+        if mode & ~0o777:
+            raise self._error(
+                UnsafeArchiveError, f"mode {mode:#o} has setuid, setgid or sticky bits", "bad_mode"
+            )
+        if size and kind != REG:
+            raise self._error(
+                UnsafeArchiveError,
+                f"is {KINDS[kind]} but carries {size} bytes of data (tar readers disagree on those)",
+                "bad_type",
+            )
+        cls = type(entry)
+        if cls is FileEntry and kind == REG:
+            self._file(stream, cast(FileEntry, entry), mode, size)
+        elif cls is DirEntry and kind == DIR:
+            self._dir(cast(DirEntry, entry), mode)
+        elif cls is SymlinkEntry and kind == SYM:
+            self._symlink(cast(SymlinkEntry, entry), link)
+        else:
+            listed = {FileEntry: "a file", DirEntry: "a directory", SymlinkEntry: "a symlink"}
+            raise self._error(
+                UnsafeArchiveError,
+                f"is {KINDS[kind]} but the manifest lists {listed[cls]}",
+                "type_mismatch",
+            )
+
+    def _unlisted(self, path: str) -> CutoverError:
+        try:
+            check_relpath(path, "name")
+        except ManifestError as exc:
+            return self._error(UnsafeArchiveError, f"unsafe: {exc}", "unsafe_path")
+        twin = {fold_key(p): p for p in self._entries}.get(fold_key(path))
+        if twin is not None:
+            return self._error(
+                UnsafeArchiveError,
+                f"collides with {twin!r} under case-folding or Unicode normalisation (one would "
+                "overwrite the other on some filesystems)",
+                "fold_duplicate",
+            )
+        return self._error(UnsafeArchiveError, "not listed in the signed manifest", "unlisted")
+
+    def _check_mode(self, mode: int, listed: int) -> None:
+        if mode != listed:
+            raise self._error(
+                UnsafeArchiveError,
+                f"mode {mode:#o} differs from the manifest's {listed:#o}",
+                "mode_mismatch",
+            )
+
+    def _file(self, stream: Stream, entry: FileEntry, mode: int, size: int) -> None:
+        if mode != entry.mode:
+            self._check_mode(mode, entry.mode)
+        if size != entry.size:
+            raise self._error(
+                DigestMismatchError,
+                f"{size} bytes but the manifest says {entry.size}",
+                "size_mismatch",
+            )
+        parent, _, leaf = entry.path.rpartition("/")
+        dir_fd = self._fds.get(parent)
+        if dir_fd is None:
+            dir_fd = self._dir_fd(parent)
+        fd = self._open_fd = os.open(leaf, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        writer = self._writer
+        left = size
+        if size < WRITER_MIN_BYTES or writer.busy():  # small, or the writer is behind
+            digest = hashlib.sha256()
+            while left:
+                view = stream.take(left)
+                left -= len(view)
+                digest.update(view)
+                written = os.write(fd, view)
+                while written < len(view):  # short writes are rare: only then slice
+                    view = view[written:]
+                    written = os.write(fd, view)
+            check_digest(digest.hexdigest(), entry)
+            os.fchmod(fd, entry.mode)
+            self._open_fd = -1
+            os.close(fd)
+        else:
+            while left:
+                view = stream.take(left)
+                left -= len(view)
+                writer.write(fd, view, entry)
+            writer.close(fd, entry)
+        self._open_fd = -1
+        if size % BLOCK:
+            stream.skip(BLOCK - size % BLOCK)
+        self.files += 1
+        self.bytes += size
+        if self._progress is not None:
+            self._unreported += size
+            if self._unreported >= CHUNK:
+                self._progress(self._unreported)
+                self._unreported = 0
+
+    def _dir(self, entry: DirEntry, mode: int) -> None:
+        self._check_mode(mode, entry.mode)
+        parent, _, leaf = entry.path.rpartition("/")
+        os.mkdir(leaf, 0o700, dir_fd=self._dir_fd(parent))
+        self._created.add(entry.path)
+        self.dirs += 1
+
+    def _symlink(self, entry: SymlinkEntry, raw_target: bytes) -> None:
+        # Only checked here; created in finish(), so nothing is ever written beneath a symlink.
+        target = raw_target.decode("utf-8", "replace")
+        if target == entry.symlink:
+            return
+        if _escapes(entry.path, target):
+            raise self._error(
+                UnsafeArchiveError,
+                f"symlink to {target[:80]!r} points outside the release (the manifest says "
+                f"{entry.symlink!r})",
+                "symlink_escape",
+            )
+        raise self._error(
+            DigestMismatchError,
+            f"symlink to {target[:80]!r} but the manifest says {entry.symlink!r}",
+            "symlink_mismatch",
+        )
+
+    def _dir_fd(self, path: str) -> int:
+        """An fd of directory ``path`` created by this run, opened without following links."""
+        fd = self._fds.get(path)
+        if fd is not None:
+            return fd
+        if path not in self._created:
+            raise self._error(
+                UnsafeArchiveError,
+                f"comes before its parent directory {path!r}; packages list parents first",
+                "parent_missing",
+            )
+        parent, _, leaf = path.rpartition("/")
+        parent_fd = self._dir_fd(parent)
+        if len(self._fds) >= MAX_OPEN_DIRS:  # keep only the ancestors of ``path``
+            for cached in [p for p in self._fds if p and not path.startswith(p + "/")]:
+                os.close(self._fds.pop(cached))
+        fd = self._fds[path] = os.open(leaf, DIR_FLAGS, dir_fd=parent_fd)
+        return fd
+
+    def finish(self) -> None:
+        """Wait for the writer, check completeness, create symlinks, set directory modes."""
+        self.index, self.member = 0, ""
+        self._writer.finish()  # its errors concern earlier members: report them first
+        if len(self._seen) != len(self._entries):
+            missing = [p for p in self._entries if p not in self._seen]
+            raise DigestMismatchError(
+                f"payload lacks {len(missing)} entries the manifest lists, e.g. {missing[0]!r}; "
+                f"{REBUILD}",
+                code="missing",
+            )
+        for entry in self._entries.values():
+            if isinstance(entry, SymlinkEntry):
+                self.member = entry.path
+                parent, _, leaf = entry.path.rpartition("/")
+                os.symlink(entry.symlink, leaf, dir_fd=self._dir_fd(parent))
+                self.symlinks += 1
+        for entry in self._entries.values():
+            if isinstance(entry, DirEntry):
+                self.member = entry.path
+                os.fchmod(self._dir_fd(entry.path), entry.mode)
+        self.member = ""
+        os.fchmod(self._fds[""], 0o755)
+        if self._progress is not None and self._unreported:
+            self._progress(self._unreported)
+
+    def close(self) -> None:
+        """Release every fd, after stopping the writer (which may still be using some)."""
+        self._writer.abort()
+        fds = [*self._fds.values(), self._open_fd]
+        self._fds.clear()
+        self._open_fd = -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)

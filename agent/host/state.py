@@ -1,0 +1,155 @@
+"""The state file of one app (``.cutover/state.json``): the single source of truth.
+
+Rollback, retention and recovery read this file, never directory listings or mtimes. It is
+rewritten atomically (temp file, fsync, rename, fsync dir) and records the journal head so the
+journal's tail cannot be cut unnoticed.
+
+Release states::
+
+    staged   installed and verified; may be activated
+    active   ``current`` points at it (exactly one, or none before the first activation)
+    previous the release that was active before ``active``: the default rollback target
+    bad      activation failed after the flip (reverted) or an operator marked it; never chosen
+             by a plain rollback
+    failed   staging failed; nothing is installed, the record stays for the audit trail
+
+``pending`` is the write-ahead intent of an operation that changes ``current``: recovery reads it
+to finish or revert that operation after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cutover.agent._util.fsutil import atomic_write
+from cutover.agent.errors import StorageError
+
+__all__ = ["AppState", "Pending", "ReleaseRecord", "ReleaseStatus", "StateFile", "utcnow"]
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class ReleaseStatus(StrEnum):
+    STAGED = "staged"
+    ACTIVE = "active"
+    PREVIOUS = "previous"
+    BAD = "bad"
+    FAILED = "failed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReleaseRecord(_Model):
+    version: str
+    status: ReleaseStatus
+    seq: int  # staging order, for retention ("newest N") without mtimes
+    manifest_digest: str
+    runtime_digest: str = ""  # of manifests/<v>.runtime.json (hooks, health, shared)
+    signers: list[str] = []
+    release_type: str = ""
+    requires_migration: bool = False
+    staged_at: str = ""
+    staged_by: str = ""
+    activated_at: str | None = None
+    activated_by: str | None = None
+    pinned: bool = False
+    installed: bool = True
+    reason: str = ""  # why bad/failed
+    checkpoint_ref: str | None = None
+    hooks: list[dict[str, Any]] = []  # last hook results (bounded tails)
+    health: list[dict[str, Any]] = []  # last health phase results
+
+
+class Pending(_Model):
+    op: Literal["activate", "rollback"]
+    op_id: str
+    from_version: str | None
+    to_version: str
+    phase: Literal["intent", "flipped", "reverting"] = "intent"
+    started_at: str = Field(default_factory=utcnow)
+    actor: str = ""
+
+
+class AppState(_Model):
+    format: Literal[1] = 1
+    app: str
+    current: str | None = None
+    previous: str | None = None
+    releases: dict[str, ReleaseRecord] = {}
+    history: list[str] = []  # versions in activation order, newest last
+    known_digests: dict[str, str] = {}  # every version ever accepted: immutability
+    highest_version: str | None = None
+    next_seq: int = 1
+    pending: Pending | None = None
+    journal_seq: int = 0
+    journal_hash: str = "0" * 64
+
+    def installed(self) -> list[ReleaseRecord]:
+        """Installed releases, newest staged first."""
+        return sorted(
+            (r for r in self.releases.values() if r.installed), key=lambda r: r.seq, reverse=True
+        )
+
+    def rollback_target(self) -> str | None:
+        """The previous good release: walk the activation history back from current."""
+        for version in reversed(self.history):
+            rec = self.releases.get(version)
+            if (
+                version != self.current
+                and rec is not None
+                and rec.installed
+                and rec.status not in (ReleaseStatus.BAD, ReleaseStatus.FAILED)
+            ):
+                return version
+        return None
+
+
+class StateFile:
+    def __init__(self, path: Path, app: str) -> None:
+        self.path = path
+        self.app = app
+
+    def load(self) -> AppState:
+        """Read the state (a fresh state if none exists yet).
+
+        Raises:
+            StorageError: the file exists but is unreadable or invalid (never silently reset).
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return AppState(app=self.app)
+        except OSError as exc:
+            raise StorageError(f"cannot read state {self.path}: {exc.strerror}") from exc
+        try:
+            state = AppState.model_validate_json(data)
+        except ValidationError as exc:
+            raise StorageError(
+                f"state file {self.path} is invalid ({exc.error_count()} problems, first: "
+                f"{exc.errors()[0]['msg']}); restore it from backup or inspect it by hand — the "
+                "agent never resets state silently"
+            ) from exc
+        if state.app != self.app:
+            raise StorageError(
+                f"state file {self.path} belongs to app {state.app!r}, not {self.app!r}"
+            )
+        return state
+
+    def save(self, state: AppState) -> None:
+        data = json.dumps(state.model_dump(mode="json"), indent=1, sort_keys=True).encode() + b"\n"
+        try:
+            atomic_write(self.path, data, 0o640)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write state {self.path}: {exc.strerror}; free disk space and retry"
+            ) from exc

@@ -1,0 +1,489 @@
+"""The release manifest: the unit of trust (DESIGN.md, "Package format").
+
+Everything here is pure: bytes in, models out, :class:`ManifestError` on anything doubtful.
+Rules enforced on every manifest, before any signature is even looked at:
+
+* strict JSON: UTF-8 without BOM, no duplicate keys, no NaN/Infinity, at most 64 MiB;
+* strict schema: unknown fields are errors, types are not coerced;
+* safe paths (:func:`check_relpath`): relative POSIX, no ``.``/``..``/empty components, no
+  backslash, control character or NUL, at most 4096 bytes and 128 levels, components <= 255 bytes;
+* unique paths, also after Unicode NFKC normalisation and case-folding (so a package cannot smuggle
+  ``A.php`` past ``a.php`` on a case-insensitive or normalising filesystem);
+* every entry's parent is a listed directory (never a file or a symlink: nothing is written through a
+  symlink);
+* symlink targets are ``../`` repeated at most as deep as the link, then plain names: a target can
+  never climb out of the release, even through other symlinks (docs/security-model.md);
+* modes carry permission bits only (no setuid/setgid/sticky) and are never group- or world-writable;
+* shared paths are safe, distinct, not listed as entries, and their parent is the root or a listed
+  directory.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cutover.agent._util.strict_json import canonical_json, strict_json_loads
+from cutover.agent.errors import ManifestError
+from cutover.agent.versions import validate_version
+
+__all__ = [
+    "APP_RE",
+    "FORMAT_VERSION",
+    "MAX_MANIFEST_BYTES",
+    "CommandCheck",
+    "DirEntry",
+    "Entry",
+    "FileEntry",
+    "HealthCheck",
+    "HealthPhase",
+    "HealthSpec",
+    "Hook",
+    "Hooks",
+    "HttpCheck",
+    "LogCheck",
+    "Manifest",
+    "Payload",
+    "ReleaseType",
+    "SharedPaths",
+    "SignatureEntry",
+    "SymlinkEntry",
+    "TcpCheck",
+    "VersionProbe",
+    "canonical_json",
+    "check_relpath",
+    "fold_key",
+    "parse_manifest",
+    "parse_signatures",
+    "strict_json_loads",
+]
+
+FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_SIGNATURES_BYTES = 1024 * 1024
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 128
+APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def check_relpath(path: str, what: str = "path") -> str:
+    """Validate a release-relative path; return it unchanged or raise :class:`ManifestError`."""
+    if not path:
+        raise ManifestError(f"{what} is empty")
+    if _BAD_CHARS.search(path):
+        raise ManifestError(f"{what} {path!r} contains a control character, NUL or backslash")
+    if path.startswith("/"):
+        raise ManifestError(f"{what} {path!r} is absolute; paths are relative to the release root")
+    encoded = path.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise ManifestError(f"{what} {path[:80]!r}... is longer than {MAX_PATH_BYTES} bytes")
+    parts = path.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise ManifestError(f"{what} {path[:80]!r} is deeper than {MAX_DEPTH} levels")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ManifestError(f"{what} {path!r} has an empty, '.' or '..' component")
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ManifestError(
+                f"{what} {path!r} has a component longer than {MAX_NAME_BYTES} bytes"
+            )
+    try:
+        encoded.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{what} {path!r} is not valid UTF-8") from exc
+    return path
+
+
+def fold_key(path: str) -> str:
+    """The key under which two paths collide on a case-insensitive or normalising filesystem."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", path).casefold())
+
+
+def _check_mode(mode: int, what: str) -> int:
+    if mode & ~0o777:
+        raise ManifestError(
+            f"{what}: mode {mode:#o} has setuid, setgid or sticky bits; not allowed"
+        )
+    if mode & 0o022:
+        raise ManifestError(f"{what}: mode {mode:#o} is group- or world-writable; not allowed")
+    if not mode & 0o400:
+        raise ManifestError(f"{what}: mode {mode:#o} is not readable by its owner")
+    return mode
+
+
+class FileEntry(_Model):
+    path: str
+    size: int = Field(ge=0)
+    sha256: str
+    mode: int
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _HEX64.fullmatch(v):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return v
+
+
+class SymlinkEntry(_Model):
+    path: str
+    symlink: str
+
+
+class DirEntry(_Model):
+    path: str
+    dir: Literal[True]
+    mode: int = 0o755
+
+
+def _entry_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "symlink" in value:
+            return "symlink"
+        if "dir" in value:
+            return "dir"
+        return "file"
+    if isinstance(value, SymlinkEntry):
+        return "symlink"
+    if isinstance(value, DirEntry):
+        return "dir"
+    if isinstance(value, FileEntry):
+        return "file"
+    return None
+
+
+Entry = Annotated[
+    Annotated[FileEntry, Tag("file")]
+    | Annotated[SymlinkEntry, Tag("symlink")]
+    | Annotated[DirEntry, Tag("dir")],
+    Discriminator(_entry_kind),
+]
+
+
+class Hook(_Model):
+    """One command run at a lifecycle step: an argv list, never a shell string."""
+
+    name: str = Field(min_length=1, max_length=100)
+    argv: list[str] = Field(min_length=1)
+    timeout_s: float = Field(default=300.0, gt=0, le=86400)
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, v: list[str]) -> list[str]:
+        if any("\x00" in a for a in v) or not v[0]:
+            raise ValueError("argv items must be non-empty strings without NUL")
+        return v
+
+
+class Hooks(_Model):
+    stage: list[Hook] = []
+    pre_activate: list[Hook] = []
+    post_activate: list[Hook] = []
+    post_rollback: list[Hook] = []
+
+
+class HttpCheck(_Model):
+    type: Literal["http"]
+    name: str = ""
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    expect_status: int = Field(default=200, ge=100, le=599)
+    body_contains: str | None = None
+    body_regex: str | None = None
+    host: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"body_regex does not compile: {exc}") from exc
+        return v
+
+
+class TcpCheck(_Model):
+    type: Literal["tcp"]
+    name: str = ""
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    timeout_s: float = Field(default=3.0, gt=0, le=300)
+
+
+class CommandCheck(_Model):
+    type: Literal["command"]
+    name: str = ""
+    argv: list[str] = Field(min_length=1)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class LogCheck(_Model):
+    """Fails if a line matching ``pattern`` is appended to ``path`` after activation."""
+
+    type: Literal["log"]
+    name: str = ""
+    path: str = Field(min_length=1)
+    pattern: str = Field(min_length=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"pattern does not compile: {exc}") from exc
+        return v
+
+
+HealthCheck = Annotated[HttpCheck | TcpCheck | CommandCheck | LogCheck, Field(discriminator="type")]
+
+
+class HealthPhase(_Model):
+    checks: list[HealthCheck] = []
+    interval_s: float = Field(default=1.0, gt=0, le=3600)
+    retries: int = Field(default=3, ge=0, le=1000)
+    healthy_deadline_s: float = Field(default=60.0, gt=0, le=86400)
+    min_healthy_time_s: float = Field(default=0.0, ge=0, le=86400)
+
+
+class VersionProbe(_Model):
+    """A URL whose body must contain the new version once the running app serves it."""
+
+    url: str = Field(pattern=r"^https?://")
+    host: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+    deadline_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class HealthSpec(_Model):
+    staged: HealthPhase = HealthPhase()
+    live: HealthPhase = HealthPhase()
+    version_probe: VersionProbe | None = None
+
+
+class SharedPaths(_Model):
+    dirs: list[str] = []
+    files: list[str] = []
+
+
+class Payload(_Model):
+    sha256: str
+    size: int = Field(ge=0)
+    compression: Literal["zstd", "gzip", "none"]
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _HEX64.fullmatch(v):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return v
+
+
+class ReleaseType(StrEnum):
+    MAJOR = "major"
+    MINOR = "minor"
+    PATCH = "patch"
+    HOTFIX = "hotfix"
+    SECURITY = "security"
+    INFRASTRUCTURE = "infrastructure"
+
+
+def _check_symlink_target(entry: SymlinkEntry) -> None:
+    target = entry.symlink
+    if not target or target.startswith("/") or _BAD_CHARS.search(target):
+        raise ManifestError(
+            f"symlink {entry.path!r} -> {target!r}: target must be a non-empty relative path "
+            "without control characters or backslashes"
+        )
+    parts = target.split("/")
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    rest = parts[ups:]
+    if any(p in ("", ".", "..") for p in rest):
+        raise ManifestError(
+            f"symlink {entry.path!r} -> {target!r}: '..' may only lead the target, and no empty "
+            "or '.' components are allowed"
+        )
+    if ups > entry.path.count("/"):
+        raise ManifestError(f"symlink {entry.path!r} -> {target!r} points outside the release")
+    if rest:
+        check_relpath("/".join(rest), f"symlink {entry.path!r} target")
+
+
+class Manifest(_Model):
+    format: Literal[1]
+    app: str
+    version: str
+    build: str = ""
+    commit: str = ""
+    branch: str = ""
+    created_at: datetime
+    expires_at: datetime | None = None
+    release_type: ReleaseType = ReleaseType.MINOR
+    requires_migration: bool = False
+    notes: str = Field(default="", max_length=65536)
+    hooks: Hooks = Hooks()
+    shared: SharedPaths = SharedPaths()
+    health: HealthSpec = HealthSpec()
+    payload: Payload
+    files: list[Entry]
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        if not APP_RE.fullmatch(v):
+            raise ValueError("app must match [a-z0-9][a-z0-9_-]{0,63}")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        try:
+            return validate_version(v)
+        except ManifestError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("created_at", "expires_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.utcoffset() is None:
+            raise ValueError(
+                "timestamps must carry a timezone (use UTC, e.g. 2026-03-07T12:00:00Z)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _tree(self) -> Manifest:
+        kinds: dict[str, str] = {}
+        folded: dict[str, str] = {}
+        for e in self.files:
+            check_relpath(e.path)
+            if e.path in kinds:
+                raise ManifestError(f"path {e.path!r} is listed twice")
+            key = fold_key(e.path)
+            if key in folded:
+                raise ManifestError(
+                    f"paths {folded[key]!r} and {e.path!r} collide under case-folding or Unicode "
+                    "normalisation"
+                )
+            folded[key] = e.path
+            if isinstance(e, FileEntry):
+                kinds[e.path] = "file"
+                _check_mode(e.mode, f"file {e.path!r}")
+            elif isinstance(e, DirEntry):
+                kinds[e.path] = "dir"
+                _check_mode(e.mode, f"directory {e.path!r}")
+                if not e.mode & 0o100:
+                    raise ManifestError(f"directory {e.path!r}: mode {e.mode:#o} is not searchable")
+            else:
+                kinds[e.path] = "symlink"
+                _check_symlink_target(e)
+        for path in kinds:
+            parent = path.rpartition("/")[0]
+            if parent and kinds.get(parent) != "dir":
+                raise ManifestError(
+                    f"path {path!r}: its parent {parent!r} is not listed as a directory"
+                )
+        seen: set[str] = set()
+        for what, paths in (("shared dir", self.shared.dirs), ("shared file", self.shared.files)):
+            for p in paths:
+                check_relpath(p, what)
+                if fold_key(p) in seen:
+                    raise ManifestError(f"{what} {p!r} is declared twice")
+                seen.add(fold_key(p))
+                if fold_key(p) in folded:
+                    raise ManifestError(
+                        f"{what} {p!r} is also shipped in the package; exclude it from the build "
+                        "(shared paths come from the host's shared/ directory)"
+                    )
+                parent = p.rpartition("/")[0]
+                if parent and kinds.get(parent) != "dir":
+                    raise ManifestError(
+                        f"{what} {p!r}: its parent {parent!r} is not a directory in the release"
+                    )
+        return self
+
+    def entries_by_path(self) -> dict[str, FileEntry | SymlinkEntry | DirEntry]:
+        return {e.path: e for e in self.files}
+
+    def total_file_bytes(self) -> int:
+        return sum(e.size for e in self.files if isinstance(e, FileEntry))
+
+
+class SignatureEntry(_Model):
+    keyid: str
+    sig: str
+
+    @field_validator("keyid")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _HEX64.fullmatch(v):
+            raise ValueError(
+                "keyid must be 64 lowercase hex digits (SHA-256 of the raw public key)"
+            )
+        return v
+
+
+def _explain(exc: ValidationError, what: str) -> str:
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{loc}: {err['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return f"{what} is invalid: " + "; ".join(lines) + more
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate ``manifest.json`` bytes.
+
+    Raises:
+        ManifestError: anything in the module docstring's rules is broken.
+    """
+    strict_json_loads(data, "manifest.json", MAX_MANIFEST_BYTES)  # size, BOM, duplicates, NaN
+    try:
+        # JSON mode keeps strict types (no "1" for 1) while reading ISO timestamps from strings.
+        return Manifest.model_validate_json(data, strict=True)
+    except ManifestError:
+        raise
+    except ValidationError as exc:
+        # ManifestError raised inside a model validator arrives wrapped; unwrap it for a clean message.
+        for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ManifestError):
+                raise ManifestError(str(cause)) from exc
+        raise ManifestError(_explain(exc, "manifest.json")) from exc
+
+
+def parse_signatures(data: bytes) -> list[SignatureEntry]:
+    """Parse ``signatures.json``: a JSON list of ``{"keyid", "sig"}`` objects."""
+    obj = strict_json_loads(data, "signatures.json", MAX_SIGNATURES_BYTES)
+    if not isinstance(obj, list):
+        raise ManifestError("signatures.json must be a JSON list of {keyid, sig} objects")
+    try:
+        return [SignatureEntry.model_validate(o) for o in obj]
+    except ValidationError as exc:
+        raise ManifestError(_explain(exc, "signatures.json")) from exc

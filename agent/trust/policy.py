@@ -1,0 +1,220 @@
+"""Pure release verification: is this manifest trustworthy, and may this host accept it?
+
+Rules (docs/security-model.md). No I/O happens here; every failure raises a
+:class:`~agent.errors.RejectedError` subclass and nothing is returned half-checked.
+
+1. Signatures are checked over the *exact bytes* of ``manifest.json`` before those bytes are parsed
+   into a model: only keys trusted for the app count, each key counts once, and at least
+   ``threshold`` distinct trusted keys must have signed. A malformed signature entry is an error,
+   an untrusted key id is ignored (it may be a rotation in progress) but reported.
+2. The manifest must parse under the strict schema (agent.manifest).
+3. App and version must equal what the operator or controller asked for.
+4. A manifest past ``expires_at`` is refused.
+5. Immutability: a version already known with a different manifest digest is refused.
+6. Downgrade: a version older than the highest ever staged is refused unless the host allows it
+   locally. Re-accepting the identical manifest of a known version is not a downgrade.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cutover.agent.errors import (
+    DowngradeError,
+    ExpiredError,
+    ImmutableVersionError,
+    ManifestError,
+    MismatchError,
+    SignatureError,
+)
+from cutover.agent.keys import PublicKey
+from cutover.agent.package.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    SignatureEntry,
+    parse_manifest,
+    parse_signatures,
+    strict_json_loads,
+)
+from cutover.agent.versions import Incomparable, is_older
+
+__all__ = [
+    "HostHistory",
+    "TrustPolicy",
+    "VerifiedRelease",
+    "check_history",
+    "manifest_digest",
+    "peek_app",
+    "verify_release",
+    "verify_signatures",
+]
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The release keys one app trusts, and how many must sign."""
+
+    app: str
+    keys: Mapping[str, PublicKey]
+    threshold: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise ValueError("threshold must be at least 1")
+
+
+@dataclass(frozen=True)
+class HostHistory:
+    """What the host remembers about an app, for immutability and downgrade checks."""
+
+    known_digests: Mapping[str, str] = field(default_factory=dict)
+    highest_version: str | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    manifest: Manifest
+    manifest_bytes: bytes
+    digest: str
+    signers: tuple[str, ...]
+    ignored_keyids: tuple[str, ...]
+    already_known: bool
+
+
+def manifest_digest(manifest_bytes: bytes) -> str:
+    return hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def verify_signatures(
+    manifest_bytes: bytes, signatures: list[SignatureEntry], policy: TrustPolicy
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Check signatures over ``manifest_bytes``.
+
+    Returns:
+        (trusted signer key ids, ignored untrusted key ids), both sorted.
+
+    Raises:
+        SignatureError: unsigned, a trusted key's signature is invalid, or threshold not met.
+    """
+    if not signatures:
+        raise SignatureError(
+            f"package for app {policy.app!r} is not signed; sign it with `cutover sign`",
+            code="unsigned",
+        )
+    good: set[str] = set()
+    ignored: set[str] = set()
+    for entry in signatures:
+        try:
+            raw = base64.b64decode(entry.sig, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SignatureError(
+                f"signature by key {entry.keyid[:16]} is not valid base64", code="bad_signature"
+            ) from exc
+        key = policy.keys.get(entry.keyid)
+        if key is None:
+            ignored.add(entry.keyid)
+            continue
+        if len(raw) != 64 or not key.verify(raw, manifest_bytes):
+            raise SignatureError(
+                f"signature by trusted key {entry.keyid[:16]} ({key.source or 'config'}) does not "
+                "match manifest.json: the manifest was altered or signed with another key",
+                code="bad_signature",
+            )
+        good.add(entry.keyid)
+    if len(good) < policy.threshold:
+        detail = f"{len(good)} of the required {policy.threshold} trusted signatures" + (
+            f"; untrusted key ids ignored: {', '.join(k[:16] for k in sorted(ignored))}"
+            if ignored
+            else ""
+        )
+        raise SignatureError(
+            f"app {policy.app!r}: package carries {detail}. Have more trusted release keys sign "
+            "it, or check the host's trusted keys (`cutover-agent keys`)",
+            code="untrusted" if not good else "threshold",
+        )
+    return tuple(sorted(good)), tuple(sorted(ignored))
+
+
+def check_history(manifest: Manifest, digest: str, history: HostHistory) -> bool:
+    """Immutability and downgrade checks. Returns True if this exact manifest is already known."""
+    known = history.known_digests.get(manifest.version)
+    if known is not None:
+        if known != digest:
+            raise ImmutableVersionError(
+                f"{manifest.app} {manifest.version} is already known on this host with different "
+                f"content (manifest sha256 {known[:16]} vs {digest[:16]}); versions are immutable: "
+                "build a new version"
+            )
+        return True
+    if history.highest_version is not None and not history.allow_downgrade:
+        try:
+            older = is_older(manifest.version, history.highest_version)
+        except Incomparable as exc:
+            raise DowngradeError(
+                f"{manifest.app} {manifest.version}: {exc}; allow it locally with --allow-downgrade"
+            ) from exc
+        if older:
+            raise DowngradeError(
+                f"{manifest.app} {manifest.version} is older than {history.highest_version}, the "
+                "highest version staged here; roll back with `rollback --to` instead, or stage it "
+                "on the host with --allow-downgrade"
+            )
+    return False
+
+
+def verify_release(
+    manifest_bytes: bytes,
+    signatures_bytes: bytes,
+    policy: TrustPolicy,
+    *,
+    expected_version: str | None,
+    history: HostHistory,
+    now: datetime,
+) -> VerifiedRelease:
+    """Run every check in the module docstring, in order.
+
+    Args:
+        manifest_bytes: the exact ``manifest.json`` bytes from the package.
+        signatures_bytes: the ``signatures.json`` bytes.
+        policy: the trust policy of the app the caller expects (selects the keys).
+        expected_version: the version asked for, or None to take the manifest's (local CLI).
+        history: the host's memory of this app.
+        now: the current time (aware).
+
+    Raises:
+        RejectedError: a subclass naming the failed rule.
+    """
+    signers, ignored = verify_signatures(manifest_bytes, parse_signatures(signatures_bytes), policy)
+    manifest = parse_manifest(manifest_bytes)
+    if manifest.app != policy.app:
+        raise MismatchError(
+            f"package is for app {manifest.app!r}, not {policy.app!r}", code="app_mismatch"
+        )
+    if expected_version is not None and manifest.version != expected_version:
+        raise MismatchError(
+            f"package is version {manifest.version!r}, but {expected_version!r} was requested",
+            code="version_mismatch",
+        )
+    if manifest.expires_at is not None and now >= manifest.expires_at:
+        raise ExpiredError(
+            f"{manifest.app} {manifest.version}: manifest expired at "
+            f"{manifest.expires_at.isoformat()}; rebuild and re-sign the release"
+        )
+    digest = manifest_digest(manifest_bytes)
+    known = check_history(manifest, digest, history)
+    return VerifiedRelease(manifest, manifest_bytes, digest, signers, ignored, known)
+
+
+def peek_app(manifest_bytes: bytes) -> str:
+    """The ``app`` a manifest claims, to choose a trust policy. Not a trust decision."""
+    obj = strict_json_loads(manifest_bytes, "manifest.json", MAX_MANIFEST_BYTES)
+    app = obj.get("app") if isinstance(obj, dict) else None
+    if not isinstance(app, str):
+        raise ManifestError("manifest.json has no app name")
+    return app
