@@ -1,71 +1,108 @@
-"""Every error the agent (and the controller, which re-uses these) can raise.
+"""Every error the agent (and the controller, which re-uses these) can raise, and their registry.
 
 Two roots, never mixed: *untrusted input was rejected* (nothing changed, the sender must fix the
-input) and *an operation failed* (the host or a check let us down; the operator acts)::
+input) and *an operation failed* (the host, a check or a peer let us down; the operator acts)::
 
-    CutoverError
-    ├── RejectedError                 untrusted input refused; no state changed
-    │   ├── ManifestError             schema, duplicate JSON keys, unsafe paths in the manifest
-    │   ├── PackageFormatError        outer container malformed or truncated
-    │   ├── SignatureError            bad, absent or untrusted signatures; threshold not met
-    │   ├── ExpiredError              manifest past expires_at
-    │   ├── MismatchError             app or version differs from what was asked
-    │   ├── ImmutableVersionError     same app+version, different content
-    │   ├── DowngradeError            older than the highest version staged, no local override
-    │   ├── UnsafeArchiveError        payload member unsafe (type, path, mode, duplicate, unlisted)
-    │   ├── ArchiveLimitError         payload exceeds a cap (bytes, entries, depth, path length)
-    │   ├── DigestMismatchError       payload or file size/digest differs from the manifest
-    │   ├── AuthError                 request signature refused (httpsig); carries a reason code
-    │   └── RequestError              a request body or parameter is malformed
-    └── OperationalError              something failed while doing legitimate work
-        ├── ConfigError               config file unreadable or invalid
-        ├── KeyFileError              a key file missing, unreadable, or of the wrong kind
-        ├── LockedError               another operation holds the app lock (conflict)
-        ├── NotFoundError             no such app, release or operation
-        ├── StateError                the operation makes no sense in this state (no rollback target)
-        ├── DriftError                an installed release or the journal no longer matches its record
-        ├── HookError                 a lifecycle hook failed or timed out
-        ├── HealthCheckError          health checks did not pass
-        ├── ActivationFailedError     activation failed after the flip and was reverted
-        ├── StorageError              disk full, I/O error, permissions
-        └── TransportError            network failure talking to a peer
+    CutoverError                         error                    500  1
+    ├── RejectedError                    rejected                 422  3  untrusted input refused; no state changed
+    │   ├── ManifestError                bad_manifest             422  3  schema, duplicate JSON keys, unsafe paths
+    │   ├── PackageFormatError           bad_package              422  3  outer container malformed or truncated
+    │   ├── SignatureError               bad_signature            422  3  bad, absent or untrusted signatures; threshold
+    │   ├── ExpiredError                 expired                  422  3  manifest past expires_at
+    │   ├── MismatchError                mismatch                 422  3  app or version differs from what was asked
+    │   ├── ImmutableVersionError        version_exists           422  3  same app+version, different content
+    │   ├── DowngradeError               downgrade                422  3  older than the highest version, no override
+    │   ├── UnsafeArchiveError           unsafe_archive           422  3  payload member unsafe (type, path, mode, ...)
+    │   ├── ArchiveLimitError            archive_limit            422  3  payload exceeds a cap (bytes, entries, ...)
+    │   ├── DigestMismatchError          digest_mismatch          422  3  payload or file size/digest differs
+    │   ├── AuthError                    unauthorized             401  3  request signature refused (reason: docs/protocol.md)
+    │   └── RequestError                 bad_request              400  2  a request body or parameter is malformed
+    │       ├── MethodNotAllowedError    method_not_allowed       405  2
+    │       ├── BodyTimeoutError         body_timeout             408  2  the body stalled or took too long
+    │       ├── PayloadTooLargeError     payload_too_large        413  2
+    │       └── UnsupportedMediaTypeError unsupported_media_type  415  2
+    └── OperationalError                 failed                   500  1  something failed while doing legitimate work
+        ├── ConfigError                  bad_config               500  2  config file unreadable or invalid
+        ├── KeyFileError                 bad_key                  500  2  a key file missing, unreadable, wrong kind
+        ├── LockedError                  locked                   409  4  another operation holds the app (``holder``)
+        ├── NotFoundError                not_found                404  5  no such app, release, operation or endpoint
+        ├── StateError                   invalid_state            409  1  makes no sense in this state (no rollback target)
+        ├── DriftError                   drift                    500  6  a release or the journal no longer matches
+        ├── HookFailedError              hook_failed              500  1  a lifecycle hook failed or timed out
+        ├── HealthCheckError             health_failed            500  1  health checks did not pass
+        ├── ActivationFailedError        reverted                 500  7  failed after the flip and was reverted
+        ├── StorageError                 storage                  500  1  disk full, I/O error, permissions
+        ├── UnavailableError             unavailable              503  1  the agent is shutting down; retry later
+        ├── CancelledOperationError      cancelled                503  1  the agent stopped before the operation ended
+        ├── InternalError                internal                 500  1  a bug; the agent log has the traceback
+        ├── PartialFailureError          partial                  500  8  controller: some hosts succeeded, some failed
+        └── TransportError               transport                502  1  network failure talking to a peer
+            └── UnreachableError         unreachable              502  1  no connection to the peer at all
 
-Each class carries ``code`` (a short stable reason code, used by the HTTP API) and ``exit_code``
-(used only by the CLI entry points, documented in docs/operations.md).
+The columns are the **registry** (:data:`REGISTRY`): one entry per class, built by the
+:func:`_registered` decorator on each class, never by hand elsewhere. Code and class are a
+bijection (checked at import and by tests/agent/test_errors.py). The HTTP status is the one the
+agent answers with (docs/protocol.md, "Errors"); the exit code is the one the CLI entry points
+exit with (docs/operations.md, "Exit codes").
+
+An instance may refine its class's code with a finer **reason** (``AuthError(..., code="replayed")``,
+``DigestMismatchError(..., code="payload_digest")``): ``exc.code`` is that reason, ``exc.kind`` is
+always the registry code of its class. On the wire an error is ``{"error": exc.code, "kind":
+exc.kind, "message": ...}``; :func:`from_wire` turns such a body back into the same class with
+the same code, so a caller across the wire branches exactly as a local caller would.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "REGISTRY",
     "ActivationFailedError",
     "ArchiveLimitError",
     "AuthError",
+    "BodyTimeoutError",
+    "CancelledOperationError",
     "ConfigError",
     "CutoverError",
     "DigestMismatchError",
     "DowngradeError",
     "DriftError",
+    "ErrorKind",
     "ExitCode",
     "ExpiredError",
     "HealthCheckError",
     "HookError",
+    "HookFailedError",
     "ImmutableVersionError",
+    "InternalError",
     "KeyFileError",
     "LockedError",
     "ManifestError",
+    "MethodNotAllowedError",
     "MismatchError",
     "NotFoundError",
     "OperationalError",
     "PackageFormatError",
+    "PartialFailureError",
+    "PayloadTooLargeError",
     "RejectedError",
     "RequestError",
     "SignatureError",
     "StateError",
     "StorageError",
     "TransportError",
+    "UnavailableError",
+    "UnreachableError",
     "UnsafeArchiveError",
+    "UnsupportedMediaTypeError",
+    "class_for_status",
+    "error_class",
+    "from_wire",
+    "kind_of",
 ]
 
 
@@ -80,138 +117,342 @@ class ExitCode:
     NOT_FOUND = 5  # no such app, release or operation
     VERIFY_FAILED = 6  # drift: installed files or the journal do not match their record
     REVERTED = 7  # activation failed after the flip and was rolled back automatically
-    PARTIAL = 8  # controller: some hosts succeeded, some failed
+    PARTIAL = 8  # controller, fleet operation: succeeded on some hosts, failed on others
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """One registry entry: a reason code, its class, its HTTP status and its CLI exit code."""
+
+    code: str
+    cls: type[CutoverError]
+    http_status: int
+    exit_code: int
+
+
+_REGISTRY: dict[str, ErrorKind] = {}
+REGISTRY: Mapping[str, ErrorKind] = MappingProxyType(_REGISTRY)
+"""Registry code → entry, in declaration order (read-only)."""
+
+_E = TypeVar("_E", bound="type[CutoverError]")
+
+
+def _registered(code: str, http_status: int, exit_code: int) -> Callable[[_E], _E]:
+    """Class decorator: give the class its code, status and exit code, and register it once."""
+
+    def register(cls: _E) -> _E:
+        if code in _REGISTRY:
+            raise TypeError(f"reason code {code!r} is taken by {_REGISTRY[code].cls.__name__}")
+        if "code" in vars(cls) or "exit_code" in vars(cls) or "http_status" in vars(cls):
+            raise TypeError(f"{cls.__name__}: code, status and exit code come from the registry")
+        cls.code = code
+        cls.http_status = http_status
+        cls.exit_code = exit_code
+        _REGISTRY[code] = ErrorKind(code, cls, http_status, exit_code)
+        return cls
+
+    return register
 
 
 class CutoverError(Exception):
-    """Base of every Cutover error."""
+    """Base of every Cutover error.
 
-    code: ClassVar[str] = "error"
-    exit_code: ClassVar[int] = ExitCode.FAILED
+    Args:
+        message: what happened, to what, and what to do next.
+        code: a finer reason code than the class's (default: the class's registry code).
+    """
+
+    code: ClassVar[str]
+    http_status: ClassVar[int]
+    exit_code: ClassVar[int]
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
-            self.code = code  # type: ignore[misc]  # per-instance refinement of the class default
+            self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
+
+    @property
+    def kind(self) -> str:
+        """The registry code of this error's class (``code`` may be a finer reason)."""
+        return kind_of(type(self)).code
+
+    def wire_extra(self) -> dict[str, Any]:
+        """Fields this error adds to its wire body (``LockedError``: ``holder``)."""
+        return {}
 
     def __str__(self) -> str:
         return self.message
 
 
+_registered("error", 500, ExitCode.FAILED)(CutoverError)
+
+
+@_registered("rejected", 422, ExitCode.REJECTED)
 class RejectedError(CutoverError):
     """Untrusted input was refused. Guarantees: nothing on the host changed."""
 
-    code = "rejected"
-    exit_code = ExitCode.REJECTED
 
-
+@_registered("bad_manifest", 422, ExitCode.REJECTED)
 class ManifestError(RejectedError):
-    code = "bad_manifest"
+    """The manifest is not valid: schema, duplicate JSON keys, unsafe paths."""
 
 
+@_registered("bad_package", 422, ExitCode.REJECTED)
 class PackageFormatError(RejectedError):
-    code = "bad_package"
+    """The outer container is malformed or truncated."""
 
 
+@_registered("bad_signature", 422, ExitCode.REJECTED)
 class SignatureError(RejectedError):
-    code = "bad_signature"
+    """Signatures bad, absent or untrusted, or too few (reasons ``unsigned``, ``untrusted``,
+    ``threshold``)."""
 
 
+@_registered("expired", 422, ExitCode.REJECTED)
 class ExpiredError(RejectedError):
-    code = "expired"
+    """The manifest is past its ``expires_at``."""
 
 
+@_registered("mismatch", 422, ExitCode.REJECTED)
 class MismatchError(RejectedError):
-    code = "mismatch"
+    """App or version differ from what was asked (``app_mismatch``, ``version_mismatch``)."""
 
 
+@_registered("version_exists", 422, ExitCode.REJECTED)
 class ImmutableVersionError(RejectedError):
-    code = "version_exists"
+    """The same app and version was accepted before with different content."""
 
 
+@_registered("downgrade", 422, ExitCode.REJECTED)
 class DowngradeError(RejectedError):
-    code = "downgrade"
+    """Older than the highest version staged on this host, and no local override."""
 
 
+@_registered("unsafe_archive", 422, ExitCode.REJECTED)
 class UnsafeArchiveError(RejectedError):
-    code = "unsafe_archive"
+    """A payload member is unsafe (type, path, mode, duplicate, unlisted)."""
 
 
+@_registered("archive_limit", 422, ExitCode.REJECTED)
 class ArchiveLimitError(RejectedError):
-    code = "archive_limit"
+    """The payload exceeds a cap (bytes, entries, depth, path length)."""
 
 
+@_registered("digest_mismatch", 422, ExitCode.REJECTED)
 class DigestMismatchError(RejectedError):
-    code = "digest_mismatch"
+    """The payload or a file differs in size or digest from the manifest."""
 
 
+@_registered("unauthorized", 401, ExitCode.REJECTED)
 class AuthError(RejectedError):
-    """A signed request was refused. ``code`` is the short reason returned with the 401."""
-
-    code = "unauthorized"
+    """A signed request was refused; ``code`` is the reason (docs/protocol.md, 401 table)."""
 
 
+@_registered("bad_request", 400, ExitCode.USAGE)
 class RequestError(RejectedError):
-    code = "bad_request"
-    exit_code = ExitCode.USAGE
+    """A request body, parameter or method is malformed."""
 
 
+@_registered("method_not_allowed", 405, ExitCode.USAGE)
+class MethodNotAllowedError(RequestError):
+    """The path exists, the method does not."""
+
+
+@_registered("body_timeout", 408, ExitCode.USAGE)
+class BodyTimeoutError(RequestError):
+    """The request body stalled longer than the idle timeout, or took longer than the total."""
+
+
+@_registered("payload_too_large", 413, ExitCode.USAGE)
+class PayloadTooLargeError(RequestError):
+    """The request body is over its limit (declared or counted)."""
+
+
+@_registered("unsupported_media_type", 415, ExitCode.USAGE)
+class UnsupportedMediaTypeError(RequestError):
+    """The body's Content-Type is not the one the endpoint takes."""
+
+
+@_registered("failed", 500, ExitCode.FAILED)
 class OperationalError(CutoverError):
     """Legitimate work failed; the operator has to act (message says how)."""
 
-    code = "failed"
 
-
+@_registered("bad_config", 500, ExitCode.USAGE)
 class ConfigError(OperationalError):
-    code = "bad_config"
-    exit_code = ExitCode.USAGE
+    """A config file is unreadable or invalid."""
 
 
+@_registered("bad_key", 500, ExitCode.USAGE)
 class KeyFileError(OperationalError):
-    code = "bad_key"
-    exit_code = ExitCode.USAGE
+    """A key file is missing, unreadable, or of the wrong kind."""
 
 
+@_registered("locked", 409, ExitCode.CONFLICT)
 class LockedError(OperationalError):
-    code = "locked"
-    exit_code = ExitCode.CONFLICT
+    """Another operation holds the app; ``holder`` says which (may be ``{}``)."""
 
-    def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
-        super().__init__(message)
-        self.holder = holder or {}
+    def __init__(
+        self, message: str, *, code: str | None = None, holder: Mapping[str, object] | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.holder: dict[str, object] = dict(holder or {})
+
+    def wire_extra(self) -> dict[str, Any]:
+        return {"holder": self.holder} if self.holder else {}
 
 
+@_registered("not_found", 404, ExitCode.NOT_FOUND)
 class NotFoundError(OperationalError):
-    code = "not_found"
-    exit_code = ExitCode.NOT_FOUND
+    """No such app, release, operation, package file or endpoint."""
 
 
+@_registered("invalid_state", 409, ExitCode.FAILED)
 class StateError(OperationalError):
-    code = "invalid_state"
+    """The operation makes no sense in this state (no rollback target, a bad release)."""
 
 
+@_registered("drift", 500, ExitCode.VERIFY_FAILED)
 class DriftError(OperationalError):
-    code = "drift"
-    exit_code = ExitCode.VERIFY_FAILED
+    """An installed release or the journal no longer matches its record."""
 
 
-class HookError(OperationalError):
-    code = "hook_failed"
+@_registered("hook_failed", 500, ExitCode.FAILED)
+class HookFailedError(OperationalError):
+    """A lifecycle hook failed or timed out; ``results`` holds every hook run so far, the failed
+    one last (agent/actions/hooks.py ``HookResult``; empty when the error crossed the wire)."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, results: list[Any] | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.results: list[Any] = list(results or [])
+
+    @property
+    def failed(self) -> Any:
+        """The failed hook's result."""
+        return self.results[-1]
 
 
+HookError = HookFailedError
+"""The former name of :class:`HookFailedError` (one class: ``except HookError`` still works)."""
+
+
+@_registered("health_failed", 500, ExitCode.FAILED)
 class HealthCheckError(OperationalError):
-    code = "health_failed"
+    """Health checks did not pass (staged checks; live ones end as :class:`ActivationFailedError`)."""
 
 
+@_registered("reverted", 500, ExitCode.REVERTED)
 class ActivationFailedError(OperationalError):
-    code = "reverted"
-    exit_code = ExitCode.REVERTED
+    """Activation failed after the flip and was reverted automatically."""
 
 
+@_registered("storage", 500, ExitCode.FAILED)
 class StorageError(OperationalError):
-    code = "storage"
+    """Disk full, I/O error, permissions."""
 
 
+@_registered("unavailable", 503, ExitCode.FAILED)
+class UnavailableError(OperationalError):
+    """The agent does not take work now (``shutting_down``); retry once it is back."""
+
+
+@_registered("cancelled", 503, ExitCode.FAILED)
+class CancelledOperationError(OperationalError):
+    """The agent stopped before the operation ended; its effects were reverted or will be
+    recovered at the next start."""
+
+
+@_registered("internal", 500, ExitCode.FAILED)
+class InternalError(OperationalError):
+    """A bug in the agent; its log has the traceback."""
+
+
+@_registered("partial", 500, ExitCode.PARTIAL)
+class PartialFailureError(OperationalError):
+    """Controller: a fleet operation succeeded on some hosts and failed on others.
+
+    Args:
+        succeeded: the hosts where it succeeded.
+        failed: each failed host and its error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        succeeded: list[str] | None = None,
+        failed: Mapping[str, CutoverError] | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.succeeded = list(succeeded or [])
+        self.failed = dict(failed or {})
+
+
+@_registered("transport", 502, ExitCode.FAILED)
 class TransportError(OperationalError):
-    code = "transport"
+    """A network failure talking to a peer (the connection broke, a bad or truncated answer)."""
+
+
+@_registered("unreachable", 502, ExitCode.FAILED)
+class UnreachableError(TransportError):
+    """No connection to the peer at all (refused, no route, DNS, connect timeout, TLS)."""
+
+
+# ---------------------------------------------------------------------- lookups
+def kind_of(cls: type[CutoverError]) -> ErrorKind:
+    """The registry entry of ``cls``, or of its nearest registered base."""
+    for klass in cls.__mro__:
+        entry = _REGISTRY.get(vars(klass).get("code", ""))
+        if entry is not None and entry.cls is klass:
+            return entry
+    raise TypeError(f"{cls.__name__} is not a CutoverError")  # pragma: no cover
+
+
+def error_class(code: str) -> type[CutoverError] | None:
+    """The class registered under ``code``, if any."""
+    entry = _REGISTRY.get(code)
+    return entry.cls if entry is not None else None
+
+
+def class_for_status(status: int) -> type[CutoverError]:
+    """The class to raise for an HTTP error status without a known code (another server)."""
+    exact = {401: AuthError, 404: NotFoundError, 409: LockedError, 503: UnavailableError}
+    if status in exact:
+        return exact[status]
+    if status in (400, 405, 408, 413, 415):
+        return {
+            e.http_status: e.cls for e in _REGISTRY.values() if issubclass(e.cls, RequestError)
+        }[status]
+    if 400 <= status < 500:
+        return RejectedError
+    if status in (502, 504):
+        return TransportError
+    return OperationalError
+
+
+def from_wire(
+    error: str,
+    message: str,
+    *,
+    kind: str | None = None,
+    status: int | None = None,
+    holder: Mapping[str, object] | None = None,
+) -> CutoverError:
+    """The error a wire body ``{"error", "kind", "message"}`` stands for.
+
+    The class is the registry's for ``kind``, else for ``error`` (a body without ``kind``), else
+    the one for the HTTP ``status``; the instance's code is ``error``.
+    """
+    cls = (
+        (error_class(kind) if kind else None)
+        or error_class(error)
+        or (class_for_status(status) if status is not None else OperationalError)
+    )
+    exc = cls(message, code=error)
+    if isinstance(exc, LockedError) and holder:
+        exc.holder = dict(holder)
+    return exc

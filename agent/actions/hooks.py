@@ -37,7 +37,7 @@ from cutover.agent.actions._process import (
     signal_name,
     spawn_error_text,
 )
-from cutover.agent.errors import HookError
+from cutover.agent.errors import HookFailedError
 from cutover.agent.package.manifest import Hook
 
 __all__ = [
@@ -148,18 +148,6 @@ class HookResult:
             "output_bytes": self.output_bytes,
             "error": self.error,
         }
-
-
-class HookFailedError(HookError):
-    """A hook failed; ``results`` holds every hook run so far, the failed one last."""
-
-    def __init__(self, message: str, *, results: list[HookResult]) -> None:
-        super().__init__(message)
-        self.results = results
-
-    @property
-    def failed(self) -> HookResult:
-        return self.results[-1]
 
 
 async def run_hook(

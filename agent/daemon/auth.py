@@ -44,12 +44,15 @@ from aiohttp import web
 from cutover.agent.daemon.operations import error_body
 from cutover.agent.errors import (
     AuthError,
+    BodyTimeoutError,
+    ConfigError,
     CutoverError,
-    LockedError,
+    InternalError,
+    MethodNotAllowedError,
     NotFoundError,
-    OperationalError,
-    RejectedError,
+    PayloadTooLargeError,
     RequestError,
+    kind_of,
 )
 from cutover.agent.trust import httpsig
 
@@ -76,14 +79,6 @@ JSON_BODY_TIMEOUT_S = 60.0
 PUBLIC_ROUTES = frozenset({"health", "metrics"})
 STREAMING_ROUTES = frozenset({"upload"})
 
-_STATUS_BY_CODE = {
-    "payload_too_large": 413,
-    "body_timeout": 408,
-    "unsupported_media_type": 415,
-    "method_not_allowed": 405,
-    "shutting_down": 503,
-}
-
 
 @dataclass(frozen=True)
 class Caller:
@@ -101,30 +96,18 @@ class Caller:
 
 
 def status_for(exc: CutoverError) -> int:
-    """The HTTP status of an error (docs/protocol.md, "Errors")."""
-    if exc.code in _STATUS_BY_CODE:
-        return _STATUS_BY_CODE[exc.code]
-    if isinstance(exc, AuthError):
-        return 401
-    if isinstance(exc, RequestError):
-        return 400
-    if isinstance(exc, RejectedError):
-        return 422
-    if isinstance(exc, LockedError):
-        return 409
-    if isinstance(exc, NotFoundError):
-        return 404
-    return 500
+    """The HTTP status of an error: its class's entry in the registry (agent/errors.py)."""
+    return kind_of(type(exc)).http_status
 
 
 def error_response(exc: CutoverError) -> web.Response:
+    """The error as the API answers it: status and body both from the registry."""
     return web.json_response(error_body(exc), status=status_for(exc))
 
 
-def _too_large(limit: int) -> RequestError:
-    return RequestError(
-        f"request body exceeds the limit of {limit} bytes (agent.max_upload_bytes for packages)",
-        code="payload_too_large",
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body exceeds the limit of {limit} bytes (agent.max_upload_bytes for packages)"
     )
 
 
@@ -150,7 +133,7 @@ async def stream_body(
         The body length and its SHA-256.
 
     Raises:
-        RequestError: ``payload_too_large`` or ``body_timeout``.
+        PayloadTooLargeError, BodyTimeoutError: the body is too large or too slow.
         TransportError-like ``aiohttp`` errors propagate if the client disconnects mid-body.
     """
     declared = request.content_length
@@ -163,18 +146,15 @@ async def stream_body(
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RequestError(
-                f"request body took longer than {total_timeout_s:g} s", code="body_timeout"
-            )
+            raise BodyTimeoutError(f"request body took longer than {total_timeout_s:g} s")
         try:
             chunk = await asyncio.wait_for(
                 request.content.readany(), timeout=min(idle_timeout_s, remaining)
             )
         except TimeoutError:
-            raise RequestError(
+            raise BodyTimeoutError(
                 f"request body stalled: no data for {min(idle_timeout_s, remaining):g} s "
-                "(agent.upload_idle_timeout_s / upload_timeout_s)",
-                code="body_timeout",
+                "(agent.upload_idle_timeout_s / upload_timeout_s)"
             ) from None
         if not chunk:
             break
@@ -238,9 +218,8 @@ async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
             max_skew_s=cfg.agent.clock_skew_s,
         )
     except ValueError as exc:  # the agent's name is not a valid authority: our config is wrong
-        raise OperationalError(
-            f"agent.name {cfg.agent.name!r} is unusable as @authority ({exc}); fix the config",
-            code="bad_config",
+        raise ConfigError(
+            f"agent.name {cfg.agent.name!r} is unusable as @authority ({exc}); fix the config"
         ) from exc
     try:
         await asyncio.to_thread(ctx.nonces.use, verified.nonce, verified.expires, now)
@@ -281,7 +260,7 @@ def _http_error(exc: web.HTTPException) -> CutoverError:
     if exc.status == 404:
         return NotFoundError("no such endpoint; see docs/protocol.md")
     if exc.status == 405:
-        return RequestError(f"method {exc.reason} not allowed here", code="method_not_allowed")
+        return MethodNotAllowedError(f"method {exc.reason} not allowed here")
     return RequestError(exc.reason or "bad request")
 
 
@@ -318,9 +297,7 @@ async def auth_middleware(
         response = error_response(error)
     except Exception as exc:  # a bug: answer in the API's shape, keep the traceback in the log
         log.exception("request_crashed", method=request.method, path=request.raw_path[:256])
-        error = OperationalError(
-            f"internal error ({type(exc).__name__}); see the agent log", code="internal"
-        )
+        error = InternalError(f"internal error ({type(exc).__name__}); see the agent log")
         response = error_response(error)
     if error is not None:
         if isinstance(error, AuthError):

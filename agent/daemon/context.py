@@ -22,7 +22,7 @@ from cutover.agent.daemon.metrics import AppReleases, Metrics
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
 from cutover.agent.daemon.reload import ConfigHolder
-from cutover.agent.errors import NotFoundError, OperationalError
+from cutover.agent.errors import NotFoundError, UnavailableError
 from cutover.agent.host.state import ReleaseStatus
 from cutover.agent.lifecycle.manager import AppManager, EventSink
 
@@ -64,7 +64,7 @@ class AgentContext:
 
     def accepting(self) -> None:
         if self.shutting_down:
-            raise OperationalError(
+            raise UnavailableError(
                 "the agent is shutting down; retry once it is back", code="shutting_down"
             )
 

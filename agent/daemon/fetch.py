@@ -29,7 +29,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from cutover.agent.errors import RequestError, TransportError
+from cutover.agent.errors import PayloadTooLargeError, RequestError, TransportError
 
 __all__ = ["ATTEMPTS", "download", "redact", "validate_url"]
 
@@ -62,10 +62,9 @@ def redact(url: URL) -> str:
     return str(url.with_user(None).with_query(None).with_fragment(None))
 
 
-def _too_large(limit: int) -> RequestError:
-    return RequestError(
-        f"the package at the URL is larger than agent.max_upload_bytes ({limit} bytes)",
-        code="payload_too_large",
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the package at the URL is larger than agent.max_upload_bytes ({limit} bytes)"
     )
 
 

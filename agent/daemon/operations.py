@@ -32,8 +32,16 @@ from typing import Any
 
 import structlog
 
+from cutover.agent.api_models import ErrorBody, OperationRecord
 from cutover.agent.daemon.metrics import Metrics
-from cutover.agent.errors import CutoverError, LockedError, NotFoundError
+from cutover.agent.errors import (
+    CancelledOperationError,
+    CutoverError,
+    InternalError,
+    LockedError,
+    NotFoundError,
+    OperationalError,
+)
 from cutover.agent.lifecycle.manager import OpResult
 
 __all__ = [
@@ -66,11 +74,12 @@ def new_operation_id() -> str:
 
 
 def error_body(exc: CutoverError) -> dict[str, Any]:
-    """The JSON error object of the API: ``{"error": code, "message": ...}`` (+ lock holder)."""
-    body: dict[str, Any] = {"error": exc.code, "message": exc.message}
-    if isinstance(exc, LockedError) and exc.holder:
-        body["holder"] = exc.holder
-    return body
+    """The JSON error object of the API, from the registry (agent/errors.py).
+
+    ``{"error": code, "kind": registry code, "message": ...}`` (+ ``holder`` for ``locked``):
+    :class:`agent.api_models.ErrorBody`, which the client parses back into the same class.
+    """
+    return ErrorBody.of(exc).to_json()
 
 
 @dataclass(eq=False)
@@ -102,23 +111,25 @@ class Operation:
         return self.status != "running"
 
     def record(self) -> dict[str, Any]:
-        """The JSON record served by ``GET /v1/operations/{id}``."""
-        return {
-            "id": self.id,
-            "op": self.op,
-            "app": self.app,
-            "version": self.version,
-            "actor": self.actor,
-            "status": self.status,
-            "phase": self.phase,
-            "created_at": self.created_at,
-            "finished_at": self.finished_at,
-            "duration_s": self.duration_s,
-            "result": self.result,
-            "error": self.error,
-            "events": len(self.events),
-            "dropped_events": self.dropped_events,
-        }
+        """The JSON record served by ``GET /v1/operations/{id}`` (:class:`OperationRecord`)."""
+        return OperationRecord.model_validate(
+            {
+                "id": self.id,
+                "op": self.op,
+                "app": self.app,
+                "version": self.version,
+                "actor": self.actor,
+                "status": self.status,
+                "phase": self.phase,
+                "created_at": self.created_at,
+                "finished_at": self.finished_at,
+                "duration_s": self.duration_s,
+                "result": self.result,
+                "error": self.error,
+                "events": len(self.events),
+                "dropped_events": self.dropped_events,
+            }
+        ).to_json()
 
     def add_event(self, event: dict[str, Any]) -> None:
         """Append one event (event loop thread only) and wake the followers."""
@@ -299,20 +310,21 @@ class OperationRegistry:
             op.result = result.to_json()
             outcome = "succeeded" if result.ok else "failed"
             if not result.ok:
-                op.error = {"error": "failed", "message": result.message}
+                op.error = error_body(OperationalError(result.message))
         except CutoverError as exc:
             op.error = error_body(exc)
         except asyncio.CancelledError:
             outcome = "cancelled"
-            op.error = {
-                "error": "cancelled",
-                "message": "the agent shut down before the operation finished; its effects were "
-                "reverted or will be recovered at the next start",
-            }
+            op.error = error_body(
+                CancelledOperationError(
+                    "the agent shut down before the operation finished; its effects were "
+                    "reverted or will be recovered at the next start"
+                )
+            )
             raise
         except Exception as exc:
             log.exception("operation_crashed")
-            op.error = {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+            op.error = error_body(InternalError(f"{type(exc).__name__}: {exc}"))
         finally:
             await self._finish(op, outcome, cleanup, on_done)
 

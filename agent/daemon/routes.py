@@ -29,12 +29,27 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cutover.agent import __version__
+from cutover.agent.api_models import (
+    Accepted,
+    AgentInfo,
+    AppDetail,
+    AppsList,
+    AppSummary,
+    Health,
+    JournalPage,
+    OperationResult,
+)
 from cutover.agent.daemon.auth import CTX_KEY, Caller, check_digest, stream_body
 from cutover.agent.daemon.context import AgentContext
 from cutover.agent.daemon.fetch import download, redact, validate_url
 from cutover.agent.daemon.metrics import CONTENT_TYPE
 from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
-from cutover.agent.errors import NotFoundError, RequestError
+from cutover.agent.errors import (
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    UnsupportedMediaTypeError,
+)
 from cutover.agent.host.journal import Journal
 from cutover.agent.host.state import AppState, ReleaseStatus
 from cutover.agent.host.store import Layout
@@ -96,9 +111,7 @@ def _version(request: web.Request) -> str:
 def _json_body(request: web.Request, model: type[_M]) -> _M:
     media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
-        raise RequestError(
-            "send the body as Content-Type: application/json", code="unsupported_media_type"
-        )
+        raise UnsupportedMediaTypeError("send the body as Content-Type: application/json")
     try:
         return model.model_validate_json(request["body"])
     except ValidationError as exc:
@@ -120,7 +133,7 @@ def _no_query(request: web.Request, allowed: frozenset[str] = frozenset()) -> No
 
 
 def _accepted(op: Operation) -> web.Response:
-    return web.json_response(
+    body = Accepted.model_validate(
         {
             "operation": op.id,
             "op": op.op,
@@ -131,9 +144,9 @@ def _accepted(op: Operation) -> web.Response:
                 "self": f"/v1/operations/{op.id}",
                 "events": f"/v1/operations/{op.id}/events",
             },
-        },
-        status=202,
+        }
     )
+    return web.json_response(body.to_json(), status=202)
 
 
 async def _stage_spooled(
@@ -183,6 +196,7 @@ def _remove(path: Path) -> Callable[[], Awaitable[None]]:
 
 
 def _app_summary(app: str, root: Path, state: AppState) -> dict[str, Any]:
+    """The fields of :class:`AppSummary` (and of :class:`AppDetail`) from the state."""
     return {
         "app": app,
         "root": str(root),
@@ -194,13 +208,20 @@ def _app_summary(app: str, root: Path, state: AppState) -> dict[str, Any]:
     }
 
 
+def _summary_json(summary: AppSummary) -> dict[str, Any]:
+    """An app's JSON: only an unreadable app carries ``error`` (and then only app and root)."""
+    if summary.error is not None:
+        return summary.model_dump(mode="json", include={"app", "root", "error"})
+    return summary.model_dump(mode="json", exclude={"error"})
+
+
 # ---------------------------------------------------------------------- handlers
 routes = web.RouteTableDef()
 
 
 @routes.get("/v1/health", name="health")
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response(Health(status="ok").to_json())
 
 
 @routes.get("/metrics", name="metrics")
@@ -214,20 +235,18 @@ async def list_apps(request: web.Request) -> web.Response:
     _no_query(request)
     ctx = _ctx(request)
     cfg = ctx.config
-    out = []
+    out: list[AppSummary] = []
     for app, section in sorted(cfg.apps.items()):
         store = ctx.manager(app, "read").store
         try:
             state = await asyncio.to_thread(store.load)
         except Exception as exc:
-            out.append({"app": app, "root": str(section.root), "error": str(exc)})
+            out.append(AppSummary(app=app, root=str(section.root), error=str(exc)))
             continue
         summary = _app_summary(app, section.root, state)
-        summary["busy"] = ctx.registry.busy(app)
-        out.append(summary)
-    return web.json_response(
-        {"agent": {"name": cfg.agent.name, "version": __version__}, "apps": out}
-    )
+        out.append(AppSummary.model_validate({**summary, "busy": ctx.registry.busy(app)}))
+    body = AppsList(agent=AgentInfo(name=cfg.agent.name, version=__version__), apps=out)
+    return web.json_response({**body.to_json(), "apps": [_summary_json(a) for a in body.apps]})
 
 
 @routes.get("/v1/apps/{app}", name="app")
@@ -237,13 +256,18 @@ async def get_app(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     store = ctx.manager(app, "read").store
     state = await asyncio.to_thread(store.load)
-    body = _app_summary(app, store.layout.root, state)
-    body["initialized"] = store.layout.meta.is_dir()
-    body["busy"] = ctx.registry.busy(app)
-    body["releases"] = [
-        r.model_dump(mode="json") for r in sorted(state.releases.values(), key=lambda r: -r.seq)
-    ]
-    return web.json_response(body)
+    body = AppDetail.model_validate(
+        {
+            **_app_summary(app, store.layout.root, state),
+            "initialized": store.layout.meta.is_dir(),
+            "busy": ctx.registry.busy(app),
+            "releases": [
+                r.model_dump(mode="json")
+                for r in sorted(state.releases.values(), key=lambda r: -r.seq)
+            ],
+        }
+    )
+    return web.json_response(body.model_dump(mode="json", exclude={"error"}))
 
 
 @routes.get("/v1/apps/{app}/journal", name="journal")
@@ -255,7 +279,7 @@ async def journal(request: web.Request) -> web.Response:
         raise RequestError(f"limit must be an integer from 1 to {MAX_JOURNAL_LIMIT}")
     meta = Layout(_ctx(request).config.apps[app].root).meta
     entries = await asyncio.to_thread(Journal(meta / "journal.jsonl").tail, int(raw))
-    return web.json_response({"app": app, "entries": entries})
+    return web.json_response(JournalPage.model_validate({"app": app, "entries": entries}).to_json())
 
 
 @routes.put("/v1/apps/{app}/releases/{version}", name="upload")
@@ -267,16 +291,14 @@ async def upload(request: web.Request) -> web.Response:
     ctx.accepting()
     media = request.headers.get("Content-Type", "").strip().lower()
     if media != "application/octet-stream":
-        raise RequestError(
-            "upload the package as Content-Type: application/octet-stream",
-            code="unsupported_media_type",
+        raise UnsupportedMediaTypeError(
+            "upload the package as Content-Type: application/octet-stream"
         )
     agent = ctx.config.agent
     if request.content_length is not None and request.content_length > agent.max_upload_bytes:
-        raise RequestError(
+        raise PayloadTooLargeError(
             f"package of {request.content_length} bytes exceeds agent.max_upload_bytes "
-            f"({agent.max_upload_bytes})",
-            code="payload_too_large",
+            f"({agent.max_upload_bytes})"
         )
     op_id = new_operation_id()
     path = ctx.uploads_dir / f"{op_id}.cutover"
@@ -419,7 +441,7 @@ async def _pin(request: web.Request, pinned: bool) -> web.Response:
     ctx.accepting()
     ctx.registry.check_free(app)
     result = await ctx.manager(app, _caller(request).actor).pin(version, pinned)
-    return web.json_response(result.to_json())
+    return web.json_response(OperationResult.model_validate(result.to_json()).to_json())
 
 
 @routes.post("/v1/apps/{app}/releases/{version}/pin", name="pin")

@@ -31,6 +31,7 @@ from cutover.agent.actions import hooks as hooksmod
 from cutover.agent.errors import (
     ActivationFailedError,
     CutoverError,
+    HealthCheckError,
     HookError,
     StateError,
 )
@@ -140,7 +141,7 @@ class AppManager(MaintenanceOps):
                     "staged", manifest.health, version, release_dir, {}
                 )
                 if staged_health["status"] != "pass":
-                    raise StateError(
+                    raise HealthCheckError(
                         f"staged health checks of {version} did not pass: "
                         f"{_health_summary(staged_health)}"
                     )
@@ -268,7 +269,7 @@ class AppManager(MaintenanceOps):
                 )
                 live = await self._health("live", spec.health, version, release_dir, offsets)
                 if live["status"] != "pass":
-                    raise StateError(f"live health checks failed: {_health_summary(live)}")
+                    raise HealthCheckError(f"live health checks failed: {_health_summary(live)}")
                 checkpoint("activate.before_commit")
                 committing = True
                 rec.activated_at, rec.activated_by = utcnow(), self.actor
