@@ -265,8 +265,23 @@ class OperationRecord(_Response):
 
 
 class Event(_Response):
-    """One line of ``GET /v1/operations/{id}/events``; the event's fields are extras."""
+    """One line of ``GET /v1/operations/{id}/events`` (docs/protocol.md lists the events).
+
+    The fields most events share are typed (``None`` when an event has none); the rest of an
+    event's fields are extras (``event.model_extra``).
+    """
 
     seq: int
     ts: str
     event: str
+    app: str | None = None
+    op: str | None = None
+    version: str | None = None
+    phase: str | None = None
+    status: str | None = None  # operation.done: succeeded|failed; health.*: pass|fail|...
+    name: str | None = None
+    hook: str | None = None
+    line: str | None = None
+    message: str | None = None
+    result: OperationResult | None = None  # operation.done
+    error: ErrorBody | None = None  # operation.done

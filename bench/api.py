@@ -216,15 +216,15 @@ async def _upload_worker(url: str, app: str, version: str, package: Path) -> Non
         t0 = time.perf_counter()
         accepted = await c.upload(app, version, package)
         t1 = time.perf_counter()
-        record = await c.wait(accepted["operation"])
+        record = await c.wait(accepted.operation)
         t2 = time.perf_counter()
     print(
         json.dumps(
             {
                 "upload_s": t1 - t0,
                 "stage_s": t2 - t1,
-                "status": record["status"],
-                "error": record["error"],
+                "status": record.status,
+                "error": record.error.to_json() if record.error else None,
             }
         )
     )
@@ -269,10 +269,10 @@ async def rss_bench(base: Path, package: Path) -> dict[str, float]:
             accepted = await c.upload("big", "1.0.0", package)
             upload_s = time.perf_counter() - t0
             hwm_received = agent.status("VmHWM")
-            record = await c.wait(accepted["operation"])
+            record = await c.wait(accepted.operation)
             stage_s = time.perf_counter() - t0 - upload_s
-        if record["status"] != "succeeded":
-            raise RuntimeError(f"staging failed: {record['error']}")
+        if not record.succeeded:
+            raise RuntimeError(f"staging failed: {record.error}")
         hwm_staged = agent.status("VmHWM")
     finally:
         agent.stop()

@@ -14,9 +14,15 @@ Rules this client follows:
 * the path and query are built percent-encoded once and sent exactly as signed (``encoded=True``);
 * a bodiless request signs an empty ``Content-Type`` and the SHA-256 of the empty body; an upload
   hashes the file first, then streams it with that digest and an exact ``Content-Length``;
-* HTTP and transport failures are translated into :mod:`agent.errors` (``TransportError``,
-  ``AuthError``, ``LockedError`` with the holder, ``NotFoundError``, ``RequestError``/
-  ``RejectedError``, ``OperationalError``); aiohttp exceptions never escape.
+* bytes move through a :class:`controller.transport.Transport` (default: aiohttp), which
+  tests and the rollout engine may replace (``AgentClient(..., transport=...)``);
+* an error answer is raised as the class the agent's error registry names (agent/errors.py:
+  ``DowngradeError``, ``SignatureError``, ``AuthError`` with its reason, ``LockedError`` with the
+  holder, ...), with the same code, exactly as a local caller would see it; a failed operation
+  raises the same way from :meth:`OperationRecord.raise_for_error`. A host that cannot be reached
+  is :class:`UnreachableError`, a broken exchange :class:`TransportError`;
+* answers are parsed into the typed models of :mod:`agent.api_models`; an answer that does not
+  fit them is a :class:`TransportError` (the peer is not a compatible agent).
 """
 
 from __future__ import annotations
@@ -30,32 +36,45 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-import aiohttp
+from pydantic import BaseModel, ValidationError
 from yarl import URL
 
-from cutover.agent.errors import (
-    AuthError,
-    CutoverError,
-    LockedError,
-    NotFoundError,
-    OperationalError,
-    RejectedError,
-    RequestError,
-    TransportError,
+from cutover.agent.api_models import (
+    Accepted,
+    AppDetail,
+    AppsList,
+    ErrorBody,
+    Event,
+    Health,
+    JournalEntry,
+    JournalPage,
+    OperationRecord,
+    OperationResult,
 )
+from cutover.agent.errors import CutoverError, TransportError
 from cutover.agent.keys import PrivateKey
 from cutover.agent.trust import httpsig
+from cutover.controller.transport import (
+    AiohttpTransport,
+    Body,
+    SignedRequest,
+    Transport,
+    TransportResponse,
+)
 
 __all__ = ["EMPTY_SHA256", "AgentClient", "default_authority", "signed_headers"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 DEFAULT_LIFETIME_S = 60
 CHUNK_BYTES = 1 << 20
 MAX_EVENT_LINE_BYTES = 4 << 20
 MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_RESPONSE_BYTES = 64 << 20  # a journal page of 10,000 entries fits
 
 Progress = Callable[[int, int], None]
 
@@ -126,40 +145,15 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _fingerprint(value: str) -> aiohttp.Fingerprint:
-    hexdigits = value.lower().removeprefix("sha256:").replace(":", "")
+async def _error_from(resp: TransportResponse, where: str) -> CutoverError:
+    """The registry's error for an error answer (agent/errors.py), with the agent's code."""
     try:
-        raw = bytes.fromhex(hexdigits)
-    except ValueError as exc:
-        raise ValueError(f"TLS fingerprint {value!r} is not hex") from exc
-    if len(raw) != 32:
-        raise ValueError("TLS fingerprint must be the SHA-256 of the certificate (32 bytes)")
-    return aiohttp.Fingerprint(raw)
-
-
-async def _error_from(resp: aiohttp.ClientResponse, where: str) -> CutoverError:
-    try:
-        raw = await resp.content.read(MAX_ERROR_BODY_BYTES)
-        body = json.loads(raw) if raw else {}
-    except (ValueError, aiohttp.ClientError, OSError):
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-    code = str(body.get("error") or f"http_{resp.status}")
-    detail = body.get("message") or f"HTTP {resp.status} {resp.reason or ''}".rstrip()
-    message = f"{where}: {detail}"
-    if resp.status == 401:
-        return AuthError(message, code=code)
-    if resp.status == 409:
-        holder = body.get("holder")
-        return LockedError(message, holder=holder if isinstance(holder, dict) else None)
-    if resp.status == 404:
-        return NotFoundError(message, code=code)
-    if resp.status in (400, 408, 413, 415):
-        return RequestError(message, code=code)
-    if 400 <= resp.status < 500:
-        return RejectedError(message, code=code)
-    return OperationalError(message, code=code)
+        raw = await resp.aread(MAX_ERROR_BODY_BYTES)
+        body = ErrorBody.model_validate_json(raw)
+    except (TransportError, ValueError):  # not the agent's error shape: the status decides
+        detail = f"HTTP {resp.status} {resp.reason}".rstrip()
+        body = ErrorBody(error=f"http_{resp.status}", message=detail)
+    return body.to_error(where=where, status=resp.status)
 
 
 class AgentClient:
@@ -173,7 +167,10 @@ class AgentClient:
         upload_timeout_s: limit for an upload.
         lifetime_s: signature lifetime (``expires - created``), at most 300.
         ssl_context: a custom TLS context (CA bundle); fingerprint: pin the agent's certificate
-            by the hex SHA-256 of its DER form (``sha256:AB:CD...`` accepted).
+            by the hex SHA-256 of its DER form (``sha256:AB:CD...`` accepted). Both configure
+            the default transport only.
+        transport: what moves the bytes (default :class:`AiohttpTransport`); the client closes
+            it on :meth:`close`.
     """
 
     def __init__(
@@ -187,6 +184,7 @@ class AgentClient:
         lifetime_s: int = DEFAULT_LIFETIME_S,
         ssl_context: ssl.SSLContext | None = None,
         fingerprint: str | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
@@ -194,12 +192,11 @@ class AgentClient:
         self.timeout_s = timeout_s
         self.upload_timeout_s = upload_timeout_s
         self.lifetime_s = lifetime_s
-        self._ssl: ssl.SSLContext | aiohttp.Fingerprint | bool = True
-        if fingerprint is not None:
-            self._ssl = _fingerprint(fingerprint)
-        elif ssl_context is not None:
-            self._ssl = ssl_context
-        self._session: aiohttp.ClientSession | None = None
+        if transport is not None and (ssl_context is not None or fingerprint is not None):
+            raise ValueError("ssl_context and fingerprint configure the default transport only")
+        self.transport: Transport = transport or AiohttpTransport(
+            ssl_context=ssl_context, fingerprint=fingerprint
+        )
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -210,19 +207,23 @@ class AgentClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
-        return self._session
+        await self.transport.aclose()
 
     # ------------------------------------------------------------------ plumbing
     def _prepare(
-        self, method: str, path: str, query: str, content_type: str, body_sha256: bytes
-    ) -> tuple[URL, dict[str, str]]:
+        self,
+        method: str,
+        path: str,
+        query: str,
+        content_type: str,
+        body_sha256: bytes,
+        body: Body = None,
+        *,
+        timeout_s: float | None,
+        connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> SignedRequest:
         url = URL(f"{self.base_url}{path}{'?' + query if query else ''}", encoded=True)
         headers = signed_headers(
             self.key,
@@ -234,87 +235,99 @@ class AgentClient:
             body_sha256=body_sha256,
             lifetime_s=self.lifetime_s,
         )
-        return url, headers
+        return SignedRequest(
+            method,
+            url,
+            {**headers, **(extra_headers or {})},
+            body,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: str = "",
-        json_body: dict[str, Any] | None = None,
-        client_timeout: aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
-        data = b"" if json_body is None else json.dumps(json_body).encode()
-        ctype = "" if json_body is None else "application/json"
-        url, headers = self._prepare(method, path, query, ctype, hashlib.sha256(data).digest())
-        try:
-            resp = await self._client().request(
-                method,
-                url,
-                data=data or None,
-                headers=headers,
-                timeout=client_timeout or aiohttp.ClientTimeout(total=self.timeout_s),
-                ssl=self._ssl,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(
-                f"{self.base_url}: {method} {path}: {exc or type(exc).__name__}"
-            ) from exc
+    async def _send(self, request: SignedRequest, where: str) -> TransportResponse:
+        """Send; raise the registry's error for an error answer (4xx/5xx)."""
+        resp = await self.transport.send(request)
         if resp.status >= 400:
-            err = await _error_from(resp, f"{self.base_url} {method} {path}")
-            resp.release()
-            raise err
+            try:
+                raise await _error_from(resp, f"{self.base_url} {where}")
+            finally:
+                await resp.aclose()
         return resp
 
-    async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
-        resp = await self._send(method, path, **kw)
+    async def _request(
+        self, method: str, path: str, *, query: str = "", json_body: dict[str, Any] | None = None
+    ) -> TransportResponse:
+        data = b"" if json_body is None else json.dumps(json_body).encode()
+        ctype = "" if json_body is None else "application/json"
+        request = self._prepare(
+            method,
+            path,
+            query,
+            ctype,
+            hashlib.sha256(data).digest(),
+            data or None,
+            timeout_s=self.timeout_s,
+        )
+        return await self._send(request, f"{method} {path}")
+
+    async def _parse(self, resp: TransportResponse, model: type[_M], where: str) -> _M:
         try:
-            body = await resp.json(content_type=None)
-        except (ValueError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"{self.base_url}: {method} {path}: bad response: {exc}") from exc
+            raw = await resp.aread(MAX_RESPONSE_BYTES)
         finally:
-            resp.release()
-        if not isinstance(body, dict):
-            raise TransportError(f"{self.base_url}: {method} {path}: response is not an object")
-        return body
+            await resp.aclose()
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors()[:3]
+            )
+            raise TransportError(
+                f"{self.base_url} {where}: the answer is not a {model.__name__} ({problems}); "
+                "is this a compatible cutover-agent?"
+            ) from exc
+
+    async def _call(self, method: str, path: str, model: type[_M], **kw: Any) -> _M:
+        resp = await self._request(method, path, **kw)
+        return await self._parse(resp, model, f"{method} {path}")
 
     # ------------------------------------------------------------------ reads
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> Health:
         """``GET /v1/health`` (signed anyway; the agent ignores the signature there)."""
-        return await self._json("GET", "/v1/health")
+        return await self._call("GET", "/v1/health", Health)
 
-    async def apps(self) -> dict[str, Any]:
-        return await self._json("GET", "/v1/apps")
+    async def apps(self) -> AppsList:
+        """``GET /v1/apps``: the agent and its apps with current/previous versions."""
+        return await self._call("GET", "/v1/apps", AppsList)
 
-    async def app(self, name: str) -> dict[str, Any]:
-        return await self._json("GET", f"/v1/apps/{_seg(name)}")
+    async def app(self, name: str) -> AppDetail:
+        """``GET /v1/apps/{app}``: the app's summary and its release records, newest first."""
+        return await self._call("GET", f"/v1/apps/{_seg(name)}", AppDetail)
 
-    async def journal(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
-        body = await self._json(
-            "GET", f"/v1/apps/{_seg(app)}/journal", query=urlencode({"limit": limit})
+    async def journal(self, app: str, limit: int = 100) -> list[JournalEntry]:
+        """The last ``limit`` journal entries of ``app``, oldest first."""
+        page = await self._call(
+            "GET", f"/v1/apps/{_seg(app)}/journal", JournalPage, query=urlencode({"limit": limit})
         )
-        entries: list[dict[str, Any]] = body.get("entries", [])
-        return entries
+        return page.entries
 
-    async def operation(self, op_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/v1/operations/{_seg(op_id)}")
+    async def operation(self, op_id: str) -> OperationRecord:
+        """``GET /v1/operations/{id}``: the record (``raise_for_error()`` raises its error)."""
+        return await self._call("GET", f"/v1/operations/{_seg(op_id)}", OperationRecord)
 
     # ------------------------------------------------------------------ operations
     async def upload(
         self, app: str, version: str, path: Path, progress: Progress | None = None
-    ) -> dict[str, Any]:
-        """Stream a package file to the agent; returns the ``202`` body (``operation`` id).
+    ) -> Accepted:
+        """Stream a package file to the agent; returns the ``202`` (the operation's id).
 
         Raises:
-            TransportError, AuthError, LockedError, NotFoundError, RequestError, OperationalError.
+            UnreachableError, TransportError, or the registry's class of the agent's answer
+            (AuthError, LockedError, NotFoundError, PayloadTooLargeError, ...).
         """
         size = (await asyncio.to_thread(path.stat)).st_size
         digest = await asyncio.to_thread(_file_sha256, path)
-        api_path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
-        url, headers = self._prepare("PUT", api_path, "", "application/octet-stream", digest)
-        headers["Content-Length"] = str(size)
 
         async def chunks() -> AsyncIterator[bytes]:
             sent = 0
@@ -328,64 +341,60 @@ class AgentClient:
             finally:
                 await asyncio.to_thread(fh.close)
 
-        try:
-            resp = await self._client().put(
-                url,
-                data=chunks(),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.upload_timeout_s, sock_read=60),
-                ssl=self._ssl,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"{self.base_url}: upload {app} {version}: {exc}") from exc
-        try:
-            if resp.status >= 400:
-                raise await _error_from(resp, f"{self.base_url} upload {app} {version}")
-            body: dict[str, Any] = await resp.json(content_type=None)
-        finally:
-            resp.release()
-        return body
+        api_path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
+        request = self._prepare(
+            "PUT",
+            api_path,
+            "",
+            "application/octet-stream",
+            digest,
+            chunks(),
+            timeout_s=self.upload_timeout_s,
+            read_timeout_s=60.0,
+            extra_headers={"Content-Length": str(size)},
+        )
+        where = f"upload {app} {version}"
+        resp = await self._send(request, where)
+        return await self._parse(resp, Accepted, where)
 
-    async def fetch(self, app: str, version: str, url: str) -> dict[str, Any]:
+    async def fetch(self, app: str, version: str, url: str) -> Accepted:
         """Ask the agent to pull the package from ``url`` (it verifies it like an upload)."""
-        return await self._json(
-            "POST", f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/fetch", json_body={"url": url}
-        )
+        path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/fetch"
+        return await self._call("POST", path, Accepted, json_body={"url": url})
 
-    async def activate(self, app: str, version: str) -> dict[str, Any]:
-        return await self._json(
-            "POST", f"/v1/apps/{_seg(app)}/activate", json_body={"version": version}
-        )
+    async def activate(self, app: str, version: str) -> Accepted:
+        path = f"/v1/apps/{_seg(app)}/activate"
+        return await self._call("POST", path, Accepted, json_body={"version": version})
 
-    async def rollback(
-        self, app: str, to: str | None = None, restore: bool = False
-    ) -> dict[str, Any]:
+    async def rollback(self, app: str, to: str | None = None, restore: bool = False) -> Accepted:
         body: dict[str, Any] = {"restore": restore}
         if to is not None:
             body["to"] = to
-        return await self._json("POST", f"/v1/apps/{_seg(app)}/rollback", json_body=body)
+        return await self._call("POST", f"/v1/apps/{_seg(app)}/rollback", Accepted, json_body=body)
 
-    async def delete(self, app: str, version: str) -> dict[str, Any]:
-        return await self._json("DELETE", f"/v1/apps/{_seg(app)}/releases/{_seg(version)}")
+    async def delete(self, app: str, version: str) -> Accepted:
+        path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
+        return await self._call("DELETE", path, Accepted)
 
-    async def pin(self, app: str, version: str) -> dict[str, Any]:
-        return await self._json("POST", f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/pin")
+    async def pin(self, app: str, version: str) -> OperationResult:
+        path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/pin"
+        return await self._call("POST", path, OperationResult)
 
-    async def unpin(self, app: str, version: str) -> dict[str, Any]:
-        return await self._json("POST", f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/unpin")
+    async def unpin(self, app: str, version: str) -> OperationResult:
+        path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/unpin"
+        return await self._call("POST", path, OperationResult)
 
     # ------------------------------------------------------------------ following
-    async def events(self, op_id: str) -> AsyncGenerator[dict[str, Any], None]:
+    async def events(self, op_id: str) -> AsyncGenerator[Event, None]:
         """The operation's events: every past one, then live ones until ``operation.done``."""
-        resp = await self._send(
-            "GET",
-            f"/v1/operations/{_seg(op_id)}/events",
-            client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
+        path = f"/v1/operations/{_seg(op_id)}/events"
+        request = self._prepare(
+            "GET", path, "", "", EMPTY_SHA256, timeout_s=None, connect_timeout_s=self.timeout_s
         )
+        resp = await self._send(request, f"GET {path}")
         try:
             buf = b""
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.stream:
                 buf += chunk
                 if len(buf) > MAX_EVENT_LINE_BYTES and b"\n" not in buf:
                     raise TransportError(
@@ -394,24 +403,28 @@ class AgentClient:
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield json.loads(line)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                        yield Event.model_validate_json(line)
+        except ValidationError as exc:
             raise TransportError(f"{self.base_url}: events of {op_id}: {exc}") from exc
         finally:
-            resp.release()
+            await resp.aclose()
 
-    async def wait(self, op_id: str, *, poll_s: float = 0.5) -> dict[str, Any]:
-        """Follow ``op_id`` to its end and return its final record (polls if streaming breaks)."""
+    async def wait(self, op_id: str, *, poll_s: float = 0.5) -> OperationRecord:
+        """Follow ``op_id`` to its end and return its final record (polls if streaming breaks).
+
+        The record of a failed operation is returned, not raised: call
+        :meth:`OperationRecord.raise_for_error` to raise its error as its registry class.
+        """
         try:
             async with contextlib.aclosing(self.events(op_id)) as events:
                 async for event in events:
-                    if event.get("event") == "operation.done":
+                    if event.event == "operation.done":
                         break
         except TransportError:
             pass  # the record below tells the outcome; poll it
         while True:
             record = await self.operation(op_id)
-            if record.get("status") != "running":
+            if not record.running:
                 return record
             await asyncio.sleep(poll_s)
 

@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cutover.agent.api_models import Accepted, OperationRecord
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.controller.build import build_package, sign_package
 from cutover.controller.client import AgentClient
@@ -156,10 +157,11 @@ async def _wait_healthy(client: AgentClient, host: DemoHost) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _run_op(client: AgentClient, host: DemoHost, accepted: dict[str, Any]) -> dict[str, Any]:
-    op_id = accepted["operation"]
-    async for ev in client.events(op_id):
-        name = ev.get("event", "")
+async def _run_op(client: AgentClient, host: DemoHost, accepted: Accepted) -> OperationRecord:
+    op_id = accepted.operation
+    async for event in client.events(op_id):
+        name = event.event
+        ev = event.model_dump()
         if name in (
             "verify.done",
             "extract.done",
@@ -202,18 +204,16 @@ async def _status(clients: dict[str, AgentClient]) -> list[dict[str, Any]]:
     rows = []
     for name, c in clients.items():
         info = await c.app(APP)
-        rels = info.get("releases", [])
+        rels = info.releases
         rows.append(
             {
                 "host": name,
-                "current": info.get("current"),
-                "previous": info.get("previous"),
+                "current": info.current,
+                "previous": info.previous,
                 "staged": ", ".join(
-                    r["version"]
-                    for r in rels
-                    if r["status"] == "staged" and r.get("installed", True)
+                    r.version for r in rels if r.status == "staged" and r.installed
                 ),
-                "bad": ", ".join(r["version"] for r in rels if r["status"] == "bad"),
+                "bad": ", ".join(r.version for r in rels if r.status == "bad"),
             }
         )
     return rows
@@ -251,14 +251,14 @@ async def _demo(work: Path) -> int:
                 res = await _run_op(
                     clients[h.name], h, await clients[h.name].upload(APP, version, pkgs[version])
                 )
-                if res["status"] != "succeeded":
+                if not res.succeeded:
                     raise SystemExit(f"{h.name}: {version} did not succeed: {res}")
             _step(f"activate {version}: canary web-1, then web-2")
             for h in hosts:
                 res = await _run_op(
                     clients[h.name], h, await clients[h.name].activate(APP, version)
                 )
-                if res["status"] != "succeeded":
+                if not res.succeeded:
                     raise SystemExit(f"{h.name}: {version} did not succeed: {res}")
         console.print(_table(await _status(clients)))
 
@@ -267,7 +267,7 @@ async def _demo(work: Path) -> int:
         await _run_op(c1, hosts[0], await c1.upload(APP, "1.2.0", pkgs["1.2.0"]))
         res = await _run_op(c1, hosts[0], await c1.activate(APP, "1.2.0"))
         console.print(
-            f"    operation {res['status']}: [yellow]{(res.get('error') or {}).get('message', '')[:200]}[/]"
+            f"    operation {res.status}: [yellow]{(res.error.message if res.error else '')[:200]}[/]"
         )
         console.print(_table(await _status(clients)))
 

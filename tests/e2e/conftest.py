@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from cutover.agent.api_models import Accepted, OperationRecord
 from cutover.agent.host.store import Layout
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.controller.build import build_package, sign_package
@@ -282,9 +283,9 @@ def make_agent(tmp_path: Path, keys: Keys) -> Iterator[Any]:
             a.stop()
 
 
-async def run_op(client: AgentClient, accepted: dict[str, Any]) -> dict[str, Any]:
+async def run_op(client: AgentClient, accepted: Accepted) -> OperationRecord:
     """Wait for the operation a ``202`` started; return its final record."""
-    return await client.wait(accepted["operation"])
+    return await client.wait(accepted.operation)
 
 
 # ---------------------------------------------------------------------- raw HTTP

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cutover.agent.errors import REGISTRY
 from cutover.agent.keys import PrivateKey
 from cutover.agent.trust import httpsig
 from cutover.controller.client import signed_headers
@@ -53,10 +54,10 @@ def env(
     async def prepare() -> None:
         async with agent.client() as c:
             for version in ("1.0.0", "1.1.0"):
-                rec = await c.wait((await c.upload(APP, version, packages[version]))["operation"])
-                assert rec["status"] == "succeeded", rec
-            rec = await c.wait((await c.activate(APP, "1.0.0"))["operation"])
-            assert rec["status"] == "succeeded", rec
+                rec = await c.wait((await c.upload(APP, version, packages[version])).operation)
+                assert rec.status == "succeeded", rec
+            rec = await c.wait((await c.activate(APP, "1.0.0")).operation)
+            assert rec.status == "succeeded", rec
 
     asyncio.run(prepare())
     yield Env(agent, keys, packages)
@@ -403,7 +404,9 @@ async def test_hostile_request_is_refused_and_changes_nothing(
     before = env.agent.snapshot()
     resp = await case(env)
     assert (resp.status, resp.code) == (status, code), resp.body
-    assert set(resp.json) <= {"error", "message"}
+    assert set(resp.json) <= {"error", "kind", "message"}
+    # the kind is the registry's class for that status: what the client raises
+    assert REGISTRY[resp.json["kind"]].http_status == status, resp.body
     assert env.agent.snapshot() == before
     assert env.agent.proc is not None and env.agent.proc.poll() is None, env.agent.log_text()
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from cutover.agent.errors import AuthError, LockedError, NotFoundError, TransportError
+from cutover.agent.api_models import Event, OperationRecord
+from cutover.agent.errors import (
+    AuthError,
+    DigestMismatchError,
+    LockedError,
+    NotFoundError,
+    TransportError,
+)
 from cutover.agent.host.lock import AppLock
 from cutover.agent.package.container import read_package
 from cutover.controller.client import signed_headers
@@ -21,8 +28,8 @@ from tests.e2e.conftest import APP, SLOW_VERSION, Agent, send_raw
 pytestmark = pytest.mark.e2e
 
 
-def _names(events: list[dict[str, Any]]) -> list[str]:
-    return [e["event"] for e in events]
+def _names(events: list[Event]) -> list[str]:
+    return [e.event for e in events]
 
 
 def _in_order(names: list[str], expected: list[str]) -> bool:
@@ -31,7 +38,7 @@ def _in_order(names: list[str], expected: list[str]) -> bool:
     return all(any(n == want for n in it) for want in expected)
 
 
-async def _events(client: Any, op_id: str) -> list[dict[str, Any]]:
+async def _events(client: Any, op_id: str) -> list[Event]:
     return [e async for e in client.events(op_id)]
 
 
@@ -40,10 +47,10 @@ async def test_upload_activate_rollback_with_event_stream(
 ) -> None:
     """Stage two releases over HTTP, activate both, roll back; the event streams tell the story."""
     async with agent.client() as c:
-        assert await c.health() == {"status": "ok"}
+        assert (await c.health()).to_json() == {"status": "ok"}
         accepted = await c.upload(APP, "1.0.0", packages["1.0.0"])
-        assert accepted["operation"] and accepted["status"] == "running"
-        stage_events = await _events(c, accepted["operation"])
+        assert accepted.operation and accepted.status == "running"
+        stage_events = await _events(c, accepted.operation)
         assert _in_order(
             _names(stage_events),
             [
@@ -55,35 +62,35 @@ async def test_upload_activate_rollback_with_event_stream(
                 "operation.done",
             ],
         ), _names(stage_events)
-        record = await c.operation(accepted["operation"])
-        assert record["status"] == "succeeded" and record["result"]["version"] == "1.0.0"
+        record = await c.operation(accepted.operation)
+        assert record.status == "succeeded" and record.result and record.result.version == "1.0.0"
 
         act = await c.activate(APP, "1.0.0")
-        act_events = await _events(c, act["operation"])
+        act_events = await _events(c, act.operation)
         assert _in_order(
             _names(act_events),
             ["operation.start", "op.start", "flip", "activate.done", "operation.done"],
         ), _names(act_events)
-        assert act_events[-1]["status"] == "succeeded"
+        assert act_events[-1].status == "succeeded"
 
         await _succeeds(c, c.upload(APP, "1.1.0", packages["1.1.0"]))
-        done = await c.wait((await c.activate(APP, "1.1.0"))["operation"])
-        assert done["status"] == "succeeded", done
+        done = await c.wait((await c.activate(APP, "1.1.0")).operation)
+        assert done.status == "succeeded", done
         assert agent.current() == "releases/1.1.0"
 
         rb = await c.rollback(APP)
-        rb_events = await _events(c, rb["operation"])
+        rb_events = await _events(c, rb.operation)
         assert _in_order(_names(rb_events), ["op.start", "flip", "rollback.done", "operation.done"])
         assert agent.current() == "releases/1.0.0"
 
         apps = await c.apps()
-        (demo,) = apps["apps"]
-        assert demo["current"] == "1.0.0" and demo["busy"] is None
+        (demo,) = apps.apps
+        assert demo.current == "1.0.0" and demo.busy is None
         detail = await c.app(APP)
-        statuses = {r["version"]: r["status"] for r in detail["releases"]}
+        statuses = {r.version: r.status for r in detail.releases}
         assert statuses["1.0.0"] == "active" and statuses["1.1.0"] in ("staged", "previous")
         journal = await c.journal(APP, limit=3)
-        assert len(journal) == 3 and journal[-1]["event"] == "rollback.done"
+        assert len(journal) == 3 and journal[-1].event == "rollback.done"
 
 
 async def test_reupload_of_staged_version_is_idempotent(
@@ -91,11 +98,11 @@ async def test_reupload_of_staged_version_is_idempotent(
 ) -> None:
     """The same package again: the operation succeeds, reports already_staged, journals nothing."""
     async with agent.client() as c:
-        first = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"]))["operation"])
-        assert first["status"] == "succeeded"
+        first = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
+        assert first.status == "succeeded"
         before = agent.snapshot()
-        again = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"]))["operation"])
-        assert again["status"] == "succeeded" and again["result"]["already_staged"] is True
+        again = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
+        assert again.status == "succeeded" and again.result and again.result.already_staged is True
         assert agent.snapshot() == before
 
 
@@ -115,7 +122,7 @@ async def test_conflicting_operations_get_409_with_the_holder(
         with pytest.raises(LockedError) as locked:
             await c.rollback(APP)
         assert locked.value.holder["operation"] == "activate"
-        assert locked.value.holder["id"] == slow["operation"]
+        assert locked.value.holder["id"] == slow.operation
         with pytest.raises(LockedError):
             await c.upload(APP, "1.1.0", packages["1.1.0"])
         with pytest.raises(LockedError):
@@ -123,8 +130,8 @@ async def test_conflicting_operations_get_409_with_the_holder(
         assert agent.snapshot() == before  # nothing was staged, the upload body never landed
 
         (shared / "hook-release").touch()
-        done = await c.wait(slow["operation"])
-        assert done["status"] == "succeeded", done
+        done = await c.wait(slow.operation)
+        assert done.status == "succeeded", done
         assert agent.current() == f"releases/{SLOW_VERSION}"
 
 
@@ -153,21 +160,23 @@ async def test_pin_protects_from_delete_then_delete_removes(
         for v in ("1.0.0", "1.1.0", "1.2.0"):
             await _succeeds(c, c.upload(APP, v, packages[v]))
         await _succeeds(c, c.activate(APP, "1.2.0"))
-        assert (await c.pin(APP, "1.0.0"))["message"] == "pinned 1.0.0"
-        refused = await c.wait((await c.delete(APP, "1.0.0"))["operation"])
-        assert refused["status"] == "failed" and refused["error"]["error"] == "invalid_state"
+        assert (await c.pin(APP, "1.0.0")).message == "pinned 1.0.0"
+        refused = await c.wait((await c.delete(APP, "1.0.0")).operation)
+        assert (
+            refused.status == "failed" and refused.error and refused.error.error == "invalid_state"
+        )
         await c.unpin(APP, "1.0.0")
-        deleted = await c.wait((await c.delete(APP, "1.0.0"))["operation"])
-        assert deleted["status"] == "succeeded", deleted
+        deleted = await c.wait((await c.delete(APP, "1.0.0")).operation)
+        assert deleted.status == "succeeded", deleted
         assert not (agent.root / "releases" / "1.0.0").exists()
         with pytest.raises(NotFoundError):
             await c.operation("0123456789abcdef")
 
 
-async def _succeeds(client: Any, request: Any) -> dict[str, Any]:
+async def _succeeds(client: Any, request: Any) -> OperationRecord:
     """Await an accepted operation to its end and assert it succeeded; return its record."""
-    record: dict[str, Any] = await client.wait((await request)["operation"])
-    assert record["status"] == "succeeded", record
+    record: OperationRecord = await client.wait((await request).operation)
+    assert record.status == "succeeded", record
     return record
 
 
@@ -222,10 +231,10 @@ async def test_fetch_resumes_with_range_after_a_dropped_connection(
         accepted = await c.fetch(
             APP, "1.0.0", f"http://127.0.0.1:{port}/demo-1.0.0.cutover?X-Amz-Signature=s3cr3t"
         )
-        events = await _events(c, accepted["operation"])
-        record = await c.operation(accepted["operation"])
-    assert record["status"] == "succeeded", record
-    assert record["result"]["fetched_bytes"] == len(data)
+        events = await _events(c, accepted.operation)
+        record = await c.operation(accepted.operation)
+    assert record.status == "succeeded", record
+    assert record.result and record.result.fetched_bytes == len(data)
     assert [h.get("range") for h in seen] == [None, "bytes=2000-"]
     assert seen[1].get("if-range") == '"v1"'
     assert _in_order(_names(events), ["fetch.start", "fetch.done", "verify.done", "stage.done"])
@@ -245,10 +254,11 @@ async def test_fetch_from_a_tampering_store_is_rejected(
     server, port, _ = await _package_store(bytes(data), cut_first_at=None)
     before = agent.snapshot()
     async with server, agent.client() as c:
-        record = await c.wait(
-            (await c.fetch(APP, "1.1.0", f"http://127.0.0.1:{port}/p"))["operation"]
-        )
-    assert record["status"] == "failed" and record["error"]["error"] == "payload_digest", record
+        record = await c.wait((await c.fetch(APP, "1.1.0", f"http://127.0.0.1:{port}/p")).operation)
+    assert record.status == "failed" and record.error and record.error.error == "payload_digest"
+    with pytest.raises(DigestMismatchError) as refused:
+        record.raise_for_error()
+    assert refused.value.code == "payload_digest", record
     after = agent.snapshot()
     assert after["current"] == before["current"] and after["releases"] == before["releases"]
     assert after["incoming"] == [] and after["uploads"] == []
@@ -334,8 +344,8 @@ async def test_sigterm_during_upload_aborts_it_and_exits_0(
 
     agent.start()
     async with agent.client() as c:
-        (demo,) = (await c.apps())["apps"]
-    assert demo["current"] is None and demo["pending"] is None
+        (demo,) = (await c.apps()).apps
+    assert demo.current is None and demo.pending is None
 
 
 async def test_sigterm_during_activation_reverts_and_next_start_is_consistent(
@@ -361,10 +371,10 @@ async def test_sigterm_during_activation_reverts_and_next_start_is_consistent(
 
     agent.start()
     async with agent.client() as c:
-        (demo,) = (await c.apps())["apps"]
+        (demo,) = (await c.apps()).apps
         detail = await c.app(APP)
-    assert demo["current"] == "1.0.0" and demo["pending"] is None
-    statuses = {r["version"]: r["status"] for r in detail["releases"]}
+    assert demo.current == "1.0.0" and demo.pending is None
+    statuses = {r.version: r.status for r in detail.releases}
     assert statuses == {"1.0.0": "active", SLOW_VERSION: "bad"}
     recovery = [e for e in agent.log_events() if e.get("event") == "startup_recovery"]
     assert recovery[-1]["clean"] is True  # the revert happened before exit: nothing left to fix
@@ -436,7 +446,7 @@ async def test_tls_with_a_pinned_certificate(make_agent: Any, tmp_path: Path) ->
     agent = make_agent(tls_cert=str(cert), tls_key=str(key))
     agent.start()
     async with agent.client(fingerprint=fingerprint) as c:
-        assert (await c.apps())["apps"][0]["app"] == APP
+        assert (await c.apps()).apps[0].app == APP
     with pytest.raises(TransportError):
         async with agent.client(fingerprint="00" * 32) as c:
             await c.apps()
