@@ -285,3 +285,16 @@ class Event(_Response):
     message: str | None = None
     result: OperationResult | None = None  # operation.done
     error: ErrorBody | None = None  # operation.done
+
+    def raise_for_error(self, where: str = "") -> Event:
+        """For a failed ``operation.done``: raise its error as its registry class.
+
+        The stream may be all a follower gets (the agent stopped: the record is gone with it).
+
+        Returns:
+            The event itself otherwise.
+        """
+        if self.event != "operation.done" or self.status != "failed":
+            return self
+        body = self.error or ErrorBody(error="failed", kind="failed", message="operation failed")
+        raise body.to_error(where=where)

@@ -33,7 +33,7 @@ import hashlib
 import json
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -255,21 +255,66 @@ class AgentClient:
                 await resp.aclose()
         return resp
 
-    async def _request(
-        self, method: str, path: str, *, query: str = "", json_body: dict[str, Any] | None = None
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        content: bytes | AsyncIterable[bytes] | None = None,
+        content_type: str = "",
+        content_sha256: bytes | None = None,
+        content_length: int | None = None,
     ) -> TransportResponse:
-        data = b"" if json_body is None else json.dumps(json_body).encode()
-        ctype = "" if json_body is None else "application/json"
-        request = self._prepare(
+        """The low-level call every method goes through (and the way to reach an endpoint
+        this client has no method for): sign, send, raise on an error answer.
+
+        Args:
+            method: the HTTP method.
+            path: the percent-encoded path (``/v1/...``); query: the raw query, without ``?``.
+            content: the body: bytes, or chunks (then ``content_sha256`` is required).
+            content_type: the Content-Type signed and sent (``""`` without a body).
+            content_sha256: the SHA-256 of the whole body (computed for bytes).
+            content_length: sent as Content-Length (default: the length of bytes content).
+
+        Returns:
+            The answer (a 2xx or 3xx); read it (``aread``, ``stream``), then ``aclose`` it.
+
+        Raises:
+            UnreachableError, TransportError, or the registry's class of an error answer.
+        """
+        if isinstance(content, bytes) or content is None:
+            data = content or b""
+            digest = hashlib.sha256(data).digest()
+            if content_sha256 is not None and content_sha256 != digest:
+                raise ValueError("content_sha256 is not the SHA-256 of content")
+            body: Body = data or None
+        elif content_sha256 is None:
+            raise ValueError("streamed content needs its content_sha256 (it is signed first)")
+        else:
+            digest, body = content_sha256, content
+        extra = {} if content_length is None else {"Content-Length": str(content_length)}
+        prepared = self._prepare(
             method,
             path,
             query,
-            ctype,
-            hashlib.sha256(data).digest(),
-            data or None,
+            content_type,
+            digest,
+            body,
             timeout_s=self.timeout_s,
+            extra_headers=extra,
         )
-        return await self._send(request, f"{method} {path}")
+        return await self._send(prepared, f"{method} {path}")
+
+    async def _request(
+        self, method: str, path: str, *, query: str = "", json_body: dict[str, Any] | None = None
+    ) -> TransportResponse:
+        if json_body is None:
+            return await self.request(method, path, query=query)
+        data = json.dumps(json_body).encode()
+        return await self.request(
+            method, path, query=query, content=data, content_type="application/json"
+        )
 
     async def _parse(self, resp: TransportResponse, model: type[_M], where: str) -> _M:
         try:
