@@ -51,8 +51,9 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     def to_json(self) -> dict[str, Any]:
-        """The body as sent (``None`` fields kept: ``"current": null`` is information)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The body as sent: every field that was given, ``None`` included (``"current": null``
+        is information); optional fields never given (an absent detail) stay absent."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 # ---------------------------------------------------------------------- errors
@@ -72,9 +73,6 @@ class ErrorBody(_Response):
     def of(cls, exc: CutoverError) -> ErrorBody:
         """The wire body of ``exc``."""
         return cls(error=exc.code, kind=exc.kind, message=exc.message, **exc.wire_extra())
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
 
     def to_error(self, *, where: str = "", status: int | None = None) -> CutoverError:
         """The error this body stands for: the registry's class, the same code.
@@ -284,7 +282,7 @@ class Event(_Response):
     line: str | None = None
     message: str | None = None
     result: OperationResult | None = None  # operation.done
-    error: ErrorBody | None = None  # operation.done
+    error: ErrorBody | str | None = None  # operation.done: the body; stage.failed: the text
 
     def raise_for_error(self, where: str = "") -> Event:
         """For a failed ``operation.done``: raise its error as its registry class.
@@ -296,5 +294,7 @@ class Event(_Response):
         """
         if self.event != "operation.done" or self.status != "failed":
             return self
-        body = self.error or ErrorBody(error="failed", kind="failed", message="operation failed")
+        body = self.error
+        if not isinstance(body, ErrorBody):
+            body = ErrorBody(error="failed", kind="failed", message=body or "operation failed")
         raise body.to_error(where=where)

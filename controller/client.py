@@ -1,14 +1,15 @@
 """The signing HTTP client of the agent API: the only code that signs requests.
 
 Why this lives in ``controller/`` and not next to the server in ``agent/``: the agent never imports
-the controller (DESIGN.md layering), and the agent never *sends* API requests — it only verifies
+the controller (the layering: controller imports agent, never the reverse), and the agent never *sends* API requests — it only verifies
 them. Signing belongs to whoever holds a controller key: the ``cutover`` CLI, the rollout engine,
 automation, and the end-to-end tests. The wire contract both sides share (the RFC 9421 profile) is
-:mod:`agent.httpsig`, which this module imports; docs/protocol.md describes it for third parties.
+:mod:`agent.trust.httpsig`, which this module imports, and the bodies are
+:mod:`agent.api_models`; docs/protocol.md describes it for third parties.
 
 Rules this client follows:
 
-* every request is signed with :func:`agent.httpsig.sign_request`: ``@method @authority @path
+* every request is signed with :func:`agent.trust.httpsig.sign_request`: ``@method @authority @path
   @query content-type content-digest``, a fresh 256-bit nonce, a short lifetime (60 s); the
   ``@authority`` is the agent's configured name (default: ``host[:port]`` of ``base_url``);
 * the path and query are built percent-encoded once and sent exactly as signed (``encoded=True``);
@@ -114,7 +115,7 @@ def signed_headers(
         content_type: the exact Content-Type sent (``""`` without a body).
         body_sha256: SHA-256 of the exact body bytes (default: the empty body).
         created: Unix seconds (default: now); lifetime_s: ``expires - created`` (1-300).
-        nonce: default a fresh :func:`agent.httpsig.new_nonce`.
+        nonce: default a fresh :func:`agent.trust.httpsig.new_nonce`.
 
     Returns:
         ``Content-Type``, ``Content-Digest``, ``Signature-Input`` and ``Signature``.

@@ -208,13 +208,6 @@ def _app_summary(app: str, root: Path, state: AppState) -> dict[str, Any]:
     }
 
 
-def _summary_json(summary: AppSummary) -> dict[str, Any]:
-    """An app's JSON: only an unreadable app carries ``error`` (and then only app and root)."""
-    if summary.error is not None:
-        return summary.model_dump(mode="json", include={"app", "root", "error"})
-    return summary.model_dump(mode="json", exclude={"error"})
-
-
 # ---------------------------------------------------------------------- handlers
 routes = web.RouteTableDef()
 
@@ -246,7 +239,7 @@ async def list_apps(request: web.Request) -> web.Response:
         summary = _app_summary(app, section.root, state)
         out.append(AppSummary.model_validate({**summary, "busy": ctx.registry.busy(app)}))
     body = AppsList(agent=AgentInfo(name=cfg.agent.name, version=__version__), apps=out)
-    return web.json_response({**body.to_json(), "apps": [_summary_json(a) for a in body.apps]})
+    return web.json_response(body.to_json())  # an unreadable app: only app, root and error
 
 
 @routes.get("/v1/apps/{app}", name="app")
@@ -267,7 +260,7 @@ async def get_app(request: web.Request) -> web.Response:
             ],
         }
     )
-    return web.json_response(body.model_dump(mode="json", exclude={"error"}))
+    return web.json_response(body.to_json())
 
 
 @routes.get("/v1/apps/{app}/journal", name="journal")

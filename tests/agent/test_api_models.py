@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from cutover.agent.api_models import (
     AppDetail,
+    Event,
     OperationRecord,
     OperationResult,
     PendingIntent,
     ReleaseInfo,
 )
-from cutover.agent.errors import SignatureError
+from cutover.agent.errors import CancelledOperationError, SignatureError
 from cutover.agent.host.state import Pending, ReleaseRecord
 from cutover.agent.lifecycle.manager import OpResult
 
@@ -55,6 +57,37 @@ def test_responses_keep_fields_a_newer_agent_adds() -> None:
     assert detail.model_extra == {"lease": {"holder": "rollout-7"}}
     with pytest.raises(ValueError, match="seq"):
         ReleaseInfo.model_validate({"version": "1", "status": "x", "seq": "many"})
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"event": "stage.failed", "version": "1.0.0", "error": "payload digest differs"},
+        {"event": "health.check", "phase": "live", "name": "http", "status": "pass"},
+        {"event": "revert.start", "version": "1.1.0", "to": None, "reason": "hook failed"},
+        {"event": "progress", "step": "extract", "done": 10, "total": 20},
+    ],
+    ids=lambda line: line["event"],
+)
+def test_every_event_shape_the_agent_emits_parses(line: dict[str, Any]) -> None:
+    event = Event.model_validate({"seq": 3, "ts": "2026-03-07T10:02:11.120Z", **line})
+    assert event.event == line["event"]
+    assert event.raise_for_error() is event  # only a failed operation.done raises
+
+
+def test_a_failed_operation_done_event_raises_its_error() -> None:
+    event = Event.model_validate(
+        {
+            "seq": 9,
+            "ts": "t",
+            "event": "operation.done",
+            "status": "failed",
+            "result": None,
+            "error": {"error": "cancelled", "kind": "cancelled", "message": "agent stopped"},
+        }
+    )
+    with pytest.raises(CancelledOperationError, match="agent stopped"):
+        event.raise_for_error()
 
 
 def test_a_failed_record_raises_its_error_as_the_registry_class() -> None:
