@@ -1,34 +1,37 @@
 """Build and sign release packages (``cutover build``, ``cutover sign``, ``cutover inspect``).
 
 The build is deterministic: the same tree and the same metadata give byte-identical
-``manifest.json`` and payload. Entries are sorted by path, modes are normalised to 0755/0644
-(only the owner's execute bit is kept, as git does), tar headers carry uid/gid 0, no owner names and
-mtime 0, and ``created_at`` comes from ``--created-at``, else ``SOURCE_DATE_EPOCH``, else the clock.
+``manifest.json`` and payload. This module walks the tree (sorted, excludes, safe links) and reads
+``cutover.toml``; the format is the agent's: the payload and container are written by
+:mod:`agent.package.writer` (modes normalised to 0755/0644, uid/gid 0, mtime 0), the manifest is
+built as the :class:`~agent.package.manifest.Manifest` model, and ``inspect`` checks packages with
+the agent's own verification code. ``created_at`` comes from ``--created-at``, else
+``SOURCE_DATE_EPOCH``, else the clock.
 """
 
 from __future__ import annotations
 
-import base64
 import fnmatch
-import hashlib
-import io
 import os
 import stat
-import tarfile
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, cast
 
-import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cutover.agent.errors import ConfigError, ManifestError
-from cutover.agent.keys import PrivateKey
-from cutover.agent.package.container import copy_payload, hash_payload, open_package, write_package
+from cutover.agent.errors import (
+    ConfigError,
+    DigestMismatchError,
+    ManifestError,
+    PackageFormatError,
+)
+from cutover.agent.extract import verify_payload_digest
+from cutover.agent.keys import PrivateKey, PublicKey
+from cutover.agent.package.container import open_package
 from cutover.agent.package.manifest import (
     FORMAT_VERSION,
     DirEntry,
@@ -39,22 +42,29 @@ from cutover.agent.package.manifest import (
     ReleaseType,
     SharedPaths,
     SymlinkEntry,
-    canonical_json,
     check_relpath,
+    explain_validation,
     parse_manifest,
-    parse_signatures,
 )
+from cutover.agent.package.signatures import SignatureEntry, parse_signatures
+from cutover.agent.package.writer import (
+    COMPRESSIONS,
+    PayloadWriter,
+    add_signature,
+    write_package_file,
+)
+from cutover.agent.trust.policy import SignatureVerdict, signature_verdict
 
 __all__ = [
     "AppConfig",
     "BuildResult",
+    "Inspection",
     "build_package",
+    "inspect_package",
     "load_app_config",
-    "payload_matches",
     "sign_package",
 ]
 
-ZSTD_LEVEL = 3
 DEFAULT_EXCLUDES = (".git", ".hg", ".svn", ".cutover")
 
 
@@ -185,34 +195,6 @@ def _walk(root: Path, cfg: AppConfig) -> list[tuple[str, os.stat_result, str | N
     return out
 
 
-class _HashingReader(io.RawIOBase):
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._fh.read(size)
-        self.hash.update(data)
-        self.count += len(data)
-        return data
-
-
-def _tarinfo(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type = kind
-    ti.mode = mode
-    ti.size = size
-    ti.linkname = link
-    ti.mtime = 0
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    return ti
-
-
 def _created_at(explicit: datetime | None) -> datetime:
     if explicit is not None:
         return explicit
@@ -250,96 +232,58 @@ def build_package(
     """
     cfg = load_app_config(app_dir)
     created = _created_at(created_at)
+    if compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}"
+        )
     if output.exists():
         raise ConfigError(f"{output} exists already; choose another -o path or remove it")
-    entries = _walk(app_dir, cfg)
-    files: list[FileEntry | SymlinkEntry | DirEntry] = []
+    walked = _walk(app_dir, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=output.parent) as payload:
-        payload_hash = hashlib.sha256()
-
-        class _Sink(io.RawIOBase):
-            def writable(self) -> bool:
-                return True
-
-            def write(self, b: Any) -> int:
-                payload_hash.update(b)
-                return payload.write(b)
-
-        sink = _Sink()
-        if compression == "zstd":
-            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-            raw: Any = cctx.stream_writer(cast(BinaryIO, sink), closefd=False)
-        elif compression == "gzip":
-            import gzip
-
-            raw = gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6)
-        elif compression == "none":
-            raw = sink
-        else:
-            raise ConfigError(f"unknown compression {compression!r}: use zstd, gzip or none")
+    with tempfile.TemporaryFile(dir=output.parent) as payload_file:
+        writer = PayloadWriter(payload_file, compression)
+        files: list[FileEntry | SymlinkEntry | DirEntry] = []
         total = 0
-        with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for rel, st, link in entries:
-                if link is not None:
-                    files.append(SymlinkEntry(path=rel, symlink=link))
-                    tar.addfile(_tarinfo(rel, tarfile.SYMTYPE, 0o777, link=link))
-                elif stat.S_ISDIR(st.st_mode):
-                    files.append(DirEntry(path=rel, dir=True, mode=0o755))
-                    tar.addfile(_tarinfo(rel, tarfile.DIRTYPE, 0o755))
-                else:
-                    mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-                    with (app_dir / rel).open("rb") as fh:
-                        reader = _HashingReader(fh)
-                        tar.addfile(_tarinfo(rel, tarfile.REGTYPE, mode, st.st_size), reader)
-                    if reader.count != st.st_size:
-                        raise ManifestError(f"{app_dir / rel} changed size while building; retry")
-                    files.append(
-                        FileEntry(
-                            path=rel, size=st.st_size, sha256=reader.hash.hexdigest(), mode=mode
-                        )
-                    )
-                    total += st.st_size
-                    if progress is not None:
-                        progress(st.st_size)
-        if raw is not sink:
-            raw.close()
-        payload_size = payload.tell()
-        doc: dict[str, Any] = {
-            "format": FORMAT_VERSION,
-            "app": cfg.app,
-            "version": version,
-            "build": build,
-            "commit": commit,
-            "branch": branch,
-            "created_at": created.isoformat().replace("+00:00", "Z"),
-            "release_type": (release_type or cfg.release.release_type).value,
-            "requires_migration": cfg.release.requires_migration,
-            "notes": notes,
-            "hooks": cfg.hooks.model_dump(mode="json"),
-            "shared": cfg.shared.model_dump(mode="json"),
-            "health": cfg.health.model_dump(mode="json", exclude_none=True),
-            "payload": {
-                "sha256": payload_hash.hexdigest(),
-                "size": payload_size,
-                "compression": compression,
-            },
-            "files": [f.model_dump(mode="json") for f in files],
-        }
-        if expires_after is not None:
-            doc["expires_at"] = (created + expires_after).isoformat().replace("+00:00", "Z")
-        manifest_bytes = canonical_json(doc)
-        manifest = parse_manifest(manifest_bytes)  # the builder holds itself to the agent's rules
-        payload.seek(0)
-        tmp = output.with_name(f".{output.name}.tmp")
+        for rel, st, link in walked:
+            if link is not None:
+                files.append(writer.add_symlink(rel, link))
+            elif stat.S_ISDIR(st.st_mode):
+                files.append(writer.add_dir(rel))
+            else:
+                with (app_dir / rel).open("rb") as fh:
+                    executable = bool(st.st_mode & stat.S_IXUSR)
+                    files.append(writer.add_file(rel, fh, st.st_size, executable=executable))
+                total += st.st_size
+                if progress is not None:
+                    progress(st.st_size)
+        payload = writer.finish()
         try:
-            with tmp.open("xb") as out:
-                write_package(out, manifest_bytes, b"[]\n", payload, payload_size, compression)
-            tmp.replace(output)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return BuildResult(output, manifest, manifest_bytes, len(files), total, payload_size)
+            manifest = Manifest(
+                format=FORMAT_VERSION,
+                app=cfg.app,
+                version=version,
+                build=build,
+                commit=commit,
+                branch=branch,
+                created_at=created,
+                expires_at=None if expires_after is None else created + expires_after,
+                release_type=release_type or cfg.release.release_type,
+                requires_migration=cfg.release.requires_migration,
+                notes=notes,
+                hooks=cfg.hooks,
+                shared=cfg.shared,
+                health=cfg.health,
+                payload=payload,
+                files=files,
+            )
+        except ValidationError as exc:
+            raise ManifestError(explain_validation(exc, f"the manifest of {app_dir}")) from exc
+        payload_file.seek(0)
+        manifest_bytes = write_package_file(output, manifest, [], payload_file)
+    # The builder holds itself to the agent's rules: the bytes written must parse back as is.
+    if parse_manifest(manifest_bytes) != manifest:
+        raise ManifestError(f"{output}: manifest.json does not read back as built; report a bug")
+    return BuildResult(output, manifest, manifest_bytes, len(files), total, payload.size)
 
 
 def sign_package(path: Path, key: PrivateKey) -> list[str]:
@@ -348,45 +292,51 @@ def sign_package(path: Path, key: PrivateKey) -> list[str]:
     Returns:
         The key ids that have signed, after this signature.
     """
-    parts, fh = open_package(path)
-    with fh:
-        sigs = [s.model_dump() for s in parse_signatures(parts.signatures_bytes)]
-        sigs = [s for s in sigs if s["keyid"] != key.keyid]
-        sigs.append(
-            {"keyid": key.keyid, "sig": base64.b64encode(key.sign(parts.manifest_bytes)).decode()}
-        )
-        sigs.sort(key=lambda s: s["keyid"])
-        sig_bytes = canonical_json(sigs)
-        tmp = path.with_name(f".{path.name}.sign.tmp")
-        try:
-            with tmp.open("xb") as out, tempfile.TemporaryFile(dir=path.parent) as payload:
-                copy_payload(fh, parts, payload)
-                payload.seek(0)
-                write_package(
-                    out,
-                    parts.manifest_bytes,
-                    sig_bytes,
-                    payload,
-                    parts.payload_size,
-                    parts.payload_compression,
-                )
-                out.flush()
-                os.fsync(out.fileno())
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return [s["keyid"] for s in sigs]
+    entries = add_signature(path, lambda data: SignatureEntry.of(key.keyid, key.sign(data)))
+    return [e.keyid for e in entries]
 
 
-def payload_matches(path: Path) -> tuple[Manifest, list[str], bool]:
-    """For ``inspect``: the manifest, the signer key ids, and whether the payload matches."""
+@dataclass(frozen=True)
+class Inspection:
+    """What ``cutover inspect`` found, by the agent's own checks.
+
+    Attributes:
+        manifest: the manifest, parsed under the agent's strict rules.
+        signers: key ids in ``signatures.json``, in file order.
+        verdicts: each signer's verdict against the keys given (empty when none were).
+        payload_problem: why the payload does not match its digest, or None when it does.
+    """
+
+    manifest: Manifest
+    signers: list[str]
+    verdicts: dict[str, SignatureVerdict]
+    payload_problem: str | None
+
+    @property
+    def payload_matches(self) -> bool:
+        return self.payload_problem is None
+
+
+def inspect_package(path: Path, trusted: Mapping[str, PublicKey] | None = None) -> Inspection:
+    """Check a package as the agent would, without a host: container, manifest schema, payload
+    size, codec and SHA-256 (:func:`agent.extract.verify_payload_digest`), and, against
+    ``trusted`` keys, each signature (:func:`agent.trust.policy.signature_verdict`).
+
+    Raises:
+        NotFoundError, PackageFormatError, ManifestError: the package cannot be read at all.
+    """
     parts, fh = open_package(path)
     with fh:
         manifest = parse_manifest(parts.manifest_bytes)
-        signers = [s.keyid for s in parse_signatures(parts.signatures_bytes)]
-        ok = (
-            parts.payload_size == manifest.payload.size
-            and hash_payload(fh, parts) == manifest.payload.sha256
+        entries = parse_signatures(parts.signatures_bytes)
+        verdicts = (
+            {e.keyid: signature_verdict(parts.manifest_bytes, e, trusted) for e in entries}
+            if trusted
+            else {}
         )
-    return manifest, signers, ok
+        problem = None
+        try:
+            verify_payload_digest(fh, parts, manifest)
+        except (DigestMismatchError, PackageFormatError) as exc:
+            problem = str(exc)
+    return Inspection(manifest, [e.keyid for e in entries], verdicts, problem)

@@ -7,7 +7,6 @@ agent.errors.ExitCode (docs/operations.md). ``--json`` prints one JSON document 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -18,9 +17,9 @@ from typing import Any
 from cutover.agent import __version__
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode
 from cutover.agent.keys import generate_keypair, load_private_key, load_public_key
-from cutover.agent.package.container import open_package
-from cutover.agent.package.manifest import DirEntry, FileEntry, ReleaseType, parse_signatures
-from cutover.controller.build import build_package, payload_matches, sign_package
+from cutover.agent.package.manifest import DirEntry, FileEntry, ReleaseType
+from cutover.agent.trust.policy import SignatureVerdict
+from cutover.controller.build import build_package, inspect_package, sign_package
 
 __all__ = ["main"]
 
@@ -124,28 +123,20 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _check_signers(package: Path, trusted: list[str]) -> dict[str, str]:
-    """keyid -> "valid" / "INVALID" / "unknown" against the given public keys (pure check)."""
-    keys = {k.keyid: k for k in (load_public_key(p) for p in trusted)}
-    parts, fh = open_package(package)
-    fh.close()
-    verdicts: dict[str, str] = {}
-    for entry in parse_signatures(parts.signatures_bytes):
-        key = keys.get(entry.keyid)
-        if key is None:
-            verdicts[entry.keyid] = "unknown"
-            continue
-        try:
-            raw = base64.b64decode(entry.sig, validate=True)
-        except ValueError:
-            raw = b""
-        verdicts[entry.keyid] = "valid" if key.verify(raw, parts.manifest_bytes) else "INVALID"
-    return verdicts
+# How inspect shows the agent's signature verdicts.
+_SHOWN = {
+    SignatureVerdict.VALID: "valid",
+    SignatureVerdict.INVALID: "INVALID",
+    SignatureVerdict.MALFORMED: "INVALID",
+    SignatureVerdict.UNTRUSTED: "unknown",
+}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    manifest, signers, ok = payload_matches(Path(args.package))
-    verdicts = _check_signers(Path(args.package), args.trust) if args.trust else {}
+    trusted = {k.keyid: k for k in (load_public_key(p) for p in args.trust)}
+    found = inspect_package(Path(args.package), trusted)
+    manifest, signers, ok = found.manifest, found.signers, found.payload_matches
+    verdicts = {keyid: _SHOWN[v] for keyid, v in found.verdicts.items()}
     kinds = {"files": 0, "dirs": 0, "symlinks": 0}
     for e in manifest.files:
         kinds[
@@ -173,6 +164,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "bytes": manifest.total_file_bytes(),
         "payload": manifest.payload.model_dump(),
         "payload_matches": ok,
+        "payload_problem": found.payload_problem,
         "signers": signers,
         "signature_check": verdicts or None,
         "hooks": hooks,
@@ -196,6 +188,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"  payload {manifest.payload.compression} {manifest.payload.size} bytes: "
             f"{'matches its digest' if ok else 'DOES NOT MATCH its digest'}"
         )
+        if found.payload_problem:
+            print(f"    {found.payload_problem}")
         for stage, names in hooks.items():
             if names:
                 print(f"  hooks.{stage}: {', '.join(names)}")

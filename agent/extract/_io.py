@@ -1,4 +1,4 @@
-"""The extractor's disk side (:mod:`agent.archive`): creating, writing and removing the tree.
+"""The extractor's disk side (:mod:`agent.extract`): creating, writing and removing the tree.
 
 Rules enforced here:
 

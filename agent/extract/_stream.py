@@ -1,4 +1,4 @@
-"""Strict tar stream parsing and decompression, for the extractor (:mod:`agent.archive`).
+"""Strict tar stream parsing and decompression, for the extractor (:mod:`agent.extract`).
 
 Everything here reads untrusted bytes (the compressed payload already matched the signed digest)
 and enforces, while streaming:
@@ -11,9 +11,10 @@ and enforces, while streaming:
 * **A decompressed-byte cap.** :class:`Stream` hands out no more bytes than the caller's cap
   (``too_many_bytes``); a stream that ends inside a member is ``truncated``; after the
   end-of-archive marker only zero padding may follow (``trailing_data``).
-* **A small, strict tar dialect** (never ``tarfile``). POSIX ustar headers only (no GNU or
-  pre-POSIX headers, no garbage), with valid checksums and strictly octal numeric fields (base-256
-  only for sizes). Each member may be preceded by one local pax header of at most 64 KiB, whose
+* **A small, strict tar dialect** (never the standard library's tar module), decoded by the one
+  tar codec (:mod:`agent.package.ustar`). POSIX ustar headers only (no GNU or pre-POSIX headers, no
+  garbage), with valid checksums and strictly octal numeric fields (base-256 only for sizes).
+  Each member may be preceded by one local pax header of at most 64 KiB, whose
   records are well formed and unique and whose only effective keys are ``path``, ``linkpath`` and
   ``size``: times, ids and owner names are ignored, ``hdrcharset`` is accepted only as UTF-8, and
   any other key (GNU sparse data included) is refused. A pax header may neither follow another one
@@ -33,8 +34,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import queue
-import re
-import struct
 import threading
 import zlib
 from abc import ABC, abstractmethod
@@ -52,35 +51,36 @@ from cutover.agent.errors import (
 )
 from cutover.agent.package.container import PackageParts
 from cutover.agent.package.manifest import Manifest
+from cutover.agent.package.ustar import (
+    BLOCK,
+    DIR,
+    PAX,
+    REG,
+    SYM,
+    HeaderError,
+    PaxError,
+    decode_header,
+    decode_pax,
+)
 
 __all__ = [
-    "BLOCK",
     "CHUNK",
-    "DIR",
     "KINDS",
     "REBUILD",
     "REFUSED",
-    "REG",
-    "SYM",
     "Producer",
     "Stream",
     "TarParser",
     "check_codec",
     "open_decoder",
-    "padded",
 ]
 
-BLOCK: Final = 512
 CHUNK: Final = 1 << 20  # decompressed bytes per queue item, and the largest single write
 DECOMPRESS_QUEUE: Final = 6  # chunks in flight from the decompressor thread
 MAX_WINDOW: Final = 1 << 27
 MAX_PAX_BYTES: Final = 64 * 1024
 _ZERO_BLOCK: Final = bytes(BLOCK)
-_MAGIC: Final = b"ustar\x0000"
-# name mode uid gid size mtime chksum typeflag linkname magic+version uname gname dev dev prefix
-_HEADER: Final = struct.Struct("100s8s8s8s12s12s8sB100s8s32s32s8s8s155s12x")
-_OCTAL: Final = re.compile(rb"([0-7]{1,12})[ \x00]*")
-REG, SYM, DIR, _PAX = b"025x"
+_MISPLACED: Final = {"gnu": "a GNU-format tar header", "not_ustar": "garbage"}
 KINDS: Final = {REG: "a regular file", DIR: "a directory", SYM: "a symlink"}
 REFUSED: Final = {
     ord("1"): "a hardlink",
@@ -102,10 +102,6 @@ REBUILD: Final = (
     "the package is corrupt, was not made by `cutover build`, or was tampered with: do not "
     "deploy it; rebuild and re-sign the release"
 )
-
-
-def padded(n: int) -> int:
-    return -(-n // BLOCK) * BLOCK
 
 
 def check_codec(parts: PackageParts, manifest: Manifest) -> None:
@@ -226,6 +222,7 @@ class Stream:
         self._cap = cap
         self._total = 0
         self._over = False
+        self._excess = memoryview(b"")  # the part of the last chunk beyond the cap
         self._where = where
 
     def _refill(self, at_end: bool = False) -> bool:
@@ -233,6 +230,12 @@ class Stream:
         # an unlisted name) is reported as such even when the stream is also over the cap.
         data = b"" if self._over else self._next()
         if self._over or (data and self._total >= self._cap):
+            beyond = self._excess if self._over else memoryview(data)
+            if at_end and beyond.tobytes().strip(b"\x00"):  # garbage, not a bomb of zeros
+                raise PackageFormatError(
+                    f"payload has data after its end-of-archive marker; {REBUILD}",
+                    code="trailing_data",
+                )
             raise ArchiveLimitError(
                 f"payload decompresses to more than the {self._cap} bytes its manifest accounts "
                 f"for (at {self._where()}): a decompression bomb or a corrupt package; {REBUILD}",
@@ -247,6 +250,7 @@ class Stream:
             )
         self._view = memoryview(data)
         if len(data) > self._cap - self._total:  # keep what fits; asking for more is an error
+            self._excess = self._view[self._cap - self._total :]
             self._view = self._view[: self._cap - self._total]
             self._over = True
         self._total += len(self._view)
@@ -290,44 +294,6 @@ class Stream:
                 return
 
 
-def _octal(field: bytes, what: str, where: Callable[[], str]) -> int:
-    """A numeric header field: octal digits then NUL/space padding (``int()`` alone is laxer)."""
-    match = _OCTAL.fullmatch(field)
-    if match is not None:
-        return int(match[1], 8)
-    if what == "size" and field[0] == 0x80:  # base-256, for members over 8 GiB
-        return int.from_bytes(field[1:], "big")
-    raise PackageFormatError(
-        f"payload {where()}: the {what} field {field!r} is not an octal number; {REBUILD}",
-        code="corrupt",
-    )
-
-
-def _parse_pax(data: bytes, where: str) -> dict[str, bytes]:
-    """Parse pax records (``"<len> <key>=<value>\\n"``) strictly: no duplicates, no slack."""
-    records: dict[str, bytes] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos, pos + 20)
-        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
-        end = pos + length
-        key, eq, value = data[space + 1 : end - 1].partition(b"=")
-        if length <= 0 or end > len(data) or data[end - 1] != 0x0A or not eq or not key.isascii():
-            raise PackageFormatError(
-                f"payload {where}: malformed pax record at byte {pos}; {REBUILD}", code="bad_pax"
-            )
-        name = key.decode("ascii")
-        if name in records:
-            raise UnsafeArchiveError(
-                f"payload {where}: pax key {name!r} appears twice (tar readers disagree on which "
-                f"wins); {REBUILD}",
-                code="bad_pax",
-            )
-        records[name] = value
-        pos = end
-    return records
-
-
 class TarParser(ABC):
     """Walks the headers of a :class:`Stream`, handing each member to :meth:`_member`.
 
@@ -350,33 +316,26 @@ class TarParser(ABC):
     def run(self, stream: Stream) -> None:
         """Parse members up to the end-of-archive marker, handing each to :meth:`_member`."""
         pax: dict[str, bytes] | None = None
-        where = self.where
         while True:
             if pax is None:  # a pax header belongs to the member after it
                 self.index += 1
                 self.member = ""
-            block = stream.read(BLOCK)
-            name, mode, _, _, size_f, _, chksum, kind, link, magic, _, _, _, _, prefix = (
-                _HEADER.unpack(block)
-            )
-            if magic != _MAGIC:
-                if block == _ZERO_BLOCK:
-                    if pax is not None:
-                        raise self._error(
-                            PackageFormatError, "a pax header ends the tar", "bad_pax"
-                        )
-                    if stream.read(BLOCK) != _ZERO_BLOCK:
-                        raise self._error(PackageFormatError, "a lone zero block", "corrupt")
-                    stream.expect_zeros_to_end()
-                    return
-                what = "a GNU-format tar header" if magic == b"ustar  \x00" else "garbage"
-                raise self._error(
-                    PackageFormatError, f"{what} where a POSIX ustar/pax header belongs", "corrupt"
-                )
-            if _octal(chksum, "checksum", where) != sum(block) - sum(chksum) + 256:
-                raise self._error(PackageFormatError, "bad header checksum", "corrupt")
-            size = _octal(size_f, "size", where)
-            if kind == _PAX:
+            try:
+                header = decode_header(stream.read(BLOCK))
+            except HeaderError as exc:
+                what = _MISPLACED.get(exc.code)
+                if what is not None:
+                    what += " where a POSIX ustar/pax header belongs"
+                raise self._error(PackageFormatError, what or exc.what, "corrupt") from None
+            if header is None:
+                if pax is not None:
+                    raise self._error(PackageFormatError, "a pax header ends the tar", "bad_pax")
+                if stream.read(BLOCK) != _ZERO_BLOCK:
+                    raise self._error(PackageFormatError, "a lone zero block", "corrupt")
+                stream.expect_zeros_to_end()
+                return
+            name, mode, size, kind, link, _ = header
+            if kind == PAX:
                 if pax is not None:
                     raise self._error(UnsafeArchiveError, "two pax headers in a row", "bad_pax")
                 if size > MAX_PAX_BYTES:
@@ -385,13 +344,14 @@ class TarParser(ABC):
                         f"pax header of {size} bytes exceeds {MAX_PAX_BYTES}",
                         "pax_too_large",
                     )
-                pax = _parse_pax(stream.read(size), where())
+                try:
+                    pax = decode_pax(stream.read(size))
+                except PaxError as exc:
+                    # A repeated key is a differential between tar readers (which copy wins).
+                    cls = UnsafeArchiveError if exc.code == "duplicate" else PackageFormatError
+                    raise self._error(cls, exc.what, "bad_pax") from None
                 stream.skip(-size % BLOCK)
                 continue
-            name = name.partition(b"\x00")[0]
-            if prefix[0]:
-                name = prefix.partition(b"\x00")[0] + b"/" + name
-            link = link.partition(b"\x00")[0]
             if pax is not None:
                 name, link, size = self._apply_pax(pax, name, link, size)
                 pax = None
@@ -402,7 +362,7 @@ class TarParser(ABC):
                     "(an entry-count bomb, a duplicate or an unlisted file)",
                     "too_many_entries",
                 )
-            self._member(stream, kind, name, link, _octal(mode, "mode", where), size)
+            self._member(stream, kind, name, link, mode, size)
 
     def _apply_pax(
         self, pax: dict[str, bytes], name: bytes, link: bytes, size: int

@@ -7,22 +7,22 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
   before a single byte is decompressed (:func:`verify_payload_digest`). The codec comes from the
   manifest; zstd windows are capped at 128 MiB (the zstd CLI default), so a frame cannot demand
   unbounded memory.
-* **A small, strict tar dialect**, parsed by :mod:`agent._tarstream` (never ``tarfile.extract``):
-  POSIX ustar headers with valid checksums, each optionally preceded by one local pax header whose
-  only effective keys are ``path``, ``linkpath`` and ``size``. Members are regular files,
-  directories or symlinks. Hardlinks, devices, FIFOs, GNU long names and sparse files, global pax
-  headers, unknown or repeated pax keys, non-UTF-8 names, setuid/setgid/sticky modes and data on
-  non-files are refused.
+* **A small, strict tar dialect**, parsed by :mod:`agent.extract._stream` with the one tar codec,
+  :mod:`agent.package.ustar` (never the standard library's extractor): POSIX ustar headers with
+  valid checksums, each optionally preceded by one local pax header whose only effective keys
+  are ``path``, ``linkpath`` and ``size``. Members are regular files, directories or symlinks.
+  Hardlinks, devices, FIFOs, GNU long names and sparse files, global pax headers, unknown or
+  repeated pax keys, non-UTF-8 names, setuid/setgid/sticky modes and data on non-files are refused.
 * **The payload is exactly the manifest.** Every member is listed in the manifest with the same
   type, mode, size and SHA-256 (hashed while writing) or symlink target; it appears once (also
-  under case-folding and Unicode normalisation, :func:`agent.manifest.fold_key`) and after its
-  parent directory; every manifest entry appears. A name the manifest does not list is reported
-  with the :func:`agent.manifest.check_relpath` rule it breaks (``..``, absolute, backslash,
-  control character, NUL).
-* **Caps.** Members: at most ``len(manifest.files)`` and ``limits.max_entries``. Decompressed bytes:
-  at most what the manifest's entries need in tar form plus ``limits.per_entry_allowance`` per
-  entry. Path length and depth: ``limits``. Pax headers: 64 KiB. Memory: bounded queues of at most
-  1 MiB chunks; no file is ever held in memory whole.
+  under case-folding and Unicode normalisation, :func:`agent.package.manifest.fold_key`) and
+  after its parent directory; every manifest entry appears. A name the manifest does not list is
+  reported with the :func:`agent.package.manifest.check_relpath` rule it breaks (``..``,
+  absolute, backslash, control character, NUL).
+* **Caps.** Members: at most ``len(manifest.files)`` and ``limits.max_entries``. Decompressed
+  bytes: exactly what the package writer emits for the manifest's entries, padded to a 10 KiB tar
+  record, plus ``limits.per_entry_allowance`` per entry (:func:`_byte_cap`). Path length and
+  depth: ``limits``. Pax headers: 64 KiB. Memory: bounded queues of at most 1 MiB chunks.
 * **Writing never follows a symlink.** ``dest`` is created fresh (0700) and everything beneath it
   is created relative to file descriptors of directories this run created, with
   ``O_NOFOLLOW | O_EXCL``. Files are created 0600 and get their manifest mode once written.
@@ -32,11 +32,11 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
   a symlink) before the error is raised: a caller sees a complete, verified tree or nothing.
 
 Ownership, times and ustar names overridden by pax are never applied. Durability is the caller's
-job: one :func:`agent.fsutil.syncfs` after extraction instead of an fsync per file.
+job: one :func:`agent._util.fsutil.syncfs` after extraction instead of an fsync per file.
 
 Here are the public API and the orchestration (:class:`_Extraction`); the tar parser, codec check,
-decompressor thread and byte cap are in :mod:`agent._tarstream`; the destination, writer thread,
-removal and storage errors in :mod:`agent._extract_io`. Three threads share the work: one
+decompressor thread and byte stream are in :mod:`agent.extract._stream`; the destination, writer
+thread, removal and storage errors in :mod:`agent.extract._io`. Three threads share the work: one
 decompresses (the codecs release the GIL); the caller's parses headers, checks names, creates
 files and directories, and writes and hashes small files; one writes, hashes and closes large
 files (``os.write`` and ``hashlib`` release the GIL for long stretches there), so the page-cache
@@ -73,19 +73,14 @@ from cutover.agent.extract._io import (
 )
 from cutover.agent.extract._io import Writer as _Writer  # tests patch it here: archive._Writer
 from cutover.agent.extract._stream import (
-    BLOCK,
     CHUNK,
-    DIR,
     KINDS,
     REBUILD,
     REFUSED,
-    REG,
-    SYM,
     Producer,
     Stream,
     TarParser,
     check_codec,
-    padded,
 )
 from cutover.agent.extract._stream import (
     open_decoder as _open_decoder,  # tests patch archive._open_decoder
@@ -99,6 +94,8 @@ from cutover.agent.package.manifest import (
     check_relpath,
     fold_key,
 )
+from cutover.agent.package.ustar import BLOCK, DIR, REG, SYM
+from cutover.agent.package.writer import tar_size
 
 __all__ = ["ExtractLimits", "ExtractStats", "extract_payload", "verify_payload_digest"]
 
@@ -114,8 +111,9 @@ class ExtractLimits:
 
     Attributes:
         max_entries: most members a payload may hold.
-        per_entry_allowance: extra decompressed bytes tolerated per entry (e.g. 1024 for tar
-            writers that add pax time records); 0 fits ``cutover build``.
+        per_entry_allowance: extra decompressed bytes tolerated per entry, beyond what the
+            package writer emits (e.g. 1024 for tar writers that add pax time records to every
+            entry); 0 fits ``cutover build`` and ``tar --format=ustar``.
         max_depth: most path components.
         max_path_bytes: longest path, in UTF-8 bytes.
     """
@@ -246,27 +244,26 @@ def extract_payload(
 
 
 def _byte_cap(manifest: Manifest, limits: ExtractLimits) -> int:
-    """Most decompressed bytes a payload for ``manifest`` may hold; checks the limits on it."""
+    """Most decompressed bytes a payload for ``manifest`` may hold; checks the limits on it.
+
+    Exactly the tar bytes the package writer emits for these entries
+    (:func:`agent.package.writer.tar_size`), plus ``limits.per_entry_allowance`` per entry for
+    chattier tar writers.
+    """
     if len(manifest.files) > limits.max_entries:
         raise ArchiveLimitError(
             f"manifest lists {len(manifest.files)} entries; this host allows at most "
             f"{limits.max_entries}: split the release or raise the limit",
             code="too_many_entries",
         )
-    total = 2 * BLOCK + 10240  # end-of-archive marker, then padding to a 10 KiB tar record
     for e in manifest.files:
-        name = len(e.path.encode())
-        if name > limits.max_path_bytes or e.path.count("/") >= limits.max_depth:
+        if len(e.path.encode()) > limits.max_path_bytes or e.path.count("/") >= limits.max_depth:
             raise ArchiveLimitError(
                 f"manifest entry {e.path[:80]!r} exceeds this host's limits of "
                 f"{limits.max_path_bytes} bytes and {limits.max_depth} levels per path",
                 code="path_limit",
             )
-        link = len(e.symlink.encode()) if isinstance(e, SymlinkEntry) else 0
-        data = e.size if isinstance(e, FileEntry) else 0
-        # ustar header + data padded to a block + a pax header carrying path, linkpath and size.
-        total += 2 * BLOCK + padded(data) + padded(name + link + 64) + limits.per_entry_allowance
-    return total
+    return tar_size(manifest.files, limits.per_entry_allowance)
 
 
 def _escapes(link: str, target: str) -> bool:

@@ -1,11 +1,11 @@
-"""The package format: manifest models, signatures, the container. One owner for each format."""
+"""The package format: manifest models, signatures, the container, the one tar codec and the
+writer. One owner for each format: builders and inspectors call these, never re-implement them."""
 
 from __future__ import annotations
 
 from cutover.agent.package.container import (
     PAYLOAD_NAMES,
     PackageParts,
-    copy_payload,
     hash_payload,
     open_package,
     read_package,
@@ -25,16 +25,22 @@ from cutover.agent.package.manifest import (
     HttpCheck,
     LogCheck,
     Manifest,
+    Payload,
     ReleaseType,
     SharedPaths,
-    SignatureEntry,
     SymlinkEntry,
     TcpCheck,
     VersionProbe,
     check_relpath,
     parse_manifest,
-    parse_signatures,
+    render_manifest,
 )
+from cutover.agent.package.signatures import (
+    SignatureEntry,
+    parse_signatures,
+    render_signatures,
+)
+from cutover.agent.package.writer import PayloadWriter, add_signature, write_package_file
 
 __all__ = [
     "APP_RE",
@@ -52,18 +58,23 @@ __all__ = [
     "LogCheck",
     "Manifest",
     "PackageParts",
+    "Payload",
+    "PayloadWriter",
     "ReleaseType",
     "SharedPaths",
     "SignatureEntry",
     "SymlinkEntry",
     "TcpCheck",
     "VersionProbe",
+    "add_signature",
     "check_relpath",
-    "copy_payload",
     "hash_payload",
     "open_package",
     "parse_manifest",
     "parse_signatures",
     "read_package",
+    "render_manifest",
+    "render_signatures",
     "write_package",
+    "write_package_file",
 ]

@@ -4,10 +4,11 @@ An uncompressed POSIX ustar archive holding exactly three regular members, in th
 ``manifest.json``, ``signatures.json``, ``payload.tar.zst`` (or ``.tar.gz`` / ``.tar``), then the
 end-of-archive marker. This reader accepts nothing else (no pax or GNU headers, no other types,
 no extra members), so there is no ambiguity about which bytes were signed. Sizes use octal, or the
-base-256 form for payloads over 8 GiB.
+base-256 form for payloads over 8 GiB. Headers are encoded and decoded by the one tar codec,
+:mod:`agent.package.ustar`; this module adds the container's rules on top.
 
 Reading returns the manifest and signature bytes plus the payload's offset and size in the file;
-the payload is then hashed and streamed straight from the file (see agent.archive).
+the payload is then hashed and streamed straight from the file (see :mod:`agent.extract`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,36 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cutover.agent.errors import NotFoundError, PackageFormatError
-from cutover.agent.package.manifest import MAX_MANIFEST_BYTES, MAX_SIGNATURES_BYTES
+from cutover.agent.package.manifest import MAX_MANIFEST_BYTES
+from cutover.agent.package.signatures import MAX_SIGNATURES_BYTES
+from cutover.agent.package.ustar import (
+    BLOCK,
+    END_OF_ARCHIVE,
+    REG,
+    HeaderError,
+    decode_header,
+    encode_header,
+    padding,
+)
 
 __all__ = [
     "PAYLOAD_NAMES",
     "PackageParts",
-    "copy_payload",
     "hash_payload",
     "open_package",
     "read_package",
     "write_package",
 ]
 
-BLOCK = 512
 PAYLOAD_NAMES = {"zstd": "payload.tar.zst", "gzip": "payload.tar.gz", "none": "payload.tar"}
 _PAYLOAD_BY_NAME = {v: k for k, v in PAYLOAD_NAMES.items()}
-_FIXED_MTIME = 0  # deterministic packages
 _MAX_PADDING = 64 * 1024  # zero blocks a tar record may add after the end-of-archive marker
+_HEADER_PROBLEMS = {
+    "checksum": "has a bad header checksum",
+    "number": "has a malformed numeric field",
+    "gnu": "is not a ustar header (GNU format)",
+    "not_ustar": "is not a ustar header",
+}
 
 
 @dataclass(frozen=True)
@@ -49,61 +63,26 @@ class PackageParts:
     payload_size: int
 
 
-def _parse_number(field: bytes, what: str) -> int:
-    if field and field[0] & 0x80:  # base-256 (GNU/star) for large sizes
-        if field[0] != 0x80:
-            raise PackageFormatError(f"package: {what} uses a negative base-256 number")
-        return int.from_bytes(field[1:], "big")
-    text = field.rstrip(b"\x00 ").lstrip(b" ")
-    if not text:
-        return 0
-    if not all(0x30 <= c <= 0x37 for c in text):
-        raise PackageFormatError(f"package: {what} is not an octal number")
-    return int(text, 8)
-
-
-def _header(name: str, size: int, mode: int = 0o644) -> bytes:
-    h = bytearray(BLOCK)
-    nb = name.encode()
-    h[0 : len(nb)] = nb
-    h[100:108] = b"%07o\x00" % mode
-    h[108:116] = b"0000000\x00"
-    h[116:124] = b"0000000\x00"
-    if size < 8**11:
-        h[124:136] = b"%011o\x00" % size
-    else:
-        h[124:136] = b"\x80" + size.to_bytes(11, "big")
-    h[136:148] = b"%011o\x00" % _FIXED_MTIME
-    h[148:156] = b" " * 8
-    h[156:157] = b"0"
-    h[257:265] = b"ustar\x0000"
-    h[148:156] = b"%06o\x00 " % sum(h)
-    return bytes(h)
-
-
 def _read_header(fh: BinaryIO, index: int) -> tuple[str, int]:
     raw = fh.read(BLOCK)
     if len(raw) < BLOCK:
         raise PackageFormatError(f"package is truncated: member {index + 1} of 3 is missing")
-    if raw == b"\x00" * BLOCK:
-        raise PackageFormatError(f"package ends after {index} members; expected 3")
-    stored = _parse_number(raw[148:156], "header checksum")
-    if stored != sum(raw[:148]) + 256 + sum(raw[156:]):
-        raise PackageFormatError(f"package: member {index + 1} has a bad header checksum")
-    if raw[257:265] != b"ustar\x0000":
-        raise PackageFormatError(f"package: member {index + 1} is not a ustar header")
-    if raw[156:157] not in (b"0", b"\x00"):
+    try:
+        header = decode_header(raw)
+    except HeaderError as exc:
         raise PackageFormatError(
-            f"package: member {index + 1} has type {raw[156:157]!r}; only regular files allowed"
+            f"package: member {index + 1} {_HEADER_PROBLEMS[exc.code]} ({exc.what})"
+        ) from exc
+    if header is None:
+        raise PackageFormatError(f"package ends after {index} members; expected 3")
+    if header.kind not in (REG, 0):
+        raise PackageFormatError(
+            f"package: member {index + 1} has type {bytes([header.kind])!r}; only regular files "
+            "allowed"
         )
-    if raw[345:500].strip(b"\x00"):
+    if header.prefixed:
         raise PackageFormatError(f"package: member {index + 1} uses a ustar name prefix")
-    name = raw[0:100].split(b"\x00", 1)[0].decode("ascii", "replace")
-    return name, _parse_number(raw[124:136], "member size")
-
-
-def _padding(size: int) -> int:
-    return (BLOCK - size % BLOCK) % BLOCK
+    return header.name.decode("ascii", "replace"), header.size
 
 
 def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
@@ -130,7 +109,7 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
             if len(data) != size:
                 raise PackageFormatError(f"package is truncated inside {name}")
             small.append(data)
-            fh.seek(_padding(size), os.SEEK_CUR)
+            fh.seek(padding(size), os.SEEK_CUR)
         else:
             if name not in _PAYLOAD_BY_NAME:
                 raise PackageFormatError(
@@ -141,7 +120,7 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
                     f"package is truncated: {name} declares {size} bytes but the file ends "
                     f"{file_size - offset} bytes in"
                 )
-            fh.seek(size + _padding(size), os.SEEK_CUR)
+            fh.seek(size + padding(size), os.SEEK_CUR)
         parts.append((name, offset, size))
     trailer = fh.read(2 * BLOCK)
     # tar pads to its record size (GNU: 10 KiB): allow zero padding, nothing else, after the marker.
@@ -207,11 +186,10 @@ def write_package(
     compression: str,
 ) -> None:
     """Write the container to ``out``, streaming ``payload_size`` bytes from ``payload``."""
-    out.write(_header("manifest.json", len(manifest_bytes)))
-    out.write(manifest_bytes + b"\x00" * _padding(len(manifest_bytes)))
-    out.write(_header("signatures.json", len(signatures_bytes)))
-    out.write(signatures_bytes + b"\x00" * _padding(len(signatures_bytes)))
-    out.write(_header(PAYLOAD_NAMES[compression], payload_size))
+    for name, data in (("manifest.json", manifest_bytes), ("signatures.json", signatures_bytes)):
+        out.write(encode_header(name.encode(), REG, len(data)))
+        out.write(data + bytes(padding(len(data))))
+    out.write(encode_header(PAYLOAD_NAMES[compression].encode(), REG, payload_size))
     copied = 0
     while copied < payload_size:
         chunk = payload.read(min(1 << 20, payload_size - copied))
@@ -219,16 +197,4 @@ def write_package(
             raise PackageFormatError("payload source ended early while writing the package")
         out.write(chunk)
         copied += len(chunk)
-    out.write(b"\x00" * (_padding(payload_size) + 2 * BLOCK))
-
-
-def copy_payload(src: BinaryIO, parts: PackageParts, dst: BinaryIO) -> None:
-    """Copy just the payload member's bytes from a package to ``dst``."""
-    src.seek(parts.payload_offset)
-    left = parts.payload_size
-    while left:
-        chunk = src.read(min(1 << 20, left))
-        if not chunk:
-            raise PackageFormatError("package is truncated inside the payload")
-        dst.write(chunk)
-        left -= len(chunk)
+    out.write(bytes(padding(payload_size)) + END_OF_ARCHIVE)

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -60,21 +60,20 @@ __all__ = [
     "Payload",
     "ReleaseType",
     "SharedPaths",
-    "SignatureEntry",
     "SymlinkEntry",
     "TcpCheck",
     "VersionProbe",
     "canonical_json",
     "check_relpath",
+    "explain_validation",
     "fold_key",
     "parse_manifest",
-    "parse_signatures",
+    "render_manifest",
     "strict_json_loads",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-MAX_SIGNATURES_BYTES = 1024 * 1024
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 MAX_DEPTH = 128
@@ -434,21 +433,8 @@ class Manifest(_Model):
         return sum(e.size for e in self.files if isinstance(e, FileEntry))
 
 
-class SignatureEntry(_Model):
-    keyid: str
-    sig: str
-
-    @field_validator("keyid")
-    @classmethod
-    def _hex(cls, v: str) -> str:
-        if not _HEX64.fullmatch(v):
-            raise ValueError(
-                "keyid must be 64 lowercase hex digits (SHA-256 of the raw public key)"
-            )
-        return v
-
-
-def _explain(exc: ValidationError, what: str) -> str:
+def explain_validation(exc: ValidationError, what: str) -> str:
+    """A one-line account of the first five problems pydantic found in ``what``."""
     lines = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -475,15 +461,12 @@ def parse_manifest(data: bytes) -> Manifest:
             cause = (err.get("ctx") or {}).get("error")
             if isinstance(cause, ManifestError):
                 raise ManifestError(str(cause)) from exc
-        raise ManifestError(_explain(exc, "manifest.json")) from exc
+        raise ManifestError(explain_validation(exc, "manifest.json")) from exc
 
 
-def parse_signatures(data: bytes) -> list[SignatureEntry]:
-    """Parse ``signatures.json``: a JSON list of ``{"keyid", "sig"}`` objects."""
-    obj = strict_json_loads(data, "signatures.json", MAX_SIGNATURES_BYTES)
-    if not isinstance(obj, list):
-        raise ManifestError("signatures.json must be a JSON list of {keyid, sig} objects")
-    try:
-        return [SignatureEntry.model_validate(o) for o in obj]
-    except ValidationError as exc:
-        raise ManifestError(_explain(exc, "signatures.json")) from exc
+def render_manifest(manifest: Manifest) -> bytes:
+    """The canonical ``manifest.json`` bytes of ``manifest`` (sorted keys, no spaces, UTF-8,
+    one trailing newline; fields that are None omitted), which :func:`parse_manifest` reads back
+    as an equal model. The same model always renders to the same bytes: builds are reproducible.
+    """
+    return canonical_json(manifest.model_dump(mode="json", exclude_none=True))

@@ -11,21 +11,25 @@ from cutover.agent.trust.httpsig import (
 )
 from cutover.agent.trust.policy import (
     HostHistory,
+    SignatureVerdict,
     TrustPolicy,
     VerifiedRelease,
     peek_app,
+    signature_verdict,
     verify_release,
 )
 
 __all__ = [
     "HostHistory",
     "RequestTarget",
+    "SignatureVerdict",
     "TrustPolicy",
     "VerifiedRelease",
     "content_digest",
     "new_nonce",
     "peek_app",
     "sign_request",
+    "signature_verdict",
     "verify_release",
     "verify_request",
 ]

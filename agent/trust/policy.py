@@ -17,12 +17,11 @@ Rules (docs/security-model.md). No I/O happens here; every failure raises a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from cutover.agent.errors import (
     DowngradeError,
@@ -36,20 +35,21 @@ from cutover.agent.keys import PublicKey
 from cutover.agent.package.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
-    SignatureEntry,
     parse_manifest,
-    parse_signatures,
     strict_json_loads,
 )
+from cutover.agent.package.signatures import SignatureEntry, parse_signatures
 from cutover.agent.versions import Incomparable, is_older
 
 __all__ = [
     "HostHistory",
+    "SignatureVerdict",
     "TrustPolicy",
     "VerifiedRelease",
     "check_history",
     "manifest_digest",
     "peek_app",
+    "signature_verdict",
     "verify_release",
     "verify_signatures",
 ]
@@ -91,6 +91,35 @@ def manifest_digest(manifest_bytes: bytes) -> str:
     return hashlib.sha256(manifest_bytes).hexdigest()
 
 
+class SignatureVerdict(StrEnum):
+    """What one ``signatures.json`` entry proves about the manifest bytes."""
+
+    VALID = "valid"  # a given key's signature over exactly these bytes
+    INVALID = "invalid"  # a given key, but the signature does not match these bytes
+    MALFORMED = "malformed"  # not standard base64
+    UNTRUSTED = "untrusted"  # made by none of the given keys: not checked
+
+
+def signature_verdict(
+    manifest_bytes: bytes, entry: SignatureEntry, keys: Mapping[str, PublicKey]
+) -> SignatureVerdict:
+    """Check one signature entry over ``manifest_bytes`` against ``keys`` (by key id).
+
+    The one Ed25519 check of manifests: :func:`verify_signatures` (staging) and
+    ``cutover inspect --trust`` both decide through it.
+    """
+    try:
+        raw = entry.signature()
+    except ValueError:
+        return SignatureVerdict.MALFORMED
+    key = keys.get(entry.keyid)
+    if key is None:
+        return SignatureVerdict.UNTRUSTED
+    if len(raw) != 64 or not key.verify(raw, manifest_bytes):
+        return SignatureVerdict.INVALID
+    return SignatureVerdict.VALID
+
+
 def verify_signatures(
     manifest_bytes: bytes, signatures: list[SignatureEntry], policy: TrustPolicy
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -100,7 +129,8 @@ def verify_signatures(
         (trusted signer key ids, ignored untrusted key ids), both sorted.
 
     Raises:
-        SignatureError: unsigned, a trusted key's signature is invalid, or threshold not met.
+        SignatureError: unsigned, a signature is not base64, a trusted key's signature is
+            invalid, or threshold not met.
     """
     if not signatures:
         raise SignatureError(
@@ -110,17 +140,16 @@ def verify_signatures(
     good: set[str] = set()
     ignored: set[str] = set()
     for entry in signatures:
-        try:
-            raw = base64.b64decode(entry.sig, validate=True)
-        except (binascii.Error, ValueError) as exc:
+        verdict = signature_verdict(manifest_bytes, entry, policy.keys)
+        if verdict is SignatureVerdict.MALFORMED:
             raise SignatureError(
                 f"signature by key {entry.keyid[:16]} is not valid base64", code="bad_signature"
-            ) from exc
-        key = policy.keys.get(entry.keyid)
-        if key is None:
+            )
+        if verdict is SignatureVerdict.UNTRUSTED:
             ignored.add(entry.keyid)
             continue
-        if len(raw) != 64 or not key.verify(raw, manifest_bytes):
+        if verdict is SignatureVerdict.INVALID:
+            key = policy.keys[entry.keyid]
             raise SignatureError(
                 f"signature by trusted key {entry.keyid[:16]} ({key.source or 'config'}) does not "
                 "match manifest.json: the manifest was altered or signed with another key",

@@ -20,7 +20,7 @@ from cutover.agent.extract.extractor import extract_payload
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.agent.package.container import PackageParts, open_package
 from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
-from cutover.controller.build import build_package, payload_matches, sign_package
+from cutover.controller.build import build_package, inspect_package, sign_package
 from tests.agent.conftest import NOW, Tree, snapshot
 
 # shared/ sits beside the repository (on developer machines and in CI).
@@ -80,8 +80,10 @@ def test_round_trip_reproduces_the_tree(corpus: Path, tmp_path: Path, key: Priva
     build_package(corpus, pkg, version="1.0.0", created_at=CREATED)
     sign_package(pkg, key)
 
-    manifest, signers, ok = payload_matches(pkg)  # `cutover inspect`
-    assert ok and signers == [key.keyid] and manifest.app == "ame"
+    found = inspect_package(pkg, {key.keyid: key.public})  # `cutover inspect --trust`
+    manifest = found.manifest
+    assert found.payload_matches and found.signers == [key.keyid] and manifest.app == "ame"
+    assert found.verdicts == {key.keyid: "valid"}
 
     parts, fh = open_package(pkg)
     with fh:
