@@ -1,0 +1,84 @@
+"""`cutover inspect` decides with the agent's own checks (signature verdicts, payload size, codec
+and digest), run as a user runs it; inspecting never changes the package."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+from cutover.agent.keys import generate_keypair
+from cutover.agent.package.container import open_package, write_package
+from cutover.agent.package.signatures import SignatureEntry
+from cutover.agent.package.writer import add_signature
+from tests.controller.test_cli import _tree, cutover
+
+
+def _built(tmp_path: Path) -> Path:
+    pkg = tmp_path / "ame-1.0.0.cutover"
+    proc = cutover("build", str(_tree(tmp_path)), "--version", "1.0.0", "-o", str(pkg))
+    assert proc.returncode == 0, proc.stderr
+    return pkg
+
+
+def _inspect(pkg: Path, *trusted: Path) -> tuple[int, dict[str, object]]:
+    """``cutover inspect --json`` trusting the public keys of the private key files given."""
+    args = [a for k in trusted for a in ("--trust", f"{k}.pub")]
+    before = hashlib.sha256(pkg.read_bytes()).hexdigest()
+    proc = cutover("inspect", str(pkg), "--json", *args)
+    assert hashlib.sha256(pkg.read_bytes()).hexdigest() == before  # read-only
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_a_signature_over_other_bytes_is_invalid(tmp_path: Path) -> None:
+    pkg = _built(tmp_path)
+    good, forger = generate_keypair(tmp_path / "good"), generate_keypair(tmp_path / "forger")
+    add_signature(pkg, lambda data: SignatureEntry.of(good.keyid, good.sign(data)))
+    add_signature(pkg, lambda data: SignatureEntry.of(forger.keyid, forger.sign(data + b" ")))
+
+    code, info = _inspect(pkg, tmp_path / "good", tmp_path / "forger")
+    assert code == 3
+    assert info["signature_check"] == {good.keyid: "valid", forger.keyid: "INVALID"}
+    assert info["payload_matches"] is True
+
+    code, info = _inspect(
+        pkg, tmp_path / "good"
+    )  # the forger's key not given: unknown, not a failure
+    assert code == 0
+    assert info["signature_check"] == {good.keyid: "valid", forger.keyid: "unknown"}
+
+
+def test_a_signature_that_is_not_base64_is_invalid(tmp_path: Path) -> None:
+    pkg = _built(tmp_path)
+    key = generate_keypair(tmp_path / "k")
+    add_signature(pkg, lambda _: SignatureEntry(keyid=key.keyid, sig="not base64!"))
+    code, info = _inspect(pkg, tmp_path / "k")
+    assert code == 3 and info["signature_check"] == {key.keyid: "INVALID"}
+
+
+def test_a_payload_codec_other_than_the_manifests_does_not_match(tmp_path: Path) -> None:
+    """The container says zstd, the manifest gzip: the agent refuses that at staging, so must
+    inspect (it runs the same check)."""
+    pkg = _built(tmp_path)
+    parts, fh = open_package(pkg)
+    with fh:
+        fh.seek(parts.payload_offset)
+        payload = fh.read(parts.payload_size)
+    manifest = parts.manifest_bytes.replace(b'"compression":"zstd"', b'"compression":"gzip"')
+    assert manifest != parts.manifest_bytes
+    lying = tmp_path / "lying.cutover"
+    with lying.open("xb") as out:
+        write_package(out, manifest, b"[]\n", io.BytesIO(payload), len(payload), "zstd")
+
+    code, info = _inspect(lying)
+    assert code == 3 and info["payload_matches"] is False
+    assert "compression" in str(info["payload_problem"])
+    assert sorted(os.listdir(tmp_path)) == ["ame-1.0.0.cutover", "app", "lying.cutover"]
+
+
+def test_a_matching_payload_has_no_problem(tmp_path: Path) -> None:
+    code, info = _inspect(_built(tmp_path))
+    assert code == 0 and info["payload_matches"] is True and info["payload_problem"] is None
+    assert info["signature_check"] is None  # nothing given to check against
