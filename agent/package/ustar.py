@@ -94,6 +94,9 @@ class Header(NamedTuple):
     prefixed: bool  # the ustar name prefix was used
 
 
+_new_header: Final = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
+
 def padding(size: int) -> int:
     """Zero bytes that follow ``size`` data bytes to reach a block boundary."""
     return -size % BLOCK
@@ -120,6 +123,7 @@ def decode_header(block: bytes) -> Header | None:
     Raises:
         HeaderError: not POSIX ustar, a bad checksum, or a malformed numeric field.
     """
+    # Runs once per member of every payload: the common case is kept inline (bench/extract.py).
     name, mode, _, _, size, _, chksum, kind, link, magic, _, _, _, _, prefix = _HEADER.unpack(block)
     if magic != MAGIC:
         if block == _ZERO_BLOCK:
@@ -127,20 +131,19 @@ def decode_header(block: bytes) -> Header | None:
         if magic == GNU_MAGIC:
             raise HeaderError("a GNU-format tar header (only POSIX ustar is read)", "gnu")
         raise HeaderError("not a POSIX ustar header", "not_ustar")
-    if _number(chksum, "checksum", False) != sum(block) - sum(chksum) + 256:
+    match = _OCTAL.fullmatch(chksum)
+    stored = int(match[1], 8) if match is not None else _number(chksum, "checksum", False)
+    if stored != sum(block) - sum(chksum) + 256:
         raise HeaderError("bad header checksum", "checksum")
+    match = _OCTAL.fullmatch(size)
+    length = int(match[1], 8) if match is not None else _number(size, "size", True)
+    match = _OCTAL.fullmatch(mode)
+    bits = int(match[1], 8) if match is not None else _number(mode, "mode", False)
     name = name.partition(b"\x00")[0]
-    prefixed = bool(prefix[0])
+    prefixed = prefix[0] != 0
     if prefixed:
         name = prefix.partition(b"\x00")[0] + b"/" + name
-    return Header(
-        name,
-        _number(mode, "mode", False),
-        _number(size, "size", True),
-        kind,
-        link.partition(b"\x00")[0],
-        prefixed,
-    )
+    return _new_header(Header, (name, bits, length, kind, link.partition(b"\x00")[0], prefixed))
 
 
 def decode_pax(data: bytes) -> dict[str, bytes]:
