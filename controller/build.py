@@ -45,6 +45,7 @@ from cutover.agent.package.manifest import (
     check_relpath,
     explain_validation,
     parse_manifest,
+    render_manifest,
 )
 from cutover.agent.package.signatures import SignatureEntry, parse_signatures
 from cutover.agent.package.writer import (
@@ -278,11 +279,13 @@ def build_package(
             )
         except ValidationError as exc:
             raise ManifestError(explain_validation(exc, f"the manifest of {app_dir}")) from exc
+        # The builder holds itself to the agent's rules (strict JSON, size cap) before writing.
+        if parse_manifest(render_manifest(manifest)) != manifest:
+            raise ManifestError(
+                f"the manifest of {app_dir} does not read back as built; report a bug"
+            )
         payload_file.seek(0)
         manifest_bytes = write_package_file(output, manifest, [], payload_file)
-    # The builder holds itself to the agent's rules: the bytes written must parse back as is.
-    if parse_manifest(manifest_bytes) != manifest:
-        raise ManifestError(f"{output}: manifest.json does not read back as built; report a bug")
     return BuildResult(output, manifest, manifest_bytes, len(files), total, payload.size)
 
 

@@ -70,8 +70,9 @@ def _read_header(fh: BinaryIO, index: int) -> tuple[str, int]:
     try:
         header = decode_header(raw)
     except HeaderError as exc:
+        detail = f" ({exc.what})" if exc.code == "number" else ""
         raise PackageFormatError(
-            f"package: member {index + 1} {_HEADER_PROBLEMS[exc.code]} ({exc.what})"
+            f"package: member {index + 1} {_HEADER_PROBLEMS[exc.code]}{detail}"
         ) from exc
     if header is None:
         raise PackageFormatError(f"package ends after {index} members; expected 3")
