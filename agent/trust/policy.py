@@ -7,7 +7,7 @@ Rules (docs/security-model.md). No I/O happens here; every failure raises a
    into a model: only keys trusted for the app count, each key counts once, and at least
    ``threshold`` distinct trusted keys must have signed. A malformed signature entry is an error,
    an untrusted key id is ignored (it may be a rotation in progress) but reported.
-2. The manifest must parse under the strict schema (agent.manifest).
+2. The manifest must parse under the strict schema (agent.package.manifest).
 3. App and version must equal what the operator or controller asked for.
 4. A manifest past ``expires_at`` is refused.
 5. Immutability: a version already known with a different manifest digest is refused.

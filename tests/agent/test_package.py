@@ -1,4 +1,4 @@
-"""The outer container (agent/package.py): exactly three plain ustar members, in order."""
+"""The outer container (agent/package/container.py): exactly three plain ustar members, in order."""
 
 from __future__ import annotations
 
