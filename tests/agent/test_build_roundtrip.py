@@ -145,3 +145,30 @@ def test_other_codecs_round_trip(tmp_path: Path, key: PrivateKey, compression: s
         assert parts.payload_compression == compression
         extract_payload(fh, parts, verified.manifest, tmp_path / "out")
     assert snapshot(tmp_path / "out") == expected_tree(src, skip=set())
+
+
+# sha256 of this tree's package as built by the earlier builder (stdlib tar in pax format, the
+# layout agent/package/ustar.py reproduces). Uncompressed, so no codec version is involved.
+GOLDEN_UNCOMPRESSED = "88ab530c5e507003894e2932ebfecefbd39bc4cdbb76c82c8687f19c99e5414d"
+
+
+def test_package_bytes_are_stable_across_builder_versions(tmp_path: Path) -> None:
+    """A rebuild of the same tree and metadata gives the same bytes as the previous builder did,
+    long names, non-ASCII names and long link targets (pax records) included: a host that
+    staged the old build accepts the rebuild as the same version (no immutability conflict)."""
+    src = tmp_path / "src"
+    long_dir = src / "vendor" / ("d" * 90) / ("e" * 90)
+    long_dir.mkdir(parents=True)
+    (long_dir / ("f" * 120 + ".php")).write_text("<?php // long\n")
+    (src / "résumé-ünïcode.txt").write_text("hi\n")
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "latest").symlink_to("run.sh")
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "longlink").symlink_to("../" + "x" * 120)
+    (src / ("x" * 120)).touch()
+    (src / ("p" * 99)).mkdir()  # with its trailing slash, exactly 100 bytes: no pax record
+    (src / "cutover.toml").write_text('app = "ame"\n')
+    pkg = tmp_path / "p.cutover"
+    build_package(src, pkg, version="1.0.0", created_at=CREATED, compression="none")
+    assert hashlib.sha256(pkg.read_bytes()).hexdigest() == GOLDEN_UNCOMPRESSED
