@@ -11,7 +11,7 @@ Strictness, by direction (docs/protocol.md, "Transport"):
   and typed; a field a newer agent adds is kept (``model_extra``) instead of failing an older
   controller, because ``/v1`` may *add* fields to responses. Event and journal entries carry
   event-specific fields that way.
-* **request bodies are strict** (``extra="forbid"``, in agent/daemon/routes.py): a typo is a
+* **request bodies are strict** (``extra="forbid"``, ``strict``, in agent/daemon/bodies.py): a typo is a
   ``400``, never a silent default.
 
 Errors have one wire shape, :class:`ErrorBody` (``{"error", "kind", "message", "holder"?}``),

@@ -72,6 +72,13 @@ class AgentSection(_Strict):
     max_request_lifetime_s: int = Field(default=300, gt=0, le=300)
     clock_skew_s: int = Field(default=30, ge=0, le=30)  # httpsig.MAX_SKEW_S
     drain_timeout_s: float = Field(default=60.0, gt=0)
+    json_body_timeout_s: float = Field(default=60.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: float = Field(default=15.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    max_connections: int = Field(default=1024, ge=16)
+    max_unauthenticated_per_peer: int = Field(default=32, ge=1)
+    fetch_allow: list[str] = []
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("name")

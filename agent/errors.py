@@ -20,7 +20,8 @@ input) and *an operation failed* (the host, a check or a peer let us down; the o
     │       ├── MethodNotAllowedError    method_not_allowed       405  2
     │       ├── BodyTimeoutError         body_timeout             408  2  the body stalled or took too long
     │       ├── PayloadTooLargeError     payload_too_large        413  2
-    │       └── UnsupportedMediaTypeError unsupported_media_type  415  2
+    │       ├── UnsupportedMediaTypeError unsupported_media_type  415  2
+    │       └── ExpectationFailedError   expectation_failed       417  2  an Expect other than 100-continue
     └── OperationalError                 failed                   500  1  something failed while doing legitimate work
         ├── ConfigError                  bad_config               500  2  config file unreadable or invalid
         ├── KeyFileError                 bad_key                  500  2  a key file missing, unreadable, wrong kind
@@ -73,6 +74,7 @@ __all__ = [
     "DriftError",
     "ErrorKind",
     "ExitCode",
+    "ExpectationFailedError",
     "ExpiredError",
     "HealthCheckError",
     "HookError",
@@ -272,6 +274,11 @@ class PayloadTooLargeError(RequestError):
 @_registered("unsupported_media_type", 415, ExitCode.USAGE)
 class UnsupportedMediaTypeError(RequestError):
     """The body's Content-Type is not the one the endpoint takes."""
+
+
+@_registered("expectation_failed", 417, ExitCode.USAGE)
+class ExpectationFailedError(RequestError):
+    """An ``Expect`` other than ``100-continue``."""
 
 
 @_registered("failed", 500, ExitCode.FAILED)

@@ -12,19 +12,24 @@ Security rules enforced here, in this order, for every route except ``GET /v1/he
    anything acts on the request; a second use is ``replayed``, also after a restart.
 3. **Role.** ``read`` keys may only ``GET``; ``deploy`` keys may do everything. Otherwise
    ``forbidden_role``.
-4. **Body after signature, digest before use.** No body byte is read before steps 1-3 passed. A
+4. **Shape before body.** :func:`check_request_shape`: no ``Content-Encoding`` but ``identity``
+   (``415``), no body on ``GET``/``HEAD``/``DELETE`` (``400``), no ``Expect`` but
+   ``100-continue`` (``417``). ``100 Continue`` is sent by :func:`stream_body`, i.e. only once
+   steps 1-3 passed (the routes' ``expect_handler`` defers it).
+5. **Body after signature, digest before use.** No body byte is read before steps 1-3 passed. A
    body is read in chunks with an idle timeout and an overall deadline (``408 body_timeout``) and a
    size cap checked against ``Content-Length`` up front and counted while reading
    (``413 payload_too_large``), hashed while read, and compared with the signed
    ``Content-Digest`` (``401 digest_mismatch``) before any handler sees it. Small bodies (JSON,
    at most :data:`MAX_JSON_BYTES`) are read here; the package upload route streams its body to a
    file with :func:`stream_body` and deletes the file on any failure.
-5. **Rejections change nothing.** Every refusal answers ``{"error": code, "message": ...}``
+6. **Rejections change nothing.** Every refusal answers ``{"error": code, "message": ...}``
    before any handler runs (nonce bookkeeping aside, which is the agent's, not an app's, state),
    and closes the connection when a body was left unread.
 
 Each request also gets a request id, bound with the keyid into structlog's contextvars, and one
-canonical ``request`` log line (method, path, route, status, duration_ms, keyid).
+canonical ``request`` log line (method, path, route, status, duration_ms, keyid: also for a
+``replayed`` or ``forbidden_role`` refusal, whose signature did verify).
 """
 
 from __future__ import annotations
@@ -39,19 +44,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
+from cutover.agent.daemon.connections import GUARD_KEY
 from cutover.agent.daemon.operations import error_body
 from cutover.agent.errors import (
     AuthError,
     BodyTimeoutError,
     ConfigError,
     CutoverError,
+    ExpectationFailedError,
     InternalError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
+    UnsupportedMediaTypeError,
     kind_of,
 )
 from cutover.agent.trust import httpsig
@@ -64,9 +72,12 @@ __all__ = [
     "MAX_JSON_BYTES",
     "PUBLIC_ROUTES",
     "STREAMING_ROUTES",
+    "UNMATCHED_ROUTE",
     "Caller",
     "auth_middleware",
+    "check_request_shape",
     "error_response",
+    "send_continue",
     "status_for",
     "stream_body",
 ]
@@ -75,8 +86,8 @@ log = structlog.get_logger(__name__)
 
 CTX_KEY: web.AppKey[AgentContext] = web.AppKey("cutover_ctx")
 MAX_JSON_BYTES = 64 * 1024
-JSON_BODY_TIMEOUT_S = 60.0
 PUBLIC_ROUTES = frozenset({"health", "metrics"})
+UNMATCHED_ROUTE = "unmatched"  # the catch-all route's name (agent/daemon/routes.py)
 STREAMING_ROUTES = frozenset({"upload"})
 
 
@@ -119,8 +130,13 @@ async def stream_body(
     total_timeout_s: float,
     write: Callable[[bytes], Awaitable[None]],
     batch_bytes: int = 1 << 20,
+    idle_setting: str = "agent.upload_idle_timeout_s",
+    total_setting: str = "agent.upload_timeout_s",
 ) -> tuple[int, bytes]:
     """Read the request body in bounded chunks, hand batches to ``write``, hash everything.
+
+    Only called once the request is authenticated: a client that sent ``Expect: 100-continue``
+    is told ``100 Continue`` here, so a refused request never costs it the body's bytes.
 
     Args:
         request: the request (its body not read yet).
@@ -128,6 +144,8 @@ async def stream_body(
         idle_timeout_s: the longest wait for the next chunk.
         total_timeout_s: the longest the whole body may take.
         write: awaited with batches of about ``batch_bytes`` (and the rest at the end).
+        idle_setting, total_setting: the config settings behind the two timeouts, named in the
+            ``408`` message of the one that was hit.
 
     Returns:
         The body length and its SHA-256.
@@ -139,22 +157,27 @@ async def stream_body(
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise _too_large(max_bytes)
+    await send_continue(request)
     digest = hashlib.sha256()
     size = 0
     buf = bytearray()
     deadline = time.monotonic() + total_timeout_s
+    total_hit = BodyTimeoutError(
+        f"request body took longer than {total_timeout_s:g} s ({total_setting})"
+    )
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BodyTimeoutError(f"request body took longer than {total_timeout_s:g} s")
+            raise total_hit
         try:
             chunk = await asyncio.wait_for(
                 request.content.readany(), timeout=min(idle_timeout_s, remaining)
             )
         except TimeoutError:
+            if remaining <= idle_timeout_s:
+                raise total_hit from None
             raise BodyTimeoutError(
-                f"request body stalled: no data for {min(idle_timeout_s, remaining):g} s "
-                "(agent.upload_idle_timeout_s / upload_timeout_s)"
+                f"request body stalled: no data for {idle_timeout_s:g} s ({idle_setting})"
             ) from None
         if not chunk:
             break
@@ -169,6 +192,18 @@ async def stream_body(
     if buf:
         await _hash_and_write(digest, bytes(buf), write)
     return size, digest.digest()
+
+
+async def send_continue(request: web.Request) -> None:
+    """Answer ``Expect: 100-continue`` (once, HTTP/1.1 only): the body may come now."""
+    if (
+        request.version == HttpVersion11
+        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+        and not request.get("continued")
+    ):
+        request["continued"] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the real response has not started
 
 
 async def _hash_and_write(
@@ -195,9 +230,44 @@ def _route_name(request: web.Request) -> str:
     return info.route.name or "" if info.http_exception is None else ""
 
 
-def _route_label(request: web.Request) -> str:
+def _route_label(request: web.Request, authenticated: bool) -> str:
+    """The metrics label: the route template, but ``unmatched`` for every unauthenticated
+    request to a non-public path, so the unauthenticated /metrics cannot reveal the route table."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    name = _route_name(request)
+    if resource is None or name == UNMATCHED_ROUTE:
+        return "unmatched"
+    if not authenticated and name not in PUBLIC_ROUTES:
+        return "unmatched"
+    return resource.canonical
+
+
+def check_request_shape(request: web.Request) -> None:
+    """What every request must satisfy before its body is read (docs/protocol.md, Transport).
+
+    Raises:
+        RequestError: a ``Content-Encoding`` other than ``identity`` (``415``: the signed digest
+            is over the bytes on the wire, and decompressing first would make it cover other
+            bytes, RFC 9530); a body on ``GET``/``HEAD``/``DELETE`` (``400``); an ``Expect``
+            other than ``100-continue`` (``417``).
+    """
+    encodings = [
+        token.strip().lower()
+        for value in request.headers.getall("Content-Encoding", [])
+        for token in value.split(",")
+    ]
+    if any(token not in ("", "identity") for token in encodings):
+        raise UnsupportedMediaTypeError(
+            "Content-Encoding is not accepted: send the body unencoded (identity); the signed "
+            "Content-Digest covers the bytes as sent"
+        )
+    if request.method in ("GET", "HEAD", "DELETE") and (
+        request.body_exists or request.content_length
+    ):
+        raise RequestError(f"{request.method} takes no body; send none (Content-Length: 0)")
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        raise ExpectationFailedError(f"Expect: {expect[:64]!r} is not supported; only 100-continue")
 
 
 async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
@@ -221,6 +291,7 @@ async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
         raise ConfigError(
             f"agent.name {cfg.agent.name!r} is unusable as @authority ({exc}); fix the config"
         ) from exc
+    request["keyid"] = verified.keyid  # the audit trail names it even if refused below
     try:
         await asyncio.to_thread(ctx.nonces.use, verified.nonce, verified.expires, now)
     except ValueError as exc:
@@ -249,11 +320,17 @@ async def _read_small_body(ctx: AgentContext, request: web.Request, caller: Call
         request,
         max_bytes=MAX_JSON_BYTES,
         idle_timeout_s=ctx.holder.current.agent.upload_idle_timeout_s,
-        total_timeout_s=min(JSON_BODY_TIMEOUT_S, ctx.holder.current.agent.upload_timeout_s),
+        total_timeout_s=ctx.holder.current.agent.json_body_timeout_s,
         write=keep,
+        total_setting="agent.json_body_timeout_s",
     )
     check_digest(caller, actual)
-    return b"".join(parts)
+    body = b"".join(parts)
+    if not body and request.headers.get("Content-Type", "").strip():
+        raise RequestError(
+            "a request without a body must send an empty Content-Type (docs/protocol.md)"
+        )
+    return body
 
 
 def _http_error(exc: web.HTTPException) -> CutoverError:
@@ -270,6 +347,9 @@ async def auth_middleware(
 ) -> web.StreamResponse:
     """Authenticate, read the body, run the handler, map errors, log one line per request."""
     ctx = request.app[CTX_KEY]
+    guard = request.app.get(GUARD_KEY)
+    if guard is not None:
+        guard.request_started(request)
     started = time.monotonic()
     request_id = secrets.token_hex(8)
     structlog.contextvars.clear_contextvars()
@@ -283,8 +363,11 @@ async def auth_middleware(
             caller = await _authenticate(ctx, request)
             structlog.contextvars.bind_contextvars(keyid=caller.keyid[:16], key=caller.name)
             request["caller"] = caller
-            if name not in STREAMING_ROUTES:
-                request["body"] = await _read_small_body(ctx, request, caller)
+            if guard is not None:
+                guard.authenticated(request)
+        check_request_shape(request)
+        if caller is not None and name not in STREAMING_ROUTES:
+            request["body"] = await _read_small_body(ctx, request, caller)
         response = await handler(request)
     except web.HTTPException as exc:
         error = _http_error(exc)
@@ -305,18 +388,22 @@ async def auth_middleware(
         if not request.content.at_eof():
             response.force_close()  # never read an unauthenticated or refused body to the end
     duration = time.monotonic() - started
-    ctx.metrics.request(request.method, _route_label(request), response.status, duration)
+    label = _route_label(request, caller is not None)
+    ctx.metrics.request(request.method, label, response.status, duration)
+    keyid: str | None = caller.keyid if caller else request.get("keyid")
     level = "info" if response.status < 400 else "warning" if response.status < 500 else "error"
     getattr(log, level)(
         "request",
         method=request.method,
         path=request.raw_path[:256],
-        route=_route_label(request),
+        route=label if caller is not None else _route_label(request, True),
         status=response.status,
         duration_ms=round(duration * 1000, 2),
-        keyid=caller.keyid[:16] if caller else None,
+        keyid=keyid[:16] if keyid else None,
         error=error.code if error else None,
         message=error.message if error and response.status >= 500 else None,
         remote=request.remote,
     )
+    if guard is not None:
+        guard.request_finished(request)
     return response

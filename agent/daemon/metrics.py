@@ -151,6 +151,16 @@ class Metrics:
             "When the config in force was loaded (Unix time).",
             registry=r,
         )
+        self.connections_open = Gauge(
+            "cutover_connections_open", "Client connections open now.", registry=r
+        )
+        self.connections_closed = Counter(
+            "cutover_connections_closed_total",
+            "Connections closed or refused by the agent's limits, by reason (header_timeout, "
+            "idle_timeout, body_timeout, peer_cap, total_cap, evicted, accept_failed).",
+            ["reason"],
+            registry=r,
+        )
         self.releases = _ReleaseCollector()
         r.register(self.releases)
 

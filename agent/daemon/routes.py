@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cutover.agent import __version__
 from cutover.agent.api_models import (
@@ -39,7 +38,20 @@ from cutover.agent.api_models import (
     JournalPage,
     OperationResult,
 )
-from cutover.agent.daemon.auth import CTX_KEY, Caller, check_digest, stream_body
+from cutover.agent.daemon.auth import (
+    CTX_KEY,
+    UNMATCHED_ROUTE,
+    Caller,
+    check_digest,
+    stream_body,
+)
+from cutover.agent.daemon.bodies import (
+    ActivateBody,
+    FetchBody,
+    RollbackBody,
+    check_query,
+    parse_json_body,
+)
 from cutover.agent.daemon.context import AgentContext
 from cutover.agent.daemon.fetch import download, redact, validate_url
 from cutover.agent.daemon.metrics import CONTENT_TYPE
@@ -57,31 +69,13 @@ from cutover.agent.lifecycle.manager import AppManager, EventSink, OpResult
 from cutover.agent.package.manifest import APP_RE
 from cutover.agent.versions import VERSION_RE
 
+_M = TypeVar("_M", ActivateBody, RollbackBody, FetchBody)
+
 __all__ = ["routes"]
 
 log = structlog.get_logger(__name__)
 
 MAX_JOURNAL_LIMIT = 10_000
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ActivateBody(_Body):
-    version: str = Field(pattern=VERSION_RE.pattern)
-
-
-class RollbackBody(_Body):
-    to: str | None = Field(default=None, pattern=VERSION_RE.pattern)
-    restore: bool = False
-
-
-class FetchBody(_Body):
-    url: str = Field(min_length=1, max_length=8192)
-
-
-_M = TypeVar("_M", bound=_Body)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -109,16 +103,7 @@ def _version(request: web.Request) -> str:
 
 
 def _json_body(request: web.Request, model: type[_M]) -> _M:
-    media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        raise UnsupportedMediaTypeError("send the body as Content-Type: application/json")
-    try:
-        return model.model_validate_json(request["body"])
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise RequestError(f"invalid request body: {problems}") from exc
+    return parse_json_body(request.headers.get("Content-Type", ""), request["body"], model)
 
 
 def _no_body(request: web.Request) -> None:
@@ -126,10 +111,9 @@ def _no_body(request: web.Request) -> None:
         raise RequestError("this endpoint takes no body")
 
 
-def _no_query(request: web.Request, allowed: frozenset[str] = frozenset()) -> None:
-    unknown = set(request.query) - allowed
-    if unknown:
-        raise RequestError(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+async def _defer_expect(request: web.Request) -> None:
+    """aiohttp would answer ``Expect: 100-continue`` before any middleware ran, i.e. before
+    authentication; the answer is sent by :func:`agent.daemon.auth.stream_body` instead."""
 
 
 def _accepted(op: Operation) -> web.Response:
@@ -212,20 +196,20 @@ def _app_summary(app: str, root: Path, state: AppState) -> dict[str, Any]:
 routes = web.RouteTableDef()
 
 
-@routes.get("/v1/health", name="health")
+@routes.get("/v1/health", name="health", expect_handler=_defer_expect)
 async def health(request: web.Request) -> web.Response:
     return web.json_response(Health(status="ok").to_json())
 
 
-@routes.get("/metrics", name="metrics")
+@routes.get("/metrics", name="metrics", expect_handler=_defer_expect)
 async def metrics(request: web.Request) -> web.Response:
     body = await asyncio.to_thread(_ctx(request).metrics.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-@routes.get("/v1/apps", name="apps")
+@routes.get("/v1/apps", name="apps", expect_handler=_defer_expect)
 async def list_apps(request: web.Request) -> web.Response:
-    _no_query(request)
+    check_query(request)
     ctx = _ctx(request)
     cfg = ctx.config
     out: list[AppSummary] = []
@@ -242,9 +226,9 @@ async def list_apps(request: web.Request) -> web.Response:
     return web.json_response(body.to_json())  # an unreadable app: only app, root and error
 
 
-@routes.get("/v1/apps/{app}", name="app")
+@routes.get("/v1/apps/{app}", name="app", expect_handler=_defer_expect)
 async def get_app(request: web.Request) -> web.Response:
-    _no_query(request)
+    check_query(request)
     app = _app(request)
     ctx = _ctx(request)
     store = ctx.manager(app, "read").store
@@ -263,9 +247,9 @@ async def get_app(request: web.Request) -> web.Response:
     return web.json_response(body.to_json())
 
 
-@routes.get("/v1/apps/{app}/journal", name="journal")
+@routes.get("/v1/apps/{app}/journal", name="journal", expect_handler=_defer_expect)
 async def journal(request: web.Request) -> web.Response:
-    _no_query(request, frozenset({"limit"}))
+    check_query(request, frozenset({"limit"}))
     app = _app(request)
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_JOURNAL_LIMIT:
@@ -275,10 +259,10 @@ async def journal(request: web.Request) -> web.Response:
     return web.json_response(JournalPage.model_validate({"app": app, "entries": entries}).to_json())
 
 
-@routes.put("/v1/apps/{app}/releases/{version}", name="upload")
+@routes.put("/v1/apps/{app}/releases/{version}", name="upload", expect_handler=_defer_expect)
 async def upload(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    _no_query(request)
+    check_query(request)
     app, version = _app(request), _version(request)
     caller = _caller(request)
     ctx.accepting()
@@ -343,10 +327,10 @@ async def upload(request: web.Request) -> web.Response:
     return _accepted(op)
 
 
-@routes.post("/v1/apps/{app}/releases/{version}/fetch", name="fetch")
+@routes.post("/v1/apps/{app}/releases/{version}/fetch", name="fetch", expect_handler=_defer_expect)
 async def fetch(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    _no_query(request)
+    check_query(request)
     app, version = _app(request), _version(request)
     caller = _caller(request)
     url = validate_url(_json_body(request, FetchBody).url)
@@ -399,17 +383,17 @@ async def _start(
     return _accepted(op)
 
 
-@routes.post("/v1/apps/{app}/activate", name="activate")
+@routes.post("/v1/apps/{app}/activate", name="activate", expect_handler=_defer_expect)
 async def activate(request: web.Request) -> web.Response:
-    _no_query(request)
+    check_query(request)
     _app(request)
     body = _json_body(request, ActivateBody)
     return await _start(request, "activate", body.version, lambda m: m.activate(body.version))
 
 
-@routes.post("/v1/apps/{app}/rollback", name="rollback")
+@routes.post("/v1/apps/{app}/rollback", name="rollback", expect_handler=_defer_expect)
 async def rollback(request: web.Request) -> web.Response:
-    _no_query(request)
+    check_query(request)
     _app(request)
     body = _json_body(request, RollbackBody)
     return await _start(
@@ -417,9 +401,9 @@ async def rollback(request: web.Request) -> web.Response:
     )
 
 
-@routes.delete("/v1/apps/{app}/releases/{version}", name="delete")
+@routes.delete("/v1/apps/{app}/releases/{version}", name="delete", expect_handler=_defer_expect)
 async def delete(request: web.Request) -> web.Response:
-    _no_query(request)
+    check_query(request)
     _app(request)
     _no_body(request)
     version = _version(request)
@@ -427,7 +411,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def _pin(request: web.Request, pinned: bool) -> web.Response:
-    _no_query(request)
+    check_query(request)
     ctx = _ctx(request)
     app, version = _app(request), _version(request)
     _no_body(request)
@@ -437,26 +421,26 @@ async def _pin(request: web.Request, pinned: bool) -> web.Response:
     return web.json_response(OperationResult.model_validate(result.to_json()).to_json())
 
 
-@routes.post("/v1/apps/{app}/releases/{version}/pin", name="pin")
+@routes.post("/v1/apps/{app}/releases/{version}/pin", name="pin", expect_handler=_defer_expect)
 async def pin(request: web.Request) -> web.Response:
     return await _pin(request, True)
 
 
-@routes.post("/v1/apps/{app}/releases/{version}/unpin", name="unpin")
+@routes.post("/v1/apps/{app}/releases/{version}/unpin", name="unpin", expect_handler=_defer_expect)
 async def unpin(request: web.Request) -> web.Response:
     return await _pin(request, False)
 
 
-@routes.get("/v1/operations/{op_id}", name="operation")
+@routes.get("/v1/operations/{op_id}", name="operation", expect_handler=_defer_expect)
 async def operation(request: web.Request) -> web.Response:
-    _no_query(request)
+    check_query(request)
     op = _ctx(request).registry.get(request.match_info["op_id"])
     return web.json_response(op.record())
 
 
-@routes.get("/v1/operations/{op_id}/events", name="events")
+@routes.get("/v1/operations/{op_id}/events", name="events", expect_handler=_defer_expect)
 async def events(request: web.Request) -> web.StreamResponse:
-    _no_query(request)
+    check_query(request)
     op = _ctx(request).registry.get(request.match_info["op_id"])
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     response.enable_chunked_encoding()
@@ -469,3 +453,16 @@ async def events(request: web.Request) -> web.StreamResponse:
         return response
     await response.write_eof()
     return response
+
+
+# Last: every other path. Unauthenticated, it gets the same 401 as a real route (the route table
+# cannot be probed); authenticated, 405 if another route has the path, else 404.
+@routes.route("*", "/{tail:.*}", name=UNMATCHED_ROUTE, expect_handler=_defer_expect)
+async def unmatched(request: web.Request) -> web.Response:
+    for resource in request.app.router.resources():
+        if resource.name == UNMATCHED_ROUTE:
+            continue
+        _, allowed = await resource.resolve(request)
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise NotFoundError("no such endpoint; see docs/protocol.md")

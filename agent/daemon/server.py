@@ -6,7 +6,8 @@ Lifecycle:
    exit code 2), prepare ``<state_dir>`` (``uploads/`` emptied of stale files, ``nonces.log``);
 2. run crash recovery for every configured app (:meth:`AppManager.recover_only`) and log what it
    did; an app that cannot be recovered (layout missing, lock held, drift) is logged and skipped;
-3. bind the listen socket (TLS when ``tls_cert``/``tls_key`` are set), then tell systemd
+3. bind the listen socket (TLS when ``tls_cert``/``tls_key`` are set) with every connection
+   wrapped by :mod:`agent.daemon.connections` (timeouts, caps, bounded logs), then tell systemd
    ``READY=1`` and keep its watchdog fed; watch the config files (:mod:`agent.reload`); SIGHUP
    reloads;
 4. on SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, refuse new operations
@@ -15,7 +16,7 @@ Lifecycle:
    cancelled after its flip reverts; a cancelled staging cleans up), close the remaining
    connections and return 0. A second signal skips the wait. Signal handlers are restored on exit.
 
-Security rules of the API (what :mod:`agent._auth` enforces for every route but ``/v1/health``
+Security rules of the API (what :mod:`agent.daemon.auth` enforces for every route but ``/v1/health``
 and ``/metrics``): RFC 9421 signature checked against the controller keys of the config in force
 before any body byte is read; single-use nonces remembered across restarts; roles (``read`` may
 only GET); body size, idle and total time bounded; body digest checked before use; every refusal
@@ -42,6 +43,13 @@ from cutover.agent._util.logsetup import configure_logging
 from cutover.agent.config import LoadedConfig, load_config
 from cutover.agent.daemon import sdnotify
 from cutover.agent.daemon.auth import CTX_KEY, MAX_JSON_BYTES, auth_middleware
+from cutover.agent.daemon.connections import (
+    GUARD_KEY,
+    SERVER_HEADER,
+    ConnectionGuard,
+    Limits,
+    effective_max_connections,
+)
 from cutover.agent.daemon.context import AgentContext
 from cutover.agent.daemon.metrics import Metrics
 from cutover.agent.daemon.nonces import NonceStore
@@ -84,17 +92,43 @@ def serve(config_path: Path) -> int:
     return asyncio.run(Server(config_path).run())
 
 
-def build_app(ctx: AgentContext) -> web.Application:
+def build_app(ctx: AgentContext, guard: ConnectionGuard) -> web.Application:
     """The aiohttp application: routes, the authentication middleware, the shared context.
 
     ``client_max_size`` stays small: handlers never call ``request.read()``; bodies are read by
-    :func:`agent._auth.stream_body` from ``request.content`` with their own caps (the upload's is
-    ``agent.max_upload_bytes``).
+    :func:`agent.daemon.auth.stream_body` from ``request.content`` with their own caps (the
+    upload's is ``agent.max_upload_bytes``). Every response says ``Server: cutover-agent``,
+    without a version.
     """
     app = web.Application(middlewares=[auth_middleware], client_max_size=MAX_JSON_BYTES)
     app[CTX_KEY] = ctx
+    app[GUARD_KEY] = guard
     app.add_routes(routes)
+    app.on_response_prepare.append(_server_header)
     return app
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
+
+
+def _limits(cfg: LoadedConfig) -> Limits:
+    agent = cfg.agent
+    cap = effective_max_connections(agent.max_connections)
+    if cap < agent.max_connections:
+        log.warning(
+            "connection_cap_lowered",
+            configured=agent.max_connections,
+            effective=cap,
+            reason="agent.max_connections must stay below the file limit (LimitNOFILE)",
+        )
+    return Limits(
+        header_timeout_s=agent.header_timeout_s,
+        keepalive_timeout_s=agent.keepalive_timeout_s,
+        body_timeout_s=agent.body_timeout_s,
+        max_connections=cap,
+        max_unauthenticated_per_peer=min(agent.max_unauthenticated_per_peer, cap),
+    )
 
 
 def _ssl_context(cfg: LoadedConfig) -> ssl.SSLContext | None:
@@ -244,17 +278,35 @@ class Server:
         for app in cfg.apps:
             await ctx.refresh_app(app)
 
+        limits = _limits(cfg)
+        guard = ConnectionGuard(limits, metrics)
+        handler_kwargs: dict[str, Any] = {
+            "access_log": None,
+            # The guard closes idle connections; aiohttp's own timer is only a backstop.
+            "keepalive_timeout": 2 * max(limits.keepalive_timeout_s, limits.header_timeout_s) + 1,
+            # Bodies are never decompressed (a Content-Encoding is refused with 415 anyway):
+            # the signed digest is over the bytes on the wire.
+            "auto_decompress": False,
+        }
         runner = web.AppRunner(
-            build_app(ctx),
+            build_app(ctx, guard),
             handle_signals=False,
-            access_log=None,
             shutdown_timeout=CONNECTION_CLOSE_TIMEOUT_S,
+            **handler_kwargs,
         )
         await runner.setup()
         host, port = _host_port(cfg.agent.listen)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        if runner.server is None:  # pragma: no cover - setup() always creates it
+            raise RuntimeError("aiohttp runner has no server after setup()")
         try:
-            await site.start()
+            listener = await asyncio.get_running_loop().create_server(
+                guard.factory(runner.server, **handler_kwargs),
+                host,
+                port,
+                ssl=ssl_context,
+                reuse_address=True,
+                ssl_handshake_timeout=limits.header_timeout_s if ssl_context else None,
+            )
         except BaseException as exc:
             await runner.cleanup()
             await asyncio.to_thread(nonces.close)
@@ -266,18 +318,20 @@ class Server:
                 ) from exc
             raise
         self._install_signal_handlers()
+        guard.start()
         stop_watching = asyncio.Event()
         try:
             log.info(
                 "listening",
                 listen=cfg.agent.listen,
-                addresses=[str(a) for a in runner.addresses],
+                addresses=[str(sock.getsockname()) for sock in listener.sockets],
                 name=cfg.agent.name,
                 tls=ssl_context is not None,
                 apps=sorted(cfg.apps),
                 controller_keys=len(cfg.controller_keys),
                 version=__version__,
                 pid=os.getpid(),
+                max_connections=limits.max_connections,
             )
             sdnotify.notify("READY=1", f"STATUS=serving {cfg.agent.listen}")
             interval = sdnotify.watchdog_interval_s()
@@ -285,23 +339,25 @@ class Server:
                 self._spawn(sdnotify.watchdog_loop(interval), "watchdog")
             self._spawn(self.reloader.watch(stop_watching), "config-watch")
             await self.should_exit.wait()
-            await self._shutdown(site, ctx)
+            await self._shutdown(listener, ctx)
         finally:
+            listener.close()
             stop_watching.set()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await runner.cleanup()
+            await guard.stop()
             await asyncio.to_thread(nonces.close)
             await asyncio.to_thread(_prepare_state_dir, cfg.agent.state_dir)
             self._restore_signal_handlers()
         log.info("stopped")
         return 0
 
-    async def _shutdown(self, site: web.BaseSite, ctx: AgentContext) -> None:
+    async def _shutdown(self, listener: asyncio.Server, ctx: AgentContext) -> None:
         sdnotify.notify("STOPPING=1", "STATUS=draining")
         ctx.shutting_down = True
-        await site.stop()  # no new connections; requests on open ones get 503 for new work
+        listener.close()  # no new connections; requests on open ones get 503 for new work
         aborted = [t for t in ctx.uploads if not t.done()]
         for task in aborted:
             task.cancel()

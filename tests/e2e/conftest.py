@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -170,14 +171,26 @@ class Agent:
         tmp.replace(self.config)  # like an editor or config management: rename over
 
     # ------------------------------------------------------------------ process
-    def start(self, env: dict[str, str] | None = None, timeout_s: float = 20.0) -> None:
+    def start(
+        self,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 20.0,
+        nofile: int | None = None,
+    ) -> None:
+        """Start the daemon; ``nofile`` sets its RLIMIT_NOFILE (like the unit's LimitNOFILE)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         logf = self.log.open("ab")
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [str(AGENT), "--config", str(self.config), "serve"],
             stdout=logf,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=limit if nofile is not None else None,  # before exec only
         )
         logf.close()
         deadline = time.monotonic() + timeout_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
 import time
@@ -349,6 +350,69 @@ async def unsigned_probe_of_unknown_route(env: Env) -> RawResponse:
     return await env.send("GET", "/v1/admin", [])
 
 
+async def duplicate_json_key(env: Env) -> RawResponse:
+    """The first value is the staged one: a parser keeping the last would re-activate 1.0.0."""
+    body = b'{"version": "1.1.0", "version": "1.0.0"}'
+    return await env.send("POST", ACTIVATE, sign(env, "POST", ACTIVATE, body), body)
+
+
+async def coerced_string_bool(env: Env) -> RawResponse:
+    target = f"/v1/apps/{APP}/rollback"
+    body = json.dumps({"to": "1.1.0", "restore": "yes"}).encode()
+    return await env.send("POST", target, sign(env, "POST", target, body), body)
+
+
+async def coerced_int_bool(env: Env) -> RawResponse:
+    target = f"/v1/apps/{APP}/rollback"
+    body = json.dumps({"to": "1.1.0", "restore": 1}).encode()
+    return await env.send("POST", target, sign(env, "POST", target, body), body)
+
+
+async def repeated_query_parameter(env: Env) -> RawResponse:
+    target = f"/v1/apps/{APP}/journal?limit=1&limit=2"
+    return await env.send("GET", target, sign(env, "GET", target))
+
+
+async def body_on_get(env: Env) -> RawResponse:
+    body = b'{"x": 1}'
+    return await env.send("GET", "/v1/apps", sign(env, "GET", "/v1/apps", body), body)
+
+
+async def body_on_delete(env: Env) -> RawResponse:
+    target = f"/v1/apps/{APP}/releases/1.1.0"
+    body = b'{"force": true}'
+    return await env.send("DELETE", target, sign(env, "DELETE", target, body), body)
+
+
+async def json_content_type_without_body(env: Env) -> RawResponse:
+    target = f"/v1/apps/{APP}/releases/1.1.0"
+    h = sign(env, "DELETE", target, content_type="application/json")
+    return await env.send("DELETE", target, h)
+
+
+async def gzip_body_digest_of_decompressed(env: Env) -> RawResponse:
+    """RFC 9530: the digest is over the bytes sent; a gzip body is refused before it is read."""
+    body = ACTIVATE_STAGED
+    h = [*sign(env, "POST", ACTIVATE, body), ("Content-Encoding", "gzip")]
+    return await env.send("POST", ACTIVATE, h, gzip.compress(body))
+
+
+async def gzip_body_digest_of_compressed(env: Env) -> RawResponse:
+    packed = gzip.compress(ACTIVATE_STAGED)
+    h = sign(env, "POST", ACTIVATE, packed, content_type="application/json")
+    return await env.send("POST", ACTIVATE, [*h, ("Content-Encoding", "gzip")], packed)
+
+
+async def unsigned_gzip_probe(env: Env) -> RawResponse:
+    h = [("Content-Type", "application/json"), ("Content-Encoding", "br")]
+    return await env.send("POST", ACTIVATE, h, ACTIVATE_STAGED)
+
+
+async def unknown_expectation(env: Env) -> RawResponse:
+    h = [*sign(env, "POST", ACTIVATE, ACTIVATE_STAGED), ("Expect", "200-ok")]
+    return await env.send("POST", ACTIVATE, h, ACTIVATE_STAGED)
+
+
 Case = Callable[[Env], Awaitable[RawResponse]]
 CASES = [
     pytest.param(no_signature, 401, "missing_signature", id="no-signature"),
@@ -394,6 +458,26 @@ CASES = [
     pytest.param(
         unsigned_probe_of_unknown_route, 401, "missing_signature", id="unsigned-unknown-route"
     ),
+    pytest.param(duplicate_json_key, 400, "bad_request", id="duplicate-json-key"),
+    pytest.param(coerced_string_bool, 400, "bad_request", id="restore-yes-not-coerced"),
+    pytest.param(coerced_int_bool, 400, "bad_request", id="restore-1-not-coerced"),
+    pytest.param(repeated_query_parameter, 400, "bad_request", id="repeated-query-parameter"),
+    pytest.param(body_on_get, 400, "bad_request", id="body-on-get"),
+    pytest.param(body_on_delete, 400, "bad_request", id="body-on-delete"),
+    pytest.param(
+        json_content_type_without_body, 400, "bad_request", id="json-content-type-without-body"
+    ),
+    pytest.param(
+        gzip_body_digest_of_decompressed,
+        415,
+        "unsupported_media_type",
+        id="gzip-digest-of-decompressed",
+    ),
+    pytest.param(
+        gzip_body_digest_of_compressed, 415, "unsupported_media_type", id="gzip-digest-of-gzip"
+    ),
+    pytest.param(unsigned_gzip_probe, 401, "missing_signature", id="unsigned-gzip"),
+    pytest.param(unknown_expectation, 417, "expectation_failed", id="unknown-expectation"),
 ]
 
 

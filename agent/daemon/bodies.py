@@ -1,0 +1,104 @@
+"""Request bodies and query parameters of the agent API, parsed strictly (docs/protocol.md).
+
+Rules, so that what a controller signed means exactly one thing to the agent:
+
+* a JSON body is ``Content-Type: application/json``, UTF-8 without a byte-order mark, one JSON
+  object with **no duplicate keys** (``{"version": "1.0.1", "version": "1.0.0"}`` is a ``400``, not
+  whichever value a parser happens to keep), no ``NaN``/``Infinity``;
+* the models are pydantic with ``extra="forbid"`` and ``strict=True``: an unknown field, or a
+  value of the wrong JSON type (``"restore": "yes"``, ``"restore": 1``), is a ``400``;
+* a query parameter may appear **once**; an unknown one is a ``400``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cutover.agent.errors import RequestError, UnsupportedMediaTypeError
+from cutover.agent.versions import VERSION_RE
+
+__all__ = [
+    "ActivateBody",
+    "FetchBody",
+    "RollbackBody",
+    "check_query",
+    "parse_json_body",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ActivateBody(_Body):
+    version: str = Field(pattern=VERSION_RE.pattern)
+
+
+class RollbackBody(_Body):
+    to: str | None = Field(default=None, pattern=VERSION_RE.pattern)
+    restore: bool = False
+
+
+class FetchBody(_Body):
+    url: str = Field(min_length=1, max_length=8192)
+
+
+_M = TypeVar("_M", bound=_Body)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise RequestError(f"invalid request body: key {key[:64]!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"invalid request body: {name} is not JSON")
+
+
+def parse_json_body(content_type: str, raw: bytes, model: type[_M]) -> _M:
+    """Parse and validate a JSON request body.
+
+    Raises:
+        RequestError: wrong media type (``415``), not strict JSON, or not valid for ``model``.
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaTypeError("send the body as Content-Type: application/json")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise RequestError("invalid request body: remove the byte-order mark")
+    try:
+        data = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"invalid request body: not UTF-8 JSON ({exc})") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise RequestError(f"invalid request body: {problems}") from exc
+
+
+def check_query(request: web.Request, allowed: frozenset[str] = frozenset()) -> None:
+    """Refuse unknown or repeated query parameters.
+
+    Raises:
+        RequestError: ``400`` naming them.
+    """
+    unknown = set(request.query) - allowed
+    if unknown:
+        names = ", ".join(sorted(n[:64] for n in unknown))
+        raise RequestError(f"unknown query parameter(s): {names}")
+    repeated = sorted(k for k in set(request.query) if len(request.query.getall(k)) > 1)
+    if repeated:
+        raise RequestError(f"query parameter(s) given more than once: {', '.join(repeated)}")
