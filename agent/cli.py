@@ -102,8 +102,15 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     if not args.app:
         raise ConfigError("init needs --app NAME (the app this root holds, e.g. --app ame)")
     root = Path(args.root).resolve()
-    Layout(root).create()  # first: a config naming a root that cannot be created helps nobody
-    add_app_to_config(args.config, args.app, root, Path(args.trust_release_key))
+    # Whatever the caller's umask, nothing init creates is group- or world-writable: the agent
+    # refuses such a config, key directory or app root (agent/strictmodes.py).
+    old_umask = os.umask(0o022)
+    os.umask(old_umask | 0o022)
+    try:
+        Layout(root).create()  # first: a config naming a root that cannot be created helps nobody
+        add_app_to_config(args.config, args.app, root, Path(args.trust_release_key))
+    finally:
+        os.umask(old_umask)
     cfg = load_config(args.config)
     store = ReleaseStore(args.app, cfg.apps[args.app], cfg.policies[args.app])
     store.init_layout()

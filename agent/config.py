@@ -38,6 +38,7 @@ from cutover.agent._util.fsutil import atomic_write
 from cutover.agent.errors import ConfigError, KeyFileError
 from cutover.agent.keys import PublicKey, load_public_key
 from cutover.agent.package.manifest import APP_RE, Hook
+from cutover.agent.strictmodes import check_trusted_file, check_unshared_dir
 from cutover.agent.trust.policy import TrustPolicy
 
 __all__ = [
@@ -239,9 +240,12 @@ def load_config(path: Path) -> LoadedConfig:
     """Read, validate and load every key the config names.
 
     Raises:
-        ConfigError: the file or a key file is missing or invalid (the message names which).
+        ConfigError: the file or a key file is missing or invalid (the message names which), or
+            a file or directory it trusts is unsafe (:mod:`agent.strictmodes`).
     """
+    check_trusted_file(path, "config")
     cfg = _load_raw(path)
+    _check_modes(path, cfg)
     controller: dict[str, LoadedKey] = {}
     release_ids: set[str] = set()
     policies: dict[str, TrustPolicy] = {}
@@ -274,6 +278,23 @@ def load_config(path: Path) -> LoadedConfig:
     return LoadedConfig(path, cfg, controller, policies)
 
 
+def _check_modes(path: Path, cfg: AgentConfig) -> None:
+    """StrictModes for every file and directory the config makes the agent trust."""
+    try:
+        for ck in cfg.controller_keys:
+            check_trusted_file(ck.path, "controller key")
+        for name, app in cfg.apps.items():
+            for kp in app.release_keys:
+                check_trusted_file(kp, f"release key of app {name}")
+            check_unshared_dir(app.root, f"app root of {name}")
+        for tls, what in ((cfg.agent.tls_cert, "TLS certificate"), (cfg.agent.tls_key, "TLS key")):
+            if tls is not None:
+                check_trusted_file(tls, what)
+        check_unshared_dir(cfg.agent.state_dir, "state_dir")
+    except ConfigError as exc:
+        raise ConfigError(f"config {path}: {exc}") from exc
+
+
 def add_app_to_config(path: Path, app: str, root: Path, release_key: Path) -> None:
     """Append an ``[apps.NAME]`` section to the config (created if missing), atomically.
 
@@ -297,7 +318,7 @@ def add_app_to_config(path: Path, app: str, root: Path, release_key: Path) -> No
     _parse(text, path)  # never write a config that would not load
     st = path.stat() if existing else None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         atomic_write(path, text.encode(), st.st_mode & 0o7777 if st else 0o640)
     except OSError as exc:
         raise ConfigError(
