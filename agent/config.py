@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from yarl import URL
 
 from cutover.agent._util.fsutil import atomic_write
 from cutover.agent.errors import ConfigError, KeyFileError
@@ -92,6 +93,22 @@ class AgentSection(_Strict):
                 "name must be the lowercase host or host:port the controller uses to reach this "
                 "agent (default port omitted), e.g. web-1.example.net:7801"
             )
+        return v
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_allow(cls, v: list[str]) -> list[str]:
+        for prefix in v:
+            url = URL(prefix)
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ValueError(
+                    f"fetch_allow entry {prefix!r} must be an absolute http(s) URL prefix, "
+                    "e.g. https://artifacts.example.net/releases/"
+                )
+            if url.user or url.password or url.query_string or url.fragment:
+                raise ValueError(
+                    f"fetch_allow entry {prefix!r} must not have userinfo, query or fragment"
+                )
         return v
 
     @field_validator("listen")

@@ -12,8 +12,13 @@ these rules:
   being spliced); a ``206`` must carry ``Content-Range: bytes N-.../TOTAL`` starting exactly at
   ``N``, a ``200`` restarts from zero; at most :data:`ATTEMPTS` attempts with backoff;
 * ``Accept-Encoding: identity`` and no transparent decompression: ranges count stored bytes;
+* where it may fetch from is :class:`agent.daemon.fetch_policy.FetchPolicy` (``fetch_allow``,
+  no loopback/link-local/metadata addresses otherwise), checked on the first URL, on every
+  redirect (followed here, at most :data:`MAX_REDIRECTS`) and on every address a name resolves to;
 * the URL's query and userinfo (presigned URLs carry credentials there) never reach a log line
-  or an operation record: :func:`redact` keeps scheme, host and path.
+  or an operation record: :func:`redact` keeps scheme, host and path;
+* a response is never echoed: errors name the status code and the exception class, not the
+  body, the reason phrase or the peer's error text.
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from cutover.agent.daemon.fetch_policy import MAX_REDIRECTS, FetchPolicy, GuardedResolver
 from cutover.agent.errors import PayloadTooLargeError, RequestError, TransportError
 
-__all__ = ["ATTEMPTS", "download", "redact", "validate_url"]
+__all__ = ["ATTEMPTS", "MAX_REDIRECTS", "download", "redact", "validate_url"]
 
 log = structlog.get_logger(__name__)
 
 ATTEMPTS = 6
 BATCH_BYTES = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 Progress = Callable[[int, int | None], None]
 
@@ -79,6 +86,7 @@ async def download(
     max_bytes: int,
     timeout_s: float,
     idle_timeout_s: float,
+    policy: FetchPolicy,
     on_progress: Progress | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> int:
@@ -86,13 +94,16 @@ async def download(
 
     Raises:
         TransportError: unreachable, an HTTP error status, a bad ``Content-Range``, too many
-            interruptions, or ``timeout_s`` exceeded.
-        RequestError: ``payload_too_large``.
+            interruptions or redirects, or ``timeout_s`` exceeded.
+        RequestError: ``payload_too_large``; ``fetch_refused`` (``policy``).
     """
+    policy.check_url(url)
     fh: BinaryIO = await asyncio.to_thread(dest.open, "xb")
     try:
         async with asyncio.timeout(timeout_s):
-            return await _download(url, fh, max_bytes, idle_timeout_s, on_progress, on_bytes)
+            return await _download(
+                url, fh, max_bytes, idle_timeout_s, policy, on_progress, on_bytes
+            )
     except TimeoutError:
         raise TransportError(
             f"fetching {redact(url)} took longer than agent.fetch_timeout_s ({timeout_s:g} s)"
@@ -106,13 +117,15 @@ async def _download(
     fh: BinaryIO,
     max_bytes: int,
     idle_timeout_s: float,
+    policy: FetchPolicy,
     on_progress: Progress | None,
     on_bytes: Callable[[int], None] | None,
 ) -> int:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=idle_timeout_s)
-    state = _Transfer(fh, max_bytes, on_progress, on_bytes)
+    state = _Transfer(fh, max_bytes, policy, on_progress, on_bytes)
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy))
     async with aiohttp.ClientSession(
-        timeout=timeout, auto_decompress=False, trust_env=True
+        timeout=timeout, auto_decompress=False, trust_env=True, connector=connector
     ) as session:
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -130,7 +143,7 @@ async def _download(
                     url=redact(url),
                     received=state.received,
                     attempt=attempt,
-                    error=str(exc),
+                    error=str(exc),  # our own text: exception class and byte counts only
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)
@@ -142,11 +155,13 @@ class _Transfer:
         self,
         fh: BinaryIO,
         max_bytes: int,
+        policy: FetchPolicy,
         on_progress: Progress | None,
         on_bytes: Callable[[int], None] | None,
     ) -> None:
         self.fh = fh
         self.max_bytes = max_bytes
+        self.policy = policy
         self.on_progress = on_progress
         self.on_bytes = on_bytes
         self.received = 0
@@ -160,19 +175,47 @@ class _Transfer:
             headers["Range"] = f"bytes={self.received}-"
             if self.validator:
                 headers["If-Range"] = self.validator
+        current = url
         try:
-            async with session.get(url, headers=headers, max_redirects=5) as resp:
-                await self._check_response(resp, url)
-                await self._receive(resp)
+            for _ in range(MAX_REDIRECTS + 1):
+                async with session.get(current, headers=headers, allow_redirects=False) as resp:
+                    if resp.status in _REDIRECTS:
+                        current = self._redirect(current, resp)
+                        continue
+                    await self._check_response(resp, current)
+                    await self._receive(resp)
+                    break
+            else:
+                raise TransportError(
+                    f"fetching {redact(url)}: more than {MAX_REDIRECTS} redirects; give the "
+                    "package's final URL"
+                )
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise _InterruptedError(str(exc) or type(exc).__name__) from exc
+            raise _InterruptedError(type(exc).__name__) from exc
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-            raise _InterruptedError(str(exc) or type(exc).__name__) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"fetching {redact(url)}: {exc}") from exc
+            raise _InterruptedError(type(exc).__name__) from exc
+        except aiohttp.ClientError as exc:  # the peer's text may quote what it sent: not echoed
+            raise TransportError(
+                f"fetching {redact(current)} failed ({type(exc).__name__})"
+            ) from exc
         if self.total is not None and self.received < self.total:
             raise _InterruptedError(f"connection closed at {self.received} of {self.total} bytes")
         return True
+
+    def _redirect(self, current: URL, resp: aiohttp.ClientResponse) -> URL:
+        """The next URL of a redirect, checked against the policy like the first one."""
+        location = resp.headers.get("Location", "")
+        try:
+            target = current.join(URL(location))
+        except (ValueError, TypeError):
+            target = None
+        if not location or target is None:
+            raise TransportError(
+                f"{redact(current)} answered HTTP {resp.status} without a usable Location"
+            )
+        self.policy.check_url(target)
+        log.info("fetch_redirected", url=redact(current), to=redact(target), status=resp.status)
+        return target
 
     async def _check_response(self, resp: aiohttp.ClientResponse, url: URL) -> None:
         if resp.status == 206 and self.received:
@@ -197,9 +240,8 @@ class _Transfer:
             strong = etag if etag and not etag.startswith("W/") else None
             self.validator = strong or resp.headers.get("Last-Modified")
         else:
-            raise TransportError(
-                f"{redact(url)} answered HTTP {resp.status} {resp.reason or ''}".rstrip()
-                + "; check the URL (presigned URLs expire)"
+            raise TransportError(  # status only: the reason phrase and body are the peer's
+                f"{redact(url)} answered HTTP {resp.status}; check the URL (presigned URLs expire)"
             )
         if self.total is not None and self.total > self.max_bytes:
             raise _too_large(self.max_bytes)

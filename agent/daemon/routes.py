@@ -54,6 +54,7 @@ from cutover.agent.daemon.bodies import (
 )
 from cutover.agent.daemon.context import AgentContext
 from cutover.agent.daemon.fetch import download, redact, validate_url
+from cutover.agent.daemon.fetch_policy import FetchPolicy
 from cutover.agent.daemon.metrics import CONTENT_TYPE
 from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
 from cutover.agent.errors import (
@@ -334,6 +335,8 @@ async def fetch(request: web.Request) -> web.Response:
     app, version = _app(request), _version(request)
     caller = _caller(request)
     url = validate_url(_json_body(request, FetchBody).url)
+    policy = FetchPolicy.from_env(ctx.config.agent.fetch_allow)
+    policy.check_url(url)  # 400 fetch_refused now; redirects and resolved addresses in download
     ctx.accepting()
     await ctx.ensure_free(app)
     op_id = new_operation_id()
@@ -349,6 +352,7 @@ async def fetch(request: web.Request) -> web.Response:
             max_bytes=agent.max_upload_bytes,
             timeout_s=agent.fetch_timeout_s,
             idle_timeout_s=agent.upload_idle_timeout_s,
+            policy=policy,
             on_progress=ctx.progress_sink(sink, "download"),
             on_bytes=ctx.metrics.received_bytes.labels("fetch").inc,
         )

@@ -222,11 +222,19 @@ async def _package_store(
     return server, server.sockets[0].getsockname()[1], seen
 
 
+def _fetching_agent(make_agent: Any, port: int) -> Agent:
+    """An agent allowed to fetch from the loopback store on ``port`` (refused by default)."""
+    agent: Agent = make_agent(fetch_allow=[f"http://127.0.0.1:{port}/"])
+    agent.start()
+    return agent
+
+
 async def test_fetch_resumes_with_range_after_a_dropped_connection(
-    agent: Agent, packages: dict[str, Path]
+    make_agent: Any, packages: dict[str, Path]
 ) -> None:
     data = packages["1.0.0"].read_bytes()
     server, port, seen = await _package_store(data, cut_first_at=2000)
+    agent = _fetching_agent(make_agent, port)
     async with server, agent.client() as c:
         accepted = await c.fetch(
             APP, "1.0.0", f"http://127.0.0.1:{port}/demo-1.0.0.cutover?X-Amz-Signature=s3cr3t"
@@ -244,7 +252,7 @@ async def test_fetch_resumes_with_range_after_a_dropped_connection(
 
 
 async def test_fetch_from_a_tampering_store_is_rejected(
-    agent: Agent, packages: dict[str, Path]
+    make_agent: Any, packages: dict[str, Path]
 ) -> None:
     """The URL store is untrusted: a flipped payload byte fails verification; nothing changes."""
     data = bytearray(packages["1.1.0"].read_bytes())
@@ -252,6 +260,7 @@ async def test_fetch_from_a_tampering_store_is_rejected(
         parts = read_package(fh, len(data))
     data[parts.payload_offset + parts.payload_size // 2] ^= 0xFF
     server, port, _ = await _package_store(bytes(data), cut_first_at=None)
+    agent = _fetching_agent(make_agent, port)
     before = agent.snapshot()
     async with server, agent.client() as c:
         record = await c.wait((await c.fetch(APP, "1.1.0", f"http://127.0.0.1:{port}/p")).operation)
