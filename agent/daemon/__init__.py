@@ -1,4 +1,5 @@
-"""The agent daemon: HTTP server, routes, auth middleware, operations, nonces, fetch, metrics."""
+"""The agent daemon: HTTP server, connection guard, routes and request bodies, auth middleware,
+operations, nonces, fetch and its policy, metrics."""
 
 from __future__ import annotations
 

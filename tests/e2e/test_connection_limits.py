@@ -15,6 +15,7 @@ import re
 import select
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,41 @@ async def test_stalled_body_is_closed_and_changes_nothing(
     assert await asyncio.to_thread(_settles_to, agent, before), agent.snapshot()
     text = await _metrics(agent)
     assert _metric(agent, text, "cutover_connections_closed_total", reason="body_timeout") >= 1
+
+
+async def test_accept_errors_at_the_file_limit_are_logged_rarely_without_traceback(
+    make_agent: Any, sockets: list[socket.socket]
+) -> None:
+    """With a file limit so low that the connection cap cannot keep accept() from failing
+    (EMFILE), the agent logs accept_failed at most once per interval, without a traceback,
+    keeps running, and serves again once the sockets are gone."""
+    agent: Agent = make_agent(**FAST)
+    agent.start(nofile=48)
+    for i in range(120):
+        sockets.append(_connect(agent.port, f"127.0.1.{1 + i}"))
+    text = await asyncio.to_thread(_wait_for_accept_failure, agent)
+    assert _metric(agent, text, "cutover_connections_closed_total", reason="accept_failed") > 0
+    for s in sockets:
+        s.close()
+    sockets.clear()
+    assert await _health(agent) == 200
+    events = [e for e in agent.log_events() if e.get("event") == "accept_failed"]
+    assert 1 <= len(events) <= 2, events
+    log = agent.log_text()
+    assert "Traceback" not in log and "out of system resource" not in log
+    assert agent.proc is not None and agent.proc.poll() is None
+
+
+def _wait_for_accept_failure(agent: Agent, deadline_s: float = 20) -> str:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if any(e.get("event") == "accept_failed" for e in agent.log_events()):
+            break
+        time.sleep(0.1)
+    for _ in range(100):  # /metrics needs a free file: retry until the timeouts freed some
+        try:
+            with urllib.request.urlopen(f"{agent.base_url}/metrics", timeout=5) as resp:  # noqa: S310
+                return resp.read().decode()
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(agent.log_text())
