@@ -16,7 +16,7 @@ of the last byte received. One :class:`ConnectionGuard` per server enforces:
   ``upload_idle_timeout_s`` normally answers ``408`` first; this is the backstop for every route);
 * **caps**: at most ``agent.max_connections`` connections (clamped below the process's file
   limit at start), and at most ``agent.max_unauthenticated_per_peer`` connections per peer address
-  that have not yet carried a fully authenticated request. A new connection over the per-peer cap
+  (an IPv6 peer counts by its /64) that have not yet carried a fully authenticated request. A new connection over the per-peer cap
   is closed at once; at the total cap the oldest unauthenticated connection without a request in
   flight is evicted to make room, so a fresh signed request from the controller is still served
   while hostile sockets fill the cap;
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import resource
 import time
 from collections import Counter
@@ -57,6 +58,7 @@ __all__ = [
     "GuardedProtocol",
     "Limits",
     "effective_max_connections",
+    "peer_key",
 ]
 
 log = structlog.get_logger(__name__)
@@ -89,6 +91,21 @@ def effective_max_connections(configured: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return configured
     return max(16, min(configured, soft - FD_RESERVE))
+
+
+def peer_key(peername: object) -> str:
+    """What the per-peer cap counts by: the IPv4 address, or the IPv6 /64 (one host's share)."""
+    if not isinstance(peername, tuple) or not peername:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(str(peername[0]))
+    except ValueError:
+        return str(peername[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class _JsonErrorHandler(RequestHandler):
@@ -149,8 +166,7 @@ class GuardedProtocol(asyncio.Protocol):
         if not isinstance(transport, asyncio.Transport):  # pragma: no cover - TCP/TLS only
             raise TypeError(f"unexpected transport {transport!r}")
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self.peer = peer_key(transport.get_extra_info("peername"))
         if not self.guard.admit(self):
             transport.abort()
             return
@@ -210,8 +226,11 @@ class GuardedProtocol(asyncio.Protocol):
 class _RateLimited:
     """Counts events; logs them at most once per interval."""
 
-    def __init__(self, event: str, interval_s: float = LOG_INTERVAL_S) -> None:
+    def __init__(
+        self, event: str, level: str = "warning", interval_s: float = LOG_INTERVAL_S
+    ) -> None:
         self.event = event
+        self.level = level
         self.interval_s = interval_s
         self.counts: Counter[str] = Counter()
         self.last = -interval_s
@@ -227,7 +246,9 @@ class _RateLimited:
         if not self.counts or (not force and now - self.last < self.interval_s):
             return
         self.last = now
-        log.warning(self.event, counts=dict(sorted(self.counts.items())), **self.fields)
+        getattr(log, self.level)(
+            self.event, counts=dict(sorted(self.counts.items())), **self.fields
+        )
         self.counts.clear()
 
 
@@ -240,8 +261,8 @@ class ConnectionGuard:
         self._conns: dict[GuardedProtocol, None] = {}  # insertion order: oldest first
         self._unauth: Counter[str] = Counter()
         self._by_transport: dict[asyncio.BaseTransport, GuardedProtocol] = {}
-        self._closed = _RateLimited("connections_closed")
-        self._accept_errors = _RateLimited("accept_failed")
+        self._closed = _RateLimited("connections_closed", "info")  # idle clients time out daily
+        self._accept_errors = _RateLimited("accept_failed", "error")
         self._malformed = _RateLimited("malformed_requests")
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -11,8 +11,11 @@ Keys change only by editing files on the host; the agent notices by itself. Rule
   config management replace files by rename, which a watch on the file itself would miss) and
   filters for the files it cares about; when a reload changes the set of files, it re-arms;
 * SIGHUP (``systemctl reload``) triggers the same reload;
-* ``listen``, ``tls_cert``, ``tls_key`` and ``state_dir`` are bound at start: a change is logged as
-  needing a restart, and the running values stay.
+* ``listen``, ``tls_cert``, ``tls_key``, ``state_dir`` and the connection limits
+  (:data:`RESTART_FIELDS`) are bound at start: a change is logged as needing a restart, and the
+  running values stay;
+* a reload also applies the ownership and mode rules of :mod:`agent.strictmodes`: an unsafe file
+  is refused like an invalid one.
 
 A removed controller key is refused from the first request after the reload; with the default
 debounce this is within about a second of the file being written.
@@ -37,7 +40,17 @@ __all__ = ["RESTART_FIELDS", "ConfigHolder", "ConfigReloader", "diff_summary"]
 
 log = structlog.get_logger(__name__)
 
-RESTART_FIELDS = ("listen", "tls_cert", "tls_key", "state_dir")
+RESTART_FIELDS = (
+    "listen",
+    "tls_cert",
+    "tls_key",
+    "state_dir",
+    "header_timeout_s",
+    "keepalive_timeout_s",
+    "body_timeout_s",
+    "max_connections",
+    "max_unauthenticated_per_peer",
+)
 
 OnReload = Callable[[LoadedConfig, LoadedConfig], Awaitable[None]]
 
