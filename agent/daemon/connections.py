@@ -160,6 +160,7 @@ class GuardedProtocol(asyncio.Protocol):
         self.phase_since = now
         self.last_rx = now
         self.first_byte_at: float | None = None  # first byte of the next request (fresh/idle)
+        self.unsent = 0  # response bytes still buffered at the last sweep
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -214,6 +215,10 @@ class GuardedProtocol(asyncio.Protocol):
             if now - started > limits.header_timeout_s:
                 return "header_timeout"
             return None
+        pending = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if pending and pending != self.unsent:
+            self.phase_since = now  # a slow reader still taking the last response: progress
+        self.unsent = pending
         if now - self.phase_since > limits.keepalive_timeout_s:
             return "idle_timeout"
         return None
