@@ -287,6 +287,7 @@ async def rss_bench(base: Path, package: Path) -> dict[str, float]:
 
 
 def main() -> int:
+    os.umask(os.umask(0o022) | 0o022)  # agents refuse group/world-writable configs and roots
     if len(sys.argv) > 1 and sys.argv[1] == "_upload":
         asyncio.run(_upload_worker(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5])))
         return 0

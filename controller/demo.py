@@ -299,6 +299,9 @@ async def _demo(work: Path) -> int:
 
 
 def main() -> int:
+    # The agents refuse group/world-writable configs, keys and roots (docs/security-model.md §1):
+    # whatever the caller's umask, the demo's files are not.
+    os.umask(os.umask(0o022) | 0o022)
     work = Path(os.environ.get("CUTOVER_DEMO_DIR", "demo-run")).resolve()
     if work.exists():
         shutil.rmtree(work)

@@ -72,6 +72,16 @@ class Host:
         }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _safe_umask() -> Any:
+    """Files the tests create for agents must pass the agent's mode rules (agent/strictmodes.py)
+    whatever the caller's umask: never group- or world-writable. Subprocesses inherit it."""
+    old = os.umask(0o022)
+    os.umask(old | 0o022)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def release_key(tmp_path: Path) -> PrivateKey:
     (tmp_path / "keys").mkdir()
