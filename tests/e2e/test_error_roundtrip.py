@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from cutover.agent.errors import REGISTRY, CutoverError
 from cutover.agent.host.lock import AppLock
 from cutover.agent.package.container import read_package
 from cutover.controller.client import AgentClient
+from cutover.controller.transport import AiohttpTransport, SignedRequest, TransportResponse
 from tests.agent.conftest import Kit, compress, entries_for, file_entry, reg, tar_bytes
 from tests.e2e.conftest import APP, SLOW_VERSION, Agent, Keys, _build, free_port
 
@@ -178,6 +180,26 @@ async def _wrong_media_type(env: Env) -> None:
     )
 
 
+class _ExpectingTransport:
+    """The real transport, with an ``Expect`` the agent does not support added to each request."""
+
+    def __init__(self) -> None:
+        self.inner = AiohttpTransport()
+
+    async def send(self, request: SignedRequest) -> TransportResponse:
+        headers = {**request.headers, "Expect": "200-ok"}
+        return await self.inner.send(dataclasses.replace(request, headers=headers))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _unknown_expectation(env: Env) -> None:
+    client = AgentClient(env.agent.base_url, env.keys.deploy, transport=_ExpectingTransport())
+    async with client:
+        await client.activate(APP, "1.0.0")
+
+
 async def _unknown_app(env: Env) -> None:
     await env.client.app("nope")
 
@@ -295,8 +317,11 @@ async def _roll_back(env: Env) -> None:
     await _finish(env.client, await env.client.rollback(APP))
 
 
+NOWHERE_PORT = free_port()  # nothing listens there; fetch_allow lists it (loopback is refused)
+
+
 async def _fetch_from_nowhere(env: Env) -> None:
-    url = f"http://127.0.0.1:{free_port()}/demo-1.0.0.cutover"  # nothing listens there
+    url = f"http://127.0.0.1:{NOWHERE_PORT}/demo-1.0.0.cutover"
     await _finish(env.client, await env.client.fetch(APP, "1.0.0", url))
 
 
@@ -382,7 +407,13 @@ CASES: dict[str, Case] = {
     "health_failed": Case("health_failed", _failing_staged_check, unchanged="releases"),
     "reverted": Case("reverted", _activate_1_1, setup=_live_check_that_fails, unchanged="releases"),
     "failed": Case("failed", _roll_back, setup=_rollback_hook_fails, unchanged="nothing"),
-    "transport": Case("transport", _fetch_from_nowhere, unchanged="releases"),
+    "transport": Case(
+        "transport",
+        _fetch_from_nowhere,
+        unchanged="releases",
+        settings={"fetch_allow": [f"http://127.0.0.1:{NOWHERE_PORT}/"]},
+    ),
+    "expectation_failed": Case("expectation_failed", _unknown_expectation),
     "unreachable": Case("unreachable", _agent_gone, stops_agent=True),
     "unavailable": Case(
         "shutting_down",
