@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cutover.agent.api_models import OperationRecord
 from cutover.agent.errors import RequestError
 from tests.e2e.conftest import APP, Agent
 
@@ -63,9 +64,9 @@ def _redirect(to: str) -> Answer:
     return ("302 Found", {"Location": to}, b"")
 
 
-async def _fetch_record(agent: Agent, url: str) -> dict[str, Any]:
+async def _fetch_record(agent: Agent, url: str) -> OperationRecord:
     async with agent.client() as c:
-        return await c.wait((await c.fetch(APP, "1.0.0", url))["operation"])
+        return await c.wait((await c.fetch(APP, "1.0.0", url)).operation)
 
 
 def _unchanged(agent: Agent, before: dict[str, Any]) -> None:
@@ -88,8 +89,8 @@ async def test_loopback_is_refused_without_fetch_allow(
             assert refused.value.code == "fetch_refused"
         # a name resolving to loopback is refused at connect time, as the operation's error
         record = await _fetch_record(agent, f"http://localhost:{s.port}/p")
-        assert record["status"] == "failed" and record["error"]["error"] == "fetch_refused"
-        assert "loopback" in record["error"]["message"]
+        assert record.status == "failed" and record.error and record.error.error == "fetch_refused"
+        assert "loopback" in record.error.message
     assert s.seen == []
     _unchanged(agent, before)
 
@@ -108,8 +109,8 @@ async def test_allowlist_admits_only_its_prefixes(
                 assert refused.value.code == "fetch_refused", bad
             assert s.seen == []
             _unchanged(agent, before)
-            record = await c.wait((await c.fetch(APP, "1.0.0", s.url("/ok/p")))["operation"])
-        assert record["status"] == "succeeded", record
+            record = await c.wait((await c.fetch(APP, "1.0.0", s.url("/ok/p"))).operation)
+        assert record.status == "succeeded", record
         assert (agent.root / "releases" / "1.0.0").is_dir()
 
 
@@ -130,7 +131,7 @@ async def test_redirect_to_a_refused_address_is_not_followed(
         agent.start()
         before = agent.snapshot()
         record = await _fetch_record(agent, s.url("/start"))
-    assert record["status"] == "failed" and record["error"]["error"] == "fetch_refused", record
+    assert record.status == "failed" and record.error and record.error.error == "fetch_refused"
     assert s.seen == ["/start"] and other.seen == []
     _unchanged(agent, before)
 
@@ -143,8 +144,8 @@ async def test_redirects_are_capped(make_agent: Any) -> None:
         agent.start()
         before = agent.snapshot()
         record = await _fetch_record(agent, s.url("/r0"))
-    assert record["status"] == "failed" and record["error"]["error"] == "transport", record
-    assert "more than 5 redirects" in record["error"]["message"]
+    assert record.status == "failed" and record.error and record.error.error == "transport"
+    assert "more than 5 redirects" in record.error.message
     assert s.seen[:6] == [f"/r{i}" for i in range(6)] and "/r6" not in s.seen
     _unchanged(agent, before)
 
@@ -156,9 +157,9 @@ async def test_a_store_error_is_never_echoed(make_agent: Any) -> None:
         before = agent.snapshot()
         async with agent.client() as c:
             accepted = await c.fetch(APP, "1.0.0", s.url("/p"))
-            events = [e async for e in c.events(accepted["operation"])]
-            record = await c.operation(accepted["operation"])
-    assert record["status"] == "failed" and "HTTP 500" in record["error"]["message"], record
-    for text in (str(record), str(events), agent.log_text()):
+            events = [e async for e in c.events(accepted.operation)]
+            record = await c.operation(accepted.operation)
+    assert record.status == "failed" and record.error and "HTTP 500" in record.error.message
+    for text in (record.model_dump_json(), str(events), agent.log_text()):
         assert "SECRET" not in text
     _unchanged(agent, before)

@@ -80,7 +80,7 @@ async def test_signed_put_gets_100_continue_then_202(
     async with agent.client() as c:
         ops = await c.apps()
         deadline = asyncio.get_running_loop().time() + 20
-        while not ops["apps"][0]["staged"]:
+        while not ops.apps[0].staged:
             assert asyncio.get_running_loop().time() < deadline, ops
             await asyncio.sleep(0.1)
             ops = await c.apps()
