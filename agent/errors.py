@@ -120,6 +120,7 @@ class ExitCode:
     VERIFY_FAILED = 6  # drift: installed files or the journal do not match their record
     REVERTED = 7  # activation failed after the flip and was rolled back automatically
     PARTIAL = 8  # controller, fleet operation: succeeded on some hosts, failed on others
+    UNREACHABLE = 9  # controller, fleet operation: no selected host answered (docs/controller.md)
 
 
 @dataclass(frozen=True)

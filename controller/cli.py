@@ -20,6 +20,7 @@ from cutover.agent.keys import generate_keypair, load_private_key, load_public_k
 from cutover.agent.package.manifest import DirEntry, FileEntry, ReleaseType
 from cutover.agent.trust.policy import SignatureVerdict
 from cutover.controller.build import build_package, inspect_package, sign_package
+from cutover.controller.commands import register as register_fleet_commands
 
 __all__ = ["main"]
 
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify signatures against this public key (repeatable); exit 3 if any is invalid",
     )
     sp.set_defaults(fn=cmd_inspect)
+    register_fleet_commands(sub, common)
     return p
 
 

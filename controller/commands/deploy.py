@@ -1,0 +1,71 @@
+"""``cutover deploy PACKAGE`` (or ``--package-url URL``): push, then activate, in one command.
+
+Staging happens everywhere first; activation starts only when **every** selected host staged the
+release (a deploy never leaves a group half on the new version because one box refused the
+package): otherwise deploy stops with push's outcome and exit code, and says which hosts to fix.
+Activation is delegated to an :class:`~cutover.controller.fleet.strategy.ActivationStrategy`
+(today :class:`AllAtOnce`; the rollout engine plugs in there). Webhooks get ``push``, then
+``activate``, then ``deploy`` (and ``failure`` whenever a step is not ok), delivered in the
+background while the deploy goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from cutover.controller.commands._context import FleetContext, add_fleet_options, open_context
+from cutover.controller.commands._source import Source, add_source_options, resolve_source
+from cutover.controller.commands.push import run_push
+from cutover.controller.fleet.results import FleetOutcome, FleetResult
+from cutover.controller.fleet.strategy import ActivationStrategy, AllAtOnce
+
+__all__ = ["deploy", "register", "run_deploy"]
+
+
+async def run_deploy(
+    ctx: FleetContext, source: Source, strategy: ActivationStrategy
+) -> tuple[FleetResult, FleetResult | None]:
+    """Push then (if every host staged) activate; returns both steps' results."""
+    runner = ctx.runner()
+    notifier = ctx.notifier()
+    try:
+        pushed = await run_push(runner, source)
+        ctx.reporter.step(pushed, "step.done")
+        notifier.notify("push", pushed)
+        activated: FleetResult | None = None
+        if pushed.outcome == FleetOutcome.OK:
+            activated = await strategy.activate(runner, source.app, source.version, ctx.hosts)
+            ctx.reporter.step(activated, "step.done")
+            notifier.notify("activate", activated)
+        else:
+            ctx.reporter.warn(
+                f"not activated: {len(pushed.failed())} host(s) did not stage {source.version} "
+                f"({', '.join(h.host for h in pushed.failed())}); fix them, or narrow the selection "
+                "with --hosts/--group, and deploy again (hosts that staged it skip the upload)"
+            )
+        final = (activated or pushed).model_copy(update={"action": "deploy"})
+        notifier.notify("deploy", final)
+    finally:
+        await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
+        ctx.reporter.close()
+    ctx.reporter.step(
+        final, "summary", {"activated": activated is not None, "strategy": strategy.name}
+    )
+    return pushed, activated
+
+
+def deploy(args: argparse.Namespace) -> int:
+    ctx = open_context(args, stream=True)
+    source = resolve_source(args, ctx.fleet)
+    pushed, activated = asyncio.run(run_deploy(ctx, source, AllAtOnce()))
+    return (activated or pushed).exit_code
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("deploy", parents=[common], help="push, then activate on the selected hosts")
+    add_source_options(p)
+    add_fleet_options(p)
+    p.set_defaults(fn=deploy)

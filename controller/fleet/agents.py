@@ -1,0 +1,246 @@
+"""The fleet's narrow view of one agent: the only fleet module that touches ``AgentClient``.
+
+Everything else in :mod:`cutover.controller.fleet` talks to :class:`AgentPort` and gets typed
+answers (:class:`AppView`, :class:`OpRecord`, :class:`JournalEntry`) or one of the
+:mod:`cutover.agent.errors` classes, so switching to another client (the typed client with its
+transport seam) changes this file only.
+
+Error rules the runner relies on:
+
+* the agent could not be reached (connection refused, timeout, TLS) -> :class:`TransportError`;
+* the agent refused the request or the package (401, signature, downgrade, ...) -> a
+  :class:`RejectedError` subclass chosen by the agent's reason code;
+* an operation that ran and failed -> the class of its reason code (``HookError``,
+  ``ActivationFailedError``, ...); a ``transport`` failure *inside* an operation (the agent could
+  not download ``--package-url``) is an :class:`OperationalError`, not "host unreachable".
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cutover.agent import errors as errmod
+from cutover.agent.errors import ConfigError, CutoverError, OperationalError, TransportError
+from cutover.agent.keys import PrivateKey
+from cutover.controller.client import AgentClient
+from cutover.controller.fleet.inventory import Concurrency, HostSpec
+
+__all__ = [
+    "AgentEvent",
+    "AgentPort",
+    "AppView",
+    "ClientAgent",
+    "JournalEntry",
+    "OpRecord",
+    "ReleaseView",
+    "connect",
+    "error_from_code",
+]
+
+AgentEvent = Callable[[dict[str, Any]], None]
+
+
+class _Tolerant(BaseModel):
+    """Responses may gain fields within /v1 (docs/protocol.md): ignore unknown ones."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ReleaseView(_Tolerant):
+    version: str
+    status: str
+    installed: bool = True
+    health: list[dict[str, Any]] = []
+    reason: str = ""
+
+
+class AppView(_Tolerant):
+    app: str
+    current: str | None = None
+    previous: str | None = None
+    staged: list[str] = []
+    busy: dict[str, Any] | None = None
+    releases: list[ReleaseView] = []
+
+    def last_health(self) -> str | None:
+        """``"live pass"`` of the current release's newest health phase, or None."""
+        rec = next((r for r in self.releases if r.version == self.current), None)
+        if rec is None or not rec.health:
+            return None
+        last = rec.health[-1]
+        return f"{last.get('phase', '?')} {last.get('status', '?')}"
+
+
+class OpRecord(_Tolerant):
+    id: str
+    op: str
+    status: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class JournalEntry(_Tolerant):
+    seq: int
+    ts: str
+    event: str
+    version: str | None = None
+    actor: str | None = None
+    previous: str | None = None
+    ref: str | None = None
+    checkpoint_ref: str | None = None
+    reason: Any = None
+    error: Any = None
+
+
+def _classes() -> dict[str, type[CutoverError]]:
+    """reason code -> class, from the error tree (until the errors module has its registry)."""
+    out: dict[str, type[CutoverError]] = {}
+    stack: list[type[CutoverError]] = [CutoverError]
+    while stack:
+        cls = stack.pop()
+        out.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return out
+
+
+# Codes the agent refines per instance (``SignatureError(..., code="untrusted")``): the class
+# default alone would not find them. Temporary: the error registry of agent/errors.py (restructure
+# issue, item 4) replaces this table and _classes() with one lookup.
+_REFINED: dict[str, type[CutoverError]] = {
+    **dict.fromkeys(("unsigned", "untrusted"), errmod.SignatureError),
+    **dict.fromkeys(("payload_digest", "payload_size", "missing"), errmod.DigestMismatchError),
+    **dict.fromkeys(("app_mismatch", "version_mismatch"), errmod.MismatchError),
+    **dict.fromkeys(
+        ("bad_pax", "corrupt", "payload_codec", "trailing_data", "truncated"),
+        errmod.PackageFormatError,
+    ),
+    **dict.fromkeys(("path_limit", "too_many_bytes", "too_many_entries"), errmod.ArchiveLimitError),
+    **dict.fromkeys(
+        ("body_timeout", "payload_too_large", "unsupported_media_type"), errmod.RequestError
+    ),
+    **dict.fromkeys(("disk_full", "io_error", "dest_exists", "no_parent"), errmod.StorageError),
+}
+
+_BY_CODE = {
+    **{
+        name: cls
+        for name, cls in _classes().items()
+        if getattr(errmod, cls.__name__, None) is cls  # only the public tree
+    },
+    **_REFINED,
+}
+
+
+def error_from_code(code: str, message: str, *, in_operation: bool = False) -> CutoverError:
+    """The error class the agent meant by ``code`` (unknown codes: :class:`OperationalError`)."""
+    cls = _BY_CODE.get(code, OperationalError)
+    if in_operation and issubclass(cls, TransportError):
+        cls = OperationalError  # the agent's own download failed; the agent is reachable
+    if cls is errmod.LockedError:
+        return errmod.LockedError(message)
+    err: CutoverError = cls(message, code=code)
+    return err
+
+
+class AgentPort(Protocol):
+    """What fleet operations need from one agent."""
+
+    async def app(self, app: str) -> AppView: ...
+    async def journal(self, app: str, limit: int) -> list[JournalEntry]: ...
+    async def upload(
+        self, app: str, version: str, package: Path, on_event: AgentEvent
+    ) -> OpRecord: ...
+    async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord: ...
+    async def activate(self, app: str, version: str, on_event: AgentEvent) -> OpRecord: ...
+    async def rollback(self, app: str, to: str | None, on_event: AgentEvent) -> OpRecord: ...
+    async def close(self) -> None: ...
+
+
+def _parse(model: type[Any], data: Any, where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise TransportError(f"{where}: unexpected response: {exc.errors()[:1]}") from exc
+
+
+class ClientAgent:
+    """:class:`AgentPort` over today's :class:`AgentClient`."""
+
+    def __init__(self, client: AgentClient, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def app(self, app: str) -> AppView:
+        view: AppView = _parse(AppView, await self._client.app(app), self.name)
+        return view
+
+    async def journal(self, app: str, limit: int) -> list[JournalEntry]:
+        entries = await self._client.journal(app, limit)
+        return [_parse(JournalEntry, e, self.name) for e in entries]
+
+    async def _follow(self, accepted: dict[str, Any], on_event: AgentEvent) -> OpRecord:
+        op_id = str(accepted.get("operation", ""))
+        try:
+            async with aclosing(self._client.events(op_id)) as events:
+                async for event in events:
+                    if event.get("event") == "operation.done":
+                        break
+                    on_event(event)
+        except TransportError:
+            pass  # wait() below polls the record: it tells the outcome
+        record: OpRecord = _parse(OpRecord, await self._client.wait(op_id), self.name)
+        if record.status != "succeeded":
+            err = record.error or {}
+            raise error_from_code(
+                str(err.get("error") or "failed"),
+                f"{self.name}: {err.get('message') or record.status}",
+                in_operation=True,
+            )
+        return record
+
+    async def upload(self, app: str, version: str, package: Path, on_event: AgentEvent) -> OpRecord:
+        def progress(done: int, total: int) -> None:
+            on_event({"event": "progress", "step": "upload", "done": done, "total": total})
+
+        accepted = await self._client.upload(app, version, package, progress)
+        return await self._follow(accepted, on_event)
+
+    async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord:
+        return await self._follow(await self._client.fetch(app, version, url), on_event)
+
+    async def activate(self, app: str, version: str, on_event: AgentEvent) -> OpRecord:
+        return await self._follow(await self._client.activate(app, version), on_event)
+
+    async def rollback(self, app: str, to: str | None, on_event: AgentEvent) -> OpRecord:
+        return await self._follow(await self._client.rollback(app, to), on_event)
+
+
+def connect(host: HostSpec, key: PrivateKey, limits: Concurrency) -> AgentPort:
+    """An :class:`AgentPort` for ``host`` signing with ``key``."""
+    ctx = None
+    if host.tls_ca is not None:
+        try:
+            ctx = ssl.create_default_context(cafile=str(host.tls_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"host {host.name!r}: key 'tls_ca': cannot load {host.tls_ca}: {exc}"
+            ) from exc
+    client = AgentClient(
+        host.url,
+        key,
+        authority=host.authority,
+        timeout_s=limits.timeout_s,
+        upload_timeout_s=limits.upload_timeout_s,
+        ssl_context=ctx,
+        fingerprint=host.tls_fingerprint,
+    )
+    return ClientAgent(client, host.name)

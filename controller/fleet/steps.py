@@ -1,0 +1,62 @@
+"""The per-host steps of fleet commands: stage (upload or fetch), activate, rollback.
+
+Each function returns a :data:`~cutover.controller.fleet.runner.HostWork` for the runner. A step
+succeeds when the agent's operation succeeded; the agent saying it already had the release
+(``already_staged``, ``already_active``) is :attr:`HostStatus.UNCHANGED`, so re-running a push or
+an activation is a no-op that still exits 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cutover.controller.fleet.agents import AgentPort, OpRecord
+from cutover.controller.fleet.results import HostStatus
+from cutover.controller.fleet.runner import Done, HostWork
+
+__all__ = ["activate_step", "rollback_step", "stage_step"]
+
+
+def _done(record: OpRecord, unchanged_flag: str) -> Done:
+    result = record.result or {}
+    return Done(
+        status=HostStatus.UNCHANGED if result.get(unchanged_flag) else HostStatus.OK,
+        message=str(result.get("message", "")),
+        operation=record.id,
+        version=result.get("version"),
+        current=result.get("current"),
+        previous=result.get("previous"),
+    )
+
+
+def stage_step(
+    app: str, version: str, *, package: Path | None = None, url: str | None = None
+) -> HostWork:
+    """Stage ``version`` from a local ``package`` (uploaded) or a ``url`` the agent fetches."""
+    if (package is None) == (url is None):
+        raise ValueError("stage_step needs exactly one of package and url")
+
+    async def work(agent: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
+        if package is not None:
+            record = await agent.upload(app, version, package, on_event)
+        elif url is not None:
+            record = await agent.fetch(app, version, url, on_event)
+        return _done(record, "already_staged")
+
+    return work
+
+
+def activate_step(app: str, version: str) -> HostWork:
+    async def work(agent: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
+        return _done(await agent.activate(app, version, on_event), "already_active")
+
+    return work
+
+
+def rollback_step(app: str, to: str | None) -> HostWork:
+    async def work(agent: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
+        return _done(await agent.rollback(app, to, on_event), "already_active")
+
+    return work
