@@ -73,10 +73,7 @@ def resolve_source(args: argparse.Namespace, fleet: Fleet) -> Source:
     if args.package is not None:
         if args.release_version:
             raise ConfigError("--version is only for --package-url (a package names its version)")
-        try:
-            parts, fh = open_package(args.package)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"package {args.package} not found") from exc
+        parts, fh = open_package(args.package)  # NotFoundError (exit 5) when missing
         fh.close()
         manifest = parse_manifest(parts.manifest_bytes)
         app = resolve_app(args, fleet, manifest.app)

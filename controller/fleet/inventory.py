@@ -204,7 +204,10 @@ def load_fleet(path: Path) -> Fleet:
     try:
         fleet = Fleet.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+        problems = [
+            f"{_where(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()[:5]
+        ]
         raise ConfigError(f"fleet file {path}: " + "; ".join(problems)) from exc
     base = path.parent
 

@@ -1,0 +1,188 @@
+"""The runner and the outcome rule: bounded concurrency, one result per host, errors by class.
+
+The agents here are fakes of a *remote* peer (allowed in a unit test): the real agents are
+exercised end to end in tests/e2e/test_fleet.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cutover.agent.errors import (
+    ActivationFailedError,
+    AuthError,
+    CutoverError,
+    DowngradeError,
+    ExitCode,
+    SignatureError,
+    TransportError,
+)
+from cutover.controller.fleet.agents import AppView, JournalEntry, OpRecord, error_from_code
+from cutover.controller.fleet.inventory import HostSpec
+from cutover.controller.fleet.results import FleetOutcome, HostStatus, classify, outcome_of
+from cutover.controller.fleet.runner import FleetRunner
+from cutover.controller.fleet.steps import activate_step, stage_step
+
+S = HostStatus
+
+
+@pytest.mark.parametrize(
+    ("statuses", "outcome", "code"),
+    [
+        pytest.param([S.OK, S.OK], FleetOutcome.OK, ExitCode.OK, id="all-ok"),
+        pytest.param([S.OK, S.UNCHANGED], FleetOutcome.OK, ExitCode.OK, id="ok-and-unchanged"),
+        pytest.param([S.OK, S.REFUSED], FleetOutcome.PARTIAL, ExitCode.PARTIAL, id="one-refused"),
+        pytest.param([S.UNCHANGED, S.UNREACHABLE], FleetOutcome.PARTIAL, ExitCode.PARTIAL, id="one-unreachable"),
+        pytest.param([S.REFUSED, S.REFUSED], FleetOutcome.REFUSED, ExitCode.REJECTED, id="all-refused"),
+        pytest.param([S.UNREACHABLE], FleetOutcome.UNREACHABLE, ExitCode.UNREACHABLE, id="all-unreachable"),
+        pytest.param([S.FAILED, S.FAILED], FleetOutcome.FAILED, ExitCode.FAILED, id="all-failed"),
+        pytest.param([S.REFUSED, S.UNREACHABLE], FleetOutcome.FAILED, ExitCode.FAILED, id="mixed-failures"),
+        pytest.param([], FleetOutcome.FAILED, ExitCode.FAILED, id="nothing"),
+    ],
+)  # fmt: skip
+def test_outcome_rule(statuses: list[HostStatus], outcome: FleetOutcome, code: int) -> None:
+    from cutover.controller.fleet.results import exit_code_of
+
+    assert outcome_of(statuses) == outcome and exit_code_of(outcome) == code
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        pytest.param(TransportError("x"), S.UNREACHABLE, id="transport"),
+        pytest.param(SignatureError("x", code="untrusted"), S.REFUSED, id="signature"),
+        pytest.param(DowngradeError("x"), S.REFUSED, id="downgrade"),
+        pytest.param(AuthError("x", code="unknown_key"), S.REFUSED, id="auth"),
+        pytest.param(ActivationFailedError("x"), S.FAILED, id="reverted"),
+    ],
+)
+def test_classify_by_class(exc: CutoverError, status: HostStatus) -> None:
+    assert classify(exc) == status
+
+
+@pytest.mark.parametrize(
+    ("code", "cls", "in_operation"),
+    [
+        ("untrusted", SignatureError, False),
+        ("downgrade", DowngradeError, False),
+        ("reverted", ActivationFailedError, False),
+        ("transport", TransportError, False),
+        ("something_new", CutoverError, False),
+    ],
+)
+def test_error_from_code_finds_the_class(code: str, cls: type, in_operation: bool) -> None:
+    err = error_from_code(code, "m", in_operation=in_operation)
+    assert isinstance(err, cls) and err.code == code
+
+
+def test_a_fetch_that_failed_inside_an_operation_is_not_unreachable() -> None:
+    err = error_from_code("transport", "the store refused", in_operation=True)
+    assert not isinstance(err, TransportError) and classify(err) == S.FAILED
+
+
+class FakeAgent:
+    """A remote agent that answers after yielding to the loop (so others run meanwhile)."""
+
+    def __init__(self, name: str, behaviour: CutoverError | str, tracker: dict[str, int]) -> None:
+        self.name = name
+        self.behaviour = behaviour
+        self.tracker = tracker
+        self.closed = False
+
+    async def _op(self, on_event: Any, version: str, flag: str) -> OpRecord:
+        self.tracker["now"] += 1
+        self.tracker["peak"] = max(self.tracker["peak"], self.tracker["now"])
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            on_event({"event": "progress", "step": "upload", "done": 5, "total": 10})
+            on_event({"event": "progress", "step": "upload", "done": 5, "total": 10})
+            on_event({"event": "verify.done", "signers": ["k"], "app": "ame"})
+            if isinstance(self.behaviour, CutoverError):
+                raise self.behaviour
+            result = {
+                "message": "done",
+                "version": version,
+                "current": "1.0",
+                flag: self.behaviour == "same",
+            }
+            return OpRecord(id=f"op-{self.name}", op="x", status="succeeded", result=result)
+        finally:
+            self.tracker["now"] -= 1
+
+    async def upload(self, app: str, version: str, package: Path, on_event: Any) -> OpRecord:
+        return await self._op(on_event, version, "already_staged")
+
+    async def fetch(self, app: str, version: str, url: str, on_event: Any) -> OpRecord:
+        return await self._op(on_event, version, "already_staged")
+
+    async def activate(self, app: str, version: str, on_event: Any) -> OpRecord:
+        return await self._op(on_event, version, "already_active")
+
+    async def rollback(self, app: str, to: str | None, on_event: Any) -> OpRecord:
+        return await self._op(on_event, to or "", "already_active")
+
+    async def app(self, app: str) -> AppView:
+        raise NotImplementedError
+
+    async def journal(self, app: str, limit: int) -> list[JournalEntry]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_runner_bounds_concurrency_and_reports_every_host() -> None:
+    behaviours: dict[str, CutoverError | str] = {
+        "a": "new",
+        "b": "same",
+        "c": SignatureError("c: untrusted", code="untrusted"),
+        "d": TransportError("d: connection refused"),
+        "e": "new",
+    }
+    hosts = [HostSpec(name=n, url=f"http://{n}.example:7801") for n in behaviours]
+    tracker = {"now": 0, "peak": 0}
+    made: dict[str, FakeAgent] = {}
+
+    def connect(h: HostSpec) -> FakeAgent:
+        made[h.name] = FakeAgent(h.name, behaviours[h.name], tracker)
+        return made[h.name]
+
+    events: list[dict[str, Any]] = []
+    runner = FleetRunner(hosts, connect, max_parallel=2, sink=events.append)  # type: ignore[arg-type]
+    result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", url="http://s/p"))
+
+    assert tracker["peak"] == 2  # never more than max_parallel at once
+    assert [h.host for h in result.hosts] == list(behaviours)  # file order kept
+    assert [h.status for h in result.hosts] == [S.OK, S.UNCHANGED, S.REFUSED, S.UNREACHABLE, S.OK]
+    assert result.hosts[2].error == "untrusted" and "untrusted" in result.hosts[2].message
+    assert result.hosts[0].operation == "op-a" and result.hosts[0].current == "1.0"
+    assert result.outcome == FleetOutcome.PARTIAL and result.exit_code == ExitCode.PARTIAL
+    assert all(agent.closed for agent in made.values())
+    # progress is thinned (the duplicate 5/10 dropped), phases translated, one result per host
+    progress = [e for e in events if e["event"] == "host.progress" and e["host"] == "a"]
+    assert len(progress) == 1 and progress[0]["done"] == 5
+    assert {
+        "event": "host.phase",
+        "host": "a",
+        "phase": "verified",
+        "detail": {"signers": ["k"]},
+    }.items() <= next(e for e in events if e["event"] == "host.phase" and e["host"] == "a").items()
+    assert sum(1 for e in events if e["event"] == "host.result") == 5
+
+
+async def test_activate_step_reports_already_active_as_unchanged() -> None:
+    hosts = [HostSpec(name="a", url="http://a.example")]
+    tracker = {"now": 0, "peak": 0}
+    runner = FleetRunner(
+        hosts,
+        lambda h: FakeAgent(h.name, "same", tracker),
+        max_parallel=5,
+        sink=lambda e: None,  # type: ignore[arg-type,return-value]
+    )
+    result = await runner.run("activate", "ame", "2.0", activate_step("ame", "2.0"))
+    assert result.hosts[0].status == S.UNCHANGED and result.exit_code == ExitCode.OK
