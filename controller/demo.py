@@ -1,13 +1,14 @@
-"""``make demo``: a two-agent demo fleet on 127.0.0.1, end to end with real parts.
+"""``make demo``: a three-agent demo fleet on 127.0.0.1, driven by the real ``cutover`` commands.
 
-Everything is real: Ed25519 keys, deterministic signed packages, two ``cutover-agent serve``
-daemons on loopback ports, the signed HTTP API, subprocess hooks, health checks, the on-host CLI.
-All files live under ``./demo-run/`` (recreated each run); the agents are stopped at the end.
+Everything is real: Ed25519 keys, deterministic signed packages, three ``cutover-agent serve``
+daemons on loopback ports, a ``fleet.toml``, the fleet commands (``deploy``, ``status``,
+``rollback``, ``log``) over the signed HTTP API, subprocess hooks, health checks, the automatic
+revert of a release that fails its live check, and the on-host CLI. All files live under
+``./demo-run/`` (recreated each run); the agents are stopped at the end.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -16,16 +17,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from cutover.agent.api_models import Accepted, OperationRecord
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.controller.build import build_package, sign_package
-from cutover.controller.client import AgentClient
 
 console = Console(highlight=False)
 BIN = Path(sys.executable).parent
@@ -143,83 +142,55 @@ class DemoHost:
             return self.proc.wait()
 
 
-async def _wait_healthy(client: AgentClient, host: DemoHost) -> None:
+def _wait_healthy(hosts: list[DemoHost]) -> None:
     deadline = time.monotonic() + 30
-    while True:
+    waiting = list(hosts)
+    while waiting:
+        host = waiting[0]
         try:
-            await client.health()
-            return
-        except Exception:
-            if time.monotonic() > deadline or (host.proc and host.proc.poll() is not None):
-                raise SystemExit(
-                    f"{host.name} did not start; see {host.dir / 'agent.log'}"
-                ) from None
-            await asyncio.sleep(0.1)
+            with urllib.request.urlopen(f"{host.url}/v1/health", timeout=1):  # noqa: S310  # loopback
+                waiting.pop(0)
+                console.print(
+                    f"    {host.name} listening on {host.url} (logs: {host.dir / 'agent.log'})"
+                )
+                continue
+        except OSError:
+            pass
+        if time.monotonic() > deadline or (host.proc and host.proc.poll() is not None):
+            raise SystemExit(f"{host.name} did not start; see {host.dir / 'agent.log'}")
+        time.sleep(0.1)
 
 
-async def _run_op(client: AgentClient, host: DemoHost, accepted: Accepted) -> OperationRecord:
-    op_id = accepted.operation
-    async for event in client.events(op_id):
-        name = event.event
-        ev = event.model_dump()
-        if name in (
-            "verify.done",
-            "extract.done",
-            "hooks.done",
-            "flip",
-            "health.done",
-            "revert.start",
-            "revert.done",
-            "stage.done",
-            "activate.done",
-            "rollback.done",
-        ):
-            detail = {
-                k: v for k, v in ev.items() if k in ("phase", "status", "version", "to", "reason")
-            }
-            console.print(f"    [dim]{host.name}[/] {name} {json.dumps(detail)[:160]}")
-        elif name == "hook.output":
-            console.print(f"    [dim]{host.name}   | {ev.get('line')}[/]")
-        if name == "operation.done":
-            break
-    return await client.wait(op_id)
+def _write_fleet(work: Path, hosts: list[DemoHost]) -> Path:
+    lines = [f'app = "{APP}"', f'controller_key = "{work / "keys" / "operator"}"', ""]
+    lines += ["[concurrency]", "max_parallel = 3", ""]
+    for i, h in enumerate(hosts):
+        groups = ["web", "canary"] if i == 0 else ["web"]
+        lines += [f"[hosts.{h.name}]", f'url = "{h.url}"', f"groups = {json.dumps(groups)}", ""]
+    path = work / "fleet.toml"
+    path.write_text("\n".join(lines))
+    return path
 
 
-def _table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="fleet", title_justify="left")
-    for col in ("host", "current", "previous", "staged", "bad"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            r["host"],
-            r["current"] or "-",
-            r["previous"] or "-",
-            r["staged"] or "-",
-            f"[red]{r['bad']}[/]" if r["bad"] else "-",
-        )
-    return t
+def _cutover(fleet: Path, *args: str) -> int:
+    """Run the real controller CLI against the demo fleet; its output goes to the terminal."""
+    console.print(f"    [dim]$ cutover {' '.join(args)}[/]")
+    sys.stdout.flush()
+    proc = subprocess.run(
+        [str(BIN / "cutover"), *args],
+        env={**os.environ, "CUTOVER_FLEET": str(fleet)},
+        check=False,
+    )
+    console.print(f"    [dim]exit {proc.returncode}[/]")
+    return proc.returncode
 
 
-async def _status(clients: dict[str, AgentClient]) -> list[dict[str, Any]]:
-    rows = []
-    for name, c in clients.items():
-        info = await c.app(APP)
-        rels = info.releases
-        rows.append(
-            {
-                "host": name,
-                "current": info.current,
-                "previous": info.previous,
-                "staged": ", ".join(
-                    r.version for r in rels if r.status == "staged" and r.installed
-                ),
-                "bad": ", ".join(r.version for r in rels if r.status == "bad"),
-            }
-        )
-    return rows
+def _expect(code: int, wanted: int, what: str) -> None:
+    if code != wanted:
+        raise SystemExit(f"demo: {what} exited {code}, expected {wanted}")
 
 
-async def _demo(work: Path) -> int:
+def _demo(work: Path) -> int:
     _step("keys: a release key (signs packages) and a controller key (signs API requests)")
     (work / "keys").mkdir(parents=True)
     release = generate_keypair(work / "keys" / "release")
@@ -232,68 +203,45 @@ async def _demo(work: Path) -> int:
         for v in ("1.0.0", "1.1.0", "1.2.0")
     }
 
-    _step("start two agents on 127.0.0.1 (cutover-agent init + serve)")
+    _step("start three agents on 127.0.0.1 (cutover-agent init + serve) and write fleet.toml")
     hosts = [
         DemoHost(work, n, work / "keys" / "release.pub", work / "keys" / "operator.pub")
-        for n in ("web-1", "web-2")
+        for n in ("web-1", "web-2", "web-3")
     ]
     for h in hosts:
         h.start()
-    clients = {h.name: AgentClient(h.url, controller) for h in hosts}
     try:
-        for h in hosts:
-            await _wait_healthy(clients[h.name], h)
-            console.print(f"    {h.name} listening on {h.url} (logs: {h.dir / 'agent.log'})")
+        _wait_healthy(hosts)
+        fleet = _write_fleet(work, hosts)
+        console.print(f"    {fleet}: web-1 (groups web, canary), web-2, web-3 (group web)")
 
         for version in ("1.0.0", "1.1.0"):
-            _step(f"push {version}: upload and stage on every host first")
-            for h in hosts:
-                res = await _run_op(
-                    clients[h.name], h, await clients[h.name].upload(APP, version, pkgs[version])
-                )
-                if not res.succeeded:
-                    raise SystemExit(f"{h.name}: {version} did not succeed: {res}")
-            _step(f"activate {version}: canary web-1, then web-2")
-            for h in hosts:
-                res = await _run_op(
-                    clients[h.name], h, await clients[h.name].activate(APP, version)
-                )
-                if not res.succeeded:
-                    raise SystemExit(f"{h.name}: {version} did not succeed: {res}")
-        console.print(_table(await _status(clients)))
+            _step(f"deploy {version}: stage on every host first, then activate")
+            _expect(_cutover(fleet, "deploy", str(pkgs[version])), 0, f"deploy {version}")
+        _step("fleet status")
+        _expect(_cutover(fleet, "status"), 0, "status")
 
-        _step("1.2.0 on the canary: the live check fails, the agent flips back by itself")
-        c1 = clients["web-1"]
-        await _run_op(c1, hosts[0], await c1.upload(APP, "1.2.0", pkgs["1.2.0"]))
-        res = await _run_op(c1, hosts[0], await c1.activate(APP, "1.2.0"))
-        console.print(
-            f"    operation {res.status}: [yellow]{(res.error.message if res.error else '')[:200]}[/]"
-        )
-        console.print(_table(await _status(clients)))
+        _step("deploy 1.2.0 to the canary: its live check fails and the agent flips back by itself")
+        _cutover(fleet, "deploy", str(pkgs["1.2.0"]), "--group", "canary")
+        _step("roll the whole fleet back to 1.0.0, every host in parallel")
+        _expect(_cutover(fleet, "rollback", "--to", "1.0.0"), 0, "rollback")
+        _expect(_cutover(fleet, "status"), 0, "status")
 
-        _step("roll web-2 back over the API, then web-1 with the on-host CLI (the emergency path)")
-        await _run_op(clients["web-2"], hosts[1], await clients["web-2"].rollback(APP))
-        out = hosts[0].cli("rollback")
-        console.print(f"    web-1$ cutover-agent rollback -> current {out['current']}")
-        console.print(_table(await _status(clients)))
+        _step("release history, merged from the three agents' journals")
+        _expect(_cutover(fleet, "log", "--limit", "12"), 0, "log")
 
-        _step("audit: verify installed files and the hash-chained journal on each host")
-        for h in hosts:
-            v = h.cli("verify")
-            j = h.cli("journal", "--verify")
-            console.print(
-                f"    {h.name}: {v['message']}; journal {j['entries']} entries, chain intact"
-            )
+        _step("audit on web-1 with the on-host CLI: installed files and the hash-chained journal")
+        v = hosts[0].cli("verify")
+        j = hosts[0].cli("journal", "--verify")
+        console.print(f"    web-1: {v['message']}; journal {j['entries']} entries, chain intact")
         workers = (hosts[0].root / "shared" / "storage" / "workers.log").read_text().splitlines()
         console.print(f"    web-1 shared/storage/workers.log: {workers}")
     finally:
-        for c in clients.values():
-            await c.close()
         for h in hosts:
             code = h.stop()
             console.print(f"    stopped {h.name} (exit {code})")
     _step(
-        f"done. Everything is under {work}/ — try: {BIN}/cutover-agent --config {hosts[0].config} status"
+        f"done. Everything is under {work}/ — try: CUTOVER_FLEET={work}/fleet.toml {BIN}/cutover status"
     )
     return 0
 
@@ -306,7 +254,7 @@ def main() -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    return asyncio.run(_demo(work))
+    return _demo(work)
 
 
 if __name__ == "__main__":

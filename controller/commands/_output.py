@@ -124,7 +124,12 @@ class Reporter:
 
     # ------------------------------------------------------------------ results
     def step(
-        self, result: FleetResult, event: str = "summary", extra: dict[str, Any] | None = None
+        self,
+        result: FleetResult,
+        event: str = "summary",
+        extra: dict[str, Any] | None = None,
+        *,
+        table_too: bool = True,
     ) -> None:
         """One fleet step's results: a ``summary``/``step.done`` line, or a table."""
         self.close()
@@ -135,6 +140,16 @@ class Reporter:
             return
         if self.as_json:
             return
+        if table_too:
+            self.out.print(self._table(result))
+        ok = len(result.succeeded())
+        self.out.print(
+            f"{result.action}: [bold]{result.outcome.value}[/] "
+            f"({ok}/{len(result.hosts)} hosts ok, exit {result.exit_code})"
+        )
+
+    @staticmethod
+    def _table(result: FleetResult) -> Table:
         table = Table(
             title=f"{result.action} {result.app} {result.version or ''}".rstrip(),
             title_justify="left",
@@ -143,16 +158,11 @@ class Reporter:
             table.add_column(col, overflow="fold")
         for h in result.hosts:
             style = STATUS_STYLE[h.status]
-            reason = h.message if not h.status.succeeded else (h.message or "")
             code = f"{h.error}: " if h.error else ""
             table.add_row(
-                h.host, f"[{style}]{h.status.value}[/]", h.current or "-", escape(code + reason)
+                h.host, f"[{style}]{h.status.value}[/]", h.current or "-", escape(code + h.message)
             )
-        self.out.print(table)
-        ok = len(result.succeeded())
-        self.out.print(
-            f"{result.action}: [bold]{result.outcome.value}[/] ({ok}/{len(result.hosts)} hosts ok, exit {result.exit_code})"
-        )
+        return table
 
     def document(self, data: dict[str, Any], human: Callable[[], None]) -> None:
         """A short command's output: one JSON document, or whatever ``human`` prints."""

@@ -49,9 +49,8 @@ async def run_deploy(
     finally:
         await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
         ctx.reporter.close()
-    ctx.reporter.step(
-        final, "summary", {"activated": activated is not None, "strategy": strategy.name}
-    )
+    extra = {"activated": activated is not None, "strategy": strategy.name}
+    ctx.reporter.step(final, "summary", extra, table_too=False)  # the steps showed the tables
     return pushed, activated
 
 

@@ -13,7 +13,6 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -114,6 +113,12 @@ def test_re_push_is_a_no_op(fleet: Fleet, packages: dict[str, Path]) -> None:
     assert {h["status"] for h in events[-1]["hosts"]} == {"unchanged"}
     after = {n: fleet.agents[n].snapshot() for n in ("web-1", "web-2")}
     assert after == before  # nothing staged twice, no journal entry
+
+    human = fleet.cutover("push", str(packages["1.0.0"]), "--hosts", "web-1,web-2")
+    assert human.returncode == 0, human.stderr
+    rows = [line for line in human.stdout.splitlines() if "web-" in line]
+    assert len(rows) == 2 and all("unchanged" in r and "already staged" in r for r in rows)
+    assert "push: ok (2/2 hosts ok, exit 0)" in human.stdout
 
 
 def test_push_with_package_url_through_nginx(
@@ -281,7 +286,3 @@ def test_a_host_nobody_answers_for_is_unreachable(fleet: Fleet, packages: dict[s
         fleet.write()
     assert results(events)["ghost-1"]["status"] == "unreachable"
     assert path.exists()
-
-
-def _lines(proc: Any) -> list[str]:
-    return [line for line in proc.stdout.splitlines() if line.strip()]
