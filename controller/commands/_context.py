@@ -9,9 +9,13 @@ Everything here fails before any host is contacted, with :class:`ConfigError` (e
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cutover.agent.errors import ConfigError
 from cutover.agent.keys import PrivateKey, load_private_key
@@ -23,9 +27,31 @@ from cutover.controller.fleet.notify import Notifier
 from cutover.controller.fleet.runner import FleetRunner
 from cutover.controller.fleet.selection import parse_host_list, select_hosts
 
-__all__ = ["KEY_ENV", "FleetContext", "add_fleet_options", "open_context", "resolve_app"]
+__all__ = [
+    "INTERRUPTED",
+    "KEY_ENV",
+    "FleetContext",
+    "add_fleet_options",
+    "open_context",
+    "resolve_app",
+    "run_command",
+]
 
 KEY_ENV = "CUTOVER_KEY"
+INTERRUPTED = 130
+
+
+def run_command(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine; Ctrl-C exits 130 with what it means for the fleet."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: operations already started on agents run to their end there; "
+            "see `cutover status` (and run the command again: it is idempotent)",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
 
 
 def add_fleet_options(p: argparse.ArgumentParser, *, app: bool = True) -> None:

@@ -8,7 +8,6 @@ running VERSION reports ``unchanged``. Canary waves are the rollout engine's job
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from cutover.agent.errors import ConfigError
 from cutover.agent.versions import VERSION_RE
@@ -17,6 +16,7 @@ from cutover.controller.commands._context import (
     add_fleet_options,
     open_context,
     resolve_app,
+    run_command,
 )
 from cutover.controller.fleet.strategy import AllAtOnce
 
@@ -39,7 +39,7 @@ def activate(args: argparse.Namespace) -> int:
     if not VERSION_RE.fullmatch(args.release):
         raise ConfigError(f"version {args.release!r}: use [A-Za-z0-9._+-], at most 128 characters")
     ctx = open_context(args, stream=True)
-    return asyncio.run(_activate(ctx, resolve_app(args, ctx.fleet), args.release))
+    return run_command(_activate(ctx, resolve_app(args, ctx.fleet), args.release))
 
 
 def register(

@@ -12,9 +12,13 @@ background while the deploy goes on.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from cutover.controller.commands._context import FleetContext, add_fleet_options, open_context
+from cutover.controller.commands._context import (
+    FleetContext,
+    add_fleet_options,
+    open_context,
+    run_command,
+)
 from cutover.controller.commands._source import Source, add_source_options, resolve_source
 from cutover.controller.commands.push import run_push
 from cutover.controller.fleet.results import FleetOutcome, FleetResult
@@ -57,8 +61,12 @@ async def run_deploy(
 def deploy(args: argparse.Namespace) -> int:
     ctx = open_context(args, stream=True)
     source = resolve_source(args, ctx.fleet)
-    pushed, activated = asyncio.run(run_deploy(ctx, source, AllAtOnce()))
-    return (activated or pushed).exit_code
+
+    async def go() -> int:
+        pushed, activated = await run_deploy(ctx, source, AllAtOnce())
+        return (activated or pushed).exit_code
+
+    return run_command(go())
 
 
 def register(

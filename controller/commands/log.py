@@ -8,7 +8,6 @@ host answered, 8 some did not (their history is missing from the output), 9 none
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from rich.markup import escape
@@ -20,6 +19,7 @@ from cutover.controller.commands._context import (
     add_fleet_options,
     open_context,
     resolve_app,
+    run_command,
 )
 from cutover.controller.fleet.agents import JournalEntry
 from cutover.controller.fleet.views import merge_journals
@@ -88,7 +88,7 @@ def log(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit must be from 1 to {MAX_PER_HOST}")
     ctx = open_context(args, stream=False)
     per_host = min(args.limit * 5, MAX_PER_HOST)  # the journal also holds non-release entries
-    return asyncio.run(_log(ctx, resolve_app(args, ctx.fleet), per_host, args.limit))
+    return run_command(_log(ctx, resolve_app(args, ctx.fleet), per_host, args.limit))
 
 
 def register(

@@ -8,9 +8,13 @@ already holds the release reports ``unchanged`` (re-pushing is a no-op). Nothing
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from cutover.controller.commands._context import FleetContext, add_fleet_options, open_context
+from cutover.controller.commands._context import (
+    FleetContext,
+    add_fleet_options,
+    open_context,
+    run_command,
+)
 from cutover.controller.commands._source import Source, add_source_options, resolve_source
 from cutover.controller.fleet.results import FleetResult
 from cutover.controller.fleet.runner import FleetRunner
@@ -40,7 +44,7 @@ async def _push(ctx: FleetContext, source: Source) -> int:
 def push(args: argparse.Namespace) -> int:
     ctx = open_context(args, stream=True)
     source = resolve_source(args, ctx.fleet)
-    return asyncio.run(_push(ctx, source))
+    return run_command(_push(ctx, source))
 
 
 def register(

@@ -7,7 +7,6 @@ Without ``--to`` each agent goes back to its own previous good release; with ``-
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from cutover.agent.errors import ConfigError
 from cutover.agent.versions import VERSION_RE
@@ -16,6 +15,7 @@ from cutover.controller.commands._context import (
     add_fleet_options,
     open_context,
     resolve_app,
+    run_command,
 )
 from cutover.controller.fleet.steps import rollback_step
 
@@ -38,7 +38,7 @@ def rollback(args: argparse.Namespace) -> int:
     if args.to is not None and not VERSION_RE.fullmatch(args.to):
         raise ConfigError(f"--to {args.to!r}: use [A-Za-z0-9._+-], at most 128 characters")
     ctx = open_context(args, stream=True)
-    return asyncio.run(_rollback(ctx, resolve_app(args, ctx.fleet), args.to))
+    return run_command(_rollback(ctx, resolve_app(args, ctx.fleet), args.to))
 
 
 def register(

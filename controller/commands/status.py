@@ -8,7 +8,6 @@ answered (drift or not: ``drift`` in the JSON says so), 8 some did not, 9 none d
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from rich.markup import escape
@@ -20,6 +19,7 @@ from cutover.controller.commands._context import (
     add_fleet_options,
     open_context,
     resolve_app,
+    run_command,
 )
 from cutover.controller.fleet.agents import AppView
 from cutover.controller.fleet.views import StatusRow, status_rows
@@ -108,7 +108,7 @@ async def _status(ctx: FleetContext, app: str) -> int:
 
 def status(args: argparse.Namespace) -> int:
     ctx = open_context(args, stream=False)
-    return asyncio.run(_status(ctx, resolve_app(args, ctx.fleet)))
+    return run_command(_status(ctx, resolve_app(args, ctx.fleet)))
 
 
 def register(
