@@ -2,7 +2,8 @@
 
 Hosts of a group that do not run the version most of the group runs are highlighted as drift;
 a host that does not answer is shown as ``unreachable`` with the reason. Exit codes: 0 every host
-answered (drift or not: ``drift`` in the JSON says so), 8 some did not, 9 none did.
+answered (drift or not: ``drift`` in the JSON says so), 8 some could not be read, 9 none
+answered, 1 every host answered with an error (e.g. the app is not configured there).
 """
 
 from __future__ import annotations
@@ -22,20 +23,25 @@ from cutover.controller.commands._context import (
     run_command,
 )
 from cutover.controller.fleet.agents import AppView
-from cutover.controller.fleet.views import StatusRow, status_rows
+from cutover.controller.fleet.views import StatusRow, Unreadable, status_rows
 
 __all__ = ["register", "status", "status_exit_code"]
 
 
 def status_exit_code(rows: list[StatusRow]) -> int:
-    down = sum(1 for r in rows if not r.reachable)
-    if down == 0:
+    """0 every host read; 9 none answered; 8 some read, some not; 1 none read (errors)."""
+    unread = [r for r in rows if r.error is not None]
+    if not unread:
         return ExitCode.OK
-    return ExitCode.UNREACHABLE if down == len(rows) else ExitCode.PARTIAL
+    if all(not r.reachable for r in rows):
+        return ExitCode.UNREACHABLE
+    return ExitCode.PARTIAL if len(unread) < len(rows) else ExitCode.FAILED
 
 
-def _why(exc: CutoverError) -> str:
-    return f"unreachable: {exc}" if isinstance(exc, TransportError) else f"{exc.code}: {exc}"
+def _why(exc: CutoverError) -> Unreadable:
+    if isinstance(exc, TransportError):
+        return Unreadable(False, f"unreachable: {exc}")
+    return Unreadable(True, f"{exc.code}: {exc}")
 
 
 def _table(app: str, rows: list[StatusRow]) -> Table:
@@ -43,16 +49,9 @@ def _table(app: str, rows: list[StatusRow]) -> Table:
     for col in ("host", "groups", "current", "previous", "staged", "health", "note"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        if not r.reachable:
-            t.add_row(
-                r.host,
-                ",".join(r.groups),
-                "[magenta]unreachable[/]",
-                "-",
-                "-",
-                "-",
-                escape(r.error or ""),
-            )
+        if r.error is not None:
+            label = "[red]error[/]" if r.reachable else "[magenta]unreachable[/]"
+            t.add_row(r.host, ",".join(r.groups), label, "-", "-", "-", escape(r.error))
             continue
         current = f"[bold yellow]{r.current or '-'}[/]" if r.drift else (r.current or "-")
         note = (
@@ -83,7 +82,7 @@ async def _status(ctx: FleetContext, app: str) -> int:
         return view
 
     answers = await ctx.runner().read(ask)
-    views: dict[str, AppView | str] = {
+    views: dict[str, AppView | Unreadable] = {
         name: a if isinstance(a, AppView) else _why(a) for name, a in answers.items()
     }
     rows = status_rows(ctx.hosts, views)
@@ -93,6 +92,7 @@ async def _status(ctx: FleetContext, app: str) -> int:
         "hosts": [r.model_dump(mode="json") for r in rows],
         "drift": any(r.drift for r in rows),
         "unreachable": [r.host for r in rows if not r.reachable],
+        "errors": {r.host: r.error for r in rows if r.reachable and r.error is not None},
         "exit_code": code,
     }
 

@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
 from cutover.controller.fleet.agents import AppView, JournalEntry
 from cutover.controller.fleet.inventory import HostSpec
 
-__all__ = ["HISTORY_EVENTS", "LogRow", "StatusRow", "merge_journals", "status_rows"]
+__all__ = ["HISTORY_EVENTS", "LogRow", "StatusRow", "Unreadable", "merge_journals", "status_rows"]
 
 HISTORY_EVENTS = {
     "stage.done": "staged",
@@ -30,6 +31,14 @@ HISTORY_EVENTS = {
 }
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A host whose app view could not be read: ``reachable`` False when it did not answer."""
+
+    reachable: bool
+    error: str
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,7 +47,7 @@ class StatusRow(_Out):
     host: str
     url: str
     groups: list[str]
-    reachable: bool
+    reachable: bool  # False: no answer (connection, timeout, TLS)
     current: str | None = None
     previous: str | None = None
     staged: list[str] = []
@@ -47,7 +56,7 @@ class StatusRow(_Out):
     drift: bool = False
     drift_groups: list[str] = []
     expected: str | None = None  # the version most hosts of its group(s) run
-    error: str | None = None  # why unreachable / unreadable
+    error: str | None = None  # why it could not be read (unreachable, or the agent's error)
 
 
 class LogRow(_Out):
@@ -63,7 +72,7 @@ class LogRow(_Out):
     seq: int
 
 
-def status_rows(hosts: list[HostSpec], views: dict[str, AppView | str]) -> list[StatusRow]:
+def status_rows(hosts: list[HostSpec], views: dict[str, AppView | Unreadable]) -> list[StatusRow]:
     """Rows in host order; ``views[name]`` is the host's app view or why it could not be read."""
     currents = {n: v.current for n, v in views.items() if isinstance(v, AppView)}
     expected: dict[str, str | None] = {}
@@ -80,10 +89,16 @@ def status_rows(hosts: list[HostSpec], views: dict[str, AppView | str]) -> list[
             )
     rows = []
     for h in hosts:
-        view = views.get(h.name, "not asked")
+        view = views.get(h.name, Unreadable(False, "not asked"))
         if not isinstance(view, AppView):
             rows.append(
-                StatusRow(host=h.name, url=h.url, groups=h.groups, reachable=False, error=view)
+                StatusRow(
+                    host=h.name,
+                    url=h.url,
+                    groups=h.groups,
+                    reachable=view.reachable,
+                    error=view.error,
+                )
             )
             continue
         drifting = [g for g in h.groups if g in expected and expected[g] != view.current]

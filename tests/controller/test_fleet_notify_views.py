@@ -14,7 +14,7 @@ from cutover.controller.fleet.agents import AppView, JournalEntry
 from cutover.controller.fleet.inventory import HostSpec, WebhookSpec
 from cutover.controller.fleet.notify import Notifier, message_for, redact_webhook
 from cutover.controller.fleet.results import FleetResult, HostResult, HostStatus
-from cutover.controller.fleet.views import merge_journals, status_rows
+from cutover.controller.fleet.views import Unreadable, merge_journals, status_rows
 
 
 def _result(*statuses: HostStatus) -> FleetResult:
@@ -129,7 +129,7 @@ def test_status_marks_the_odd_host_of_a_group_as_drift() -> None:
     ]
     views: dict[str, AppView | str] = {
         "w1": _view("1.1"), "w2": _view("1.1"), "w3": _view("1.0", "fail"),
-        "w4": "unreachable: connection refused", "db": _view(None),
+        "w4": Unreadable(False, "unreachable: connection refused"), "db": _view(None),
     }  # fmt: skip
     rows = {r.host: r for r in status_rows(hosts, views)}
     assert rows["w3"].drift and rows["w3"].drift_groups == ["web"] and rows["w3"].expected == "1.1"

@@ -10,13 +10,16 @@ needs first (pushing is idempotent), so the state they build on is explicit:
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import APP, Keys
+from tests.e2e.conftest import APP, BIN, SLOW_VERSION, Keys
 from tests.e2e.fleet_fixture import Fleet, dead_url, results, trust_release_key, webhook_receiver
 from tests.e2e.nginx_fixture import ensure_nginx, run_nginx
 
@@ -273,6 +276,9 @@ def test_status_shows_drift_and_an_unreachable_host(fleet: Fleet) -> None:
     assert "unreachable" in human.stdout and "drift: web runs 1.2.0" in human.stdout
 
     assert fleet.document("status", "--hosts", "rogue-1", expect=9)["unreachable"] == ["rogue-1"]
+    other = fleet.document("status", "--app", "nosuch", "--hosts", "web-1,web-2", expect=1)
+    assert other["unreachable"] == [] and set(other["errors"]) == {"web-1", "web-2"}
+    assert all(e.startswith("not_found: ") for e in other["errors"].values())
     events = fleet.stream("activate", "1.2.0", "--hosts", "rogue-1", expect=9)
     assert results(events)["rogue-1"]["error"] == "transport"
 
@@ -286,3 +292,41 @@ def test_a_host_nobody_answers_for_is_unreachable(fleet: Fleet, packages: dict[s
         fleet.write()
     assert results(events)["ghost-1"]["status"] == "unreachable"
     assert path.exists()
+
+
+def test_ctrl_c_exits_130_and_the_agent_finishes_its_operation(
+    fleet: Fleet, packages: dict[str, Path]
+) -> None:
+    """The controller dying mid-command never leaves a host half-done: the agent finishes."""
+    api = fleet.agents["api-1"]
+    shared = api.root / "shared"
+    fleet.stream("push", str(packages[SLOW_VERSION]), "--hosts", "api-1", expect=0)
+    env = {**os.environ, "CUTOVER_FLEET": str(fleet.path)}
+    proc = subprocess.Popen(
+        [str(BIN / "cutover"), "activate", SLOW_VERSION, "--hosts", "api-1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (shared / "hook-started").exists():  # the post_activate hook is running
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        (shared / "hook-release").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted: operations already started on agents run to their end" in err
+    assert "Traceback" not in err
+
+    deadline = time.monotonic() + 60
+    while (row := fleet.document("status", "--hosts", "api-1", expect=0)["hosts"][0])["busy"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert row["current"] == SLOW_VERSION and api.current() == f"releases/{SLOW_VERSION}"
