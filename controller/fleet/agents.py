@@ -17,6 +17,7 @@ Error rules the runner relies on:
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from contextlib import aclosing
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 AgentEvent = Callable[[dict[str, Any]], None]
+POLL_S = 0.5  # operation record polling, only when the event stream broke
 
 
 class _Tolerant(BaseModel):
@@ -188,6 +190,7 @@ class ClientAgent:
         return [_parse(JournalEntry, e, self.name) for e in entries]
 
     async def _follow(self, accepted: dict[str, Any], on_event: AgentEvent) -> OpRecord:
+        """Relay the operation's events, then read its final record (polled if the stream broke)."""
         op_id = str(accepted.get("operation", ""))
         try:
             async with aclosing(self._client.events(op_id)) as events:
@@ -196,8 +199,12 @@ class ClientAgent:
                         break
                     on_event(event)
         except TransportError:
-            pass  # wait() below polls the record: it tells the outcome
-        record: OpRecord = _parse(OpRecord, await self._client.wait(op_id), self.name)
+            pass  # the record tells the outcome; poll it below
+        while True:
+            record: OpRecord = _parse(OpRecord, await self._client.operation(op_id), self.name)
+            if record.status != "running":
+                break
+            await asyncio.sleep(POLL_S)
         if record.status != "succeeded":
             err = record.error or {}
             raise error_from_code(
