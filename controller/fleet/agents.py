@@ -10,7 +10,8 @@ Error rules the runner relies on:
 * the agent could not be reached (connection refused, timeout, TLS) -> :class:`TransportError`;
 * the agent refused the request or the package (401, signature, downgrade, ...) -> a
   :class:`RejectedError` subclass chosen by the agent's reason code;
-* an operation that ran and failed -> the class of its reason code (``HookError``,
+* an operation that ran and failed comes back as its :class:`OpRecord` (status ``failed``, with
+  its id); :meth:`OpRecord.failure` is the error of its reason code (``SignatureError``,
   ``ActivationFailedError``, ...); a ``transport`` failure *inside* an operation (the agent could
   not download ``--package-url``) is an :class:`OperationalError`, not "host unreachable".
 """
@@ -85,6 +86,17 @@ class OpRecord(_Tolerant):
     status: str
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+    def failure(self) -> CutoverError | None:
+        """None if the operation succeeded, else the error its reason code stands for."""
+        if self.status == "succeeded":
+            return None
+        err = self.error or {}
+        return error_from_code(
+            str(err.get("error") or "failed"),
+            str(err.get("message") or f"operation {self.id} {self.status}"),
+            in_operation=True,
+        )
 
 
 class JournalEntry(_Tolerant):
@@ -190,7 +202,7 @@ class ClientAgent:
         return [_parse(JournalEntry, e, self.name) for e in entries]
 
     async def _follow(self, accepted: dict[str, Any], on_event: AgentEvent) -> OpRecord:
-        """Relay the operation's events, then read its final record (polled if the stream broke)."""
+        """Relay the operation's events, then return its final record (failed or not)."""
         op_id = str(accepted.get("operation", ""))
         try:
             async with aclosing(self._client.events(op_id)) as events:
@@ -203,16 +215,8 @@ class ClientAgent:
         while True:
             record: OpRecord = _parse(OpRecord, await self._client.operation(op_id), self.name)
             if record.status != "running":
-                break
+                return record
             await asyncio.sleep(POLL_S)
-        if record.status != "succeeded":
-            err = record.error or {}
-            raise error_from_code(
-                str(err.get("error") or "failed"),
-                f"{self.name}: {err.get('message') or record.status}",
-                in_operation=True,
-            )
-        return record
 
     async def upload(self, app: str, version: str, package: Path, on_event: AgentEvent) -> OpRecord:
         def progress(done: int, total: int) -> None:

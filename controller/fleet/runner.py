@@ -42,9 +42,10 @@ def now_iso() -> str:
 
 @dataclass(frozen=True)
 class Done:
-    """What a step reports about a host that succeeded."""
+    """What a step reports about a host whose agent ran the operation (succeeded or not)."""
 
     status: HostStatus = HostStatus.OK
+    error: str | None = None  # the agent's reason code when the operation failed
     message: str = ""
     operation: str | None = None
     version: str | None = None
@@ -189,7 +190,7 @@ class FleetRunner:
                 )
             finally:
                 await port.close()
-            return self._result(action, host, started, done.status, None, done.message, done)
+            return self._result(action, host, started, done.status, done.error, done.message, done)
 
     def _result(
         self,

@@ -1,7 +1,8 @@
 """The per-host steps of fleet commands: stage (upload or fetch), activate, rollback.
 
 Each function returns a :data:`~cutover.controller.fleet.runner.HostWork` for the runner. A step
-succeeds when the agent's operation succeeded; the agent saying it already had the release
+succeeds when the agent's operation succeeded; a failed operation is reported with its id and
+the agent's reason, classified by the error class of that reason; the agent saying it already had the release
 (``already_staged``, ``already_active``) is :attr:`HostStatus.UNCHANGED`, so re-running a push or
 an activation is a no-op that still exits 0.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.controller.fleet.agents import AgentPort, OpRecord
-from cutover.controller.fleet.results import HostStatus
+from cutover.controller.fleet.results import HostStatus, classify
 from cutover.controller.fleet.runner import Done, HostWork
 
 __all__ = ["activate_step", "rollback_step", "stage_step"]
@@ -21,6 +22,15 @@ __all__ = ["activate_step", "rollback_step", "stage_step"]
 
 def _done(record: OpRecord, unchanged_flag: str) -> Done:
     result = record.result or {}
+    failure = record.failure()
+    if failure is not None:  # classified by the error's class, like any other error
+        return Done(
+            status=classify(failure),
+            error=failure.code,
+            message=failure.message,
+            operation=record.id,
+            current=result.get("current"),
+        )
     return Done(
         status=HostStatus.UNCHANGED if result.get(unchanged_flag) else HostStatus.OK,
         message=str(result.get("message", "")),

@@ -186,3 +186,27 @@ async def test_activate_step_reports_already_active_as_unchanged() -> None:
     )
     result = await runner.run("activate", "ame", "2.0", activate_step("ame", "2.0"))
     assert result.hosts[0].status == S.UNCHANGED and result.exit_code == ExitCode.OK
+
+
+async def test_a_failed_operation_is_classified_by_its_code_and_keeps_its_id() -> None:
+    class Refusing(FakeAgent):
+        async def upload(self, app: str, version: str, package: Path, on_event: Any) -> OpRecord:
+            return OpRecord(
+                id="op-9",
+                op="stage",
+                status="failed",
+                error={"error": "downgrade", "message": "2.0 is older than 3.0"},
+            )
+
+    hosts = [HostSpec(name="a", url="http://a.example")]
+    tracker = {"now": 0, "peak": 0}
+    runner = FleetRunner(
+        hosts,
+        lambda h: Refusing(h.name, "new", tracker),
+        max_parallel=1,
+        sink=lambda e: None,  # type: ignore[arg-type,return-value]
+    )
+    result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", package=Path("p")))
+    [host] = result.hosts
+    assert (host.status, host.error, host.operation) == (S.REFUSED, "downgrade", "op-9")
+    assert host.message == "2.0 is older than 3.0" and result.exit_code == ExitCode.REJECTED
