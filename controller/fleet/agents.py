@@ -176,15 +176,23 @@ class AgentPort(Protocol):
     async def close(self) -> None: ...
 
 
+def _plain(answer: Any) -> Any:
+    """A client answer as plain JSON data: today's client returns dicts, the typed client
+    pydantic models (``extra="allow"``, so event- and entry-specific fields survive the dump)."""
+    if isinstance(answer, BaseModel):
+        return answer.model_dump(mode="json", by_alias=True)
+    return answer
+
+
 def _parse(model: type[Any], data: Any, where: str) -> Any:
     try:
-        return model.model_validate(data)
+        return model.model_validate(_plain(data))
     except ValidationError as exc:
         raise TransportError(f"{where}: unexpected response: {exc.errors()[:1]}") from exc
 
 
 class ClientAgent:
-    """:class:`AgentPort` over today's :class:`AgentClient`."""
+    """:class:`AgentPort` over :class:`AgentClient` (dict answers or typed models alike)."""
 
     def __init__(self, client: AgentClient, name: str) -> None:
         self._client = client
@@ -201,12 +209,13 @@ class ClientAgent:
         entries = await self._client.journal(app, limit)
         return [_parse(JournalEntry, e, self.name) for e in entries]
 
-    async def _follow(self, accepted: dict[str, Any], on_event: AgentEvent) -> OpRecord:
+    async def _follow(self, accepted: Any, on_event: AgentEvent) -> OpRecord:
         """Relay the operation's events, then return its final record (failed or not)."""
-        op_id = str(accepted.get("operation", ""))
+        op_id = str(_plain(accepted).get("operation", ""))
         try:
             async with aclosing(self._client.events(op_id)) as events:
-                async for event in events:
+                async for answer in events:
+                    event: dict[str, Any] = _plain(answer)
                     if event.get("event") == "operation.done":
                         break
                     on_event(event)
