@@ -142,9 +142,14 @@ class Fleet(_Strict):
     @field_validator("hosts", mode="before")
     @classmethod
     def _names(cls, v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {k: {**h, "name": k} if isinstance(h, Mapping) else h for k, h in v.items()}
-        return v
+        if not isinstance(v, Mapping):
+            return v
+        for k, h in v.items():
+            if isinstance(h, Mapping) and "name" in h:
+                raise ValueError(
+                    f"host {k!r}: drop key 'name': the table key [hosts.{k}] is the name"
+                )
+        return {k: {**h, "name": k} if isinstance(h, Mapping) else h for k, h in v.items()}
 
     @field_validator("hosts")
     @classmethod

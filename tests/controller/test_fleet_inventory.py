@@ -74,6 +74,7 @@ def test_a_complete_fleet_file_loads_with_paths_relative_to_it(tmp_path: Path) -
         pytest.param(('app = "ame"', 'apps = "ame"'), "key 'apps'", id="typo-at-top-level"),
         pytest.param(('tls_ca = "ca.pem"', 'tls_ca = "ca.pem"\ntls_fingerprint = "%s"' % ("ab" * 32)), "host 'db-1': set tls_ca or tls_fingerprint", id="two-tls-pins"),
         pytest.param(("sha256:AB", "sha256:ZZ"), "host 'web-1': key 'tls_fingerprint'", id="fingerprint-not-hex"),
+        pytest.param(('authority = "web-2', 'name = "web-9"\nauthority = "web-2'), "host 'web-2': drop key 'name'", id="name-key-in-host-table"),
     ],
 )  # fmt: skip
 def test_invalid_fleet_files_name_the_host_and_the_key(
