@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import BIN, Agent, Keys
+from cutover.agent.config import AgentSection
+from tests.e2e.conftest import BIN, Agent, Keys, free_port
 
 
 def trust_release_key(agent: Agent, name: str) -> None:
@@ -34,6 +35,17 @@ def start_all(agents: list[Agent]) -> None:
     """Start the daemons in parallel (each start waits for /v1/health)."""
     with ThreadPoolExecutor(max_workers=len(agents)) as pool:
         list(pool.map(lambda a: a.start(), agents))
+
+
+def store_settings(port: int) -> dict[str, Any]:
+    """Agent settings that let it fetch from a package store on 127.0.0.1:``port``.
+
+    Agents that restrict fetching (``agent.fetch_allow``; loopback refused without it) need the
+    store listed; agents without that setting fetch from anywhere and would refuse the key.
+    """
+    if "fetch_allow" in AgentSection.model_fields:
+        return {"fetch_allow": [f"http://127.0.0.1:{port}/"]}
+    return {}
 
 
 def dead_url() -> str:
@@ -52,10 +64,11 @@ class Fleet:
     keys: Keys
     groups: dict[str, list[str]]
     agents: dict[str, Agent] = field(default_factory=dict)
+    store_port: int = field(default_factory=free_port)  # where a test may serve packages
 
     def __post_init__(self) -> None:
         for name in self.groups:
-            self.agents[name] = Agent(self.tmp / name, self.keys)
+            self.agents[name] = Agent(self.tmp / name, self.keys, store_settings(self.store_port))
         self.path = self.tmp / "fleet.toml"
         self.write()
 

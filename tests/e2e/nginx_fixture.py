@@ -148,13 +148,16 @@ http {{
 
 
 @contextmanager
-def run_nginx(binary: Path, workdir: Path, docroot: Path) -> Iterator[Nginx]:
-    """Start ``nginx -g 'daemon off;'`` serving ``docroot`` on a free 127.0.0.1 port; stop it
-    (SIGTERM, then SIGKILL after 10 s) when the block ends."""
+def run_nginx(
+    binary: Path, workdir: Path, docroot: Path, port: int | None = None
+) -> Iterator[Nginx]:
+    """Start ``nginx -g 'daemon off;'`` serving ``docroot`` on 127.0.0.1 (``port``, else a free
+    one); stop it (SIGTERM, then SIGKILL after 10 s) when the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
     error_log = workdir / "error.log"
-    for _attempt in range(3):  # a free port can be taken between probing and nginx's bind
-        port = _free_port()
+    fixed = port
+    for _attempt in range(1 if fixed else 3):  # a free port can be taken between probe and bind
+        port = fixed or _free_port()
         conf = write_config(binary, workdir, docroot, port)
         argv = [str(binary), "-p", f"{workdir}/", "-e", str(error_log), "-c", str(conf)]
         proc = subprocess.Popen(

@@ -131,7 +131,7 @@ def test_push_with_package_url_through_nginx(
     """web-1 and web-2 hold 1.0.0 already (unchanged); web-3 fetches it from nginx."""
     binary = ensure_nginx()
     store = packages["1.0.0"].parent
-    with run_nginx(binary, tmp_path / "nginx", store) as nginx:
+    with run_nginx(binary, tmp_path / "nginx", store, port=fleet.store_port) as nginx:
         url = f"{nginx.url}/{packages['1.0.0'].name}"
         events = fleet.stream("push", "--package-url", url, "--group", "web", expect=0)
         assert nginx.errors() == []
