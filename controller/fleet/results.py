@@ -8,10 +8,15 @@ Each host ends in exactly one :class:`HostStatus`:
 * ``unreachable`` — no answer (connection refused, timeout, TLS): nothing is known about it;
 * ``failed`` — the agent tried and failed (hook, health check, revert, lock held, not staged).
 
+Each host also gets an exit code (:func:`host_exit_code`): 0 when it succeeded, 3 refused,
+9 unreachable, else its error's own code (7 reverted, 4 locked, 5 not found, 1 ...).
+
 The fleet outcome (pure, :func:`outcome_of`): every host ok/unchanged -> ``ok`` (exit 0); some
-succeeded and some did not -> ``partial`` (8); none succeeded: all refused -> ``refused`` (3), all
-unreachable -> ``unreachable`` (9), anything else -> ``failed`` (1). Only the CLI entry point
-turns the code into a process exit status.
+succeeded and some did not -> ``partial`` (8); none succeeded: all refused -> ``refused``, all
+unreachable -> ``unreachable``, anything else -> ``failed``. When none succeeded, the exit code
+(:func:`fleet_exit_code`) is the hosts' common exit code if they all share one (3 every host
+refused, 9 none answered, 7 every host reverted...), else 1. Only the CLI entry point turns the
+code into a process exit status.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "HostStatus",
     "classify",
     "exit_code_of",
+    "fleet_exit_code",
+    "host_exit_code",
     "outcome_of",
 ]
 
@@ -73,6 +80,7 @@ class HostResult(_Out):
     url: str
     action: str
     status: HostStatus
+    exit_code: int = ExitCode.OK  # host_exit_code(): what this host alone would exit with
     error: str | None = None  # the agent's reason code (or "transport")
     message: str = ""
     operation: str | None = None
@@ -102,7 +110,7 @@ class FleetResult(_Out):
             app=app,
             version=version,
             outcome=outcome,
-            exit_code=exit_code_of(outcome),
+            exit_code=fleet_exit_code(outcome, [h.exit_code for h in hosts]),
             counts=counts,
             hosts=hosts,
         )
@@ -138,4 +146,22 @@ def outcome_of(statuses: list[HostStatus]) -> FleetOutcome:
 
 
 def exit_code_of(outcome: FleetOutcome) -> int:
+    """The outcome's own code (0, 8, 3, 9, 1)."""
     return _EXIT[outcome]
+
+
+def host_exit_code(status: HostStatus, exc: CutoverError | None = None) -> int:
+    """0 succeeded, 3 refused, 9 unreachable; a failed host: its error's code (1 without one)."""
+    if status.succeeded:
+        return ExitCode.OK
+    if status in (HostStatus.REFUSED, HostStatus.UNREACHABLE):
+        return _EXIT[FleetOutcome(status.value)]
+    return exc.exit_code if exc is not None else ExitCode.FAILED
+
+
+def fleet_exit_code(outcome: FleetOutcome, host_codes: list[int]) -> int:
+    """0 ok, 8 partial; when no host succeeded, their common code, else 1."""
+    if outcome in (FleetOutcome.OK, FleetOutcome.PARTIAL):
+        return _EXIT[outcome]
+    common = set(host_codes)
+    return common.pop() if len(common) == 1 else ExitCode.FAILED

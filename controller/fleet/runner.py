@@ -27,7 +27,13 @@ from typing import Any, TypeVar
 from cutover.agent.errors import CutoverError
 from cutover.controller.fleet.agents import AgentPort
 from cutover.controller.fleet.inventory import HostSpec
-from cutover.controller.fleet.results import FleetResult, HostResult, HostStatus, classify
+from cutover.controller.fleet.results import (
+    FleetResult,
+    HostResult,
+    HostStatus,
+    classify,
+    host_exit_code,
+)
 
 __all__ = ["Done", "EventSink", "FleetRunner", "HostWork", "now_iso"]
 
@@ -46,6 +52,7 @@ class Done:
 
     status: HostStatus = HostStatus.OK
     error: str | None = None  # the agent's reason code when the operation failed
+    exit_code: int = 0  # results.host_exit_code of the failure
     message: str = ""
     operation: str | None = None
     version: str | None = None
@@ -179,11 +186,11 @@ class FleetRunner:
             try:
                 port = self._connect(host)
             except CutoverError as exc:
-                return self._result(action, host, started, HostStatus.FAILED, exc.code, str(exc))
+                return self._failed(action, host, started, HostStatus.FAILED, exc)
             try:
                 done = await work(port, _Translator(host.name, self.emit))
             except CutoverError as exc:
-                return self._result(action, host, started, classify(exc), exc.code, str(exc))
+                return self._failed(action, host, started, classify(exc), exc)
             except Exception as exc:  # one host's surprise must not hide the others' results
                 return self._result(
                     action, host, started, HostStatus.FAILED, "internal", f"{host.name}: {exc!r}"
@@ -191,6 +198,12 @@ class FleetRunner:
             finally:
                 await port.close()
             return self._result(action, host, started, done.status, done.error, done.message, done)
+
+    def _failed(
+        self, action: str, host: HostSpec, started: float, status: HostStatus, exc: CutoverError
+    ) -> HostResult:
+        code = host_exit_code(status, exc)
+        return self._result(action, host, started, status, exc.code, str(exc), exit_code=code)
 
     def _result(
         self,
@@ -201,12 +214,17 @@ class FleetRunner:
         error: str | None,
         message: str,
         done: Done | None = None,
+        *,
+        exit_code: int | None = None,
     ) -> HostResult:
+        if exit_code is None:
+            exit_code = done.exit_code if done is not None else host_exit_code(status)
         res = HostResult(
             host=host.name,
             url=host.url,
             action=action,
             status=status,
+            exit_code=exit_code,
             error=error,
             message=message,
             operation=done.operation if done else None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.controller.fleet.agents import AgentPort, OpRecord
-from cutover.controller.fleet.results import HostStatus, classify
+from cutover.controller.fleet.results import HostStatus, classify, host_exit_code
 from cutover.controller.fleet.runner import Done, HostWork
 
 __all__ = ["activate_step", "rollback_step", "stage_step"]
@@ -24,9 +24,11 @@ def _done(record: OpRecord, unchanged_flag: str) -> Done:
     result = record.result or {}
     failure = record.failure()
     if failure is not None:  # classified by the error's class, like any other error
+        status = classify(failure)
         return Done(
-            status=classify(failure),
+            status=status,
             error=failure.code,
+            exit_code=host_exit_code(status, failure),
             message=failure.message,
             operation=record.id,
             current=result.get("current"),

@@ -209,4 +209,42 @@ async def test_a_failed_operation_is_classified_by_its_code_and_keeps_its_id() -
     result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", package=Path("p")))
     [host] = result.hosts
     assert (host.status, host.error, host.operation) == (S.REFUSED, "downgrade", "op-9")
+    assert host.exit_code == ExitCode.REJECTED
     assert host.message == "2.0 is older than 3.0" and result.exit_code == ExitCode.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("outcome", "codes", "expected"),
+    [
+        pytest.param(FleetOutcome.OK, [0, 0], ExitCode.OK, id="ok"),
+        pytest.param(FleetOutcome.PARTIAL, [0, 7], ExitCode.PARTIAL, id="partial"),
+        pytest.param(FleetOutcome.FAILED, [7, 7], ExitCode.REVERTED, id="every-host-reverted"),
+        pytest.param(FleetOutcome.FAILED, [4, 4], ExitCode.CONFLICT, id="every-host-locked"),
+        pytest.param(FleetOutcome.FAILED, [7, 1], ExitCode.FAILED, id="different-failures"),
+        pytest.param(FleetOutcome.REFUSED, [3, 3], ExitCode.REJECTED, id="every-host-refused"),
+        pytest.param(FleetOutcome.UNREACHABLE, [9], ExitCode.UNREACHABLE, id="none-answered"),
+    ],
+)
+def test_fleet_exit_code_is_the_common_code_when_no_host_succeeded(
+    outcome: FleetOutcome, codes: list[int], expected: int
+) -> None:
+    from cutover.controller.fleet.results import fleet_exit_code
+
+    assert fleet_exit_code(outcome, codes) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "exc", "code"),
+    [
+        pytest.param(S.OK, None, 0, id="ok"),
+        pytest.param(S.REFUSED, SignatureError("x"), 3, id="refused"),
+        pytest.param(S.REFUSED, error_from_code("payload_too_large", "x"), 3, id="refused-request"),
+        pytest.param(S.UNREACHABLE, TransportError("x"), 9, id="unreachable"),
+        pytest.param(S.FAILED, ActivationFailedError("x"), 7, id="reverted"),
+        pytest.param(S.FAILED, None, 1, id="failed-without-error"),
+    ],
+)
+def test_host_exit_code(status: HostStatus, exc: CutoverError | None, code: int) -> None:
+    from cutover.controller.fleet.results import host_exit_code
+
+    assert host_exit_code(status, exc) == code

@@ -33,7 +33,7 @@ GROUPS = {
     "rogue-1": ["edge"],
 }
 HOST_RESULT_KEYS = {
-    "host", "url", "action", "status", "error", "message", "operation",
+    "host", "url", "action", "status", "exit_code", "error", "message", "operation",
     "version", "current", "previous", "duration_s",
 }  # fmt: skip
 SUMMARY_KEYS = {
@@ -73,6 +73,7 @@ def test_push_to_a_group_reports_the_refusing_host_and_stages_the_others(
     assert by_host["web-1"]["status"] == by_host["web-2"]["status"] == "ok"
     rogue = by_host["rogue-1"]
     assert rogue["status"] == "refused" and rogue["error"] == "untrusted", json.dumps(rogue)
+    assert rogue["exit_code"] == 3 and by_host["web-1"]["exit_code"] == 0
     assert "0 of the required 1 trusted signatures" in rogue["message"]
     assert rogue["operation"]  # the agent's operation id, to look it up there
     for name in ("web-1", "web-2"):
