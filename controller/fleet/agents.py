@@ -7,9 +7,10 @@ transport seam) changes this file only.
 
 Error rules the runner relies on:
 
-* the agent could not be reached (connection refused, timeout, TLS) -> :class:`TransportError`;
-* the agent refused the request or the package (401, signature, downgrade, ...) -> a
-  :class:`RejectedError` subclass chosen by the agent's reason code;
+* the agent could not be reached (connection refused, timeout, TLS) -> :class:`UnreachableError`,
+  an exchange that broke after connecting -> :class:`TransportError` (its base);
+* the agent refused the request or the package (401, signature, downgrade, ...) -> the
+  :class:`RejectedError` subclass the error registry names for the agent's answer;
 * an operation that ran and failed comes back as its :class:`OpRecord` (status ``failed``, with
   its id); :meth:`OpRecord.failure` is the error of its reason code (``SignatureError``,
   ``ActivationFailedError``, ...); a ``transport`` failure *inside* an operation (the agent could
@@ -20,15 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cutover.agent import errors as errmod
-from cutover.agent.errors import ConfigError, CutoverError, OperationalError, TransportError
+from cutover.agent.errors import (
+    ConfigError,
+    CutoverError,
+    OperationalError,
+    TransportError,
+    from_wire,
+)
 from cutover.agent.keys import PrivateKey
 from cutover.controller.client import AgentClient
 from cutover.controller.fleet.inventory import Concurrency, HostSpec
@@ -95,6 +101,7 @@ class OpRecord(_Tolerant):
         return error_from_code(
             str(err.get("error") or "failed"),
             str(err.get("message") or f"operation {self.id} {self.status}"),
+            kind=err.get("kind"),
             in_operation=True,
         )
 
@@ -112,54 +119,23 @@ class JournalEntry(_Tolerant):
     error: Any = None
 
 
-def _classes() -> dict[str, type[CutoverError]]:
-    """reason code -> class, from the error tree (until the errors module has its registry)."""
-    out: dict[str, type[CutoverError]] = {}
-    stack: list[type[CutoverError]] = [CutoverError]
-    while stack:
-        cls = stack.pop()
-        out.setdefault(cls.code, cls)
-        stack.extend(cls.__subclasses__())
-    return out
+def error_from_code(
+    code: str,
+    message: str,
+    *,
+    kind: str | None = None,
+    in_operation: bool = False,
+    holder: Mapping[str, object] | None = None,
+) -> CutoverError:
+    """The registry's error for a wire body (``error`` = ``code``, ``kind``; agent/errors.py).
 
-
-# Codes the agent refines per instance (``SignatureError(..., code="untrusted")``): the class
-# default alone would not find them. Temporary: the error registry of agent/errors.py (restructure
-# issue, item 4) replaces this table and _classes() with one lookup.
-_REFINED: dict[str, type[CutoverError]] = {
-    **dict.fromkeys(("unsigned", "untrusted"), errmod.SignatureError),
-    **dict.fromkeys(("payload_digest", "payload_size", "missing"), errmod.DigestMismatchError),
-    **dict.fromkeys(("app_mismatch", "version_mismatch"), errmod.MismatchError),
-    **dict.fromkeys(
-        ("bad_pax", "corrupt", "payload_codec", "trailing_data", "truncated"),
-        errmod.PackageFormatError,
-    ),
-    **dict.fromkeys(("path_limit", "too_many_bytes", "too_many_entries"), errmod.ArchiveLimitError),
-    **dict.fromkeys(
-        ("body_timeout", "payload_too_large", "unsupported_media_type"), errmod.RequestError
-    ),
-    **dict.fromkeys(("disk_full", "io_error", "dest_exists", "no_parent"), errmod.StorageError),
-}
-
-_BY_CODE = {
-    **{
-        name: cls
-        for name, cls in _classes().items()
-        if getattr(errmod, cls.__name__, None) is cls  # only the public tree
-    },
-    **_REFINED,
-}
-
-
-def error_from_code(code: str, message: str, *, in_operation: bool = False) -> CutoverError:
-    """The error class the agent meant by ``code`` (unknown codes: :class:`OperationalError`)."""
-    cls = _BY_CODE.get(code, OperationalError)
-    if in_operation and issubclass(cls, TransportError):
-        cls = OperationalError  # the agent's own download failed; the agent is reachable
-    if cls is errmod.LockedError:
-        return errmod.LockedError(message)
-    err: CutoverError = cls(message, code=code)
-    return err
+    ``in_operation``: the body is a failed operation's; a ``transport`` failure there is the
+    agent's own download failing (the agent answered), so it is an :class:`OperationalError`.
+    """
+    exc = from_wire(code, message, kind=kind, holder=holder)
+    if in_operation and isinstance(exc, TransportError):
+        return OperationalError(message, code=code)
+    return exc
 
 
 class AgentPort(Protocol):
@@ -192,7 +168,8 @@ def _parse(model: type[Any], data: Any, where: str) -> Any:
 
 
 class ClientAgent:
-    """:class:`AgentPort` over :class:`AgentClient` (dict answers or typed models alike)."""
+    """:class:`AgentPort` over the typed :class:`AgentClient` (its answers are re-read into the
+    fleet's narrow views, so the fleet depends on the fields it uses only)."""
 
     def __init__(self, client: AgentClient, name: str) -> None:
         self._client = client

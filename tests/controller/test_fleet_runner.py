@@ -20,6 +20,7 @@ from cutover.agent.errors import (
     ExitCode,
     SignatureError,
     TransportError,
+    UnreachableError,
 )
 from cutover.controller.fleet.agents import AppView, JournalEntry, OpRecord, error_from_code
 from cutover.controller.fleet.inventory import HostSpec
@@ -54,6 +55,7 @@ def test_outcome_rule(statuses: list[HostStatus], outcome: FleetOutcome, code: i
     ("exc", "status"),
     [
         pytest.param(TransportError("x"), S.UNREACHABLE, id="transport"),
+        pytest.param(UnreachableError("x"), S.UNREACHABLE, id="unreachable"),
         pytest.param(SignatureError("x", code="untrusted"), S.REFUSED, id="signature"),
         pytest.param(DowngradeError("x"), S.REFUSED, id="downgrade"),
         pytest.param(AuthError("x", code="unknown_key"), S.REFUSED, id="auth"),
@@ -65,17 +67,17 @@ def test_classify_by_class(exc: CutoverError, status: HostStatus) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "cls", "in_operation"),
+    ("code", "kind", "cls"),
     [
-        ("untrusted", SignatureError, False),
-        ("downgrade", DowngradeError, False),
-        ("reverted", ActivationFailedError, False),
-        ("transport", TransportError, False),
-        ("something_new", CutoverError, False),
+        pytest.param("untrusted", "bad_signature", SignatureError, id="refined-signature"),
+        pytest.param("downgrade", "downgrade", DowngradeError, id="downgrade"),
+        pytest.param("reverted", None, ActivationFailedError, id="class-code-without-kind"),
+        pytest.param("unreachable", "unreachable", UnreachableError, id="unreachable"),
+        pytest.param("something_new", None, CutoverError, id="unknown"),
     ],
 )
-def test_error_from_code_finds_the_class(code: str, cls: type, in_operation: bool) -> None:
-    err = error_from_code(code, "m", in_operation=in_operation)
+def test_error_from_code_uses_the_registry(code: str, kind: str | None, cls: type) -> None:
+    err = error_from_code(code, "m", kind=kind)
     assert isinstance(err, cls) and err.code == code
 
 
@@ -195,7 +197,11 @@ async def test_a_failed_operation_is_classified_by_its_code_and_keeps_its_id() -
                 id="op-9",
                 op="stage",
                 status="failed",
-                error={"error": "downgrade", "message": "2.0 is older than 3.0"},
+                error={
+                    "error": "downgrade",
+                    "kind": "downgrade",
+                    "message": "2.0 is older than 3.0",
+                },
             )
 
     hosts = [HostSpec(name="a", url="http://a.example")]
@@ -238,7 +244,12 @@ def test_fleet_exit_code_is_the_common_code_when_no_host_succeeded(
     [
         pytest.param(S.OK, None, 0, id="ok"),
         pytest.param(S.REFUSED, SignatureError("x"), 3, id="refused"),
-        pytest.param(S.REFUSED, error_from_code("payload_too_large", "x"), 3, id="refused-request"),
+        pytest.param(
+            S.REFUSED,
+            error_from_code("payload_too_large", "x", kind="payload_too_large"),
+            3,
+            id="refused-request",
+        ),
         pytest.param(S.UNREACHABLE, TransportError("x"), 9, id="unreachable"),
         pytest.param(S.FAILED, ActivationFailedError("x"), 7, id="reverted"),
         pytest.param(S.FAILED, None, 1, id="failed-without-error"),

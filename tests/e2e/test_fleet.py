@@ -282,7 +282,7 @@ def test_status_shows_drift_and_an_unreachable_host(fleet: Fleet) -> None:
     assert other["unreachable"] == [] and set(other["errors"]) == {"web-1", "web-2"}
     assert all(e.startswith("not_found: ") for e in other["errors"].values())
     events = fleet.stream("activate", "1.2.0", "--hosts", "rogue-1", expect=9)
-    assert results(events)["rogue-1"]["error"] == "transport"
+    assert results(events)["rogue-1"]["error"] == "unreachable"
 
 
 def test_a_host_nobody_answers_for_is_unreachable(fleet: Fleet, packages: dict[str, Path]) -> None:
