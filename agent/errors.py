@@ -38,7 +38,7 @@ input) and *an operation failed* (the host, a check or a peer let us down; the o
         ├── InternalError                internal                 500  1  a bug; the agent log has the traceback
         ├── PartialFailureError          partial                  500  8  controller: some hosts succeeded, some failed
         └── TransportError               transport                502  1  network failure talking to a peer
-            └── UnreachableError         unreachable              502  1  no connection to the peer at all
+            └── UnreachableError         unreachable              502  9  no connection to the peer at all
 
 The columns are the **registry** (:data:`REGISTRY`): one entry per class, built by the
 :func:`_registered` decorator on each class, never by hand elsewhere. Code and class are a
@@ -405,7 +405,7 @@ class TransportError(OperationalError):
     """A network failure talking to a peer (the connection broke, a bad or truncated answer)."""
 
 
-@_registered("unreachable", 502, ExitCode.FAILED)
+@_registered("unreachable", 502, ExitCode.UNREACHABLE)
 class UnreachableError(TransportError):
     """No connection to the peer at all (refused, no route, DNS, connect timeout, TLS)."""
 
