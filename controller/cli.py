@@ -1,7 +1,9 @@
 """``cutover``: the controller CLI (release engineer and automation side).
 
-Commands in this version: ``keygen``, ``build``, ``sign``, ``inspect``. Exit codes follow
-agent.errors.ExitCode (docs/operations.md). ``--json`` prints one JSON document on stdout.
+Commands: ``keygen``, ``build``, ``sign``, ``inspect`` (here), and the fleet commands ``push``,
+``activate``, ``rollback``, ``deploy``, ``status``, ``log`` (controller/commands/, registered
+below; docs/controller.md). Exit codes follow agent.errors.ExitCode (docs/operations.md).
+``--json`` prints one JSON document on stdout (the long fleet commands: an NDJSON stream).
 """
 
 from __future__ import annotations
@@ -210,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
     p = argparse.ArgumentParser(
         prog="cutover",
-        description="Cutover controller: build, sign and inspect signed release packages.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 usage/config, 3 rejected (e.g. payload mismatch).",
+        description="Cutover controller: build, sign and inspect signed release packages; "
+        "push, activate, roll back and watch them across the fleet in fleet.toml.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage/config, 3 rejected (e.g. payload mismatch), "
+        "8 partial (some hosts failed), 9 unreachable; fleet rules in docs/controller.md.",
     )
     p.add_argument("--version", action="version", version=f"cutover {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
