@@ -364,16 +364,25 @@ class AgentClient:
 
     # ------------------------------------------------------------------ operations
     async def upload(
-        self, app: str, version: str, path: Path, progress: Progress | None = None
+        self,
+        app: str,
+        version: str,
+        path: Path,
+        progress: Progress | None = None,
+        *,
+        sha256: bytes | None = None,
     ) -> Accepted:
         """Stream a package file to the agent; returns the ``202`` (the operation's id).
+
+        ``sha256``: the file's digest when the caller already has it (a fleet push hashes the
+        package once for every host); the agent still checks the body against it.
 
         Raises:
             UnreachableError, TransportError, or the registry's class of the agent's answer
             (AuthError, LockedError, NotFoundError, PayloadTooLargeError, ...).
         """
         size = (await asyncio.to_thread(path.stat)).st_size
-        digest = await asyncio.to_thread(_file_sha256, path)
+        digest = sha256 if sha256 is not None else await asyncio.to_thread(_file_sha256, path)
 
         async def chunks() -> AsyncIterator[bytes]:
             sent = 0

@@ -144,7 +144,7 @@ class AgentPort(Protocol):
     async def app(self, app: str) -> AppView: ...
     async def journal(self, app: str, limit: int) -> list[JournalEntry]: ...
     async def upload(
-        self, app: str, version: str, package: Path, on_event: AgentEvent
+        self, app: str, version: str, package: Path, sha256: bytes, on_event: AgentEvent
     ) -> OpRecord: ...
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord: ...
     async def activate(self, app: str, version: str, on_event: AgentEvent) -> OpRecord: ...
@@ -204,11 +204,13 @@ class ClientAgent:
                 return record
             await asyncio.sleep(POLL_S)
 
-    async def upload(self, app: str, version: str, package: Path, on_event: AgentEvent) -> OpRecord:
+    async def upload(
+        self, app: str, version: str, package: Path, sha256: bytes, on_event: AgentEvent
+    ) -> OpRecord:
         def progress(done: int, total: int) -> None:
             on_event({"event": "progress", "step": "upload", "done": done, "total": total})
 
-        accepted = await self._client.upload(app, version, package, progress)
+        accepted = await self._client.upload(app, version, package, progress, sha256=sha256)
         return await self._follow(accepted, on_event)
 
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord:

@@ -9,6 +9,8 @@ an activation is a no-op that still exits 0.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,16 +45,39 @@ def _done(record: OpRecord, unchanged_flag: str) -> Done:
     )
 
 
+class _OnceDigest:
+    """The package's SHA-256, computed once (off the loop) however many hosts upload it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = asyncio.Lock()
+        self._value: bytes | None = None
+
+    async def get(self) -> bytes:
+        async with self._lock:
+            if self._value is None:
+                self._value = await asyncio.to_thread(_file_sha256, self._path)
+            return self._value
+
+
+def _file_sha256(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").digest()
+
+
 def stage_step(
     app: str, version: str, *, package: Path | None = None, url: str | None = None
 ) -> HostWork:
-    """Stage ``version`` from a local ``package`` (uploaded) or a ``url`` the agent fetches."""
+    """Stage ``version`` from a local ``package`` (uploaded; hashed once for all hosts, each agent
+    still checks the body against the signed digest) or a ``url`` the agent fetches."""
     if (package is None) == (url is None):
         raise ValueError("stage_step needs exactly one of package and url")
 
+    digest = _OnceDigest(package) if package is not None else None
+
     async def work(agent: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
-        if package is not None:
-            record = await agent.upload(app, version, package, on_event)
+        if package is not None and digest is not None:
+            record = await agent.upload(app, version, package, await digest.get(), on_event)
         elif url is not None:
             record = await agent.fetch(app, version, url, on_event)
         return _done(record, "already_staged")

@@ -7,6 +7,7 @@ exercised end to end in tests/e2e/test_fleet.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,7 @@ class FakeAgent:
         self.behaviour = behaviour
         self.tracker = tracker
         self.closed = False
+        self.digest: bytes | None = None
 
     async def _op(self, on_event: Any, version: str, flag: str) -> OpRecord:
         self.tracker["now"] += 1
@@ -116,7 +118,10 @@ class FakeAgent:
         finally:
             self.tracker["now"] -= 1
 
-    async def upload(self, app: str, version: str, package: Path, on_event: Any) -> OpRecord:
+    async def upload(
+        self, app: str, version: str, package: Path, sha256: bytes, on_event: Any
+    ) -> OpRecord:
+        self.digest = sha256
         return await self._op(on_event, version, "already_staged")
 
     async def fetch(self, app: str, version: str, url: str, on_event: Any) -> OpRecord:
@@ -192,7 +197,9 @@ async def test_activate_step_reports_already_active_as_unchanged() -> None:
 
 async def test_a_failed_operation_is_classified_by_its_code_and_keeps_its_id() -> None:
     class Refusing(FakeAgent):
-        async def upload(self, app: str, version: str, package: Path, on_event: Any) -> OpRecord:
+        async def upload(
+            self, app: str, version: str, package: Path, sha256: bytes, on_event: Any
+        ) -> OpRecord:
             return OpRecord(
                 id="op-9",
                 op="stage",
@@ -212,7 +219,8 @@ async def test_a_failed_operation_is_classified_by_its_code_and_keeps_its_id() -
         max_parallel=1,
         sink=lambda e: None,  # type: ignore[arg-type,return-value]
     )
-    result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", package=Path("p")))
+    package = Path(__file__)
+    result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", package=package))
     [host] = result.hosts
     assert (host.status, host.error, host.operation) == (S.REFUSED, "downgrade", "op-9")
     assert host.exit_code == ExitCode.REJECTED
@@ -259,3 +267,22 @@ def test_host_exit_code(status: HostStatus, exc: CutoverError | None, code: int)
     from cutover.controller.fleet.results import host_exit_code
 
     assert host_exit_code(status, exc) == code
+
+
+async def test_a_pushed_package_is_hashed_once_and_every_host_gets_its_digest(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "ame-2.0.cutover"
+    package.write_bytes(b"package bytes" * 1000)
+    hosts = [HostSpec(name=f"h{i}", url=f"http://h{i}.example") for i in range(5)]
+    tracker = {"now": 0, "peak": 0}
+    made: dict[str, FakeAgent] = {}
+
+    def connect(h: HostSpec) -> FakeAgent:
+        made[h.name] = FakeAgent(h.name, "new", tracker)
+        return made[h.name]
+
+    runner = FleetRunner(hosts, connect, max_parallel=5, sink=lambda e: None)  # type: ignore[arg-type]
+    result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", package=package))
+    assert result.exit_code == ExitCode.OK
+    assert {a.digest for a in made.values()} == {hashlib.sha256(package.read_bytes()).digest()}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cutover.agent.errors import AuthError
 from tests.e2e.conftest import APP, BIN, SLOW_VERSION, Keys
 from tests.e2e.fleet_fixture import Fleet, dead_url, results, trust_release_key, webhook_receiver
 from tests.e2e.nginx_fixture import ensure_nginx, run_nginx
@@ -294,6 +295,19 @@ def test_a_host_nobody_answers_for_is_unreachable(fleet: Fleet, packages: dict[s
         fleet.write()
     assert results(events)["ghost-1"]["status"] == "unreachable"
     assert path.exists()
+
+
+async def test_an_upload_with_a_wrong_precomputed_digest_is_refused(
+    fleet: Fleet, packages: dict[str, Path]
+) -> None:
+    """The digest a push computes once is only a claim: the agent checks the body against it."""
+    agent = fleet.agents["web-1"]
+    before = agent.snapshot()
+    async with agent.client() as client:
+        with pytest.raises(AuthError) as info:
+            await client.upload(APP, "1.2.0", packages["1.2.0"], sha256=b"\0" * 32)
+    assert info.value.code == "digest_mismatch"
+    assert agent.snapshot() == before
 
 
 def test_ctrl_c_exits_130_and_the_agent_finishes_its_operation(
