@@ -2,8 +2,8 @@
 
 Everything else in :mod:`cutover.controller.fleet` talks to :class:`AgentPort` and gets typed
 answers (:class:`AppView`, :class:`OpRecord`, :class:`JournalEntry`) or one of the
-:mod:`cutover.agent.errors` classes, so switching to another client (the typed client with its
-transport seam) changes this file only.
+:mod:`cutover.agent.errors` classes (from the error registry), so a change of client changes
+this file only, and an engine or a test can hand the runner its own ``connect`` (host -> port).
 
 Error rules the runner relies on:
 
