@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cutover.agent.config import AgentSection
 from tests.e2e.conftest import BIN, Agent, Keys, free_port
 
 
@@ -38,14 +37,9 @@ def start_all(agents: list[Agent]) -> None:
 
 
 def store_settings(port: int) -> dict[str, Any]:
-    """Agent settings that let it fetch from a package store on 127.0.0.1:``port``.
-
-    Agents that restrict fetching (``agent.fetch_allow``; loopback refused without it) need the
-    store listed; agents without that setting fetch from anywhere and would refuse the key.
-    """
-    if "fetch_allow" in AgentSection.model_fields:
-        return {"fetch_allow": [f"http://127.0.0.1:{port}/"]}
-    return {}
+    """Agent settings that let it fetch from a package store on 127.0.0.1:``port`` (loopback is
+    refused unless ``agent.fetch_allow`` names it)."""
+    return {"fetch_allow": [f"http://127.0.0.1:{port}/"]}
 
 
 def dead_url() -> str:
