@@ -15,6 +15,10 @@ Rules this client follows:
 * the path and query are built percent-encoded once and sent exactly as signed (``encoded=True``);
 * a bodiless request signs an empty ``Content-Type`` and the SHA-256 of the empty body; an upload
   hashes the file first, then streams it with that digest and an exact ``Content-Length``;
+* an upload of :data:`EXPECT_CONTINUE_MIN_BYTES` or more also sends ``Expect: 100-continue``
+  (not signed: the profile does not cover it): the body waits for the agent's ``100 Continue``, so a
+  refusal (``401``, ``409``, ``413``) costs no body bytes and is raised as its registry class;
+  a peer silent for :data:`controller.transport.CONTINUE_TIMEOUT_S` gets the body anyway;
 * bytes move through a :class:`controller.transport.Transport` (default: aiohttp), which
   tests and the rollout engine may replace (``AgentClient(..., transport=...)``);
 * an error answer is raised as the class the agent's error registry names (agent/errors.py:
@@ -66,7 +70,13 @@ from cutover.controller.transport import (
     TransportResponse,
 )
 
-__all__ = ["EMPTY_SHA256", "AgentClient", "default_authority", "signed_headers"]
+__all__ = [
+    "EMPTY_SHA256",
+    "EXPECT_CONTINUE_MIN_BYTES",
+    "AgentClient",
+    "default_authority",
+    "signed_headers",
+]
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -76,6 +86,9 @@ CHUNK_BYTES = 1 << 20
 MAX_EVENT_LINE_BYTES = 4 << 20
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 << 20  # a journal page of 10,000 entries fits
+# Uploads this large ask before sending (Expect: 100-continue): a refusal then costs one round
+# trip instead of the whole package; below it the round trip costs more than the bytes saved.
+EXPECT_CONTINUE_MIN_BYTES = 1 << 20
 
 Progress = Callable[[int, int], None]
 
@@ -377,6 +390,10 @@ class AgentClient:
         ``sha256``: the file's digest when the caller already has it (a fleet push hashes the
         package once for every host); the agent still checks the body against it.
 
+        A package of :data:`EXPECT_CONTINUE_MIN_BYTES` or more is sent with ``Expect:
+        100-continue``: the file is not read until the agent answers ``100 Continue``, and a
+        refusal instead is raised with none of its bytes sent.
+
         Raises:
             UnreachableError, TransportError, or the registry's class of the agent's answer
             (AuthError, LockedError, NotFoundError, PayloadTooLargeError, ...).
@@ -397,6 +414,9 @@ class AgentClient:
                 await asyncio.to_thread(fh.close)
 
         api_path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
+        headers = {"Content-Length": str(size)}
+        if size >= EXPECT_CONTINUE_MIN_BYTES:
+            headers["Expect"] = "100-continue"
         request = self._prepare(
             "PUT",
             api_path,
@@ -406,7 +426,7 @@ class AgentClient:
             chunks(),
             timeout_s=self.upload_timeout_s,
             read_timeout_s=60.0,
-            extra_headers={"Content-Length": str(size)},
+            extra_headers=headers,
         )
         where = f"upload {app} {version}"
         resp = await self._send(request, where)

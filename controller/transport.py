@@ -15,13 +15,21 @@ The contract every transport keeps:
   connection broke, a read timed out) raises :class:`agent.errors.TransportError`. No exception
   of the HTTP library crosses this module;
 * any HTTP status is a :class:`TransportResponse`, errors included: the client maps them through
-  the error registry. The caller closes the response (``aclose``) when done with its body.
+  the error registry. The caller closes the response (``aclose``) when done with its body;
+* a request whose headers carry ``Expect: 100-continue`` (the client sends it on large uploads)
+  holds its body until the peer answers ``100 Continue``. A final answer instead (``401``,
+  ``409``, ``413``, ...) is returned and the body is never sent: not one byte of it, and the
+  connection is closed rather than reused. A peer that says nothing for
+  ``continue_timeout_s`` after the headers (an old server or proxy that ignores ``Expect``) gets
+  the body anyway, as curl does (``--expect100-timeout``, also 1 s by default; RFC 9110 §10.1.1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +39,7 @@ from yarl import URL
 from cutover.agent.errors import TransportError, UnreachableError
 
 __all__ = [
+    "CONTINUE_TIMEOUT_S",
     "AiohttpTransport",
     "SignedRequest",
     "Transport",
@@ -39,6 +48,9 @@ __all__ = [
 ]
 
 Body = bytes | AsyncIterable[bytes] | None
+
+CONTINUE_TIMEOUT_S = 1.0
+"""How long an ``Expect: 100-continue`` body waits, after the headers, for a silent peer."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class SignedRequest:
         timeout_s: the limit for the whole exchange (``None``: unlimited, for event streams).
         connect_timeout_s: the limit for connecting.
         read_timeout_s: the longest wait for the next chunk of the answer (``None``: unlimited).
+        continue_timeout_s: with an ``Expect: 100-continue`` header, the longest wait after the
+            headers for the peer's ``100 Continue`` (or a final answer) before the body is sent
+            anyway.
     """
 
     method: str
@@ -62,6 +77,7 @@ class SignedRequest:
     timeout_s: float | None = 30.0
     connect_timeout_s: float | None = None
     read_timeout_s: float | None = None
+    continue_timeout_s: float = CONTINUE_TIMEOUT_S
 
 
 async def _nothing() -> None:
@@ -146,6 +162,41 @@ def _what(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# The continue timeout of the request being sent: aiohttp builds its ClientRequest inside
+# ClientSession.request, in the caller's task, so a context variable reaches it per request.
+_continue_timeout_s: ContextVar[float] = ContextVar("continue_timeout_s")
+
+
+class _ContinueRequest(aiohttp.ClientRequest):
+    """aiohttp's request, plus the deadline its ``Expect: 100-continue`` lacks.
+
+    aiohttp already does the rest (aiohttp/client_reqrep.py): with the header it sends the
+    headers alone and its body writer awaits a future that only a ``1xx`` answer resolves; a
+    final answer that comes first is returned, and releasing it cancels the writer and closes
+    the connection, so the body is never sent. But a peer that never answers ``100`` would hold
+    the upload until the total timeout (an hour). Here, once the headers are on their way, a
+    timer resolves that future after ``continue_timeout_s``, unless an answer came first.
+    """
+
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        resp = await super().send(conn)
+        # aiohttp's private waiter (stable since 3.0); read defensively, so a rename degrades
+        # to aiohttp's own behaviour (wait for the 100) instead of an AttributeError.
+        waiter: asyncio.Future[bool] | None = getattr(self, "_continue", None)
+        if waiter is not None and not waiter.done():
+            delay = _continue_timeout_s.get(CONTINUE_TIMEOUT_S)
+            timer = self.loop.call_later(delay, _send_body_anyway, waiter, resp)
+            waiter.add_done_callback(lambda _: timer.cancel())
+        return resp
+
+
+def _send_body_anyway(waiter: asyncio.Future[bool], resp: aiohttp.ClientResponse) -> None:
+    # ``version`` is set when the final status line has been read (a 1xx never sets it): a
+    # final answer already arrived, so the body must stay unsent.
+    if not waiter.done() and resp.version is None:
+        waiter.set_result(True)
+
+
 class AiohttpTransport:
     """The default transport: aiohttp, one connection pool, TLS or a pinned certificate.
 
@@ -166,11 +217,14 @@ class AiohttpTransport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False, trust_env=False, request_class=_ContinueRequest
+            )
         return self._session
 
     async def send(self, request: SignedRequest) -> TransportResponse:
         where = f"{request.method} {request.url.with_query(None)}"
+        token = _continue_timeout_s.set(request.continue_timeout_s)
         try:
             resp = await self._client().request(
                 request.method,
@@ -189,6 +243,8 @@ class AiohttpTransport:
             raise UnreachableError(f"{where}: cannot reach the agent: {_what(exc)}") from exc
         except _FAILED as exc:
             raise TransportError(f"{where}: {_what(exc)}") from exc
+        finally:
+            _continue_timeout_s.reset(token)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:

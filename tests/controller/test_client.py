@@ -262,6 +262,7 @@ async def test_upload_streams_the_file_with_its_signed_digest(peer: Any, tmp_pat
     assert body == package.read_bytes()  # the fake peer checked its digest against the signature
     assert request.headers["Content-Length"] == str(len(body))
     assert request.headers["Content-Type"] == "application/octet-stream"
+    assert request.headers["Expect"] == "100-continue"  # over 1 MiB: ask before sending
     assert got.operation == "0fefcd7c1eddeb51" and got.links.self_ == "/v1/operations/x"
     assert progress[-1] == len(body)
 

@@ -1,0 +1,288 @@
+"""``Expect: 100-continue`` on large uploads, against a raw HTTP/1.1 peer on a real socket.
+
+The peer is an asyncio socket server on 127.0.0.1 (a fake *remote* agent): it reads one
+request's headers, answers as scripted (a refusal, ``100 Continue``, or nothing at all), then
+counts every body byte that arrives until the client closes the connection. So "a refusal costs
+no bytes" is measured on the wire, through the real default transport (aiohttp). The real agent
+is exercised in tests/e2e/test_upload_expect.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from yarl import URL
+
+from cutover.agent.errors import AuthError, CutoverError, LockedError, PayloadTooLargeError
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.agent.trust import httpsig
+from cutover.controller.client import EXPECT_CONTINUE_MIN_BYTES, AgentClient
+from cutover.controller.transport import AiohttpTransport, SignedRequest
+
+Mode = Literal["refuse", "continue", "silent"]
+
+ACCEPTED = {
+    "operation": "0fefcd7c1eddeb51",
+    "op": "stage",
+    "app": "ame",
+    "version": "1",
+    "status": "running",
+    "links": {"self": "/v1/operations/x", "events": "/v1/operations/x/events"},
+}
+UNKNOWN_KEY = (401, {"error": "unknown_key", "kind": "unauthorized", "message": "who are you?"})
+
+
+def _answer(status: int, body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    head = (
+        f"HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+@dataclass
+class RawPeer:
+    """One-connection HTTP/1.1 peer: headers in, a scripted answer out, body bytes counted.
+
+    Modes: ``refuse`` answers ``refusal`` to the headers alone; ``continue`` answers ``100
+    Continue``, reads the body, then ``202``; ``silent`` says nothing until it has read the body
+    (an old server that ignores ``Expect``), then ``202``. Whatever the mode, every body byte
+    the client sends is counted, up to the client closing the connection.
+    """
+
+    mode: Mode
+    refusal: tuple[int, dict[str, Any]] = UNKNOWN_KEY
+    hold_answer_body: bool = False  # refuse: send the status line, the body only when released
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    head: bytes = b""
+    body_bytes: int = 0
+    connections: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        lines = self.head.decode("latin-1").split("\r\n")[1:]
+        return {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines if h)}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            self.head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+            if self.mode == "refuse":
+                status, body = self.refusal
+                answer = _answer(status, body)
+                if self.hold_answer_body:
+                    cut = answer.index(b"\r\n\r\n") + 4
+                    writer.write(answer[:cut])
+                    await writer.drain()
+                    await self.release.wait()
+                    answer = answer[cut:]
+                writer.write(answer)
+                await writer.drain()
+            else:
+                if self.mode == "continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    await writer.drain()
+                length = int(self.headers["content-length"])
+                self.body_bytes += len(await reader.readexactly(length))
+                writer.write(_answer(202, ACCEPTED))
+                await writer.drain()
+            while chunk := await reader.read(1 << 16):  # whatever else comes, to EOF
+                self.body_bytes += len(chunk)
+        except ConnectionError:
+            pass  # the client closed first: what it sent before is counted
+        finally:
+            writer.close()
+            self.done.set()
+
+    async def __aenter__(self) -> RawPeer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> PrivateKey:
+    return generate_keypair(tmp_path_factory.mktemp("keys") / "deploy")
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """A package file just over the threshold, in a directory of its own."""
+    path = tmp_path / "out" / "ame-1.cutover"
+    path.parent.mkdir()
+    path.write_bytes(bytes(range(256)) * ((2 * EXPECT_CONTINUE_MIN_BYTES) // 256 + 1))
+    return path
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _signature_verifies(peer: RawPeer, key: PrivateKey, path: str) -> bool:
+    verified = httpsig.verify_request(
+        httpsig.RequestTarget("PUT", f"127.0.0.1:{peer.port}", path, ""),
+        peer.headers,
+        keys={key.keyid: key.public},
+        now=time.time(),
+    )
+    return verified.keyid == key.keyid
+
+
+@pytest.mark.parametrize(
+    ("refusal", "expected", "code"),
+    [
+        pytest.param(UNKNOWN_KEY, AuthError, "unknown_key", id="401-unknown-key"),
+        pytest.param(
+            (409, {"error": "locked", "kind": "locked", "message": "busy", "holder": None}),
+            LockedError,
+            "locked",
+            id="409-locked",
+        ),
+        pytest.param(
+            (413, {"error": "payload_too_large", "kind": "payload_too_large"}),
+            PayloadTooLargeError,
+            "payload_too_large",
+            id="413-too-large",
+        ),
+    ],
+)
+async def test_a_refusal_of_a_large_upload_costs_no_body_bytes(
+    key: PrivateKey,
+    package: Path,
+    refusal: tuple[int, dict[str, Any]],
+    expected: type[CutoverError],
+    code: str,
+) -> None:
+    """The agent refuses on the headers alone: the client raises its class, sends 0 body bytes."""
+    before = _contents(package.parent)
+    progress: list[int] = []
+    async with RawPeer("refuse", refusal) as peer:
+        async with AgentClient(peer.base_url, key) as client:
+            with pytest.raises(expected) as info:
+                await client.upload("ame", "1", package, progress=lambda n, _: progress.append(n))
+        await peer.done.wait()  # the client closed the connection: the count is final
+    assert type(info.value) is expected and info.value.code == code
+    assert str(info.value).startswith(f"{peer.base_url} upload ame 1: ")
+    assert peer.headers["expect"] == "100-continue"
+    assert peer.headers["content-length"] == str(len(before[package.name]))
+    assert _signature_verifies(peer, key, "/v1/apps/ame/releases/1")
+    assert peer.body_bytes == 0 and progress == []  # not one byte of the file was read or sent
+    assert _contents(package.parent) == before  # the package intact, nothing left beside it
+
+
+async def test_after_100_continue_the_whole_body_is_sent(key: PrivateKey, package: Path) -> None:
+    async with RawPeer("continue") as peer:
+        async with AgentClient(peer.base_url, key) as client:
+            accepted = await client.upload("ame", "1", package)
+        await peer.done.wait()
+    assert accepted.operation == ACCEPTED["operation"]
+    assert peer.headers["expect"] == "100-continue"
+    assert peer.body_bytes == _size(package) and peer.connections == 1
+
+
+async def test_a_silent_old_server_gets_the_body_after_the_continue_timeout(
+    key: PrivateKey, package: Path
+) -> None:
+    """A peer that ignores ``Expect`` (never sends 100) still receives the upload."""
+    async with RawPeer("silent") as peer:
+        async with AgentClient(peer.base_url, key) as client:
+            accepted = await client.upload("ame", "1", package)
+        await peer.done.wait()
+    assert accepted.operation == ACCEPTED["operation"]
+    assert peer.headers["expect"] == "100-continue"
+    assert peer.body_bytes == _size(package)
+
+
+async def test_a_small_upload_does_not_ask(key: PrivateKey, tmp_path: Path) -> None:
+    """Below the threshold a round trip costs more than the bytes: no ``Expect``, body at once."""
+    small = tmp_path / "ame-1.cutover"
+    small.write_bytes(b"p" * (EXPECT_CONTINUE_MIN_BYTES - 1))
+    async with RawPeer("silent") as peer:
+        async with AgentClient(peer.base_url, key) as client:
+            await client.upload("ame", "1", small)
+        await peer.done.wait()
+    assert "expect" not in peer.headers
+    assert peer.body_bytes == EXPECT_CONTINUE_MIN_BYTES - 1
+
+
+# ---------------------------------------------------------------------- the transport itself
+def _request(peer: RawPeer, body: AsyncIterator[bytes], size: int, **kw: Any) -> SignedRequest:
+    return SignedRequest(
+        "PUT",
+        URL(f"{peer.base_url}/v1/apps/ame/releases/1", encoded=True),
+        {"Content-Length": str(size), "Expect": "100-continue"},
+        body,
+        **kw,
+    )
+
+
+async def test_transport_sends_the_body_of_a_silent_peer_after_continue_timeout_s() -> None:
+    read: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(3):
+            read.append(i)
+            yield b"z" * 1000
+
+    async with RawPeer("silent") as peer:
+        transport = AiohttpTransport()
+        try:
+            resp = await transport.send(_request(peer, body(), 3000, continue_timeout_s=0.05))
+            assert resp.status == 202 and json.loads(await resp.aread(1 << 16)) == ACCEPTED
+            await resp.aclose()
+        finally:
+            await transport.aclose()
+        await peer.done.wait()
+    assert read == [0, 1, 2] and peer.body_bytes == 3000
+
+
+async def test_transport_keeps_the_body_once_a_final_answer_arrived_even_past_the_timeout() -> None:
+    """The continue timeout expires while the caller still holds the ``401`` (its body not yet
+    read): the body must stay unsent, the final answer settled the exchange."""
+    started: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        started.append(True)
+        yield b"z" * 4096
+
+    timeout_s = 0.05
+    async with RawPeer("refuse", hold_answer_body=True) as peer:
+        transport = AiohttpTransport()
+        try:
+            resp = await transport.send(_request(peer, body(), 4096, continue_timeout_s=timeout_s))
+            assert resp.status == 401
+            # The timer was armed before the status line arrived, so its deadline precedes this
+            # sleep's: asyncio runs it first. No claim about durations is made.
+            await asyncio.sleep(2 * timeout_s)
+            peer.release.set()
+            answer = json.loads(await resp.aread(1 << 16))
+            await resp.aclose()
+        finally:
+            await transport.aclose()
+        await peer.done.wait()
+    assert answer == UNKNOWN_KEY[1]
+    assert started == [] and peer.body_bytes == 0
