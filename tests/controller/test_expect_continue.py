@@ -55,7 +55,8 @@ class RawPeer:
     Modes: ``refuse`` answers ``refusal`` to the headers alone; ``continue`` answers ``100
     Continue``, reads the body, then ``202``; ``silent`` says nothing until it has read the body
     (an old server that ignores ``Expect``), then ``202``. Whatever the mode, every body byte
-    the client sends is counted, up to the client closing the connection.
+    the client sends is counted, up to the client closing the connection; the count is final
+    when the ``async with`` block has exited (the client must have closed by then).
     """
 
     mode: Mode
@@ -65,9 +66,9 @@ class RawPeer:
     head: bytes = b""
     body_bytes: int = 0
     connections: int = 0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
     _server: asyncio.Server | None = None
+    _handlers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -76,6 +77,9 @@ class RawPeer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
         try:
             self.head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
             if self.mode == "refuse":
@@ -103,7 +107,6 @@ class RawPeer:
             pass  # the client closed first: what it sent before is counted
         finally:
             writer.close()
-            self.done.set()
 
     async def __aenter__(self) -> RawPeer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -114,6 +117,8 @@ class RawPeer:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+        # Each handler ends at the client's EOF: once they all have, the byte count is final.
+        await asyncio.gather(*self._handlers)
 
     @property
     def base_url(self) -> str:
@@ -180,11 +185,9 @@ async def test_a_refusal_of_a_large_upload_costs_no_body_bytes(
     """The agent refuses on the headers alone: the client raises its class, sends 0 body bytes."""
     before = _contents(package.parent)
     progress: list[int] = []
-    async with RawPeer("refuse", refusal) as peer:
-        async with AgentClient(peer.base_url, key) as client:
-            with pytest.raises(expected) as info:
-                await client.upload("ame", "1", package, progress=lambda n, _: progress.append(n))
-        await peer.done.wait()  # the client closed the connection: the count is final
+    async with RawPeer("refuse", refusal) as peer, AgentClient(peer.base_url, key) as client:
+        with pytest.raises(expected) as info:
+            await client.upload("ame", "1", package, progress=lambda n, _: progress.append(n))
     assert type(info.value) is expected and info.value.code == code
     assert str(info.value).startswith(f"{peer.base_url} upload ame 1: ")
     assert peer.headers["expect"] == "100-continue"
@@ -194,11 +197,21 @@ async def test_a_refusal_of_a_large_upload_costs_no_body_bytes(
     assert _contents(package.parent) == before  # the package intact, nothing left beside it
 
 
+async def test_a_connection_left_with_an_unsent_body_is_not_reused(
+    key: PrivateKey, package: Path
+) -> None:
+    """After a refusal the peer may still expect the body: the next request opens a new
+    connection (on the old one its bytes would be counted as that body)."""
+    async with RawPeer("refuse") as peer, AgentClient(peer.base_url, key) as client:
+        for _ in range(2):
+            with pytest.raises(AuthError):
+                await client.upload("ame", "1", package)
+    assert peer.connections == 2 and peer.body_bytes == 0
+
+
 async def test_after_100_continue_the_whole_body_is_sent(key: PrivateKey, package: Path) -> None:
-    async with RawPeer("continue") as peer:
-        async with AgentClient(peer.base_url, key) as client:
-            accepted = await client.upload("ame", "1", package)
-        await peer.done.wait()
+    async with RawPeer("continue") as peer, AgentClient(peer.base_url, key) as client:
+        accepted = await client.upload("ame", "1", package)
     assert accepted.operation == ACCEPTED["operation"]
     assert peer.headers["expect"] == "100-continue"
     assert peer.body_bytes == _size(package) and peer.connections == 1
@@ -208,10 +221,8 @@ async def test_a_silent_old_server_gets_the_body_after_the_continue_timeout(
     key: PrivateKey, package: Path
 ) -> None:
     """A peer that ignores ``Expect`` (never sends 100) still receives the upload."""
-    async with RawPeer("silent") as peer:
-        async with AgentClient(peer.base_url, key) as client:
-            accepted = await client.upload("ame", "1", package)
-        await peer.done.wait()
+    async with RawPeer("silent") as peer, AgentClient(peer.base_url, key) as client:
+        accepted = await client.upload("ame", "1", package)
     assert accepted.operation == ACCEPTED["operation"]
     assert peer.headers["expect"] == "100-continue"
     assert peer.body_bytes == _size(package)
@@ -221,10 +232,8 @@ async def test_a_small_upload_does_not_ask(key: PrivateKey, tmp_path: Path) -> N
     """Below the threshold a round trip costs more than the bytes: no ``Expect``, body at once."""
     small = tmp_path / "ame-1.cutover"
     small.write_bytes(b"p" * (EXPECT_CONTINUE_MIN_BYTES - 1))
-    async with RawPeer("silent") as peer:
-        async with AgentClient(peer.base_url, key) as client:
-            await client.upload("ame", "1", small)
-        await peer.done.wait()
+    async with RawPeer("silent") as peer, AgentClient(peer.base_url, key) as client:
+        await client.upload("ame", "1", small)
     assert "expect" not in peer.headers
     assert peer.body_bytes == EXPECT_CONTINUE_MIN_BYTES - 1
 
@@ -256,7 +265,6 @@ async def test_transport_sends_the_body_of_a_silent_peer_after_continue_timeout_
             await resp.aclose()
         finally:
             await transport.aclose()
-        await peer.done.wait()
     assert read == [0, 1, 2] and peer.body_bytes == 3000
 
 
@@ -283,6 +291,5 @@ async def test_transport_keeps_the_body_once_a_final_answer_arrived_even_past_th
             await resp.aclose()
         finally:
             await transport.aclose()
-        await peer.done.wait()
     assert answer == UNKNOWN_KEY[1]
     assert started == [] and peer.body_bytes == 0
