@@ -180,8 +180,9 @@ class _ContinueRequest(aiohttp.ClientRequest):
 
     async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         resp = await super().send(conn)
-        # aiohttp's private waiter (stable since 3.0); read defensively, so a rename degrades
-        # to aiohttp's own behaviour (wait for the 100) instead of an AttributeError.
+        # aiohttp's private waiter, read defensively: were it renamed, no timer is armed and
+        # aiohttp's own behaviour (wait for the 100) remains; the silent-peer tests of
+        # tests/controller/test_expect_continue.py would then fail.
         waiter: asyncio.Future[bool] | None = getattr(self, "_continue", None)
         if waiter is not None and not waiter.done():
             delay = _continue_timeout_s.get(CONTINUE_TIMEOUT_S)
