@@ -185,17 +185,20 @@ class _ContinueRequest(aiohttp.ClientRequest):
         # tests/controller/test_expect_continue.py would then fail.
         waiter: asyncio.Future[bool] | None = getattr(self, "_continue", None)
         if waiter is not None and not waiter.done():
-            delay = _continue_timeout_s.get(CONTINUE_TIMEOUT_S)
-            timer = self.loop.call_later(delay, _send_body_anyway, waiter, resp)
+
+            def send_body_anyway() -> None:
+                # ``version`` is set when the final status line has been read (a 1xx never
+                # sets it): once a final answer arrived, the body stays unsent.
+                if not waiter.done() and resp.version is None:
+                    waiter.set_result(True)
+
+            # A closure, not call_later(f, resp): asyncio's debug mode formats a handle's
+            # arguments, and repr() of a response not yet started caches its headers as None.
+            timer = self.loop.call_later(
+                _continue_timeout_s.get(CONTINUE_TIMEOUT_S), send_body_anyway
+            )
             waiter.add_done_callback(lambda _: timer.cancel())
         return resp
-
-
-def _send_body_anyway(waiter: asyncio.Future[bool], resp: aiohttp.ClientResponse) -> None:
-    # ``version`` is set when the final status line has been read (a 1xx never sets it): a
-    # final answer already arrived, so the body must stay unsent.
-    if not waiter.done() and resp.version is None:
-        waiter.set_result(True)
 
 
 class AiohttpTransport:
