@@ -35,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
+import os
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
@@ -390,47 +392,49 @@ class AgentClient:
         ``sha256``: the file's digest when the caller already has it (a fleet push hashes the
         package once for every host); the agent still checks the body against it.
 
-        A package of :data:`EXPECT_CONTINUE_MIN_BYTES` or more is sent with ``Expect:
-        100-continue``: the file is not read until the agent answers ``100 Continue``, and a
-        refusal instead is raised with none of its bytes sent.
+        The file is streamed with its (signed) digest; from :data:`EXPECT_CONTINUE_MIN_BYTES` on
+        with ``Expect: 100-continue``, so that a refusal instead of ``100 Continue`` is raised
+        with no byte sent. The file is closed on return.
 
         Raises:
             UnreachableError, TransportError, or the registry's class of the agent's answer
             (AuthError, LockedError, NotFoundError, PayloadTooLargeError, ...).
         """
-        size = (await asyncio.to_thread(path.stat)).st_size
-        digest = sha256 if sha256 is not None else await asyncio.to_thread(_file_sha256, path)
+        # This call owns the file, not the body generator: aiohttp stops pulling it at
+        # Content-Length or cancels it mid-body, and a generator's ``finally`` runs late or never.
+        fh = await asyncio.to_thread(path.open, "rb")
+        try:
+            size, digest = await asyncio.to_thread(_size_and_sha256, fh, sha256)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            sent = 0
-            fh = await asyncio.to_thread(path.open, "rb")
-            try:
+            async def chunks() -> AsyncIterator[bytes]:
+                sent = 0
                 while chunk := await asyncio.to_thread(fh.read, CHUNK_BYTES):
                     sent += len(chunk)
                     if progress is not None:
                         progress(sent, size)
                     yield chunk
-            finally:
-                await asyncio.to_thread(fh.close)
 
-        api_path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
-        headers = {"Content-Length": str(size)}
-        if size >= EXPECT_CONTINUE_MIN_BYTES:
-            headers["Expect"] = "100-continue"
-        request = self._prepare(
-            "PUT",
-            api_path,
-            "",
-            "application/octet-stream",
-            digest,
-            chunks(),
-            timeout_s=self.upload_timeout_s,
-            read_timeout_s=60.0,
-            extra_headers=headers,
-        )
-        where = f"upload {app} {version}"
-        resp = await self._send(request, where)
-        return await self._parse(resp, Accepted, where)
+            api_path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
+            headers = {"Content-Length": str(size)}
+            if size >= EXPECT_CONTINUE_MIN_BYTES:
+                headers["Expect"] = "100-continue"
+            request = self._prepare(
+                "PUT",
+                api_path,
+                "",
+                "application/octet-stream",
+                digest,
+                chunks(),
+                timeout_s=self.upload_timeout_s,
+                read_timeout_s=60.0,
+                extra_headers=headers,
+            )
+            where = f"upload {app} {version}"
+            resp = await self._send(request, where)
+            return await self._parse(resp, Accepted, where)
+        finally:
+            # Shielded: a cancelled upload still closes it (after a read in flight: its lock).
+            await asyncio.shield(asyncio.to_thread(fh.close))
 
     async def fetch(self, app: str, version: str, url: str) -> Accepted:
         """Ask the agent to pull the package from ``url`` (it verifies it like an upload)."""
@@ -504,6 +508,12 @@ class AgentClient:
             await asyncio.sleep(poll_s)
 
 
-def _file_sha256(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").digest()
+def _size_and_sha256(fh: io.BufferedReader, sha256: bytes | None) -> tuple[int, bytes]:
+    """Size and SHA-256 of an open file (the bytes hashed, exactly; ``sha256`` if the caller
+    has it), positioned at its start for sending."""
+    if sha256 is not None:
+        return os.fstat(fh.fileno()).st_size, sha256
+    digest = hashlib.file_digest(fh, "sha256").digest()
+    size = fh.tell()
+    fh.seek(0)
+    return size, digest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class RawPeer:
     mode: Mode
     refusal: tuple[int, dict[str, Any]] = UNKNOWN_KEY
     hold_answer_body: bool = False  # refuse: send the status line, the body only when released
+    refuse_after_bytes: int | None = None  # continue: refuse with ``refusal`` after this many
     release: asyncio.Event = field(default_factory=asyncio.Event)
     head: bytes = b""
     body_bytes: int = 0
@@ -98,8 +100,12 @@ class RawPeer:
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     await writer.drain()
                 length = int(self.headers["content-length"])
-                self.body_bytes += len(await reader.readexactly(length))
-                writer.write(_answer(202, ACCEPTED))
+                if self.refuse_after_bytes is None:
+                    self.body_bytes += len(await reader.readexactly(length))
+                    writer.write(_answer(202, ACCEPTED))
+                else:
+                    self.body_bytes += len(await reader.readexactly(self.refuse_after_bytes))
+                    writer.write(_answer(*self.refusal))
                 await writer.drain()
             while chunk := await reader.read(1 << 16):  # whatever else comes, to EOF
                 self.body_bytes += len(chunk)
@@ -141,6 +147,17 @@ def package(tmp_path: Path) -> Path:
 
 def _contents(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _open_files() -> set[str]:
+    """What this process has open (Linux /proc), to prove an upload closed its file."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # closed while listing (the listing's own fd)
+    return found
 
 
 def _size(path: Path) -> int:
@@ -193,7 +210,7 @@ async def test_a_refusal_of_a_large_upload_costs_no_body_bytes(
     assert peer.headers["expect"] == "100-continue"
     assert peer.headers["content-length"] == str(len(before[package.name]))
     assert _signature_verifies(peer, key, "/v1/apps/ame/releases/1")
-    assert peer.body_bytes == 0 and progress == []  # not one byte of the file was read or sent
+    assert peer.body_bytes == 0 and progress == []  # no chunk was streamed, no byte sent
     assert _contents(package.parent) == before  # the package intact, nothing left beside it
 
 
@@ -236,6 +253,32 @@ async def test_a_small_upload_does_not_ask(key: PrivateKey, tmp_path: Path) -> N
         await client.upload("ame", "1", small)
     assert "expect" not in peer.headers
     assert peer.body_bytes == EXPECT_CONTINUE_MIN_BYTES - 1
+
+
+@pytest.mark.parametrize(
+    "peer_kind", ["accepted-after-100", "accepted-silent", "refused-at-headers", "refused-mid-body"]
+)
+async def test_the_package_file_is_closed_when_upload_returns_or_raises(
+    key: PrivateKey, package: Path, peer_kind: str
+) -> None:
+    """However the exchange ends (aiohttp stops reading the body at Content-Length; a refusal
+    mid-body cancels its writer), no descriptor of the package outlives :meth:`upload`."""
+    peer = {
+        "accepted-after-100": RawPeer("continue"),
+        "accepted-silent": RawPeer("silent"),
+        "refused-at-headers": RawPeer("refuse"),
+        "refused-mid-body": RawPeer("continue", refuse_after_bytes=100_000),
+    }[peer_kind]
+    async with peer, AgentClient(peer.base_url, key) as client:
+        try:
+            await client.upload("ame", "1", package)
+        except AuthError:
+            assert peer_kind.startswith("refused")
+        assert str(package) not in _open_files()
+    if peer_kind == "refused-mid-body":
+        assert 100_000 <= peer.body_bytes <= _size(package)
+    else:
+        assert peer.body_bytes == (0 if peer_kind == "refused-at-headers" else _size(package))
 
 
 # ---------------------------------------------------------------------- the transport itself
