@@ -336,3 +336,30 @@ async def test_transport_keeps_the_body_once_a_final_answer_arrived_even_past_th
             await transport.aclose()
     assert answer == UNKNOWN_KEY[1]
     assert started == [] and peer.body_bytes == 0
+
+
+async def test_the_continue_timer_survives_asyncio_debug_mode() -> None:
+    """Debug mode logs every callback slower than ``slow_callback_duration`` with its arguments'
+    repr(); repr() of an aiohttp response not yet started caches its headers as None, which
+    broke the answer that followed. With the threshold at 0 every callback is formatted."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"z" * 1000
+
+    loop = asyncio.get_running_loop()
+    debug, slow = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0
+    try:
+        async with RawPeer("silent") as peer:
+            transport = AiohttpTransport()
+            try:
+                resp = await transport.send(_request(peer, body(), 1000, continue_timeout_s=0.01))
+                assert resp.status == 202 and resp.headers["content-type"] == "application/json"
+                await resp.aclose()
+            finally:
+                await transport.aclose()
+    finally:
+        loop.set_debug(debug)
+        loop.slow_callback_duration = slow
+    assert peer.body_bytes == 1000
