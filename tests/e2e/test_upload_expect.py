@@ -1,8 +1,9 @@
 """Large uploads ask first (``Expect: 100-continue``) against the REAL agent.
 
-The wire-level claim (a refusal costs no body bytes) is measured against a raw peer in
-tests/controller/test_expect_continue.py; here the real ``cutover-agent serve`` must accept the
-asking client end to end, and refuse it without any change on disk.
+The client side is tested byte by byte against a raw peer in
+tests/controller/test_expect_continue.py; here the real ``cutover-agent serve`` accepts the
+asking client end to end, refuses it without any change on disk, and (through a counting relay)
+is refused before any body byte crossed the wire.
 """
 
 from __future__ import annotations
@@ -74,40 +75,6 @@ async def test_a_large_upload_asks_first_and_stages(agent: Agent, large: Path) -
     assert (agent.root / "releases" / VERSION / "blob.bin").stat().st_size == (
         2 * EXPECT_CONTINUE_MIN_BYTES
     )
-
-
-@pytest.mark.parametrize(
-    ("settings", "signer", "expected", "code"),
-    [
-        pytest.param({}, "stranger", AuthError, "unknown_key", id="401-unknown-key"),
-        pytest.param(
-            {"max_upload_bytes": EXPECT_CONTINUE_MIN_BYTES},
-            "deploy",
-            PayloadTooLargeError,
-            "payload_too_large",
-            id="413-over-max-upload-bytes",
-        ),
-    ],
-)
-async def test_a_refused_large_upload_raises_its_class_and_changes_nothing(
-    make_agent: Any,
-    keys: Keys,
-    large: Path,
-    settings: dict[str, Any],
-    signer: str,
-    expected: type[Exception],
-    code: str,
-) -> None:
-    agent: Agent = make_agent(**settings)
-    agent.start()
-    before = agent.snapshot()
-    recording = Recording()
-    async with agent.client(getattr(keys, signer), transport=recording) as c:
-        with pytest.raises(expected) as info:
-            await c.upload(APP, VERSION, large)
-    assert info.value.code == code  # type: ignore[attr-defined]
-    assert _upload_headers(recording)["Expect"] == "100-continue"
-    assert agent.snapshot() == before  # nothing staged, no spool file left in uploads/
 
 
 @dataclass
@@ -183,22 +150,38 @@ class CountingProxy:
         await asyncio.gather(*self._relays)  # every byte the client sent is counted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent on main answers 100 Continue before authenticating; the server side of "
-    "issue 14 item 5 (branch hardening) defers it: drop this mark when that lands",
+@pytest.mark.parametrize(
+    ("settings", "signer", "expected", "code"),
+    [
+        pytest.param({}, "stranger", AuthError, "unknown_key", id="401-unknown-key"),
+        pytest.param(
+            {"max_upload_bytes": EXPECT_CONTINUE_MIN_BYTES},
+            "deploy",
+            PayloadTooLargeError,
+            "payload_too_large",
+            id="413-over-max-upload-bytes",
+        ),
+    ],
 )
 async def test_a_refusal_by_the_real_agent_costs_no_body_bytes(
-    make_agent: Any, keys: Keys, large: Path
+    make_agent: Any,
+    keys: Keys,
+    large: Path,
+    settings: dict[str, Any],
+    signer: str,
+    expected: type[Exception],
+    code: str,
 ) -> None:
-    agent: Agent = make_agent()
+    """The agent answers 100 Continue only once the request is admitted: the client, asking
+    first, sends none of the package before the refusal (counted by a relay on the wire)."""
+    agent: Agent = make_agent(**settings)
     agent.start()
     before = agent.snapshot()
     async with CountingProxy(agent.port) as proxy:
         base = f"http://127.0.0.1:{proxy.port}"
-        async with AgentClient(base, keys.stranger, authority=agent.name) as c:
-            with pytest.raises(AuthError) as info:
+        async with AgentClient(base, getattr(keys, signer), authority=agent.name) as c:
+            with pytest.raises(expected) as info:
                 await c.upload(APP, VERSION, large)
-    assert info.value.code == "unknown_key"
+    assert info.value.code == code  # type: ignore[attr-defined]
     assert agent.snapshot() == before
     assert proxy.after_headers == 0
