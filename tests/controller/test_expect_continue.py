@@ -51,7 +51,8 @@ def _answer(status: int, body: dict[str, Any]) -> bytes:
 
 @dataclass
 class RawPeer:
-    """One-connection HTTP/1.1 peer: headers in, a scripted answer out, body bytes counted.
+    """An HTTP/1.1 peer, one request per connection: headers in, a scripted answer out, body
+    bytes counted (``head``: the last request's headers).
 
     Modes: ``refuse`` answers ``refusal`` to the headers alone; ``continue`` answers ``100
     Continue``, reads the body, then ``202``; ``silent`` says nothing until it has read the body
