@@ -22,7 +22,8 @@ from typing import Any
 from cutover.agent import __version__
 from cutover.agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_config
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
-from cutover.agent.host.store import Layout, ReleaseStore
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.ledger import Ledger
 from cutover.agent.lifecycle.manager import AppManager, OpResult
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import peek_app
@@ -112,9 +113,9 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     finally:
         os.umask(old_umask)
     cfg = load_config(args.config)
-    store = ReleaseStore(args.app, cfg.apps[args.app], cfg.policies[args.app])
-    store.init_layout()
-    store.log(
+    layout = Layout(cfg.apps[args.app].root)
+    layout.create()
+    Ledger(args.app, layout).log(
         "init", root=str(root), actor=_actor(), release_keys=sorted(cfg.policies[args.app].keys)
     )
     data = {
@@ -271,7 +272,7 @@ def cmd_rollback(args: argparse.Namespace, out: _Out) -> int:
 
 def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
-    res = _run(_manager(cfg, _pick_app(cfg, args.app)).verify(args.version))
+    res = _run(_manager(cfg, _pick_app(cfg, args.app)).check_drift(args.version))
     _print_op(out, res)
     return ExitCode.OK
 
@@ -298,17 +299,18 @@ def cmd_delete(args: argparse.Namespace, out: _Out) -> int:
 def cmd_journal(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     app = _pick_app(cfg, args.app)
-    store = ReleaseStore(app, cfg.apps[app], cfg.policies[app])
-    store.check_layout()
+    layout = Layout(cfg.apps[app].root)
+    layout.check(app)
+    ledger = Ledger(app, layout)
     if args.verify:
-        state = store.load()
-        n = store.journal.verify(store.journal_head(state))
+        state = ledger.load()
+        n = ledger.journal.check_chain(ledger.recorded_head(state))
         out.result(
             {"app": app, "entries": n, "ok": True},
             lambda: print(f"journal of {app}: {n} entries, hash chain intact"),
         )
         return ExitCode.OK
-    entries = store.journal.tail(args.limit)
+    entries = ledger.journal.tail(args.limit)
 
     def human() -> None:
         for e in entries:

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cutover.agent.host.store import Layout  # noqa: E402
+from cutover.agent.host.layout import Layout  # noqa: E402
 from cutover.agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
 from cutover.controller.build import build_package, sign_package  # noqa: E402
 from cutover.controller.client import AgentClient  # noqa: E402

@@ -6,7 +6,7 @@
 
 Measures, in-process (no Python start-up in any figure), on the real release store:
 
-1. ``store.flip`` alone (temp symlink + ``rename(2)`` + fsync of the root directory), with a raw
+1. ``host.current.flip`` alone (temp symlink + ``rename(2)`` + fsync of the root directory), with a raw
    ``os.symlink`` + ``os.replace`` without fsync as the floor, and ``AppManager.activate`` end to
    end with no hooks and no checks (lock, recovery check, state + journal writes, each fsynced,
    and the flip) over ``--activations`` activations alternating between two releases. The three
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from cutover.agent._util.logsetup import configure_logging  # noqa: E402
 from cutover.agent.config import add_app_to_config, load_config  # noqa: E402
+from cutover.agent.host.current import flip  # noqa: E402
 from cutover.agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
 from cutover.agent.lifecycle.manager import AppManager  # noqa: E402
 from cutover.controller.build import build_package, sign_package  # noqa: E402
@@ -78,7 +79,7 @@ class FlipClock:
 
 async def timed_op(mgr: AppManager, fn: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     """(seconds until ``current`` was switched, seconds for the whole operation)."""
-    clock = mgr.events
+    clock = mgr.ctx.events
     assert isinstance(clock, FlipClock)
     clock.at = 0.0
     t0 = time.perf_counter()
@@ -150,7 +151,7 @@ async def app_root(
     config.unlink(missing_ok=True)
     add_app_to_config(config, "bench", root, out / "release.key.pub")
     mgr = manager(root, config)
-    mgr.store.init_layout()
+    mgr.layout.create()
     for pkg in packages:
         t0 = time.perf_counter()
         await mgr.stage(pkg)
@@ -172,8 +173,8 @@ def _remove(path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- measurements
 async def bench_activate(mgr: AppManager, n: int) -> dict[str, list[float]]:
-    """Interleaved: one activation, two bare store flips, two raw renames per iteration."""
-    store, layout = mgr.store, mgr.store.layout
+    """Interleaved: one activation, two bare flips, two raw renames per iteration."""
+    layout = mgr.layout
     raw_link = layout.root / "raw-link"
     os.symlink(f"releases/{V1}", raw_link)
     samples: dict[str, list[float]] = {"activate": [], "activate_flip": [], "flip": [], "raw": []}
@@ -185,7 +186,7 @@ async def bench_activate(mgr: AppManager, n: int) -> dict[str, list[float]]:
         flips = []
         for target in (back, current):  # away and back: disk matches the state again
             t0 = time.perf_counter()
-            store.flip(target)
+            flip(layout, target)
             flips.append(time.perf_counter() - t0)
         raws = []
         for target in (back, current):
@@ -229,11 +230,11 @@ def fwd(mgr: AppManager) -> Callable[[], Awaitable[object]]:
 def release_bytes(mgr: AppManager, version: str) -> tuple[int, int, int]:
     """(bytes, files) of an installed release, and the size of its stored manifest."""
     total = files = 0
-    for dirpath, _, filenames in os.walk(mgr.store.layout.release(version)):
+    for dirpath, _, filenames in os.walk(mgr.layout.release(version)):
         for f in filenames:
             total += os.lstat(os.path.join(dirpath, f)).st_size
             files += 1
-    return total, files, (mgr.store.layout.manifests / f"{version}.json").stat().st_size
+    return total, files, mgr.layout.kept_manifest(version).stat().st_size
 
 
 def main() -> None:
@@ -273,7 +274,7 @@ async def run(args: argparse.Namespace, out: Path, key: PrivateKey) -> None:
     tenth = max(1, len(acts) // 10)
     rows: list[tuple[str, list[float]] | None] = [
         ("raw symlink + rename, no fsync (floor)", act_s["raw"]),
-        ("store.flip: symlink + rename + fsync dir", act_s["flip"]),
+        ("host.current.flip: symlink + rename + fsync dir", act_s["flip"]),
         ("AppManager.activate, no hooks: until flip", act_s["activate_flip"]),
         ("AppManager.activate, no hooks: whole op", acts),
         (f"  first {tenth} activations: whole op", acts[:tenth]),
@@ -319,8 +320,8 @@ async def run(args: argparse.Namespace, out: Path, key: PrivateKey) -> None:
             f"p50 {pct(bg, 50) / pct(sm, 50):5.2f}   p99 {pct(bg, 99) / pct(sm, 99):5.2f}"
         )
     print(
-        f"activate whole op / bare store.flip (p50): {pct(acts, 50) / pct(act_s['flip'], 50):.1f}x;"
-        f" activation history grew to {len(act.snapshot().history)} entries"
+        f"activate whole op / bare flip (p50): {pct(acts, 50) / pct(act_s['flip'], 50):.1f}x;"
+        f" activation history grew to {len(act.snapshot().activations)} entries"
     )
 
 

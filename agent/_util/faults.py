@@ -1,9 +1,9 @@
-"""Test-only fault injection at named steps (crash-safety tests).
+"""Test-only fault injection at named points (crash-safety tests). Not the database checkpoint.
 
-``CUTOVER_TEST_CRASH_AT=<step>`` makes the process SIGKILL itself when it reaches ``step``;
-``CUTOVER_TEST_PAUSE_AT=<step>`` makes it create ``$CUTOVER_TEST_PAUSE_FILE`` and sleep until
+``CUTOVER_TEST_CRASH_AT=<point>`` makes the process SIGKILL itself when it reaches ``point``;
+``CUTOVER_TEST_PAUSE_AT=<point>`` makes it create ``$CUTOVER_TEST_PAUSE_FILE`` and sleep until
 killed. Both are read at each call, do nothing when unset, and exist so tests can kill an
-operation at every named step. Production never sets them.
+operation at every named point. Production never sets them.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["checkpoint"]
+__all__ = ["fault_point"]
 
 
-def checkpoint(step: str) -> None:
-    if os.environ.get("CUTOVER_TEST_CRASH_AT") == step:
+def fault_point(name: str) -> None:
+    """Crash or pause here if a test asked for it (see the module docstring)."""
+    if os.environ.get("CUTOVER_TEST_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("CUTOVER_TEST_PAUSE_AT") == step:
+    if os.environ.get("CUTOVER_TEST_PAUSE_AT") == name:
         marker = os.environ.get("CUTOVER_TEST_PAUSE_FILE")
         if marker:
-            Path(marker).write_text(step)
+            Path(marker).write_text(name)
         while True:  # until the test kills us
             time.sleep(0.05)

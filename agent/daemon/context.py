@@ -23,7 +23,9 @@ from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
 from cutover.agent.daemon.reload import ConfigHolder
 from cutover.agent.errors import NotFoundError, UnavailableError
-from cutover.agent.host.state import ReleaseStatus
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.lock import AppLock
+from cutover.agent.host.state import AppState, ReleaseStatus, StateFile
 from cutover.agent.lifecycle.manager import AppManager, EventSink
 
 __all__ = ["AgentContext"]
@@ -62,6 +64,21 @@ class AgentContext:
             return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor)
         return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor, events=events)
 
+    def layout(self, app: str) -> Layout:
+        """The layout of ``app`` under the config in force.
+
+        Raises:
+            NotFoundError: the app is not configured (any more).
+        """
+        cfg = self.config
+        if app not in cfg.apps:
+            raise NotFoundError(f"app {app!r} is not configured on this agent")
+        return Layout(cfg.apps[app].root)
+
+    def read_state(self, app: str) -> AppState:
+        """``app``'s state, without the lock (the file is replaced atomically). Blocking."""
+        return StateFile(self.layout(app).state_file, app).load()
+
     def accepting(self) -> None:
         if self.shutting_down:
             raise UnavailableError(
@@ -83,12 +100,12 @@ class AgentContext:
         Raises:
             LockedError: held; ``holder`` is what the holder wrote into the lock file.
         """
-        store = self.manager(app, "probe").store
+        layout = self.layout(app)
 
         def probe() -> None:
-            lock = store.lock("probe")
-            lock.acquire()
-            lock.release()
+            layout.check(app)
+            with AppLock(layout.lock_file, app, "probe"):
+                pass
 
         await asyncio.to_thread(probe)
 
@@ -98,9 +115,8 @@ class AgentContext:
         if app not in cfg.apps:
             self.metrics.set_app(app, None)
             return
-        store = self.manager(app, "metrics").store
         try:
-            state = await asyncio.to_thread(store.load)
+            state = await asyncio.to_thread(self.read_state, app)
         except Exception as exc:
             log.warning("app_state_unreadable", app=app, error=str(exc))
             return

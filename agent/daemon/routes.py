@@ -65,7 +65,6 @@ from cutover.agent.errors import (
 )
 from cutover.agent.host.journal import Journal
 from cutover.agent.host.state import AppState, ReleaseStatus
-from cutover.agent.host.store import Layout
 from cutover.agent.lifecycle.manager import AppManager, EventSink, OpResult
 from cutover.agent.package.manifest import APP_RE
 from cutover.agent.versions import VERSION_RE
@@ -215,9 +214,8 @@ async def list_apps(request: web.Request) -> web.Response:
     cfg = ctx.config
     out: list[AppSummary] = []
     for app, section in sorted(cfg.apps.items()):
-        store = ctx.manager(app, "read").store
         try:
-            state = await asyncio.to_thread(store.load)
+            state = await asyncio.to_thread(ctx.read_state, app)
         except Exception as exc:
             out.append(AppSummary(app=app, root=str(section.root), error=str(exc)))
             continue
@@ -232,12 +230,12 @@ async def get_app(request: web.Request) -> web.Response:
     check_query(request)
     app = _app(request)
     ctx = _ctx(request)
-    store = ctx.manager(app, "read").store
-    state = await asyncio.to_thread(store.load)
+    layout = ctx.layout(app)
+    state = await asyncio.to_thread(ctx.read_state, app)
     body = AppDetail.model_validate(
         {
-            **_app_summary(app, store.layout.root, state),
-            "initialized": store.layout.meta.is_dir(),
+            **_app_summary(app, layout.root, state),
+            "initialized": layout.meta.is_dir(),
             "busy": ctx.registry.busy(app),
             "releases": [
                 r.model_dump(mode="json")
@@ -255,8 +253,8 @@ async def journal(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_JOURNAL_LIMIT:
         raise RequestError(f"limit must be an integer from 1 to {MAX_JOURNAL_LIMIT}")
-    meta = Layout(_ctx(request).config.apps[app].root).meta
-    entries = await asyncio.to_thread(Journal(meta / "journal.jsonl").tail, int(raw))
+    path = _ctx(request).layout(app).journal_file
+    entries = await asyncio.to_thread(Journal(path).tail, int(raw))
     return web.json_response(JournalPage.model_validate({"app": app, "entries": entries}).to_json())
 
 

@@ -1,6 +1,6 @@
 """Drift detection for installed releases: what is on disk versus what was signed.
 
-``verify`` walks a release without following links and compares every entry with the signed
+:func:`find_drift` (the CLI's ``verify`` command) walks a release without following links and compares every entry with the signed
 manifest (regular files: size, SHA-256, read-only mode; directories; symlink targets), the shared
 links the agent created, and the inventory of files stage hooks added (recorded at staging, so a
 file a hook wrote is not mistaken for tampering, and a file added later is).
@@ -9,14 +9,20 @@ file a hook wrote is not mistaken for tampering, and a file added later is).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
+from cutover.agent._util.fsutil import atomic_write
+from cutover.agent.host.kept import load_manifest
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.shared import shared_link_targets
+from cutover.agent.host.state import AppState
 from cutover.agent.package.manifest import DirEntry, FileEntry, Manifest, SymlinkEntry
 
-__all__ = ["compare", "expected_entries", "inventory", "walk"]
+__all__ = ["compare", "expected_entries", "find_drift", "inventory", "record_inventory", "walk"]
 
 Expected = dict[str, dict[str, Any]]
 
@@ -103,3 +109,32 @@ def compare(root: Path, expected: Expected) -> list[str]:
             )
     problems.extend(f"{p}: missing" for p in sorted(expected.keys() - seen))
     return problems
+
+
+def record_inventory(layout: Layout, release_dir: Path, manifest: Manifest) -> int:
+    """Record the files stage hooks added, so drift detection can tell them from tampering.
+
+    Returns:
+        How many entries the hooks added.
+    """
+    listed = {e.path for e in manifest.files} | set(shared_link_targets(manifest.shared))
+    extra = inventory(release_dir, listed)
+    atomic_write(
+        layout.inventory(manifest.version), json.dumps(extra, sort_keys=True).encode(), 0o640
+    )
+    return len(extra)
+
+
+def find_drift(layout: Layout, state: AppState, version: str) -> list[str]:
+    """Re-hash an installed release against its kept manifest; return the differences.
+
+    Raises:
+        NotFoundError: not installed. DriftError: the kept manifest itself was changed.
+    """
+    manifest = load_manifest(layout, state, version)
+    root = layout.release(version)
+    if not root.is_dir():
+        return [f"{root}: release directory is missing"]
+    inv_path = layout.inventory(version)
+    extra: Expected = json.loads(inv_path.read_bytes()) if inv_path.exists() else {}
+    return compare(root, expected_entries(manifest, shared_link_targets(manifest.shared), extra))

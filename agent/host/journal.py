@@ -150,7 +150,7 @@ class Journal:
                 out.pop(0)
         return out
 
-    def verify(self, expected_head: JournalHead | None = None) -> int:
+    def check_chain(self, expected_head: JournalHead | None = None) -> int:
         """Check the whole chain; return the number of entries.
 
         Raises:

@@ -14,7 +14,10 @@ Release states::
     failed   staging failed; nothing is installed, the record stays for the audit trail
 
 ``pending`` is the write-ahead intent of an operation that changes ``current``: recovery reads it
-to finish or revert that operation after a crash.
+to finish or revert that operation after a crash (its ``phase``: :mod:`agent.host.phases`).
+
+``activations`` (``history`` in the file) lists versions in activation order, newest last; the
+default rollback target is found by walking it back from ``current``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cutover.agent._util.fsutil import atomic_write
 from cutover.agent.errors import StorageError
+from cutover.agent.host.phases import ActivationPhase
 
-__all__ = ["AppState", "Pending", "ReleaseRecord", "ReleaseStatus", "StateFile", "utcnow"]
+__all__ = [
+    "AppState",
+    "Pending",
+    "ReleaseRecord",
+    "ReleaseStatus",
+    "StateFile",
+    "normalise",
+    "record_rollback",
+    "utcnow",
+]
 
 
 def utcnow() -> str:
@@ -75,18 +88,22 @@ class Pending(_Model):
     op_id: str
     from_version: str | None
     to_version: str
-    phase: Literal["intent", "flipped", "reverting"] = "intent"
+    phase: ActivationPhase = ActivationPhase.INTENT  # a rollback's stays at intent
     started_at: str = Field(default_factory=utcnow)
     actor: str = ""
 
 
 class AppState(_Model):
+    # ``history`` on disk, a name kept for existing state files; ``activations`` in code, so it
+    # is not confused with the trust policy's HostHistory (known digests, highest version).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     format: Literal[1] = 1
     app: str
     current: str | None = None
     previous: str | None = None
     releases: dict[str, ReleaseRecord] = {}
-    history: list[str] = []  # versions in activation order, newest last
+    activations: list[str] = Field(default=[], alias="history")  # activation order, newest last
     known_digests: dict[str, str] = {}  # every version ever accepted: immutability
     highest_version: str | None = None
     next_seq: int = 1
@@ -102,7 +119,7 @@ class AppState(_Model):
 
     def rollback_target(self) -> str | None:
         """The previous good release: walk the activation history back from current."""
-        for version in reversed(self.history):
+        for version in reversed(self.activations):
             rec = self.releases.get(version)
             if (
                 version != self.current
@@ -146,10 +163,50 @@ class StateFile:
         return state
 
     def save(self, state: AppState) -> None:
-        data = json.dumps(state.model_dump(mode="json"), indent=1, sort_keys=True).encode() + b"\n"
+        data = (
+            json.dumps(
+                state.model_dump(mode="json", by_alias=True), indent=1, sort_keys=True
+            ).encode()
+            + b"\n"
+        )
         try:
             atomic_write(self.path, data, 0o640)
         except OSError as exc:
             raise StorageError(
                 f"cannot write state {self.path}: {exc.strerror}; free disk space and retry"
             ) from exc
+
+
+def normalise(state: AppState) -> None:
+    """Derive every record's status from current/previous (the only inputs), in one place."""
+    state.activations = [
+        v for v in state.activations if (r := state.releases.get(v)) is not None and r.installed
+    ]
+    state.previous = state.rollback_target()
+    for rec in state.releases.values():
+        if rec.status in (ReleaseStatus.BAD, ReleaseStatus.FAILED) or not rec.installed:
+            continue
+        if rec.version == state.current:
+            rec.status = ReleaseStatus.ACTIVE
+        elif rec.version == state.previous:
+            rec.status = ReleaseStatus.PREVIOUS
+        else:
+            rec.status = ReleaseStatus.STAGED
+
+
+def record_rollback(state: AppState, target: str, actor: str, *, stamp: bool = True) -> None:
+    """Record that ``current`` went back to ``target``: the activations after it are unwound
+    (or it is appended, if it was never activated through Cutover) and the intent is cleared.
+
+    ``stamp`` records ``actor`` as its activator if it never had one (not for a hand flip).
+    """
+    state.current = target
+    rec = state.releases.get(target)
+    if stamp and rec is not None and rec.activated_at is None:
+        rec.activated_at, rec.activated_by = utcnow(), actor
+    if target in state.activations:
+        while state.activations and state.activations[-1] != target:
+            state.activations.pop()
+    else:
+        state.activations.append(target)
+    state.pending = None

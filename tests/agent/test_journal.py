@@ -19,7 +19,7 @@ def test_head_after_a_line_longer_than_any_read_window(tmp_path: Path) -> None:
     fresh = Journal(path)
     assert fresh.head.seq == 21
     fresh.append("next")
-    assert Journal(path).verify() == 22
+    assert Journal(path).check_chain() == 22
 
 
 def test_a_long_torn_tail_is_dropped_and_nothing_else(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_a_long_torn_tail_is_dropped_and_nothing_else(tmp_path: Path) -> None:
     fresh = Journal(path)
     assert fresh.head.seq == 50 and fresh.dropped_torn_line
     assert path.read_bytes() == intact
-    assert fresh.verify() == 50
+    assert fresh.check_chain() == 50
 
 
 def test_a_lone_torn_line_empties_the_journal(tmp_path: Path) -> None:
@@ -50,4 +50,4 @@ def test_editing_a_line_breaks_the_chain(tmp_path: Path) -> None:
         j.append("e", i=i)
     path.write_text(path.read_text().replace('"i":0', '"i":7'))
     with pytest.raises(DriftError, match="does not chain"):
-        Journal(path).verify()
+        Journal(path).check_chain()

@@ -139,10 +139,10 @@ def test_disk_full_during_staging(host: Host, make_package: PackageFactory, tmp_
         host.config.write_text(cfg)
         host.root = root
         from cutover.agent.config import load_config
-        from cutover.agent.host.store import ReleaseStore
+        from cutover.agent.host.layout import Layout
 
         loaded = load_config(host.config)
-        ReleaseStore("demo", loaded.apps["demo"], loaded.policies["demo"]).init_layout()
+        Layout(loaded.apps["demo"].root).create()
         host.cli_json("stage", str(make_package("1.0.0")))
         host.cli_json("activate", "1.0.0")
         big = make_package(

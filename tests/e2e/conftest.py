@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from cutover.agent.api_models import Accepted, OperationRecord
-from cutover.agent.host.store import Layout
+from cutover.agent.host.layout import Layout
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.controller.build import build_package, sign_package
 from cutover.controller.client import AgentClient

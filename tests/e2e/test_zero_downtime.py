@@ -220,7 +220,7 @@ def test_hundreds_of_flips_under_load_fail_no_request(
     assert (state["current"], state["pending"]) == (A, None)
     assert [e["event"] for e in host.journal()].count("rollback.done") == FLIPS
     assert host.cli_json("journal", "--verify")["ok"] is True  # hash chain intact after 400 ops
-    assert asyncio.run(mgr.verify(B)).details["drift"] == {B: []}
+    assert asyncio.run(mgr.check_drift(B)).details["drift"] == {B: []}
     print(
         f"\n{2 * FLIPS} flips in {flip_seconds:.1f}s under {WORKERS} clients; "
         f"{load.ok} responses ({load.during_flips} during flips): "

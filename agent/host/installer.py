@@ -1,0 +1,93 @@
+"""Installing a verified release: extract into ``incoming/``, link shared paths, keep the
+manifest, rename the whole tree into ``releases/``, make it read-only, make it durable.
+
+Nothing is ever extracted under ``releases/``: payloads go to ``.cutover/incoming/<random>/``
+and are renamed in whole, so a crash leaves a partial tree only in ``incoming/`` (which recovery
+empties) and never a half-extracted release.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from cutover.agent._util.faults import fault_point
+from cutover.agent._util.fsutil import fsync_dir, random_suffix, syncfs
+from cutover.agent.errors import StorageError
+from cutover.agent.extract import extractor
+from cutover.agent.host.kept import keep_manifest
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.shared import link_shared
+from cutover.agent.package.container import PackageParts
+from cutover.agent.trust.policy import VerifiedRelease
+
+__all__ = ["extract_to_incoming", "install", "make_durable", "make_readonly"]
+
+
+def extract_to_incoming(
+    layout: Layout,
+    fh: BinaryIO,
+    parts: PackageParts,
+    verified: VerifiedRelease,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Check the payload digest, then extract it into a fresh ``incoming/`` directory.
+
+    The extractor removes its partial tree on any failure.
+    """
+    dest = layout.incoming / f"{verified.manifest.version}.{random_suffix()}"
+    extractor.verify_payload_digest(fh, parts, verified.manifest)
+    extractor.extract_payload(
+        fh, parts, verified.manifest, dest, progress=progress, already_verified=True
+    )
+    return dest
+
+
+def install(layout: Layout, staging: Path, verified: VerifiedRelease) -> tuple[Path, str]:
+    """Link shared paths, keep the signed manifest (and its runtime spec), rename the tree
+    into ``releases/``.
+
+    Returns:
+        The release dir and the runtime spec's digest.
+
+    Raises:
+        StorageError: a shared path problem, or ``releases/<version>`` is in the way.
+    """
+    manifest = verified.manifest
+    link_shared(layout.shared, staging, manifest.shared, manifest.version)
+    runtime_digest = keep_manifest(layout, manifest, verified.manifest_bytes)
+    target = layout.release(manifest.version)
+    if target.exists() or target.is_symlink():
+        raise StorageError(
+            f"{target} exists but is not a recorded release; run any cutover-agent command to "
+            "let recovery clean it up, then retry"
+        )
+    fault_point("stage.before_rename")
+    os.rename(staging, target)
+    fsync_dir(layout.releases)
+    fault_point("stage.renamed")
+    return target, runtime_digest
+
+
+def make_readonly(release_dir: Path) -> None:
+    """Remove every write bit in the release (never through a link)."""
+    for dirpath, dirnames, filenames in os.walk(release_dir, topdown=False):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o222)
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o222)
+    os.chmod(release_dir, stat.S_IMODE(os.lstat(release_dir).st_mode) & ~0o222)
+
+
+def make_durable(layout: Layout) -> None:
+    """One ``syncfs`` for the whole release: far cheaper than an fsync per file."""
+    syncfs(layout.releases)

@@ -1,0 +1,227 @@
+"""Activate: switch ``current`` to a staged release, judge it, commit or revert.
+
+::
+
+    [checkpoint if requires_migration] → pre_activate hooks → intent saved → FLIP
+    → post_activate hooks (release, then host) → live checks → version probe → commit → prune
+    any failure after the flip → flip back → post_rollback hooks → the release marked BAD
+
+The activation walks the phases of :mod:`agent.host.phases` (a table of legal transitions).
+Write-ahead: the intent is saved before the flip and the ``flipped`` / ``reverting`` phases
+before the steps they announce, so a crash at any instant is resolved by recovery. Only a
+failure in the ``flipped`` phase (a hook, a check, the probe: the release's own) marks the
+release ``bad``; a failed flip, state write or commit, or a cancellation, reverts without
+blaming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from cutover.agent._util.faults import fault_point
+from cutover.agent.actions.hooks import HookContext
+from cutover.agent.errors import (
+    ActivationFailedError,
+    CutoverError,
+    HealthCheckError,
+    HookError,
+    StateError,
+)
+from cutover.agent.host.current import flip
+from cutover.agent.host.kept import load_runtime
+from cutover.agent.host.phases import ActivationPhase, check_transition
+from cutover.agent.host.state import Pending, ReleaseStatus, utcnow
+from cutover.agent.lifecycle.context import AppContext, OpResult, installed_record
+from cutover.agent.lifecycle.runners import HealthRunner, HookRunner, health_summary, log_offsets
+from cutover.agent.lifecycle.unit import UnitOfWork
+from cutover.agent.package.manifest import Hook
+
+__all__ = ["Activate"]
+
+log = structlog.get_logger(__name__)
+
+Phase = ActivationPhase
+
+
+class Activate:
+    """The activate operation of one app."""
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        hooks: HookRunner,
+        health: HealthRunner,
+        prune: Callable[[UnitOfWork], Awaitable[list[str]]],
+    ) -> None:
+        self.ctx = ctx
+        self.hooks = hooks
+        self.health = health
+        self.prune = prune
+
+    async def run(self, uow: UnitOfWork, version: str) -> OpResult:
+        ctx, state = self.ctx, uow.state
+        rec = installed_record(state, version)
+        if rec.status == ReleaseStatus.BAD:
+            raise StateError(
+                f"{ctx.app} {version} is marked bad ({rec.reason}); stage a fixed release"
+            )
+        result = uow.result(version=version)
+        if state.current == version:
+            result.current, result.previous = state.current, state.previous
+            result.message = f"{version} is already active; nothing to do"
+            result.details["already_active"] = True
+            return result
+        spec = await asyncio.to_thread(load_runtime, ctx.layout, state, version)
+        release_dir = ctx.layout.release(version)
+        old = state.current
+        hctx = self.hooks.context(version, old, release_dir)
+        if spec.requires_migration:
+            rec.checkpoint_ref = await self._checkpoint(uow, version, hctx)
+            await uow.save()
+        await self.hooks.run(spec.hooks.pre_activate, "pre_activate", hctx)
+        offsets = await asyncio.to_thread(log_offsets, spec.health, release_dir)
+        intent = await uow.write_intent("activate", old, version)
+        fault_point("activate.intent")
+        phase = Phase.INTENT
+        activations_before = list(state.activations)
+        # Everything from the flip to the commit is inside the try: whatever fails or is
+        # cancelled there (a hook, a check, a full disk, SIGTERM) flips back.
+        try:
+            await asyncio.to_thread(flip, ctx.layout, version)
+            fault_point("activate.flipped")
+            await self._persist(uow, Phase.FLIPPED)
+            phase = check_transition(phase, Phase.FLIPPED)  # only once saved: judged from here
+            uow.emit("flip", version=version, previous=old)
+            hooks_out = await self.hooks.run(
+                [*spec.hooks.post_activate, *ctx.section.hooks.post_activate],
+                "post_activate",
+                hctx,
+            )
+            live = await self.health.run("live", spec.health, version, release_dir, offsets)
+            if live["status"] != "pass":
+                raise HealthCheckError(f"live health checks failed: {health_summary(live)}")
+            fault_point("activate.before_commit")
+            phase = check_transition(phase, Phase.COMMITTING)
+            rec.activated_at, rec.activated_by = utcnow(), ctx.actor
+            rec.hooks = hooks_out
+            rec.health = [*rec.health[-1:], live]
+            state.current = version
+            state.activations = [v for v in state.activations if v != version] + [version]
+            state.pending = None
+            await uow.log(
+                "activate.done", version=version, previous=old, op_id=intent.op_id, actor=ctx.actor
+            )
+            await uow.save()
+            phase = check_transition(phase, Phase.COMMITTED)
+        except BaseException as exc:
+            failed_in = phase
+            await asyncio.shield(self._revert(uow, intent, exc, failed_in, activations_before))
+            if isinstance(exc, Exception):
+                judged = failed_in in (Phase.FLIPPED, Phase.COMMITTING)
+                db_note = (
+                    f" The database was NOT restored (checkpoint {rec.checkpoint_ref!r}): "
+                    "restore it if the old release needs the old schema."
+                    if spec.requires_migration and judged
+                    else ""
+                )
+                raise ActivationFailedError(
+                    f"activation of {ctx.app} {version} failed after the flip and was reverted "
+                    f"to {old or '(no release)'}: {str(exc).rstrip('.')}.{db_note}"
+                ) from exc
+            raise
+        fault_point("activate.committed")
+        uow.emit("activate.done", version=version)
+        result.current, result.previous = state.current, state.previous
+        result.message = f"activated {ctx.app} {version}"
+        pruned = await self.prune(uow)
+        if pruned:
+            result.details["pruned"] = pruned
+        return result
+
+    @staticmethod
+    async def _persist(uow: UnitOfWork, phase: ActivationPhase) -> None:
+        """Save the intent's new phase (write-ahead for the steps it announces)."""
+        pending = uow.state.pending
+        if pending is None or pending.op != "activate":
+            raise StateError("internal error: an activation lost its intent; nothing was flipped")
+        uow.state.pending = pending.model_copy(update={"phase": phase})
+        await uow.save()
+
+    async def _checkpoint(self, uow: UnitOfWork, version: str, hctx: HookContext) -> str:
+        """Run the host's checkpoint command (a database dump); its last output line is the
+        checkpoint reference."""
+        section, app = self.ctx.section, self.ctx.app
+        argv = section.checkpoint
+        if not argv:
+            raise StateError(
+                f"{app} {version} requires a migration, but no checkpoint command is configured "
+                f"for app {app!r}; set apps.{app}.checkpoint in the agent config (e.g. a "
+                "database dump) so the database can be restored"
+            )
+        hook = Hook(name="checkpoint", argv=argv, timeout_s=section.checkpoint_timeout_s)
+        results = await self.hooks.run([hook], "checkpoint", hctx)
+        tail = str(results[-1].get("output_tail", "")).strip().splitlines()
+        ref = tail[-1] if tail else ""
+        await uow.log("checkpoint.done", version=version, ref=ref)
+        uow.emit("checkpoint.done", version=version, ref=ref)
+        return ref
+
+    async def _revert(
+        self,
+        uow: UnitOfWork,
+        intent: Pending,
+        exc: BaseException,
+        failed_in: ActivationPhase,
+        activations: list[str],
+    ) -> None:
+        """Flip back to ``old`` after a failed or interrupted activation (write-ahead: the
+        ``reverting`` phase is saved first, so a crash mid-revert is finished by recovery)."""
+        ctx, state = self.ctx, uow.state
+        version, old = intent.to_version, intent.from_version
+        check_transition(failed_in, Phase.REVERTING)
+        mark_bad = failed_in == Phase.FLIPPED
+        reason = str(exc) or type(exc).__name__
+        uow.emit("revert.start", version=version, to=old, reason=reason[:2000])
+        rec = state.releases[version]
+        if mark_bad:
+            rec.status = ReleaseStatus.BAD
+            rec.reason = f"activation failed: {reason}"[:2000]
+        # A failed commit may have cleared the intent and moved current in memory: restore both.
+        state.activations = activations
+        state.current = old
+        state.pending = intent.model_copy(update={"phase": Phase.REVERTING})
+        try:
+            await uow.save()
+        except CutoverError:  # disk full: flip back anyway; recovery finishes from the journal
+            log.exception("revert_intent_not_saved", app=ctx.app, version=version)
+        await asyncio.to_thread(flip, ctx.layout, old)
+        fault_point("activate.reverted_flip")
+        state.pending = None
+        db: dict[str, Any] = {}
+        if rec.requires_migration and mark_bad:
+            db = {"database_restored": False, "checkpoint_ref": rec.checkpoint_ref}
+            uow.emit(
+                "revert.database",
+                message=f"{version} may have migrated the database; it was NOT restored "
+                f"(checkpoint {rec.checkpoint_ref!r}): restore it by hand if the old release "
+                "needs the old schema",
+            )
+        await uow.log(
+            "activate.reverted",
+            version=version,
+            restored=old,
+            reason=reason[:4000],
+            marked_bad=mark_bad,
+            **db,
+        )
+        await uow.save()
+        if old is not None:
+            try:
+                await self.hooks.post_rollback(state, old, version)
+            except HookError:
+                log.exception("post_rollback_failed_after_revert", app=ctx.app)
+        uow.emit("revert.done", version=version, current=old)

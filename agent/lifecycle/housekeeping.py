@@ -1,0 +1,115 @@
+"""Housekeeping: prune (retention), pin/unpin, delete, and drift checks of installed releases.
+
+Retention (docs/operations.md §6): keep the ``keep`` newest installed releases by staging order
+(never by mtime), plus everything pinned, ``current``, ``previous`` and whatever a pending
+operation uses. Deleting is a rename into ``.cutover/trash/`` under the lock, then removal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from cutover.agent._util.faults import fault_point
+from cutover.agent.errors import DriftError, NotFoundError, StateError
+from cutover.agent.host.drift import find_drift
+from cutover.agent.host.state import AppState
+from cutover.agent.host.trash import empty_trash, trash_release
+from cutover.agent.lifecycle.context import AppContext, OpResult, installed_record
+from cutover.agent.lifecycle.unit import UnitOfWork
+
+__all__ = ["Housekeeping", "retained"]
+
+
+def retained(state: AppState, keep: int) -> set[str]:
+    """The versions retention must keep."""
+    kept = {r.version for r in state.installed()[:keep]}
+    kept |= {r.version for r in state.releases.values() if r.pinned}
+    kept |= {v for v in (state.current, state.previous) if v}
+    if state.pending is not None:
+        kept |= {v for v in (state.pending.from_version, state.pending.to_version) if v}
+    return kept
+
+
+class Housekeeping:
+    """Prune, pin, delete and check_drift of one app."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    async def prune_now(self, uow: UnitOfWork) -> list[str]:
+        """Apply retention inside an operation that holds the unit (also after activations)."""
+        ctx, state = self.ctx, uow.state
+        keep = retained(state, ctx.section.keep)
+        doomed = [r.version for r in state.installed() if r.version not in keep]
+        if not doomed:
+            return []
+        for v in doomed:
+            await asyncio.to_thread(trash_release, ctx.layout, v)
+            state.releases[v].installed = False
+            fault_point("prune.trashed")
+        await uow.log("prune", removed=doomed, actor=ctx.actor)
+        await uow.save()
+        await asyncio.to_thread(empty_trash, ctx.layout)
+        return doomed
+
+    async def prune(self, uow: UnitOfWork) -> OpResult:
+        removed = await self.prune_now(uow)
+        return uow.result(
+            current=uow.state.current,
+            previous=uow.state.previous,
+            details={"removed": removed},
+            message=f"removed {len(removed)} release(s)" if removed else "nothing to prune",
+        )
+
+    async def pin(self, uow: UnitOfWork, version: str, pinned: bool) -> OpResult:
+        rec = installed_record(uow.state, version)
+        rec.pinned = pinned
+        name = "pin" if pinned else "unpin"
+        await uow.log(name, version=version, actor=self.ctx.actor)
+        await uow.save()
+        return uow.result(
+            name,
+            version=version,
+            current=uow.state.current,
+            message=f"{'pinned' if pinned else 'unpinned'} {version}",
+        )
+
+    async def delete(self, uow: UnitOfWork, version: str) -> OpResult:
+        ctx, state = self.ctx, uow.state
+        rec = installed_record(state, version)
+        if version in (state.current, state.previous):
+            raise StateError(
+                f"{ctx.app} {version} is the current or previous release; it cannot be deleted"
+            )
+        if rec.pinned:
+            raise StateError(f"{ctx.app} {version} is pinned; unpin it first")
+        await asyncio.to_thread(trash_release, ctx.layout, version)
+        rec.installed = False
+        await uow.log("delete", version=version, actor=ctx.actor)
+        await uow.save()
+        await asyncio.to_thread(empty_trash, ctx.layout)
+        return uow.result(version=version, current=state.current, message=f"deleted {version}")
+
+    async def check_drift(self, uow: UnitOfWork, version: str | None) -> OpResult:
+        """Re-hash installed releases (default: current) against their kept manifests.
+
+        Raises:
+            NotFoundError: nothing to check. DriftError: files differ (listed).
+        """
+        ctx, state = self.ctx, uow.state
+        versions = [version] if version else [v for v in [state.current] if v]
+        if not versions:
+            raise NotFoundError(f"{ctx.app} has no active release; name a version to verify")
+        report: dict[str, list[str]] = {}
+        for v in versions:
+            report[v] = await asyncio.to_thread(find_drift, ctx.layout, state, v)
+        result = uow.result(current=state.current, details={"drift": report})
+        bad = {v: p for v, p in report.items() if p}
+        if bad:
+            lines = [f"{v}: {p}" for v, ps in bad.items() for p in ps[:20]]
+            raise DriftError(
+                f"{ctx.app}: installed files differ from the signed manifest:\n  "
+                + "\n  ".join(lines)
+            )
+        result.message = f"{', '.join(versions)}: every file matches its manifest"
+        return result
