@@ -182,3 +182,27 @@ def test_crash_during_automatic_revert_is_finished_and_reported(two_releases) ->
     assert any("marked bad" in a for a in status["recovered"])
     assert host.state()["releases"]["1.1.0"]["status"] == "bad"
     assert marker.read_text().split() == ["1.0.0"]
+
+
+def test_failing_post_rollback_hook_during_recovery_is_reported_not_raised(two_releases) -> None:
+    """Recovery reverts an activation killed after its flip; the old release's post_rollback
+    hook fails: the command that recovered still succeeds, the revert stands, and the hook
+    failure is one more reported action in the journaled ``recovery`` entry."""
+    host, make_package = two_releases
+    host.config.write_text(
+        host.config.read_text()
+        + '\n[apps.demo.hooks]\npost_rollback = [{name = "reload", argv = ["sh", "-c", "exit 4"]}]\n'
+    )
+    host.cli_json("stage", str(make_package("1.1.0")))
+    crashed = host.cli("activate", "1.1.0", env={"CUTOVER_TEST_CRASH_AT": "activate.flipped"})
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+
+    status = host.cli_json("status")["apps"][0]
+
+    assert status["current"] == "1.0.0" and host.current == "releases/1.0.0"
+    assert status["pending"] is None
+    assert any("post_rollback hooks after the revert failed" in a for a in status["recovered"])
+    recovery = [e for e in host.journal() if e["event"] == "recovery"]
+    assert recovery and recovery[-1]["actions"] == status["recovered"]
+    assert host.state()["releases"]["1.1.0"]["status"] == "staged"
+    assert host.cli_json("journal", "--verify")["ok"] is True
