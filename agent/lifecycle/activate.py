@@ -93,8 +93,12 @@ class Activate:
         try:
             await asyncio.to_thread(flip, ctx.layout, version)
             fault_point("activate.flipped")
-            await self._persist(uow, Phase.FLIPPED)
-            phase = check_transition(phase, Phase.FLIPPED)  # only once saved: judged from here
+            # Write-ahead for the judgement; the phase counts only once saved (a failed write
+            # is not the release's fault).
+            flipped = check_transition(phase, Phase.FLIPPED)
+            state.pending = intent.model_copy(update={"phase": flipped})
+            await uow.save()
+            phase = flipped
             uow.emit("flip", version=version, previous=old)
             hooks_out = await self.hooks.run(
                 [*spec.hooks.post_activate, *ctx.section.hooks.post_activate],
@@ -141,15 +145,6 @@ class Activate:
         if pruned:
             result.details["pruned"] = pruned
         return result
-
-    @staticmethod
-    async def _persist(uow: UnitOfWork, phase: ActivationPhase) -> None:
-        """Save the intent's new phase (write-ahead for the steps it announces)."""
-        pending = uow.state.pending
-        if pending is None or pending.op != "activate":
-            raise StateError("internal error: an activation lost its intent; nothing was flipped")
-        uow.state.pending = pending.model_copy(update={"phase": phase})
-        await uow.save()
 
     async def _checkpoint(self, uow: UnitOfWork, version: str, hctx: HookContext) -> str:
         """Run the host's checkpoint command (a database dump); its last output line is the
