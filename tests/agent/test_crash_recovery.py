@@ -206,3 +206,28 @@ def test_failing_post_rollback_hook_during_recovery_is_reported_not_raised(two_r
     assert recovery and recovery[-1]["actions"] == status["recovered"]
     assert host.state()["releases"]["1.1.0"]["status"] == "staged"
     assert host.cli_json("journal", "--verify")["ok"] is True
+
+
+@pytest.mark.parametrize("kind", ["unrecorded-dir", "absolute-link"])
+def test_current_only_a_human_can_fix_is_refused_and_nothing_changes(two_releases, kind) -> None:
+    """``current`` on an unrecorded directory, or an absolute link: every locking command exits 6
+    naming the link, and recovery touches nothing (not even a leftover in incoming/) until a
+    human has fixed the link."""
+    host, _ = two_releases
+    if kind == "unrecorded-dir":
+        (host.root / "releases" / "9.9.9").mkdir()
+        target = "releases/9.9.9"
+    else:
+        target = str(host.root / "releases" / "1.0.0")
+    tmp = host.root / "current.manual"
+    tmp.symlink_to(target)
+    tmp.replace(host.root / "current")
+    (host.root / ".cutover" / "incoming" / "1.2.0.partial").mkdir()
+    before, journal_before = host.snapshot(), host.journal()
+
+    proc = host.cli("status")
+
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert str(host.root / "current") in proc.stdout
+    assert host.snapshot() == before and host.journal() == journal_before
+    assert host.current == target
