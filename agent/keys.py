@@ -1,6 +1,6 @@
 """Ed25519 key files: generation, loading and key ids.
 
-Formats (DESIGN.md): private keys are PEM PKCS#8 written with mode 0600; public keys are PEM
+Formats (docs/package-format.md): private keys are PEM PKCS#8 written with mode 0600; public keys are PEM
 SubjectPublicKeyInfo. ``keyid`` is the lowercase hex SHA-256 of the raw 32-byte public key, so any
 tool can derive it (``openssl pkey -pubin -outform DER | tail -c 32 | sha256sum``).
 """

@@ -1,4 +1,4 @@
-"""The four kinds of health check, each run once (DESIGN.md, "Health checks").
+"""The four kinds of health check, each run once (docs/lifecycle.md, "Health checks").
 
 Each gives ``pass``, ``fail`` or ``inconclusive`` with a short detail; the policy that repeats them
 over a phase is :func:`agent.health.run_phase`.

@@ -1,4 +1,4 @@
-"""The phase policy that gates a release on its health checks (DESIGN.md, "Health checks").
+"""The phase policy that gates a release on its health checks (docs/lifecycle.md, "Health checks").
 
 The checks themselves (``http``, ``tcp``, ``command``, ``log``), and what ``pass``, ``fail`` and
 ``inconclusive`` mean for each, are in :mod:`agent._checks`; their public names are re-exported

@@ -1,4 +1,4 @@
-"""Lifecycle hooks: the release's own commands, run as real subprocesses (DESIGN.md, "Hooks").
+"""Lifecycle hooks: the release's own commands, run as real subprocesses (docs/lifecycle.md, "Hooks").
 
 Rules every hook run obeys:
 
@@ -56,7 +56,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 DEFAULT_OUTPUT_CAP_BYTES = 64 * 1024
-# "checkpoint" and "restore" are the host's database commands around a migration (DESIGN.md,
+# "checkpoint" and "restore" are the host's database commands around a migration (docs/lifecycle.md,
 # "Migrations"); they run under the same rules as the release's hooks.
 HOOK_PHASES = frozenset(
     {"stage", "pre_activate", "post_activate", "post_rollback", "checkpoint", "restore"}

@@ -1,4 +1,4 @@
-"""Live reload of the agent config and the key files it names (DESIGN.md, "Trust model").
+"""Live reload of the agent config and the key files it names (docs/security-model.md, "Trust model").
 
 Keys change only by editing files on the host; the agent notices by itself. Rules:
 

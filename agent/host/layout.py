@@ -1,4 +1,4 @@
-"""Where everything of one app root lives (DESIGN.md, "On the host")::
+"""Where everything of one app root lives (docs/operations.md, "Host layout")::
 
     <root>/releases/<version>/   immutable once staged (read-only files and directories)
     <root>/shared/               persistent data linked into every release

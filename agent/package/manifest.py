@@ -1,4 +1,4 @@
-"""The release manifest: the unit of trust (DESIGN.md, "Package format").
+"""The release manifest: the unit of trust (docs/package-format.md).
 
 Everything here is pure: bytes in, models out, :class:`ManifestError` on anything doubtful.
 Rules enforced on every manifest, before any signature is even looked at:

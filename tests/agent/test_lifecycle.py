@@ -1,5 +1,5 @@
 """The release lifecycle on one host, end to end: hooks, health checks, automatic rollback and
-migration checkpoints (DESIGN.md, "Lifecycle of a release on one host").
+migration checkpoints (docs/lifecycle.md).
 
 Everything is real: packages built and signed by our builder, hooks run as subprocesses, HTTP
 checks against aiohttp servers on 127.0.0.1, log files on disk. Set-up steps drive
@@ -535,7 +535,7 @@ def test_rollback_across_an_older_migrating_release_warns(
     host: Host, make_package: PackageFactory
 ) -> None:
     """A → B (migrates the database) → C → ``rollback --to A`` crosses B's migration: the database
-    still has B's schema, so the rollback must warn that it was not restored (DESIGN.md: "A
+    still has B's schema, so the rollback must warn that it was not restored (the design brief: "A
     rollback across such a release warns"), even though C itself did not migrate."""
     configure(host, keys={"checkpoint": ["sh", "-c", CHECKPOINT]})
     deploy(host, make_package(A), A)
