@@ -137,13 +137,14 @@ def test_second_operation_fails_fast_naming_the_holder(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a deadline for a loaded machine
         while not marker.exists():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        t0 = time.monotonic()
         res = host.cli("stage", str(p2))
-        assert time.monotonic() - t0 < 30
+        # "fast" without a stopwatch: the holder sleeps at its checkpoint until killed, so an
+        # answer while it still runs is one that did not wait for the lock.
+        assert proc.poll() is None
         assert res.returncode == 4, res.stdout + res.stderr
         assert (
             "busy" in res.stdout

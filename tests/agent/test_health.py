@@ -224,25 +224,33 @@ async def test_tcp_check(ctx: HealthContext) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "status", "detail"),
+    ("argv", "status", "detail", "timeout_s"),
     [
-        pytest.param(["true"], "pass", "exit code 0", id="exit-0"),
+        # A deadline for a loaded machine where the command must finish; 0.3 s where it must not.
+        pytest.param(["true"], "pass", "exit code 0", 60, id="exit-0"),
         pytest.param(
             ["sh", "-c", "echo db unreachable; exit 2"],
             "fail",
             "exit code 2; output 'db unreachable'",
+            60,
             id="exit-2",
         ),
         pytest.param(
-            ["sh", "-c", "sleep 1000 & sleep 1000"], "fail", "timed out after 0.3s", id="timeout"
+            ["sh", "-c", "sleep 1000 & sleep 1000"],
+            "fail",
+            "timed out after 0.3s",
+            0.3,
+            id="timeout",
         ),
         pytest.param(
-            ["bin/missing-check"], "fail", "cannot execute 'bin/missing-check'", id="missing"
+            ["bin/missing-check"], "fail", "cannot execute 'bin/missing-check'", 60, id="missing"
         ),
     ],
 )
-async def test_command_check(ctx: HealthContext, argv: list[str], status: str, detail: str) -> None:
-    check = CommandCheck(type="command", argv=argv, timeout_s=0.3)
+async def test_command_check(
+    ctx: HealthContext, argv: list[str], status: str, detail: str, timeout_s: float
+) -> None:
+    check = CommandCheck(type="command", argv=argv, timeout_s=timeout_s)
     result = await run_check(check, ctx)
     assert result.status == status
     assert detail in result.detail
@@ -540,7 +548,7 @@ async def test_version_probe_honours_host_and_needs_a_2xx(serve: Serve, ctx: Hea
         return web.Response(status=200 if ok else 404, text="2.0.0")
 
     base = await serve(vhost)
-    with_host = VersionProbe(url=base, host="app.example", deadline_s=1)
+    with_host = VersionProbe(url=base, host="app.example", deadline_s=60)  # passes at once
     assert (await probe_version(with_host, ctx, interval_s=0.05)).status == "pass"
     without = await probe_version(VersionProbe(url=base, deadline_s=0.1), ctx, interval_s=0.05)
     assert without.status == "fail"

@@ -650,7 +650,12 @@ def test_version_probe_confirms_the_running_app_serves_the_new_release(
 
     deploy(host, make_package(A), A)
     url = serve(version)
-    probe = f'[health.version_probe]\nurl = "{url}/version"\ntimeout_s = 1\ndeadline_s = 1.5\n'
+    # The probe passes as soon as B is served: a generous deadline for a loaded machine there;
+    # a short one where it must expire (the stale app never reports B).
+    deadline_s = 60 if app_reloads else 1.5
+    probe = (
+        f'[health.version_probe]\nurl = "{url}/version"\ntimeout_s = 1\ndeadline_s = {deadline_s}\n'
+    )
     op(host, "stage", make_package(B, toml=probe))
     assert asyncio.run(_get(url + "/version"))["version"] == A  # the app runs A before the flip
 

@@ -166,7 +166,7 @@ def run_nginx(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if _wait_listening(proc, port, timeout_s=10):
+        if _wait_listening(proc, port, timeout_s=60):  # a deadline for a loaded machine
             break
         proc.kill()
         proc.wait(10)

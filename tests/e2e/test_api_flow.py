@@ -180,7 +180,7 @@ async def _succeeds(client: Any, request: Any) -> OperationRecord:
     return record
 
 
-async def _wait_for(cond: Any, timeout_s: float = 15.0) -> None:
+async def _wait_for(cond: Any, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -279,19 +279,19 @@ async def test_removed_key_stops_working_without_restart(agent: Agent) -> None:
     async with agent.client(agent.keys.other_deploy) as other, agent.client() as deploy:
         await other.apps()
         agent.write_config(controller_keys=("deploy", "read"))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a deadline for a loaded machine
         while True:
             try:
                 await other.apps()
             except AuthError as exc:
                 assert exc.code == "unknown_key"
                 break
-            assert time.monotonic() < deadline, "removed key still accepted after 10 s"
+            assert time.monotonic() < deadline, "removed key still accepted after 60 s"
             await asyncio.sleep(0.2)
         await deploy.apps()  # the keys that stayed keep working
 
         agent.config.write_text("[agent\nbroken = ")  # a bad edit: logged, old config kept
-        await _wait_for(lambda: "config_reload_failed" in agent.log_text(), 10)
+        await _wait_for(lambda: "config_reload_failed" in agent.log_text(), 60)
         await deploy.apps()
         with pytest.raises(AuthError):
             await other.apps()
@@ -303,9 +303,9 @@ async def test_removed_key_stops_working_without_restart(agent: Agent) -> None:
                 e.get("event") == "config_reloaded" and e.get("trigger") == "sighup"
                 for e in agent.log_events()
             ),
-            10,
+            60,
         )
-        await _wait_for(lambda: "controller_keys_added" in agent.log_text(), 10)
+        await _wait_for(lambda: "controller_keys_added" in agent.log_text(), 60)
         await other.apps()
     assert agent.pid == pid and agent.proc is not None and agent.proc.poll() is None
 

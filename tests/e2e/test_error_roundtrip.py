@@ -362,7 +362,7 @@ async def _stopped_mid_operation(env: Env) -> None:
             event.raise_for_error()
 
 
-async def _until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
+async def _until(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ async def _expect_continue(
     head += "Expect: 100-continue\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(head.encode() + b"\r\n")
-    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
     return first, reader, writer
 
 
@@ -73,13 +74,13 @@ async def test_signed_put_gets_100_continue_then_202(
     try:
         assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(data)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         assert head.startswith(b"HTTP/1.1 202 "), head
     finally:
         writer.close()
     async with agent.client() as c:
         ops = await c.apps()
-        deadline = asyncio.get_running_loop().time() + 20
+        deadline = asyncio.get_running_loop().time() + 60
         while not ops.apps[0].staged:
             assert asyncio.get_running_loop().time() < deadline, ops
             await asyncio.sleep(0.1)
@@ -107,7 +108,7 @@ async def test_json_body_deadline_is_a_setting_named_by_the_408(make_agent: Any)
             await asyncio.sleep(0.25)
             if reader.at_eof() or len(reader._buffer):  # type: ignore[attr-defined]
                 break
-        answer = await asyncio.wait_for(reader.read(), 15)
+        answer = await asyncio.wait_for(reader.read(), 60)
     finally:
         writer.close()
     status_line, _, rest = answer.partition(b"\r\n")
@@ -168,7 +169,7 @@ async def test_malformed_http_gets_our_json_400_without_echo(
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
     try:
         writer.write(request_bytes)
-        answer = await asyncio.wait_for(reader.read(), 15)
+        answer = await asyncio.wait_for(reader.read(), 60)
     finally:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -178,7 +179,11 @@ async def test_malformed_http_gets_our_json_400_without_echo(
     assert b"server: cutover-agent" in head.lower()
     metrics = (await send_raw(agent.port, "GET", "/metrics", [])).body.decode()
     assert 'cutover_http_requests_total{method="OTHER",route="malformed",status="400"}' in metrics
-    await asyncio.sleep(0.1)
+    # Wait for the agent's own line about it (not a fixed sleep), then look at the whole log.
+    deadline = time.monotonic() + 60
+    while not any(e.get("event") == "malformed_requests" for e in agent.log_events()):
+        assert time.monotonic() < deadline, agent.log_text()
+        await asyncio.sleep(0.05)
     log = agent.log_text()
     assert "Traceback" not in log and "SECRET" not in log
 
