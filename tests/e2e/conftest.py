@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -206,14 +205,24 @@ class Agent:
                 with urllib.request.urlopen(  # noqa: S310  # our own URL on 127.0.0.1
                     f"{self.base_url}/v1/health", timeout=1, context=_UNVERIFIED
                 ) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and self._listening():
                         return
-            except urllib.error.HTTPError as exc:  # an answer, not ours: release its socket now
-                exc.close()
-                time.sleep(0.05)
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
+        # Never leave a half-started daemon behind (agents made outside the fixtures are not
+        # stopped at teardown; a running Popen collected later is a ResourceWarning).
+        self.proc.kill()
+        self.proc.wait()
         raise RuntimeError(f"agent did not become healthy:\n{self.log_text()}")
+
+    def _listening(self) -> bool:
+        """Our process logged ``listening``: the port is ours. Without this a 200 could come from
+        another agent that took the free port first (5 suites share this machine), and a daemon
+        that was meant to refuse to start would seem to have started."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        return any(e.get("event") == "listening" and e.get("pid") == pid for e in self.log_events())
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 120.0) -> int:
         """Signal the agent and wait; returns its exit code (SIGKILL after ``timeout_s``)."""

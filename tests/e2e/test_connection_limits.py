@@ -16,7 +16,6 @@ import re
 import select
 import socket
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,9 +274,6 @@ def _wait_for_accept_failure(agent: Agent, deadline_s: float = 20) -> str:
         try:
             with urllib.request.urlopen(f"{agent.base_url}/metrics", timeout=5) as resp:  # noqa: S310
                 return resp.read().decode()
-        except urllib.error.HTTPError as exc:  # an answer, not the metrics: release its socket
-            exc.close()
-            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
     raise AssertionError(agent.log_text())
