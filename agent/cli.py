@@ -24,6 +24,7 @@ from cutover.agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
+from cutover.agent.host.state import ReleaseRecord, ReleaseStatus
 from cutover.agent.lifecycle.manager import AppManager, OpResult
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import peek_app
@@ -128,7 +129,7 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     return ExitCode.OK
 
 
-def _state_view(cfg: LoadedConfig, app: str) -> dict[str, Any]:
+def _state_view(cfg: LoadedConfig, app: str, *, with_results: bool = False) -> dict[str, Any]:
     mgr = _manager(cfg, app)
     state = mgr.snapshot()
     return {
@@ -139,10 +140,18 @@ def _state_view(cfg: LoadedConfig, app: str) -> dict[str, Any]:
         "highest_version": state.highest_version,
         "pending": state.pending.model_dump() if state.pending else None,
         "releases": [
-            r.model_dump(exclude={"hooks", "health"})
+            _release_view(r, with_results=with_results)
             for r in sorted(state.releases.values(), key=lambda r: -r.seq)
         ],
     }
+
+
+def _release_view(rec: ReleaseRecord, *, with_results: bool = True) -> dict[str, Any]:
+    """One release as ``status``/``releases`` show it: a removed release says ``pruned``."""
+    view = rec.model_dump(mode="json", exclude=None if with_results else {"hooks", "health"})
+    if not rec.installed and rec.status not in (ReleaseStatus.FAILED, ReleaseStatus.BAD):
+        view["status"] = "pruned"
+    return view
 
 
 def cmd_status(args: argparse.Namespace, out: _Out) -> int:
@@ -176,7 +185,7 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
 def cmd_releases(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     app = _pick_app(cfg, args.app)
-    view = _state_view(cfg, app)
+    view = _state_view(cfg, app, with_results=True)
 
     def human() -> None:
         rows = [("VERSION", "STATUS", "STAGED", "ACTIVATED", "PIN", "SIGNERS")]

@@ -160,7 +160,15 @@ class Activate:
         hook = Hook(name="checkpoint", argv=argv, timeout_s=section.checkpoint_timeout_s)
         results = await self.hooks.run([hook], "checkpoint", hctx)
         tail = str(results[-1].get("output_tail", "")).strip().splitlines()
-        ref = tail[-1] if tail else ""
+        ref = tail[-1].strip() if tail else ""
+        if not ref:
+            # A dump that names nothing cannot be restored: it is not a checkpoint.
+            await uow.log("checkpoint.failed", version=version, error="no reference printed")
+            raise StateError(
+                f"the checkpoint command of {app} ({' '.join(argv)}) printed no reference, so "
+                f"there is nothing to restore {version}'s migration from; make it print the "
+                "dump's name or path as its last output line, then retry the activation"
+            )
         await uow.log("checkpoint.done", version=version, ref=ref)
         uow.emit("checkpoint.done", version=version, ref=ref)
         return ref

@@ -1,7 +1,7 @@
 """Housekeeping: prune (retention), pin/unpin, delete, and drift checks of installed releases.
 
-Retention (docs/operations.md §6): keep the ``keep`` newest installed releases by staging order
-(never by mtime), plus everything pinned, ``current``, ``previous`` and whatever a pending
+Retention (docs/operations.md §6): keep the ``keep`` newest installed good releases by staging
+order (never by mtime; bad and failed ones take no slot), plus everything pinned, ``current``, ``previous`` and whatever a pending
 operation uses. Deleting is a rename into ``.cutover/trash/`` under the lock, then removal.
 """
 
@@ -12,7 +12,7 @@ import asyncio
 from cutover.agent._util.faults import fault_point
 from cutover.agent.errors import DriftError, NotFoundError, StateError
 from cutover.agent.host.drift import find_drift
-from cutover.agent.host.state import AppState
+from cutover.agent.host.state import AppState, ReleaseStatus
 from cutover.agent.host.trash import empty_trash, trash_release
 from cutover.agent.lifecycle.context import AppContext, OpResult, installed_record
 from cutover.agent.lifecycle.unit import UnitOfWork
@@ -21,8 +21,12 @@ __all__ = ["Housekeeping", "retained"]
 
 
 def retained(state: AppState, keep: int) -> set[str]:
-    """The versions retention must keep."""
-    kept = {r.version for r in state.installed()[:keep]}
+    """The versions retention must keep: bad and failed releases never count toward ``keep``
+    (they go first), so a run of broken deploys cannot push the good releases out."""
+    good = [
+        r for r in state.installed() if r.status not in (ReleaseStatus.BAD, ReleaseStatus.FAILED)
+    ]
+    kept = {r.version for r in good[:keep]}
     kept |= {r.version for r in state.releases.values() if r.pinned}
     kept |= {v for v in (state.current, state.previous) if v}
     if state.pending is not None:

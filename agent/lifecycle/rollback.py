@@ -30,11 +30,20 @@ from cutover.agent.lifecycle.runners import HealthRunner, HookRunner, health_sum
 from cutover.agent.lifecycle.unit import UnitOfWork
 from cutover.agent.package.manifest import Hook
 
-__all__ = ["Rollback", "crossed"]
+__all__ = ["Rollback", "crossed", "is_forward"]
+
+
+def is_forward(state: AppState, target: str) -> bool:
+    """Whether going to ``target`` moves forward: it is not in the activation history before
+    ``current`` (an earlier rollback unwound it), so nothing being left was activated after it."""
+    return target != state.current and target not in state.activations
 
 
 def crossed(state: AppState, target: str) -> list[str]:
-    """Releases a rollback to ``target`` leaves behind, oldest first."""
+    """Releases a rollback to ``target`` leaves behind, oldest first (none moving forward: the
+    releases being left were activated before ``target``, whose schema is the newer one)."""
+    if is_forward(state, target):
+        return []
     if target in state.activations:
         idx = len(state.activations) - 1 - state.activations[::-1].index(target)
         left = state.activations[idx + 1 :]
@@ -84,6 +93,12 @@ class Rollback:
         # Load (and digest-check) the target's runtime spec before changing anything.
         spec = await asyncio.to_thread(load_runtime, ctx.layout, state, target)
         old = state.current
+        if restore and is_forward(state, target):
+            raise StateError(
+                f"--restore refused: {ctx.app} {target} was active after {old}, so going to it "
+                "moves forward and no checkpoint holds the schema it expects; run the rollback "
+                "without --restore (its migrations already ran on this database)"
+            )
         migrated = [
             state.releases[v]
             for v in crossed(state, target)

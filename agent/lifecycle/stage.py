@@ -95,10 +95,12 @@ class Stage:
             if verified.already_known and rec is not None and rec.installed:
                 if rec.status == ReleaseStatus.BAD:
                     result.message = f"{version} is already on this host (marked bad: {rec.reason})"
+                elif version == state.current:
+                    result.message = f"{version} is already installed and is the active release"
+                    result.details["already_active"] = True
                 else:
                     result.message = f"{version} is already staged; nothing to do"
                 result.details["already_staged"] = True
-                result.current = state.current
                 return result
             uow.emit("verify.done", version=version, signers=list(verified.signers))
             await uow.log(

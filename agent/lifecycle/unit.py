@@ -43,7 +43,11 @@ class UnitOfWork:
         self.outcome: OpResult | None = None
 
     def result(self, op: str | None = None, **fields: Any) -> OpResult:
-        """The operation's result, with what recovery did; remembered for the log line."""
+        """The operation's result, with what recovery did; remembered for the log line.
+
+        ``current`` and ``previous`` default to the state's, so every result shows both."""
+        fields.setdefault("current", self.state.current)
+        fields.setdefault("previous", self.state.previous)
         self.outcome = OpResult(op or self.op, self.ctx.app, recovered=self.recovered, **fields)
         return self.outcome
 
