@@ -299,6 +299,12 @@ def cmd_pin(args: argparse.Namespace, out: _Out) -> int:
     return ExitCode.OK
 
 
+def cmd_clear_bad(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    _print_op(out, _run(_manager(cfg, _pick_app(cfg, args.app)).clear_bad(args.version)))
+    return ExitCode.OK
+
+
 def cmd_delete(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     _print_op(out, _run(_manager(cfg, _pick_app(cfg, args.app)).delete(args.version)))
@@ -457,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = add(name, cmd_pin, help_)
         sp.add_argument("version")
+    sp = add(
+        "clear-bad",
+        cmd_clear_bad,
+        "lift the bad mark of a release you know is fine (journaled, with who did it)",
+    )
+    sp.add_argument("version")
     sp = add("delete", cmd_delete, "delete one release that is not current, previous or pinned")
     sp.add_argument("version")
     sp = add("journal", cmd_journal, "show the audit journal, or --verify its hash chain")

@@ -463,6 +463,11 @@ class AgentClient:
         path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/unpin"
         return await self._call("POST", path, OperationResult)
 
+    async def clear_bad(self, app: str, version: str) -> OperationResult:
+        """Lift a release's ``bad`` mark (journaled on the agent with this key as the actor)."""
+        path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/clear-bad"
+        return await self._call("POST", path, OperationResult)
+
     # ------------------------------------------------------------------ following
     async def events(self, op_id: str) -> AsyncGenerator[Event, None]:
         """The operation's events: every past one, then live ones until ``operation.done``."""

@@ -433,6 +433,20 @@ async def unpin(request: web.Request) -> web.Response:
     return await _pin(request, False)
 
 
+@routes.post(
+    "/v1/apps/{app}/releases/{version}/clear-bad", name="clear_bad", expect_handler=_defer_expect
+)
+async def clear_bad(request: web.Request) -> web.Response:
+    check_query(request)
+    ctx = _ctx(request)
+    app, version = _app(request), _version(request)
+    _no_body(request)
+    ctx.accepting()
+    ctx.registry.check_free(app)
+    result = await ctx.manager(app, _caller(request).actor).clear_bad(version)
+    return web.json_response(OperationResult.model_validate(result.to_json()).to_json())
+
+
 @routes.get("/v1/operations/{op_id}", name="operation", expect_handler=_defer_expect)
 async def operation(request: web.Request) -> web.Response:
     check_query(request)

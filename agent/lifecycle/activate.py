@@ -88,6 +88,10 @@ class Activate:
         fault_point("activate.intent")
         phase = Phase.INTENT
         activations_before = list(state.activations)
+        # Whose fault a failure in the flipped phase is: the release's own hooks and checks mark
+        # it bad; a host-local hook or an unreachable dependency (inconclusive checks) marks it
+        # failed, which a later activation may retry.
+        blame = "release"
         # Everything from the flip to the commit is inside the try: whatever fails or is
         # cancelled there (a hook, a check, a full disk, SIGTERM) flips back.
         try:
@@ -100,17 +104,22 @@ class Activate:
             await uow.save()
             phase = flipped
             uow.emit("flip", version=version, previous=old)
-            hooks_out = await self.hooks.run(
-                [*spec.hooks.post_activate, *ctx.section.hooks.post_activate],
-                "post_activate",
-                hctx,
+            hooks_out = await self.hooks.run(spec.hooks.post_activate, "post_activate", hctx)
+            blame = "host"
+            hooks_out += await self.hooks.run(
+                ctx.section.hooks.post_activate, "post_activate", hctx
             )
+            blame = "release"
             live = await self.health.run("live", spec.health, version, release_dir, offsets)
+            result.details["health"] = live
             if live["status"] != "pass":
+                blame = "host" if live["status"] == "inconclusive" else "release"
                 raise HealthCheckError(f"live health checks failed: {health_summary(live)}")
             fault_point("activate.before_commit")
             phase = check_transition(phase, Phase.COMMITTING)
             rec.activated_at, rec.activated_by = utcnow(), ctx.actor
+            if rec.status == ReleaseStatus.FAILED:  # a retried activation clears the verdict
+                rec.status, rec.reason = ReleaseStatus.STAGED, ""
             rec.hooks = hooks_out
             rec.health = [*rec.health[-1:], live]
             state.current = version
@@ -123,7 +132,9 @@ class Activate:
             phase = check_transition(phase, Phase.COMMITTED)
         except BaseException as exc:
             failed_in = phase
-            await asyncio.shield(self._revert(uow, intent, exc, failed_in, activations_before))
+            await asyncio.shield(
+                self._revert(uow, intent, exc, failed_in, activations_before, blame)
+            )
             if isinstance(exc, Exception):
                 judged = failed_in in (Phase.FLIPPED, Phase.COMMITTING)
                 db_note = (
@@ -135,6 +146,7 @@ class Activate:
                 raise ActivationFailedError(
                     f"activation of {ctx.app} {version} failed after the flip and was reverted "
                     f"to {old or '(no release)'}: {str(exc).rstrip('.')}.{db_note}"
+                    f"{_verdict(rec.status, version)}"
                 ) from exc
             raise
         fault_point("activate.committed")
@@ -180,19 +192,25 @@ class Activate:
         exc: BaseException,
         failed_in: ActivationPhase,
         activations: list[str],
+        blame: str = "release",
     ) -> None:
         """Flip back to ``old`` after a failed or interrupted activation (write-ahead: the
         ``reverting`` phase is saved first, so a crash mid-revert is finished by recovery)."""
         ctx, state = self.ctx, uow.state
         version, old = intent.to_version, intent.from_version
         check_transition(failed_in, Phase.REVERTING)
-        mark_bad = failed_in == Phase.FLIPPED
+        judged = failed_in == Phase.FLIPPED
+        mark_bad = judged and blame == "release"
+        mark_failed = judged and blame == "host"
         reason = str(exc) or type(exc).__name__
         uow.emit("revert.start", version=version, to=old, reason=reason[:2000])
         rec = state.releases[version]
         if mark_bad:
             rec.status = ReleaseStatus.BAD
             rec.reason = f"activation failed: {reason}"[:2000]
+        elif mark_failed:
+            rec.status = ReleaseStatus.FAILED
+            rec.reason = f"activation failed on this host (retryable): {reason}"[:2000]
         # A failed commit may have cleared the intent and moved current in memory: restore both.
         state.activations = activations
         state.current = old
@@ -219,6 +237,7 @@ class Activate:
             restored=old,
             reason=reason[:4000],
             marked_bad=mark_bad,
+            marked_failed=mark_failed,
             **db,
         )
         await uow.save()
@@ -228,3 +247,18 @@ class Activate:
             except HookError:
                 log.exception("post_rollback_failed_after_revert", app=ctx.app)
         uow.emit("revert.done", version=version, current=old)
+
+
+def _verdict(status: ReleaseStatus, version: str) -> str:
+    """What the revert concluded about the release, and what to do next."""
+    if status == ReleaseStatus.BAD:
+        return (
+            f" {version} is marked bad (its own hooks or checks failed): stage a fixed release, "
+            f"or `cutover-agent clear-bad {version}` if you know the release is fine."
+        )
+    if status == ReleaseStatus.FAILED:
+        return (
+            f" {version} is marked failed, not bad (a host-local hook or an unreachable "
+            f"dependency failed, not the release): fix the host, then retry `activate {version}`."
+        )
+    return ""

@@ -1,4 +1,5 @@
-"""Housekeeping: prune (retention), pin/unpin, delete, and drift checks of installed releases.
+"""Housekeeping: prune (retention), pin/unpin, clear-bad, delete, and drift checks of installed
+releases.
 
 Retention (docs/operations.md §6): keep the ``keep`` newest installed good releases by staging
 order (never by mtime; bad and failed ones take no slot), plus everything pinned, ``current``, ``previous`` and whatever a pending
@@ -76,6 +77,26 @@ class Housekeeping:
             version=version,
             current=uow.state.current,
             message=f"{'pinned' if pinned else 'unpinned'} {version}",
+        )
+
+    async def clear_bad(self, uow: UnitOfWork, version: str) -> OpResult:
+        """Lift a ``bad`` mark (the operator knows better): the release may be activated again.
+
+        Raises:
+            StateError: the release is not marked bad.
+        """
+        rec = installed_record(uow.state, version)
+        if rec.status != ReleaseStatus.BAD:
+            raise StateError(
+                f"{self.ctx.app} {version} is not marked bad (it is {rec.status.value}); "
+                "nothing to clear"
+            )
+        was = rec.reason
+        rec.status, rec.reason = ReleaseStatus.STAGED, ""
+        await uow.log("clear_bad", version=version, actor=self.ctx.actor, was=was)
+        await uow.save()
+        return uow.result(
+            version=version, message=f"cleared the bad mark of {version} (was: {was})"
         )
 
     async def delete(self, uow: UnitOfWork, version: str) -> OpResult:

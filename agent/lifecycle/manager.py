@@ -109,6 +109,11 @@ class AppManager:
         async with self._unit("pin", "pin" if pinned else "unpin") as uow:
             return await self._housekeeping.pin(uow, version, pinned)
 
+    async def clear_bad(self, version: str) -> OpResult:
+        """Lift the ``bad`` mark of a release, journaled with the actor."""
+        async with self._unit("clear-bad", f"clear-bad {version}") as uow:
+            return await self._housekeeping.clear_bad(uow, version)
+
     async def delete(self, version: str) -> OpResult:
         """Delete one release that is not current, previous or pinned."""
         async with self._unit("delete", f"delete {version}") as uow:

@@ -91,7 +91,6 @@ def test_checkpoint_that_prints_nothing_is_a_failed_checkpoint(
 
 
 # ---------------------------------------------------------------------------------- item 8
-@pytest.mark.xfail(strict=True, reason="issue 9 item 8: in progress")
 def test_failing_host_hook_marks_failed_retryable_then_activates(
     host: Host, make_package: PackageFactory
 ) -> None:
@@ -121,7 +120,6 @@ def test_failing_host_hook_marks_failed_retryable_then_activates(
     assert again["current"] == B and host.state()["releases"][B]["status"] == "active"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 8: in progress")
 def test_failing_release_hook_marks_bad_and_clear_bad_makes_it_activatable(
     host: Host, make_package: PackageFactory
 ) -> None:

@@ -18,6 +18,7 @@ from cutover.agent.errors import (
     DigestMismatchError,
     LockedError,
     NotFoundError,
+    StateError,
     TransportError,
 )
 from cutover.agent.host.lock import AppLock
@@ -166,6 +167,8 @@ async def test_pin_protects_from_delete_then_delete_removes(
             refused.status == "failed" and refused.error and refused.error.error == "invalid_state"
         )
         await c.unpin(APP, "1.0.0")
+        with pytest.raises(StateError, match="not marked bad"):  # clear-bad: only a bad release
+            await c.clear_bad(APP, "1.0.0")
         deleted = await c.wait((await c.delete(APP, "1.0.0")).operation)
         assert deleted.status == "succeeded", deleted
         assert not (agent.root / "releases" / "1.0.0").exists()
