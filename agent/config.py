@@ -131,6 +131,7 @@ class HostHooks(_Strict):
 
     post_activate: list[Hook] = []
     post_rollback: list[Hook] = []
+    on_failure: list[Hook] = []
 
 
 class AppSection(_Strict):

@@ -59,7 +59,15 @@ DEFAULT_OUTPUT_CAP_BYTES = 64 * 1024
 # "checkpoint" and "restore" are the host's database commands around a migration (docs/lifecycle.md,
 # "Migrations"); they run under the same rules as the release's hooks.
 HOOK_PHASES = frozenset(
-    {"stage", "pre_activate", "post_activate", "post_rollback", "checkpoint", "restore"}
+    {
+        "stage",
+        "pre_activate",
+        "post_activate",
+        "post_rollback",
+        "on_failure",
+        "checkpoint",
+        "restore",
+    }
 )
 ERROR_TAIL_LINES = 20
 

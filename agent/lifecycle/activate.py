@@ -32,7 +32,7 @@ from cutover.agent.errors import (
     StateError,
 )
 from cutover.agent.host.current import flip
-from cutover.agent.host.kept import load_runtime
+from cutover.agent.host.kept import RuntimeSpec, load_runtime
 from cutover.agent.host.phases import ActivationPhase, check_transition
 from cutover.agent.host.state import Pending, ReleaseStatus, utcnow
 from cutover.agent.lifecycle.context import AppContext, OpResult, installed_record
@@ -77,8 +77,31 @@ class Activate:
             return result
         spec = await asyncio.to_thread(load_runtime, ctx.layout, state, version)
         release_dir = ctx.layout.release(version)
+        hctx = self.hooks.context(version, state.current, release_dir)
+        try:
+            return await self._run(uow, version, spec, hctx, result)
+        except Exception as exc:
+            await self._on_failure(spec.hooks.on_failure or [], hctx, exc)
+            raise
+
+    async def _on_failure(self, own: list[Hook], hctx: HookContext, exc: Exception) -> None:
+        """The ``on_failure`` hooks (release's, then host's) of an activation that did not
+        complete; their own failure is journaled and logged, never raised over ``exc``."""
+        hooks = [*own, *self.ctx.section.hooks.on_failure]
+        if not hooks:
+            return
+        try:
+            await self.hooks.run(hooks, "on_failure", hctx)
+        except HookError:
+            log.exception("on_failure_hooks_failed", app=self.ctx.app, after=str(exc)[:200])
+
+    async def _run(
+        self, uow: UnitOfWork, version: str, spec: RuntimeSpec, hctx: HookContext, result: OpResult
+    ) -> OpResult:
+        ctx, state = self.ctx, uow.state
+        rec = state.releases[version]
+        release_dir = ctx.layout.release(version)
         old = state.current
-        hctx = self.hooks.context(version, old, release_dir)
         if spec.requires_migration:
             rec.checkpoint_ref = await self._checkpoint(uow, version, hctx)
             await uow.save()

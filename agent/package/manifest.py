@@ -200,6 +200,10 @@ class Hooks(_Model):
     pre_activate: list[Hook] = []
     post_activate: list[Hook] = []
     post_rollback: list[Hook] = []
+    # Run whenever an activation does not complete, before or after the flip (e.g. `artisan up`
+    # after a `down` in pre_activate). None, not [], when absent: a manifest without it keeps
+    # its exact canonical bytes, so agents that predate the field still accept it.
+    on_failure: list[Hook] | None = None
 
 
 class HttpCheck(_Model):

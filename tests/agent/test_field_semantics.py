@@ -147,7 +147,6 @@ def test_failing_release_hook_marks_bad_and_clear_bad_makes_it_activatable(
 
 
 # ---------------------------------------------------------------------------------- item 9
-@pytest.mark.xfail(strict=True, reason="issue 9 item 9: in progress")
 def test_on_failure_hooks_run_when_pre_activate_fails(
     host: Host, make_package: PackageFactory
 ) -> None:
@@ -168,7 +167,6 @@ def test_on_failure_hooks_run_when_pre_activate_fails(
     assert any(e["event"] == "hooks.done" and e["phase"] == "on_failure" for e in host.journal())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 9: in progress")
 def test_on_failure_hooks_run_after_a_revert_and_not_on_success(
     host: Host, make_package: PackageFactory
 ) -> None:
