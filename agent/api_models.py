@@ -145,6 +145,10 @@ class ReleaseInfo(_Response):
     runtime_digest: str = ""
     signers: list[str] = []
     release_type: str = ""
+    build: str = ""
+    commit: str = ""
+    branch: str = ""
+    notes: str = ""
     requires_migration: bool = False
     staged_at: str = ""
     staged_by: str = ""

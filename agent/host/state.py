@@ -9,9 +9,11 @@ Release states::
     staged   installed and verified; may be activated
     active   ``current`` points at it (exactly one, or none before the first activation)
     previous the release that was active before ``active``: the default rollback target
-    bad      activation failed after the flip (reverted) or an operator marked it; never chosen
-             by a plain rollback
-    failed   staging failed; nothing is installed, the record stays for the audit trail
+    bad      activation failed after the flip because of the release's own hooks or checks
+             (reverted); never chosen by a rollback, not activated again until ``clear-bad``
+    failed   staging failed (nothing is installed, the record stays for the audit trail), or an
+             activation failed because of the host (a host-local hook, an unreachable
+             dependency): still installed, may be activated again
 
 ``pending`` is the write-ahead intent of an operation that changes ``current``: recovery reads it
 to finish or revert that operation after a crash (its ``phase``: :mod:`agent.host.phases`).
@@ -35,6 +37,8 @@ from cutover.agent.errors import StorageError
 from cutover.agent.host.phases import ActivationPhase
 
 __all__ = [
+    "NOTES_CAP",
+    "RESULTS_CAP",
     "AppState",
     "Pending",
     "ReleaseRecord",
@@ -44,6 +48,10 @@ __all__ = [
     "record_rollback",
     "utcnow",
 ]
+
+
+RESULTS_CAP = 50  # hook and health results kept per release (each with bounded output tails)
+NOTES_CAP = 4000  # characters of the manifest's notes kept on the record
 
 
 def utcnow() -> str:
@@ -70,6 +78,10 @@ class ReleaseRecord(_Model):
     runtime_digest: str = ""  # of manifests/<v>.runtime.json (hooks, health, shared)
     signers: list[str] = []
     release_type: str = ""
+    build: str = ""  # provenance from the signed manifest
+    commit: str = ""
+    branch: str = ""
+    notes: str = ""  # bounded (NOTES_CAP)
     requires_migration: bool = False
     staged_at: str = ""
     staged_by: str = ""
@@ -79,8 +91,15 @@ class ReleaseRecord(_Model):
     installed: bool = True
     reason: str = ""  # why bad/failed
     checkpoint_ref: str | None = None
-    hooks: list[dict[str, Any]] = []  # last hook results (bounded tails)
-    health: list[dict[str, Any]] = []  # last health phase results
+    hooks: list[dict[str, Any]] = []  # every phase's hook results, oldest first (bounded tails)
+    health: list[dict[str, Any]] = []  # every health phase's result, oldest first
+
+    def add_results(
+        self, hooks: list[dict[str, Any]], health: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Append one phase's hook and health results, keeping the newest RESULTS_CAP of each."""
+        self.hooks = [*self.hooks, *hooks][-RESULTS_CAP:]
+        self.health = [*self.health, *(health or [])][-RESULTS_CAP:]
 
 
 class Pending(_Model):

@@ -143,8 +143,7 @@ class Activate:
             rec.activated_at, rec.activated_by = utcnow(), ctx.actor
             if rec.status == ReleaseStatus.FAILED:  # a retried activation clears the verdict
                 rec.status, rec.reason = ReleaseStatus.STAGED, ""
-            rec.hooks = hooks_out
-            rec.health = [*rec.health[-1:], live]
+            rec.add_results(hooks_out, [live])
             state.current = version
             state.activations = [v for v in state.activations if v != version] + [version]
             state.pending = None

@@ -138,6 +138,13 @@ class HealthRunner:
         if probe is not None and result.status == "pass":
             seen = await healthmod.probe_version(probe, hctx)
             out["version_probe"] = {"status": seen.status, "detail": seen.detail}
+            ctx.emit(
+                "health.check",
+                phase=phase_name,
+                name="version_probe",
+                status=seen.status,
+                detail=seen.detail,
+            )
             if seen.status != "pass":
                 out["status"] = seen.status
         ctx.emit("health.done", phase=phase_name, status=out["status"])

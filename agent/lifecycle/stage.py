@@ -23,7 +23,7 @@ from cutover.agent._util.faults import fault_point
 from cutover.agent.errors import CutoverError, HealthCheckError
 from cutover.agent.host import installer
 from cutover.agent.host.drift import record_inventory
-from cutover.agent.host.state import AppState, ReleaseRecord, ReleaseStatus, utcnow
+from cutover.agent.host.state import NOTES_CAP, AppState, ReleaseRecord, ReleaseStatus, utcnow
 from cutover.agent.host.trash import remove_tree, trash_release
 from cutover.agent.lifecycle.context import AppContext, OpResult
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner, health_summary
@@ -165,6 +165,10 @@ class Stage:
             runtime_digest=runtime_digest,
             signers=list(verified.signers),
             release_type=manifest.release_type.value,
+            build=manifest.build,
+            commit=manifest.commit,
+            branch=manifest.branch,
+            notes=manifest.notes[:NOTES_CAP],
             requires_migration=manifest.requires_migration,
             staged_at=utcnow(),
             staged_by=ctx.actor,
@@ -176,7 +180,16 @@ class Stage:
         if state.highest_version is None or _newer(version, state.highest_version):
             state.highest_version = version
         await uow.log(
-            "stage.done", version=version, actor=ctx.actor, manifest_sha256=verified.digest
+            "stage.done",
+            version=version,
+            actor=ctx.actor,
+            manifest_sha256=verified.digest,
+            release_type=manifest.release_type.value,
+            build=manifest.build,
+            commit=manifest.commit,
+            branch=manifest.branch,
+            signers=list(verified.signers),
+            notes=manifest.notes[:NOTES_CAP],
         )
         await uow.save()
         fault_point("stage.recorded")

@@ -9,9 +9,16 @@ is the contract; set-up runs in-process (helpers shared with tests/agent/test_li
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+from aiohttp import web
+
+from cutover.agent.config import load_config
 from cutover.agent.errors import ActivationFailedError, ExitCode
+from cutover.agent.lifecycle.manager import AppManager
 from tests.agent.test_lifecycle import (
     CHECKPOINT,
     MIGRATING,
@@ -22,6 +29,8 @@ from tests.agent.test_lifecycle import (
     lines,
     mark,
     op,
+    serve,  # noqa: F401 (a fixture)
+    served_version,
     shared,
 )
 from tests.conftest import Host, PackageFactory
@@ -206,7 +215,6 @@ def test_bad_releases_are_pruned_first_and_take_no_retention_slot(
 
 
 # ---------------------------------------------------------------------------------- item 12
-@pytest.mark.xfail(strict=True, reason="issue 9 item 12: in progress")
 def test_records_show_provenance_and_every_phase(host: Host, make_package: PackageFactory) -> None:
     deploy(host, make_package(A), A)
     toml = hook("stage", "build", "true") + hook("post_activate", "reload", "true")
@@ -226,6 +234,29 @@ def test_records_show_provenance_and_every_phase(host: Host, make_package: Packa
     assert "commit" in {k for r in status["releases"] for k in r}
     done = [e for e in host.journal() if e["event"] == "stage.done"][-1]
     assert done["release_type"] and done["signers"] and "commit" in done
+
+
+def test_version_probe_outcome_is_a_health_check_event(
+    host: Host,
+    make_package: PackageFactory,
+    serve: Callable[..., str],  # noqa: F811
+) -> None:
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"app": "demo", "version": served_version(host)})
+
+    deploy(host, make_package(A), A)
+    url = serve(version)
+    probe = f'[health.version_probe]\nurl = "{url}/version"\ntimeout_s = 1\ndeadline_s = 5\n'
+    op(host, "stage", make_package(B, toml=probe))
+    events: list[dict[str, Any]] = []
+    cfg = load_config(host.config)
+    mgr = AppManager(host.app, cfg.apps[host.app], cfg.policies[host.app], events=events.append)
+
+    res = asyncio.run(mgr.activate(B))
+
+    assert res.details["health"]["version_probe"]["status"] == "pass"
+    checks = [e for e in events if e["event"] == "health.check"]
+    assert [(e["name"], e["status"]) for e in checks] == [("version_probe", "pass")]
 
 
 # ---------------------------------------------------------------------------------- item 13, 14
