@@ -219,7 +219,9 @@ def cmd_stage(args: argparse.Namespace, out: _Out) -> int:
         fh.close()
         app = peek_app(parts.manifest_bytes)
     app = _pick_app(cfg, app)
-    progress = _progress_bar() if sys.stderr.isatty() and not out.json else None
+    from cutover.agent.progress import stage_bar  # rich: only when drawn
+
+    progress = stage_bar() if sys.stderr.isatty() and not out.json else None
     mgr = _manager(cfg, app, progress_events=not out.json)
     try:
         res = _run(
@@ -237,36 +239,17 @@ def cmd_stage(args: argparse.Namespace, out: _Out) -> int:
     return ExitCode.OK
 
 
-def _progress_bar() -> Callable[[str, int, int], None]:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(step: str, done: int, total: int) -> None:
-        if step == "done":
-            bar.stop()
-            return
-        if step not in tasks:
-            if not tasks:
-                bar.start()
-            tasks[step] = bar.add_task(step, total=total or None)
-        bar.update(tasks[step], completed=done)
-
-    return update
-
-
 def cmd_activate(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
-    res = _run(
-        _manager(cfg, _pick_app(cfg, args.app), progress_events=not out.json).activate(args.version)
-    )
+    app = _pick_app(cfg, args.app)
+    if out.json or not sys.stderr.isatty():
+        res = _run(_manager(cfg, app, progress_events=not out.json).activate(args.version))
+    else:  # a terminal: phases, check results and the bake countdown (agent/progress.py)
+        from cutover.agent.progress import ActivationProgress
+
+        with ActivationProgress() as shown:
+            mgr = AppManager(app, cfg.apps[app], cfg.policies[app], actor=_actor(), events=shown)
+            res = _run(mgr.activate(args.version))
     _print_op(out, res)
     return ExitCode.OK
 

@@ -224,8 +224,12 @@ def build_package(
     expires_after: timedelta | None = None,
     compression: str = "zstd",
     progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build an unsigned package of ``app_dir`` at ``output``.
+
+    ``on_total`` is told the bytes of regular files to pack once the tree is walked, before any
+    ``progress`` call (so a progress bar knows its total).
 
     Raises:
         ConfigError: cutover.toml is missing or invalid.
@@ -240,6 +244,10 @@ def build_package(
     if output.exists():
         raise ConfigError(f"{output} exists already; choose another -o path or remove it")
     walked = _walk(app_dir, cfg)
+    if on_total is not None:
+        on_total(
+            sum(st.st_size for _, st, link in walked if link is None and stat.S_ISREG(st.st_mode))
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=output.parent) as payload_file:
         writer = PayloadWriter(payload_file, compression)

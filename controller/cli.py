@@ -57,6 +57,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def human_size(n: int) -> str:
+    """``1.5 MiB``: binary units, one decimal from KiB up; plain bytes below."""
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     notes = args.notes or ""
     if args.notes_file:
@@ -76,6 +88,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         def progress(n: int) -> None:
             bar.advance(task, n)
 
+        def on_total(n: int) -> None:
+            bar.update(task, total=n)
+
     try:
         res = build_package(
             Path(args.app_dir),
@@ -90,6 +105,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             expires_after=expires,
             compression=args.compression,
             progress=progress,
+            on_total=on_total if bar is not None else None,
         )
     finally:
         if bar is not None:
@@ -108,7 +124,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         data,
         lambda: print(
             f"built {res.path}: {res.manifest.app} {res.manifest.version}, {res.files} entries, "
-            f"{res.total_bytes} bytes -> {res.payload_size} bytes payload (unsigned: run `cutover sign`)"
+            f"{human_size(res.total_bytes)} -> {human_size(res.payload_size)} payload "
+            "(unsigned: run `cutover sign`)"
         ),
     )
     return ExitCode.OK

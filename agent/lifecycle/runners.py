@@ -126,7 +126,12 @@ class HealthRunner:
             log_offsets=offsets,
             env=self.hooks.context(version, None, release_dir).env(f"health_{phase_name}"),
         )
-        ctx.emit("health.start", phase=phase_name, checks=len(phase.checks))
+        ctx.emit(
+            "health.start",
+            phase=phase_name,
+            checks=len(phase.checks),
+            min_healthy_time_s=phase.min_healthy_time_s,
+        )
 
         def on_event(r: healthmod.CheckResult) -> None:
             ctx.emit(

@@ -10,7 +10,11 @@ is the contract; set-up runs in-process (helpers shared with tests/agent/test_li
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +23,14 @@ from aiohttp import web
 from cutover.agent.config import load_config
 from cutover.agent.errors import ActivationFailedError, ExitCode
 from cutover.agent.lifecycle.manager import AppManager
+from cutover.controller.build import build_package
 from tests.agent.test_lifecycle import (
     CHECKPOINT,
     MIGRATING,
     RESTORE,
     configure,
     deploy,
+    health,
     hook,
     lines,
     mark,
@@ -33,7 +39,7 @@ from tests.agent.test_lifecycle import (
     served_version,
     shared,
 )
-from tests.conftest import Host, PackageFactory
+from tests.conftest import BIN, Host, PackageFactory
 
 A, B, C, D, E = "1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"
 FAIL = 'echo "boom" >&2; exit 3'
@@ -284,3 +290,74 @@ def test_releases_json_says_pruned_for_a_pruned_release(
 
     assert rels[A]["status"] == "pruned" and rels[A]["installed"] is False
     assert (rels[B]["status"], rels[C]["status"]) == ("previous", "active")
+
+
+# ---------------------------------------------------------------------------------- item 16
+def _on_a_tty(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``argv`` with stderr on a pseudo-terminal (stdout piped); its exit code, stdout and
+    everything written to the terminal."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.stdout is not None
+    with proc.stdout:
+        stdout = proc.stdout.read()
+    return proc.wait(60), stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_activate_on_a_tty_shows_phases_checks_and_the_bake_countdown(
+    host: Host, make_package: PackageFactory
+) -> None:
+    deploy(host, make_package(A), A)
+    check = {"type": "command", "name": "app-up", "argv": ["true"]}
+    toml = hook("post_activate", "reload", "true") + health(
+        "live", check, interval_s=0.1, min_healthy_time_s=1.0
+    )
+    op(host, "stage", make_package(B, toml=toml))
+
+    code, stdout, tty = _on_a_tty(
+        [str(BIN / "cutover-agent"), "--config", str(host.config), "activate", B]
+    )
+
+    assert code == 0, stdout + tty
+    assert f"activated demo {B}" in stdout
+    assert "phase: post_activate hooks (1)" in tty
+    assert "phase: live health checks (1, must stay healthy 1s)" in tty
+    assert "check app-up: ok" in tty
+    assert "to go (min_healthy_time 1s)" in tty
+    assert "phase: live health checks: pass" in tty
+    assert host.current == f"releases/{B}"
+
+
+def test_build_summary_uses_human_units_and_the_bar_knows_the_total(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "cutover.toml").write_text('app = "demo"\n')
+    (app / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 // 2))
+    (app / "small.txt").write_text("x" * 100)
+    totals: list[int] = []
+    done: list[int] = []
+
+    build_package(
+        app, tmp_path / "a.cutover", version="1.0.0", progress=done.append, on_total=totals.append
+    )
+
+    assert totals == [sum(done)] == [3 * 1024 * 1024 // 2 + 100 + len('app = "demo"\n')]
+    proc = subprocess.run(
+        [str(BIN / "cutover"), "build", str(app), "--version", "1.0.0", "-o", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1.5 MiB ->" in proc.stdout and " bytes" not in proc.stdout
