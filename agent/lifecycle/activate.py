@@ -29,6 +29,7 @@ from cutover.agent.errors import (
     CutoverError,
     HealthCheckError,
     HookError,
+    HookFailedError,
     StateError,
 )
 from cutover.agent.host.current import flip
@@ -127,12 +128,15 @@ class Activate:
             await uow.save()
             phase = flipped
             uow.emit("flip", version=version, previous=old)
-            hooks_out = await self.hooks.run(spec.hooks.post_activate, "post_activate", hctx)
-            blame = "host"
-            hooks_out += await self.hooks.run(
-                ctx.section.hooks.post_activate, "post_activate", hctx
-            )
-            blame = "release"
+            own = spec.hooks.post_activate
+            try:  # one step (one journal entry): the release's hooks, then the host's
+                hooks_out = await self.hooks.run(
+                    [*own, *ctx.section.hooks.post_activate], "post_activate", hctx
+                )
+            except HookFailedError as exc:
+                # The failed hook is the last result: past the release's own, it is the host's.
+                blame = "host" if len(exc.results) > len(own) else "release"
+                raise
             live = await self.health.run("live", spec.health, version, release_dir, offsets)
             result.details["health"] = live
             if live["status"] != "pass":

@@ -284,8 +284,9 @@ def test_failure_after_the_flip_reverts_with_exit_7(
 ) -> None:
     """Whatever fails after the flip (a live HTTP or command check, the release's post_activate
     hook, the host's post_activate hook), the CLI exits 7, ``current`` is back on A and A is
-    active again, B is ``bad``, the host's post_rollback hook ran for A, no ``activate.done``
-    was journaled, and A still verifies clean. After C goes out, a plain rollback returns to A."""
+    active again, B is ``bad`` (``failed``, retryable, when the host's hook failed: issue 9 item
+    8), the host's post_rollback hook ran for A, no ``activate.done`` was journaled, and A still
+    verifies clean. After C goes out, a plain rollback returns to A."""
 
     async def always_500(_: web.Request) -> web.Response:
         return web.Response(status=500, text="database unreachable")
@@ -306,7 +307,7 @@ def test_failure_after_the_flip_reverts_with_exit_7(
     state = host.state()
     assert (state["current"], state["previous"], state["pending"]) == (A, None, None)
     assert state["releases"][A]["status"] == "active"
-    assert state["releases"][B]["status"] == "bad"
+    assert state["releases"][B]["status"] == ("failed" if host_hook is not None else "bad")
     assert lines(shared(host) / "marker") == [
         f"post_rollback CUTOVER_VERSION={A} CUTOVER_PREVIOUS_VERSION={B}"
     ]
