@@ -68,7 +68,7 @@ class AgentSection(_Strict):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0)
-    upload_timeout_s: float = Field(default=3600.0, gt=0)
+    upload_timeout_s: float = Field(default=900.0, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     fetch_timeout_s: float = Field(default=3600.0, gt=0)
     max_request_lifetime_s: int = Field(default=300, gt=0, le=300)

@@ -168,7 +168,6 @@ class OperationRegistry:
         self.metrics = metrics
         self.keep_finished = keep_finished
         self._ops: OrderedDict[str, Operation] = OrderedDict()
-        self._reserved: dict[str, dict[str, object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -191,11 +190,15 @@ class OperationRegistry:
         return [op for op in self._ops.values() if not op.done]
 
     def busy(self, app: str) -> dict[str, object] | None:
-        """Who holds ``app`` inside this process (a running operation or a reservation)."""
+        """Who holds ``app`` inside this process: its running operation, if any.
+
+        An upload in progress holds nothing: the app is taken when its stage operation starts,
+        once the body is spooled (a slow upload cannot hold the app).
+        """
         for op in self._ops.values():
             if op.app == app and not op.done:
                 return {"operation": op.op, "id": op.id, "since": op.created_at, "agent": "api"}
-        return self._reserved.get(app)
+        return None
 
     def check_free(self, app: str) -> None:
         """Raise :class:`LockedError` if an operation of this process holds ``app``."""
@@ -206,20 +209,6 @@ class OperationRegistry:
                 "is running on this agent; wait for it to finish, then retry",
                 holder=holder,
             )
-
-    def reserve(self, app: str, what: str, op_id: str) -> None:
-        """Hold ``app`` for a request in progress (an upload streaming its body).
-
-        Raises:
-            LockedError: the app is busy already.
-        """
-        self.check_free(app)
-        self._reserved[app] = {"operation": what, "id": op_id, "since": _now(), "agent": "api"}
-
-    def release(self, app: str, op_id: str) -> None:
-        held = self._reserved.get(app)
-        if held is not None and held.get("id") == op_id:
-            del self._reserved[app]
 
     # ------------------------------------------------------------------ running
     def sink(self, op: Operation) -> EventSink:
@@ -278,14 +267,11 @@ class OperationRegistry:
         Raises:
             LockedError: an operation of this process holds the app already.
         """
-        holder = self._reserved.get(app)
-        if holder is None or holder.get("id") != op_id:
-            self.check_free(app)
+        self.check_free(app)
         op = Operation(
             id=op_id or new_operation_id(), op=op_name, app=app, version=version, actor=actor
         )
         self._ops[op.id] = op
-        self.release(app, op.id)
         self._forget_old()
         op.task = asyncio.create_task(self._run(op, runner, cleanup, on_done), name=f"op-{op.id}")
         self.metrics.operations_running.inc()

@@ -58,6 +58,7 @@ from cutover.agent.daemon.fetch_policy import FetchPolicy
 from cutover.agent.daemon.metrics import CONTENT_TYPE
 from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
 from cutover.agent.errors import (
+    LockedError,
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
@@ -179,6 +180,22 @@ def _remove(path: Path) -> Callable[[], Awaitable[None]]:
     return cleanup
 
 
+async def _ensure_free_after_upload(ctx: AgentContext, app: str, size: int) -> None:
+    """The app may have been taken while the body arrived: refuse, saying what happened.
+
+    Raises:
+        LockedError: an operation of this process, or another process, holds the app now.
+    """
+    try:
+        await ctx.ensure_free(app)
+    except LockedError as exc:
+        raise LockedError(
+            f"the package was received ({size} bytes, digest checked) but app {app!r} became "
+            f"busy while it arrived, so it was not staged and was deleted: {exc}",
+            holder=exc.holder,
+        ) from exc
+
+
 def _app_summary(app: str, root: Path, state: AppState) -> dict[str, Any]:
     """The fields of :class:`AppSummary` (and of :class:`AppDetail`) from the state."""
     return {
@@ -276,13 +293,15 @@ async def upload(request: web.Request) -> web.Response:
             f"package of {request.content_length} bytes exceeds agent.max_upload_bytes "
             f"({agent.max_upload_bytes})"
         )
+    # Refuse early (no body byte spent) if the app is busy, but hold nothing while the bytes
+    # arrive: a slow upload must not lock the app (issue 14 item 7). The app is taken only once
+    # the package is spooled and its digest checked, by starting the stage operation.
+    await ctx.ensure_free(app)
     op_id = new_operation_id()
     path = ctx.uploads_dir / f"{op_id}.cutover"
-    ctx.registry.reserve(app, f"upload {version}", op_id)
     started = False
     task = asyncio.current_task()
     try:
-        await ctx.probe_flock(app)  # the registry half is our own reservation
         fd = await asyncio.to_thread(
             os.open,
             path,
@@ -311,17 +330,19 @@ async def upload(request: web.Request) -> web.Response:
             await asyncio.to_thread(fh.close)
         check_digest(caller, actual)
         ctx.accepting()
-        await ctx.probe_flock(app)
+        _app(request)  # still configured after a reload?
+        await _ensure_free_after_upload(ctx, app, size)
         log.info("upload_received", app=app, version=version, bytes=size, operation=op_id)
 
         async def run(op: Operation, sink: EventSink) -> OpResult:
             return await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
 
+        # no await since the check above: start() re-checks this process's operations itself;
+        # the stage re-reads the app's state under its lock (version, downgrade, pending)
         op = _start_staging(ctx, "stage", app, version, caller.actor, run, op_id, path)
         started = True
     finally:
         if not started:
-            ctx.registry.release(app, op_id)
             await asyncio.shield(_remove(path)())
     return _accepted(op)
 
