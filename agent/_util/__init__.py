@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cutover.agent._util.fsutil import atomic_write, fsync_dir, random_suffix, syncfs
+from cutover.agent._util.fsutil import (
+    atomic_write,
+    fsync_dir,
+    random_suffix,
+    start_writeback,
+    syncfs,
+)
 from cutover.agent._util.strict_json import canonical_json, strict_json_loads
 
 __all__ = [
@@ -10,6 +16,7 @@ __all__ = [
     "canonical_json",
     "fsync_dir",
     "random_suffix",
+    "start_writeback",
     "strict_json_loads",
     "syncfs",
 ]

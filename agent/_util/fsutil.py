@@ -3,7 +3,8 @@
 Rules: a file that must survive a crash is written to a temp file in the same directory, fsynced,
 ``os.replace``d over the target, and the directory is fsynced (python-tuf ``_persist_metadata``).
 A staged release is made durable with one ``syncfs(2)`` of its filesystem instead of an fsync per
-file.
+file; its files are handed to writeback as they are closed (:func:`start_writeback`), so that
+one ``syncfs`` never has to flush the whole release at once.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "random_suffix", "syncfs"]
+__all__ = ["atomic_write", "fsync_dir", "random_suffix", "start_writeback", "syncfs"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _sync_file_range.restype = ctypes.c_int
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait for it
 
 
 def random_suffix() -> str:
@@ -31,6 +37,17 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing ``fd``'s dirty pages to disk without waiting (``sync_file_range(2)``).
+
+    A hint, not a durability guarantee: errors are ignored here (the ``syncfs`` that follows
+    reports them). It spreads a release's writeback over its extraction, so that the final
+    ``syncfs`` (and every other fsync on the disk meanwhile) does not wait behind all of it.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def syncfs(path: str | os.PathLike[str]) -> None:

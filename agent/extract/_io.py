@@ -12,6 +12,10 @@ Rules enforced here:
   ``WRITE_QUEUE`` batches (each flushed at 1 MiB or ``WRITE_BATCH_FILES`` files) are in flight.
 * **Removal never follows a symlink either.** :func:`discard` removes a partial tree through
   directory fds; failing to is noted on the original error, never raised instead of it.
+* **Writeback is progressive.** Each checked file is handed to writeback as it is closed
+  (:func:`agent._util.fsutil.start_writeback`, ``sync_file_range(2)``, no wait), so the one
+  ``syncfs`` after extraction does not flush 250 MB at once, and fsyncs elsewhere (the nonce log,
+  the state file) do not queue behind it.
 * **Errors say what to do.** An ``OSError`` becomes a :class:`~agent.errors.StorageError` naming
   the member: ``disk_full`` for ENOSPC and EDQUOT, ``io_error`` otherwise.
 """
@@ -26,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
+from cutover.agent._util.fsutil import start_writeback
 from cutover.agent.errors import CutoverError, DigestMismatchError, StorageError
 from cutover.agent.extract._stream import CHUNK, REBUILD
 from cutover.agent.package.manifest import FileEntry
@@ -211,6 +216,7 @@ class Writer:
                     if not self._stopped:
                         check_digest(digest.hexdigest(), entry)
                         os.fchmod(fd, entry.mode)
+                        start_writeback(fd)  # progressive: the final syncfs has little left
                 except BaseException as exc:
                     self._fail(exc, entry)
                 finally:
