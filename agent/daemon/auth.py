@@ -293,7 +293,9 @@ async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
         ) from exc
     request["keyid"] = verified.keyid  # the audit trail names it even if refused below
     try:
-        await asyncio.to_thread(ctx.nonces.use, verified.nonce, verified.expires, now)
+        await asyncio.to_thread(
+            ctx.nonces.use, verified.nonce, verified.expires, now, verified.created
+        )
     except ValueError as exc:
         # NonceStore bounds ``expires`` by the profile's default 30 s skew; a config allowing
         # more (a skew allowance beyond httpsig.MAX_SKEW_S) must still refuse, never fail with a 500.

@@ -4,9 +4,19 @@ Rules:
 
 1. **Once.** A nonce is accepted once; a second :meth:`NonceStore.use` raises
    :class:`~agent.errors.AuthError` ``replayed``, in this process or after a restart.
-2. **Durable before accepted.** The nonce is appended to the file and fsynced before ``use``
-   returns, so a request the agent acted on can never be replayed after a crash. A failed write
-   refuses the request (:class:`~agent.errors.StorageError`): fail closed.
+2. **Never accepted twice, even after a crash.** A nonce is appended to the file before ``use``
+   returns; a failed write refuses the request (:class:`~agent.errors.StorageError`): fail closed.
+   The append is *not* fsynced when the kernel's boot id is known ("boot guard", group-commit's
+   cheaper cousin; an fsync per request queued behind a stage's writeback cost ~100 ms of API
+   latency, issue 14 item 8): an append survives any crash of the agent process (it is in the
+   page cache), and only a crash of the kernel itself can lose it. That case is detected at open:
+   the sidecar ``<file>.boot`` names the boot whose appends were not synced; if it names another
+   boot, every signature ``created`` before ``open time + MAX_SKEW_S`` is refused (``expired``),
+   which covers every nonce that could have been lost (each was accepted before the crash, with
+   ``created`` at most ``MAX_SKEW_S`` ahead of the agent's clock then). The sidecar is written
+   (durably) only after the file read at open is fsynced, and removed by a clean :meth:`close`
+   after a final fsync, so a clean reboot costs nothing. Without a boot id (not Linux, or
+   ``boot_id=None``) every append is fsynced before ``use`` returns. docs/security-model.md §3.
 3. **Bounded.** An entry lives until its signature's ``expires`` plus ``retain_after_expiry_s``
    (60 s by default: a clock stepped back by NTP must not revive a used nonce), after which
    httpsig refuses the request as expired anyway. Past ``max_entries`` live entries
@@ -38,7 +48,24 @@ from cutover.agent._util.fsutil import atomic_write, fsync_dir
 from cutover.agent.errors import AuthError, StorageError
 from cutover.agent.trust.httpsig import MAX_LIFETIME_S, MAX_SKEW_S, is_valid_nonce
 
-__all__ = ["NonceStore"]
+__all__ = ["NonceStore", "current_boot_id"]
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def current_boot_id() -> str | None:
+    """This kernel boot's id (changes at every boot), or None where there is none."""
+    try:
+        return _BOOT_ID.read_text("ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class _Auto:
+    pass
+
+
+_AUTO = _Auto()
 
 _LINE_RE = re.compile(rb"(0|[1-9][0-9]{0,14}) ([\x21-\x7e]+)")
 _FILE_MODE = 0o600
@@ -53,6 +80,7 @@ class NonceStore:
         retain_after_expiry_s: how long past ``expires`` an entry is kept.
         compact_min_lines: never compact a file shorter than this.
         now: the clock used to drop expired entries on open (default: ``time.time()``).
+        boot_id: this boot's id (default: :func:`current_boot_id`); ``None`` fsyncs every append.
 
     Raises:
         StorageError: the file cannot be read, created or rewritten.
@@ -66,6 +94,7 @@ class NonceStore:
         retain_after_expiry_s: int = 60,
         compact_min_lines: int = 4096,
         now: float | None = None,
+        boot_id: str | _Auto | None = _AUTO,
     ) -> None:
         if max_entries < 1 or retain_after_expiry_s < 0 or compact_min_lines < 1:
             raise ValueError("max_entries and compact_min_lines must be >= 1, retention >= 0")
@@ -81,12 +110,26 @@ class NonceStore:
         self._fd = -1
         self._closed = False
         self._needs_rewrite = False
-        clean = self._load(time.time() if now is None else now)
+        self._boot_id = current_boot_id() if isinstance(boot_id, _Auto) else boot_id
+        self._boot_file = path.with_name(path.name + ".boot")
+        self._created_floor: int | None = None
+        opened_at = time.time() if now is None else now
+        clean = self._load(opened_at)
         try:
+            unsynced_boot = self._read_boot_file()
+            if unsynced_boot is not None and unsynced_boot != self._boot_id:
+                # the kernel crashed since unsynced appends were made: some may be lost
+                self._created_floor = math.ceil(opened_at) + MAX_SKEW_S
             if not clean or self._too_long():
                 self._rewrite()
             else:
                 self._open_append()
+                os.fsync(self._fd)  # what we read is durable before appends go unsynced
+            if self._boot_id is not None:
+                atomic_write(self._boot_file, self._boot_id.encode("ascii"), mode=_FILE_MODE)
+            elif unsynced_boot is not None:
+                self._boot_file.unlink()
+                fsync_dir(path.parent)
         except OSError as exc:
             raise self._storage_error("open", exc) from exc
 
@@ -106,21 +149,39 @@ class NonceStore:
         with self._lock:
             return len(self._live)
 
+    @property
+    def created_floor(self) -> int | None:
+        """Signatures ``created`` before this are refused (after a kernel crash), else None."""
+        return self._created_floor
+
     def close(self) -> None:
-        """Close the file. Further ``use`` calls raise StorageError."""
+        """Make the file durable and close it. Further ``use`` calls raise StorageError.
+
+        A clean close removes the boot sidecar: nothing unsynced remains, so the next boot needs
+        no guard. If the final fsync fails the sidecar stays (the guard applies after a reboot).
+        """
         with self._lock:
             self._closed = True
             if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+                try:
+                    os.fsync(self._fd)
+                    self._boot_file.unlink(missing_ok=True)
+                    fsync_dir(self._path.parent)
+                except OSError:
+                    pass  # the sidecar (if any) keeps the guard for the next boot
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
 
-    def use(self, nonce: str, expires: int, now: float) -> None:
-        """Accept ``nonce`` once: record it durably, or refuse it.
+    def use(self, nonce: str, expires: int, now: float, created: int | None = None) -> None:
+        """Accept ``nonce`` once: record it (rule 2), or refuse it.
 
         Args:
             nonce: the verified nonce (agent.httpsig.Verified.nonce).
             expires: the verified ``expires`` (Unix seconds).
             now: the same clock reading used to verify the request.
+            created: the verified ``created``; needed after a kernel crash (``created_floor``),
+                where a request without it is refused.
 
         Raises:
             AuthError: ``replayed`` (seen before), ``nonce_store_full``, ``bad_nonce`` (malformed),
@@ -146,6 +207,14 @@ class NonceStore:
                 )
             if expires <= now:
                 raise AuthError("signature has expired; sign a fresh request", code="expired")
+            floor = self._created_floor
+            if floor is not None and (created is None or created < floor):
+                raise AuthError(
+                    "signature was created before the agent restarted after a system crash "
+                    f"(nonces used before it may be lost; created must be >= {floor}); sign a "
+                    "fresh request",
+                    code="expired",
+                )
             if len(self._live) >= self._max_entries:
                 raise AuthError(
                     f"more than {self._max_entries} requests in flight; retry later",
@@ -222,6 +291,14 @@ class NonceStore:
         self._needs_rewrite = False
         self._open_append()
 
+    def _read_boot_file(self) -> str | None:
+        try:
+            return self._boot_file.read_text("ascii").strip()
+        except FileNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            return ""  # damaged: treat as another boot (the guard applies)
+
     def _open_append(self) -> None:
         existed = os.path.lexists(self._path)
         flags = (
@@ -247,7 +324,8 @@ class NonceStore:
             view = memoryview(line)
             while view:
                 view = view[os.write(self._fd, view) :]
-            os.fsync(self._fd)
+            if self._boot_id is None:  # no boot guard: durable before accepted
+                os.fsync(self._fd)
         except OSError:
             try:  # cut a partial line off, so the next append does not join it
                 os.ftruncate(self._fd, self._size)

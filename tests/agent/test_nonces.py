@@ -11,6 +11,7 @@ import pytest
 
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.errors import AuthError, StorageError
+from cutover.agent.trust.httpsig import MAX_SKEW_S
 
 NOW = 1_760_000_000
 
@@ -192,8 +193,8 @@ def test_failed_write_refuses_and_leaves_no_fragment(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the nonce cannot be made durable the request is refused (fail closed), the partial line
-    is cut off, and the nonce stays usable for a retry."""
-    with NonceStore(path, now=NOW) as store:
+    is cut off, and the nonce stays usable for a retry (no boot id: every append is fsynced)."""
+    with NonceStore(path, now=NOW, boot_id=None) as store:
         store.use(nonce(1), NOW + 100, NOW)
         before = path.read_bytes()
 
@@ -208,3 +209,85 @@ def test_failed_write_refuses_and_leaves_no_fragment(
         assert len(store) == 1
         store.use(nonce(2), NOW + 100, NOW)
     assert lines(path) == [f"{NOW + 100} {nonce(1)}", f"{NOW + 100} {nonce(2)}"]
+
+
+def test_failed_append_under_the_boot_guard_refuses_and_leaves_no_fragment(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a boot id the append is not fsynced; a failed write still refuses (fail closed)."""
+    with NonceStore(path, now=NOW, boot_id="boot-1") as store:
+        store.use(nonce(1), NOW + 100, NOW, NOW)
+        before = path.read_bytes()
+        real_write = os.write
+
+        def short_then_full(fd: int, data: bytes) -> int:
+            real_write(fd, bytes(data[:5]))
+            monkeypatch.setattr(os, "write", no_space)
+            return 5
+
+        def no_space(fd: int, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "write", short_then_full)
+        with pytest.raises(StorageError, match="No space left"):
+            store.use(nonce(2), NOW + 100, NOW, NOW)
+        monkeypatch.undo()
+        assert path.read_bytes() == before
+        store.use(nonce(2), NOW + 100, NOW, NOW)
+    assert lines(path) == [f"{NOW + 100} {nonce(1)}", f"{NOW + 100} {nonce(2)}"]
+
+
+def _crash(store: NonceStore) -> None:
+    """The process dies: nothing is closed or synced (the fd is reclaimed by the kernel)."""
+    os.close(store._fd)
+    store._fd = -1
+
+
+def test_agent_crash_on_the_same_boot_keeps_every_nonce(path: Path) -> None:
+    store = NonceStore(path, now=NOW, boot_id="boot-1")
+    store.use(nonce(1), NOW + 100, NOW, NOW)
+    _crash(store)  # the unsynced append is in the page cache: the same kernel still has it
+    with NonceStore(path, now=NOW + 1, boot_id="boot-1") as again:
+        assert again.created_floor is None
+        assert refused(again, nonce(1), NOW + 100, NOW + 1) == "replayed"
+
+
+def test_kernel_crash_refuses_every_signature_made_before_the_restart(path: Path) -> None:
+    """The unsynced append is lost with the kernel; the sidecar names the old boot, so every
+    request created before open + MAX_SKEW_S is refused: the lost nonce cannot be replayed."""
+    store = NonceStore(path, now=NOW, boot_id="boot-1")
+    durable = path.read_bytes()
+    store.use(nonce(1), NOW + 100, NOW + 1, NOW + 1)
+    _crash(store)
+    path.write_bytes(durable)  # what a power cut leaves: the append never reached the disk
+    assert (path.parent / "nonces.boot").read_text() == "boot-1"
+
+    with NonceStore(path, now=NOW + 5, boot_id="boot-2") as rebooted:
+        assert rebooted.created_floor == NOW + 5 + MAX_SKEW_S
+        assert len(rebooted) == 0  # the nonce is really gone from the file
+        # the replay: its signature was created before the crash (even skewed ahead 30 s)
+        for created in (NOW + 1, NOW + 1 + MAX_SKEW_S):
+            assert refused_created(rebooted, nonce(1), NOW + 100, NOW + 6, created) == "expired"
+        assert refused(rebooted, nonce(3), NOW + 100, NOW + 6) == "expired"  # created unknown
+        assert path.read_bytes() == durable
+        # a request signed after the restart is served
+        fresh = NOW + 5 + MAX_SKEW_S
+        rebooted.use(nonce(2), fresh + 100, fresh, fresh)
+    assert (path.parent / "nonces.boot").exists() is False  # closed cleanly
+    assert lines(path) == [f"{fresh + 100} {nonce(2)}"]
+
+
+def test_clean_close_then_reboot_needs_no_guard(path: Path) -> None:
+    with NonceStore(path, now=NOW, boot_id="boot-1") as store:
+        store.use(nonce(1), NOW + 100, NOW, NOW)
+        assert (path.parent / "nonces.boot").read_text() == "boot-1"
+    assert not (path.parent / "nonces.boot").exists()
+    with NonceStore(path, now=NOW + 5, boot_id="boot-2") as rebooted:
+        assert rebooted.created_floor is None
+        assert refused_created(rebooted, nonce(1), NOW + 100, NOW + 5, NOW) == "replayed"
+
+
+def refused_created(store: NonceStore, n: str, expires: int, now: float, created: int) -> str:
+    with pytest.raises(AuthError) as info:
+        store.use(n, expires, now, created)
+    return info.value.code
