@@ -155,6 +155,7 @@ class ReleaseInfo(_Response):
     activated_at: str | None = None
     activated_by: str | None = None
     pinned: bool = False
+    adopted: bool = False  # recorded by `cutover-agent adopt`: unsigned, rollback target only
     installed: bool = True
     reason: str = ""
     checkpoint_ref: str | None = None

@@ -21,10 +21,17 @@ from typing import Any
 
 from cutover.agent import __version__
 from cutover.agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_config
-from cutover.agent.errors import ConfigError, CutoverError, ExitCode, NotFoundError
+from cutover.agent.errors import (
+    ConfigError,
+    CutoverError,
+    ExitCode,
+    NotFoundError,
+    StateError,
+)
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
 from cutover.agent.host.state import ReleaseRecord, ReleaseStatus
+from cutover.agent.lifecycle.adopt import adopt, survey
 from cutover.agent.lifecycle.manager import AppManager, OpResult
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import peek_app
@@ -104,13 +111,25 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     if not args.app:
         raise ConfigError("init needs --app NAME (the app this root holds, e.g. --app ame)")
     root = Path(args.root).resolve()
+    owner, foreign = survey(root)
+    if owner is not None and owner != args.app:
+        raise StateError(
+            f"{root} is the root of app {owner!r} (its .cutover/state.json says so); every app "
+            "needs its own root: choose another --root"
+        )
+    if foreign and not args.adopt:
+        raise StateError(
+            f"{root} holds releases Cutover did not create ({', '.join(foreign)}), e.g. from "
+            "Capistrano or Deployer; Cutover never deletes them. Record them as rollback targets "
+            "with `cutover-agent init --adopt ...` (docs/migrating.md), or choose an empty root"
+        )
     # Whatever the caller's umask, nothing init creates is group- or world-writable: the agent
     # refuses such a config, key directory or app root (agent/strictmodes.py).
     old_umask = os.umask(0o022)
     os.umask(old_umask | 0o022)
     try:
         Layout(root).create()  # first: a config naming a root that cannot be created helps nobody
-        add_app_to_config(args.config, args.app, root, Path(args.trust_release_key))
+        add_app_to_config(args.config, args.app, root, [Path(k) for k in args.trust_release_key])
     finally:
         os.umask(old_umask)
     cfg = load_config(args.config)
@@ -119,13 +138,50 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     Ledger(args.app, layout).log(
         "init", root=str(root), actor=_actor(), release_keys=sorted(cfg.policies[args.app].keys)
     )
-    data = {
+    data: dict[str, Any] = {
         "app": args.app,
         "root": str(root),
         "config": str(args.config),
         "release_keys": sorted(cfg.policies[args.app].keys),
     }
-    out.result(data, lambda: print(f"initialised {args.app} at {root}; config {args.config}"))
+    adopted = _adopt(layout, args.app) if args.adopt else None
+    if adopted is not None:
+        data["adopted"] = adopted
+
+    def human() -> None:
+        print(f"initialised {args.app} at {root}; config {args.config}")
+        if adopted is not None:
+            _print_adopted(adopted)
+
+    out.result(data, human)
+    return ExitCode.OK
+
+
+def _adopt(layout: Layout, app: str) -> dict[str, Any]:
+    plan, state = adopt(layout, app, _actor())
+    return {
+        "releases": list(plan.releases),
+        "current": state.current,
+        "previous": state.previous,
+        "converted_link": plan.convert_link,
+    }
+
+
+def _print_adopted(a: dict[str, Any]) -> None:
+    if not a["releases"] and not a["converted_link"]:
+        print("nothing to adopt: every release in the root is recorded")
+        return
+    print(f"adopted (unsigned, rollback targets only): {', '.join(a['releases']) or '-'}")
+    if a["converted_link"]:
+        print(f"converted current to the relative link releases/{a['current']}")
+    print(f"current: {a['current'] or '-'}   previous: {a['previous'] or '-'}")
+
+
+def cmd_adopt(args: argparse.Namespace, out: _Out) -> int:
+    cfg = load_config(args.config)
+    app = _pick_app(cfg, args.app)
+    data = {"app": app, **_adopt(Layout(cfg.apps[app].root), app)}
+    out.result(data, lambda: _print_adopted(data))
     return ExitCode.OK
 
 
@@ -361,6 +417,23 @@ def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return n
+
+
+# --app is required for init, also when given before the command (argparse cannot say both)
+_INIT_USAGE = (
+    "%(prog)s [-h] [--json] [--config CONFIG] --app APP --root ROOT\n"
+    "       --trust-release-key FILE.pub [--trust-release-key FILE.pub ...] [--adopt]"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -370,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable JSON on stdout",
     )
     common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="agent config (also accepted before the command)",
+    )
+    app_opt = argparse.ArgumentParser(add_help=False)
+    app_opt.add_argument(
         "--app", default=argparse.SUPPRESS, help="app name (needed when several are configured)"
     )
     p = argparse.ArgumentParser(
@@ -393,14 +473,39 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, fn: Callable[[argparse.Namespace, _Out], int], help_: str
     ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        parents = [common] if name == "init" else [common, app_opt]
+        usage = _INIT_USAGE if name == "init" else None
+        sp = sub.add_parser(name, parents=parents, help=help_, description=help_, usage=usage)
         sp.set_defaults(fn=fn)
         return sp
 
     sp = add("init", cmd_init, "create an app root and add the app to the config")
+    # Required, but may also come before the command (`cutover-agent --app ame init ...`):
+    # cmd_init checks it, the usage line shows it as required.
+    sp.add_argument(
+        "--app",
+        default=argparse.SUPPRESS,
+        metavar="APP",
+        help="(required) the app this root holds, e.g. ame",
+    )
     sp.add_argument("--root", required=True, help="app root directory, e.g. /srv/ame")
     sp.add_argument(
-        "--trust-release-key", required=True, metavar="FILE.pub", help="release public key to trust"
+        "--trust-release-key",
+        required=True,
+        action="append",
+        metavar="FILE.pub",
+        help="release public key to trust (repeat for several keys)",
+    )
+    sp.add_argument(
+        "--adopt",
+        action="store_true",
+        help="record releases an earlier deploy tool left in the root (docs/migrating.md)",
+    )
+    add(
+        "adopt",
+        cmd_adopt,
+        "record releases an earlier deploy tool (Capistrano, Deployer) left in the app root "
+        "as unsigned rollback targets; convert an absolute current link",
     )
     add("serve", cmd_serve, "run the agent daemon (HTTP API)")
     add("status", cmd_status, "show current, previous and staged releases")
@@ -458,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--verify", action="store_true", help="check the hash chain; exit 6 if tampered"
     )
-    sp.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    sp.add_argument("--limit", type=_positive_int, default=50, help="entries to show (default 50)")
     add("keys", cmd_keys, "list trusted release keys and controller keys")
     return p
 

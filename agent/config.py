@@ -25,12 +25,15 @@ reload either swaps in a complete new config or keeps the old one in force.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import json
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yarl import URL
@@ -224,13 +227,14 @@ def _parse(text: str, path: Path) -> AgentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
     try:
-        cfg = AgentConfig.model_validate(data)
+        # Strict: ``keep = "5"`` is a string, not a number (JSON mode, so paths may be strings).
+        cfg = AgentConfig.model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{loc}: {err['msg']}")
-        raise ConfigError(f"config {path}: " + "; ".join(problems)) from exc
+        problems = [_problem(err) for err in exc.errors()]
+        raise ConfigError(
+            f"config {path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
+            + "; ".join(problems)
+        ) from exc
     base = path.parent
     return cfg.model_copy(
         update={
@@ -252,6 +256,26 @@ def _parse(text: str, path: Path) -> AgentConfig:
             },
         }
     )
+
+
+def _known_keys() -> set[str]:
+    models: list[type[BaseModel]] = [AgentConfig, AgentSection, AppSection, HostHooks]
+    models += [ControllerKey, Hook]
+    return {name for m in models for name in m.model_fields}
+
+
+def _problem(err: Any) -> str:
+    """One validation error as ``where: what`` (with the close match of a misspelt key)."""
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden" and err["loc"]:
+        key = str(err["loc"][-1])
+        known = sorted(_known_keys())
+        close = [k for k in known if key.startswith(k + "_") or key.endswith("_" + k)]
+        close += difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+    return f"{loc}: {msg}"
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -313,23 +337,34 @@ def _check_modes(path: Path, cfg: AgentConfig) -> None:
         raise ConfigError(f"config {path}: {exc}") from exc
 
 
-def add_app_to_config(path: Path, app: str, root: Path, release_key: Path) -> None:
+def add_app_to_config(path: Path, app: str, root: Path, release_keys: Sequence[Path]) -> None:
     """Append an ``[apps.NAME]`` section to the config (created if missing), atomically.
 
     Raises:
-        ConfigError: the app exists already, or the result would not validate.
+        ConfigError: the app exists already, another app uses ``root``, or the result would not
+            validate.
     """
-    try:
-        load_public_key(release_key)
-    except KeyFileError as exc:
-        raise ConfigError(f"--trust-release-key: {exc}") from exc
+    for key in release_keys:
+        try:
+            load_public_key(key)
+        except KeyFileError as exc:
+            raise ConfigError(f"--trust-release-key: {exc}") from exc
     existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    if existing and app in _load_raw(path).apps:
-        raise ConfigError(f"config {path}: app {app!r} exists already; edit the file instead")
+    if existing:
+        apps = _load_raw(path).apps
+        if app in apps:
+            raise ConfigError(f"config {path}: app {app!r} exists already; edit the file instead")
+        for other, app_section in apps.items():
+            if app_section.root.resolve() == root.resolve():
+                raise ConfigError(
+                    f"config {path}: app {other!r} already uses the root {root}; every app needs "
+                    "its own root (choose another --root)"
+                )
+    keys = ", ".join(dict.fromkeys(_toml_str(str(k.resolve())) for k in release_keys))
     section = (
         f"\n[apps.{app}]\n"
         f"root = {_toml_str(str(root))}\n"
-        f"release_keys = [{_toml_str(str(release_key.resolve()))}]\n"
+        f"release_keys = [{keys}]\n"
         "threshold = 1\nkeep = 5\n"
     )
     text = existing.rstrip("\n") + ("\n" if existing else "") + section

@@ -8,6 +8,7 @@ empties) and never a half-extracted release.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -24,7 +25,13 @@ from cutover.agent.host.shared import link_shared
 from cutover.agent.package.container import PackageParts
 from cutover.agent.trust.policy import VerifiedRelease
 
-__all__ = ["extract_to_incoming", "install", "make_durable", "make_readonly"]
+__all__ = [
+    "extract_to_incoming",
+    "forget_install_marker",
+    "install",
+    "make_durable",
+    "make_readonly",
+]
 
 
 def extract_to_incoming(
@@ -46,9 +53,11 @@ def extract_to_incoming(
     return dest
 
 
-def install(layout: Layout, staging: Path, verified: VerifiedRelease) -> tuple[Path, str]:
+def install(
+    layout: Layout, staging: Path, verified: VerifiedRelease, created: list[Path] | None = None
+) -> tuple[Path, str]:
     """Link shared paths, keep the signed manifest (and its runtime spec), rename the tree
-    into ``releases/``.
+    into ``releases/``. ``created`` gets the shared dirs this created (see ``link_shared``).
 
     Returns:
         The release dir and the runtime spec's digest.
@@ -57,19 +66,29 @@ def install(layout: Layout, staging: Path, verified: VerifiedRelease) -> tuple[P
         StorageError: a shared path problem, or ``releases/<version>`` is in the way.
     """
     manifest = verified.manifest
-    link_shared(layout.shared, staging, manifest.shared, manifest.version)
+    link_shared(layout.shared, staging, manifest.shared, manifest.version, created)
     runtime_digest = keep_manifest(layout, manifest, verified.manifest_bytes)
     target = layout.release(manifest.version)
     if target.exists() or target.is_symlink():
         raise StorageError(
-            f"{target} exists but is not a recorded release; run any cutover-agent command to "
-            "let recovery clean it up, then retry"
+            f"{target} exists but is not a release Cutover recorded (an earlier deploy tool's?); "
+            "Cutover never removes what it did not create: move it away, or record it with "
+            "`cutover-agent adopt` (docs/migrating.md), then stage again"
         )
     fault_point("stage.before_rename")
+    marker = layout.install_marker(manifest.version)
+    marker.mkdir(mode=0o700, exist_ok=True)  # recovery may remove releases/<v> only with it
+    fsync_dir(layout.incoming)
     os.rename(staging, target)
     fsync_dir(layout.releases)
     fault_point("stage.renamed")
     return target, runtime_digest
+
+
+def forget_install_marker(layout: Layout, version: str) -> None:
+    """The staging of ``version`` is recorded (staged or failed): drop its install marker."""
+    with contextlib.suppress(FileNotFoundError):
+        layout.install_marker(version).rmdir()
 
 
 def make_readonly(release_dir: Path) -> None:

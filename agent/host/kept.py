@@ -15,7 +15,7 @@ import hashlib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cutover.agent._util.fsutil import atomic_write
-from cutover.agent.errors import DriftError, NotFoundError
+from cutover.agent.errors import DriftError, NotFoundError, StateError
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import AppState, ReleaseRecord
 from cutover.agent.package.manifest import (
@@ -76,6 +76,11 @@ def load_manifest(layout: Layout, state: AppState, version: str) -> Manifest:
         NotFoundError: not installed. DriftError: missing or not what was recorded.
     """
     rec = _installed(state, version)
+    if rec.adopted:
+        raise StateError(
+            f"{state.app} {version} was adopted from an earlier deploy tool: it has no signed "
+            "manifest to verify against"
+        )
     path = layout.kept_manifest(version)
     try:
         data = path.read_bytes()
@@ -93,6 +98,15 @@ def load_runtime(layout: Layout, state: AppState, version: str) -> RuntimeSpec:
         NotFoundError: not installed. DriftError: missing, invalid or not what was recorded.
     """
     rec = _installed(state, version)
+    if rec.adopted:  # no manifest: no hooks or checks of its own (host hooks still run)
+        return RuntimeSpec(
+            app=state.app,
+            version=version,
+            requires_migration=False,
+            hooks=Hooks(),
+            health=HealthSpec(),
+            shared=SharedPaths(),
+        )
     path = layout.runtime_spec(version)
     try:
         data = path.read_bytes()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cutover.agent.errors import ConfigError, StorageError
 
@@ -25,6 +26,10 @@ class Layout:
     """The paths of one app root."""
 
     root: Path
+    # ``incoming/<version>.installing``: made before a staging renames into ``releases/`` and
+    # removed once the release is recorded; recovery removes an unrecorded ``releases/<version>``
+    # only with it (a directory Cutover did not create is never removed)
+    INSTALLING: ClassVar[str] = ".installing"
 
     @property
     def releases(self) -> Path:
@@ -65,6 +70,9 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         return self.meta / "lock"
+
+    def install_marker(self, version: str) -> Path:
+        return self.incoming / f"{version}{self.INSTALLING}"
 
     def release(self, version: str) -> Path:
         return self.releases / version

@@ -10,7 +10,9 @@ situation                                               action
 ======================================================  ==========================================
 journal's last line torn by a crash (already dropped)   note it
 partial staging in ``incoming/``                        remove it
-``releases/X`` that no installed record names           remove it (never following a link)
+``releases/X`` no record names, left by a staging       remove it (never following a link)
+``releases/X`` a link or file no record names           remove it (never following a link)
+``releases/X`` a directory Cutover did not create       leave it (``adopt`` records it)
 ``current.<random>`` temp link left by a flip           remove it
 entries in ``trash/``                                   finish deleting them
 journal shorter than / different from the recorded head note it (the evidence stays)
@@ -30,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cutover.agent.host.journal import GENESIS, JournalHead
+from cutover.agent.host.layout import Layout
 from cutover.agent.host.phases import ActivationPhase
 from cutover.agent.host.state import AppState, Pending
 
@@ -53,6 +56,7 @@ __all__ = [
 
 
 GENESIS_HEAD = JournalHead(0, GENESIS)
+INSTALLING = Layout.INSTALLING
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class DiskView:
     current: str | None  # the version ``current`` points at
     incoming: tuple[str, ...] = ()  # entries of .cutover/incoming/
     release_entries: tuple[str, ...] = ()  # every entry of releases/
-    release_dirs: frozenset[str] = frozenset()  # those that are directories
+    release_dirs: frozenset[str] = frozenset()  # those that are directories (not links)
     temp_links: tuple[str, ...] = ()  # current.* symlinks in the root
     trash: tuple[str, ...] = ()  # entries of .cutover/trash/
     torn_journal_line: bool = False  # the journal dropped a torn final line when opened
@@ -229,10 +233,15 @@ def plan_recovery(state: AppState, disk: DiskView) -> RecoveryPlan:
         actions.append(Note("journal: dropped a torn final line left by a crash"))
     actions += [RemoveIncoming(n) for n in disk.incoming]
     installed = {v for v, r in state.releases.items() if r.installed}
+    # Only a staging of Cutover's own (its install marker in incoming/) is removed: a directory
+    # Cutover did not create (an earlier deploy tool's release) is never touched (`adopt` it).
+    ours = {n.removesuffix(INSTALLING) for n in disk.incoming if n.endswith(INSTALLING)}
     actions += [
         RemoveUnrecorded(n)
         for n in disk.release_entries
-        if n not in installed and n != disk.current
+        if n not in installed
+        and n != disk.current
+        and (n in ours or n not in disk.release_dirs)  # a planted link: removed, not followed
     ]
     actions += [RemoveTempLink(n) for n in disk.temp_links]
     if disk.trash:

@@ -1,7 +1,7 @@
 """Shared paths: persistent data (``shared/``) linked into every release.
 
 Each ``shared.dirs`` entry is created under ``shared/`` if missing; each ``shared.files`` entry
-must already exist there (it holds host-specific data). The release gets a relative link
+must already exist there (it holds host-specific data). A shared dir a failed staging created is removed again. The release gets a relative link
 ``releases/<v>/<path> -> ../../shared/<path>`` (one ``../`` more per directory level).
 
 Nothing is ever created through a symlink under ``shared/``: the app user could plant
@@ -30,14 +30,23 @@ def shared_link_targets(shared: SharedPaths) -> dict[str, str]:
     }
 
 
-def link_shared(shared_dir: Path, release_dir: Path, shared: SharedPaths, version: str) -> None:
+def link_shared(
+    shared_dir: Path,
+    release_dir: Path,
+    shared: SharedPaths,
+    version: str,
+    created: list[Path] | None = None,
+) -> None:
     """Create the shared dirs, check the shared files, link both into ``release_dir``.
+
+    ``created`` gets the topmost directory of each shared dir this call created (a failed
+    staging removes them again: it leaves the root as it was).
 
     Raises:
         StorageError: a shared file is missing, or a shared dir would be created through a link.
     """
     for rel in shared.dirs:
-        _make_shared_dir(shared_dir, rel)
+        _make_shared_dir(shared_dir, rel, created if created is not None else [])
     for rel in shared.files:
         if not (shared_dir / rel).exists():
             raise StorageError(
@@ -48,13 +57,18 @@ def link_shared(shared_dir: Path, release_dir: Path, shared: SharedPaths, versio
         os.symlink(target, release_dir / rel)
 
 
-def _make_shared_dir(shared: Path, rel: str) -> None:
+def _make_shared_dir(shared: Path, rel: str, created: list[Path]) -> None:
     """Create ``shared/<rel>`` through O_NOFOLLOW directory fds, component by component."""
     fd = os.open(shared, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    made = False
     try:
-        for part in rel.split("/"):
+        parts = rel.split("/")
+        for i, part in enumerate(parts):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o755, dir_fd=fd)
+                if not made:
+                    created.append(shared.joinpath(*parts[: i + 1]))
+                    made = True
             try:
                 nfd = os.open(
                     part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd

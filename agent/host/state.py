@@ -88,6 +88,9 @@ class ReleaseRecord(_Model):
     activated_at: str | None = None
     activated_by: str | None = None
     pinned: bool = False
+    # recorded by ``adopt`` from an earlier deploy tool (Capistrano, Deployer): unsigned, no
+    # manifest, never activated or pruned by Cutover, only a rollback target
+    adopted: bool = False
     installed: bool = True
     reason: str = ""  # why bad/failed
     checkpoint_ref: str | None = None

@@ -70,6 +70,12 @@ class Activate:
             raise StateError(
                 f"{ctx.app} {version} is marked bad ({rec.reason}); stage a fixed release"
             )
+        if rec.adopted:
+            raise StateError(
+                f"{ctx.app} {version} was adopted from an earlier deploy tool: it is unsigned and "
+                "only a rollback target (`cutover-agent rollback --to "
+                f"{version}`); stage and activate a signed package instead"
+            )
         result = uow.result(version=version)
         if state.current == version:
             result.current, result.previous = state.current, state.previous

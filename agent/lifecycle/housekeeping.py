@@ -28,7 +28,7 @@ def retained(state: AppState, keep: int) -> set[str]:
         r for r in state.installed() if r.status not in (ReleaseStatus.BAD, ReleaseStatus.FAILED)
     ]
     kept = {r.version for r in good[:keep]}
-    kept |= {r.version for r in state.releases.values() if r.pinned}
+    kept |= {r.version for r in state.releases.values() if r.pinned or r.adopted}
     kept |= {v for v in (state.current, state.previous) if v}
     if state.pending is not None:
         kept |= {v for v in (state.pending.from_version, state.pending.to_version) if v}

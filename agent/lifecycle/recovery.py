@@ -41,7 +41,7 @@ def observe(layout: Layout, journal: Journal) -> plan.DiskView:
         current=read_current(layout),
         incoming=tuple(e.name for e in sorted(layout.incoming.iterdir())),
         release_entries=tuple(e.name for e in releases),
-        release_dirs=frozenset(e.name for e in releases if e.is_dir()),
+        release_dirs=frozenset(e.name for e in releases if e.is_dir() and not e.is_symlink()),
         temp_links=tuple(
             e.name
             for e in sorted(layout.root.iterdir())

@@ -73,7 +73,7 @@ class Rollback:
         rec = installed_record(state, target)
         if rec.status == ReleaseStatus.BAD:
             raise StateError(f"{app} {target} is marked bad ({rec.reason}); choose another --to")
-        if rec.activated_at is None:
+        if rec.activated_at is None and not rec.adopted:  # adopted: live under the old tool
             raise StateError(
                 f"{app} {target} has never been active on this host; a rollback skips "
                 f"checkpoints, pre_activate hooks and health gating, so use `activate {target}`"

@@ -135,9 +135,10 @@ class Stage:
                 raise
         fault_point("stage.extracted")
         uow.emit("extract.done", version=version, bytes=total)
+        created_shared: list[Path] = []  # removed again if the staging fails
         try:
             release_dir, runtime_digest = await asyncio.to_thread(
-                installer.install, ctx.layout, staging, verified
+                installer.install, ctx.layout, staging, verified, created_shared
             )
             hctx = self.hooks.context(version, state.current, release_dir)
             hook_results = await self.hooks.run(manifest.hooks.stage, "stage", hctx)
@@ -155,7 +156,9 @@ class Stage:
             await asyncio.to_thread(installer.make_durable, ctx.layout)
             fault_point("stage.durable")
         except BaseException as exc:
-            await asyncio.shield(self._abort(uow, verified.digest, version, staging, exc))
+            await asyncio.shield(
+                self._abort(uow, verified.digest, version, staging, created_shared, exc)
+            )
             raise
         state.releases[version] = ReleaseRecord(
             version=version,
@@ -192,6 +195,7 @@ class Stage:
             notes=manifest.notes[:NOTES_CAP],
         )
         await uow.save()
+        await asyncio.to_thread(installer.forget_install_marker, ctx.layout, version)
         fault_point("stage.recorded")
         uow.emit("stage.done", version=version)
         result.current, result.previous = state.current, state.previous
@@ -199,17 +203,27 @@ class Stage:
         return result
 
     async def _abort(
-        self, uow: UnitOfWork, digest: str, version: str, staging: Path, exc: BaseException
+        self,
+        uow: UnitOfWork,
+        digest: str,
+        version: str,
+        staging: Path,
+        created_shared: list[Path],
+        exc: BaseException,
     ) -> None:
         ctx, state = self.ctx, uow.state
 
         def cleanup() -> None:
-            # Either the staging dir or (after the rename) releases/<version>: never a recorded
-            # release, since staging an installed version returns early above.
+            # Either the staging dir or (after the rename, which its install marker announced)
+            # releases/<version>: never a recorded release, since staging an installed version
+            # returns early above, and never a directory Cutover did not create.
             remove_tree(staging)
-            dst = trash_release(ctx.layout, version)
-            if dst is not None:
-                remove_tree(dst)
+            if ctx.layout.install_marker(version).exists():
+                dst = trash_release(ctx.layout, version)
+                if dst is not None:
+                    remove_tree(dst)
+            for d in reversed(created_shared):  # made by this staging: the root is as it was
+                remove_tree(d)
 
         await asyncio.to_thread(cleanup)
         reason = str(exc) or type(exc).__name__
@@ -228,6 +242,7 @@ class Stage:
         try:
             await uow.log("stage.failed", version=version, error=reason[:4000])
             await uow.save()
+            await asyncio.to_thread(installer.forget_install_marker, ctx.layout, version)
         except CutoverError:  # disk full: the record is lost, the cleanup is not
             log.exception("stage_abort_record_failed", app=ctx.app, version=version)
         uow.emit("stage.failed", version=version, error=reason[:4000])

@@ -152,10 +152,43 @@ def open_package(path: Path) -> tuple[PackageParts, BinaryIO]:
     except OSError as exc:
         raise NotFoundError(f"cannot open package {path}: {exc.strerror}") from exc
     try:
+        what = _not_a_package(fh.read(BLOCK))
+        if what is not None:
+            raise PackageFormatError(
+                f"{path} is not a Cutover package: {what}. A Cutover package is the .cutover file "
+                "`cutover build` writes and `cutover sign` signs (docs/package-format.md)"
+            )
+        fh.seek(0)
         return read_package(fh, os.fstat(fh.fileno()).st_size), fh
     except BaseException:
         fh.close()
         raise
+
+
+_COMPRESSED = {
+    b"\x1f\x8b": "it is gzip-compressed (a .tar.gz?)",
+    b"\x28\xb5\x2f\xfd": "it is zstd-compressed (a .tar.zst?)",
+    b"\xfd7zXZ\x00": "it is xz-compressed (a .tar.xz?)",
+    b"BZh": "it is bzip2-compressed (a .tar.bz2?)",
+    b"PK\x03\x04": "it is a zip archive",
+}
+
+
+def _not_a_package(head: bytes) -> str | None:
+    """Why the file's first block cannot start a Cutover container (None: it may)."""
+    if not head:
+        return "the file is empty"
+    for magic, what in _COMPRESSED.items():
+        if head.startswith(magic):
+            return what
+    if len(head) < BLOCK:
+        return f"it is {len(head)} bytes long, shorter than one tar header"
+    if head[257:262] != b"ustar":
+        return "it is not a tar archive (a Cutover package is an uncompressed ustar container)"
+    if not head.startswith(b"manifest.json\x00"):
+        name = head[:100].split(b"\x00", 1)[0].decode("utf-8", "replace")
+        return f"it is a tar archive whose first member is {name!r}, not manifest.json"
+    return None
 
 
 def hash_payload(

@@ -131,8 +131,14 @@ CASES: dict[str, Case] = {
     "partial-staging-in-incoming-is-removed": Case(
         _state(), _disk(incoming=("1.2.0.ab12",)), [RemoveIncoming("1.2.0.ab12")]
     ),
-    "unrecorded-release-dir-is-removed": Case(
-        _state(), _disk(dirs=(OLD, NEW, "1.2.0")), [RemoveUnrecorded("1.2.0")]
+    "unrecorded-release-dir-left-by-a-staging-is-removed": Case(
+        _state(),
+        _disk(dirs=(OLD, NEW, "1.2.0"), incoming=("1.2.0.installing",)),
+        [RemoveIncoming("1.2.0.installing"), RemoveUnrecorded("1.2.0")],
+    ),
+    # issue 9 item 1: a Capistrano/Deployer release is not Cutover's to delete
+    "release-dir-cutover-did-not-create-is-left-alone": Case(
+        _state(), _disk(dirs=(OLD, NEW, "20260301120000"))
     ),
     "planted-link-in-releases-is-removed": Case(
         _state(), _disk(entries=(OLD, NEW, "9.9.9")), [RemoveUnrecorded("9.9.9")]

@@ -1,0 +1,218 @@
+"""Issue 9 (field report), the data items: an existing Capistrano/Deployer root is refused or
+adopted and never emptied (1), a root belongs to one app (5), a failed staging leaves the root as
+it was (11), several trusted keys (15), and the CLI details (19). Real CLI, real directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.agent.conftest import snapshot
+from tests.conftest import BIN, Host, PackageFactory
+
+OLD, NEW = "20260301120000", "20260302120000"
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "cutover-agent"), "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _capistrano_root(root: Path) -> None:
+    """What `cap deploy` leaves: timestamped releases, shared/, an absolute current link."""
+    for name in (OLD, NEW):
+        rel = root / "releases" / name
+        rel.mkdir(parents=True)
+        (rel / "index.php").write_text(f"<?php echo '{name}';\n")
+        os.symlink(str(root / "shared" / "log"), rel / "log")
+    (root / "shared" / "log").mkdir(parents=True)
+    (root / "revisions.log").write_text(f"Branch main deployed as release {NEW}\n")
+    os.symlink(str(root / "releases" / NEW), root / "current")
+
+
+def _init(tmp: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    key = str(tmp / "keys" / "release.pub")
+    return _cli(
+        tmp / "etc" / "agent.toml",
+        "init",
+        "--app",
+        "ame",
+        "--root",
+        str(root),
+        "--trust-release-key",
+        key,
+        *extra,
+    )
+
+
+def test_init_refuses_a_capistrano_root_and_adopt_keeps_every_release(
+    tmp_path: Path, release_key: object, make_package: PackageFactory
+) -> None:
+    root = tmp_path / "srv" / "ame"
+    _capistrano_root(root)
+    before = snapshot(root)
+
+    proc = _init(tmp_path, root)
+    assert proc.returncode == 1, proc.stderr
+    assert f"releases/{OLD}" in proc.stderr and "--adopt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert snapshot(root) == before  # not even .cutover/
+    assert not (tmp_path / "etc" / "agent.toml").exists()
+
+    proc = _init(tmp_path, root, "--adopt", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["adopted"]["releases"] == [OLD, NEW] and out["adopted"]["converted_link"] is True
+    assert os.readlink(root / "current") == f"releases/{NEW}"  # converted to relative
+    for name in (OLD, NEW):  # every release and its content is still there
+        assert (root / "releases" / name / "index.php").read_text() == f"<?php echo '{name}';\n"
+    assert (root / "revisions.log").exists() and (root / "shared" / "log").is_dir()
+    host = Host(root=root, config=tmp_path / "etc" / "agent.toml", app="ame", tmp=tmp_path)
+    st = host.state()
+    assert (st["current"], st["previous"]) == (NEW, OLD)
+    assert all(st["releases"][n]["adopted"] for n in (OLD, NEW))
+    assert [e["event"] for e in host.journal()] == ["init", "adopt"]
+
+    assert host.cli_json("status")["apps"][0]["recovered"] == []  # recovery removes nothing
+    proc = host.cli("activate", OLD)  # unsigned: a rollback target only
+    assert proc.returncode == 1 and "rollback target" in proc.stdout
+    out = host.cli_json("rollback")
+    assert out["current"] == OLD and host.current == f"releases/{OLD}"
+    assert host.cli_json("adopt")["releases"] == []  # idempotent
+
+    # A signed release goes live next to them; retention never prunes what was adopted.
+    host.cli_json("stage", str(make_package("1.0.0", app="ame")))
+    host.cli_json("activate", "1.0.0")
+    host.cli_json("prune")
+    assert sorted(p.name for p in (root / "releases").iterdir()) == ["1.0.0", OLD, NEW]
+
+
+def test_recovery_and_staging_never_remove_a_directory_cutover_did_not_create(
+    host: Host, make_package: PackageFactory
+) -> None:
+    foreign = host.root / "releases" / "1.0.0"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("someone's release\n")
+    other = host.root / "releases" / OLD
+    other.mkdir()
+    before = snapshot(host.root / "releases")
+
+    host.cli_json("status")
+    proc = host.cli("stage", str(make_package("1.0.0")))
+    assert proc.returncode == 1, proc.stdout
+    assert "Cutover never removes what it did not create" in proc.stdout
+    host.cli_json("status")
+    assert snapshot(host.root / "releases") == before
+    assert (foreign / "data.txt").read_text() == "someone's release\n"
+    assert sorted(p.name for p in (host.root / ".cutover" / "incoming").iterdir()) == []
+
+
+def test_init_refuses_a_root_another_app_uses(host: Host, tmp_path: Path) -> None:
+    before, journal = host.snapshot(), host.journal()
+    config_before = host.config.read_text()
+    key = str(tmp_path / "keys" / "release.pub")
+    proc = _cli(
+        host.config, "init", "--app", "other", "--root", str(host.root), "--trust-release-key", key
+    )
+    assert proc.returncode != 0 and "'demo'" in proc.stderr, proc.stderr
+    # the same root under another config: its state file names the app
+    proc = _cli(
+        tmp_path / "etc2.toml",
+        "init",
+        "--app",
+        "other",
+        "--root",
+        str(host.root),
+        "--trust-release-key",
+        key,
+    )
+    assert proc.returncode != 0 and "'demo'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "etc2.toml").exists()
+    assert (host.snapshot(), host.journal(), host.config.read_text()) == (
+        before,
+        journal,
+        config_before,
+    )
+
+
+def test_a_failed_staging_leaves_no_shared_dirs(host: Host, make_package: PackageFactory) -> None:
+    (host.root / "shared" / "logs").mkdir()  # the operator's, used by the release: stays
+    before = snapshot(host.root)
+    pkg = make_package(
+        "1.0.0",
+        toml='[shared]\ndirs = ["storage", "logs", "cache"]\n'
+        '[[hooks.stage]]\nname = "build"\nargv = ["sh", "-c", "exit 3"]\n',
+    )
+    proc = host.cli("stage", str(pkg))
+    assert proc.returncode == 1, proc.stdout
+    after = snapshot(host.root)
+    changed = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
+    assert changed == {".cutover/state.json", ".cutover/journal.jsonl", ".cutover/lock"}
+    assert host.state()["releases"]["1.0.0"]["status"] == "failed"
+
+
+def test_init_trusts_every_key_given(tmp_path: Path, release_key: object) -> None:
+    from cutover.agent.keys import generate_keypair
+
+    second = generate_keypair(tmp_path / "keys" / "second")
+    root, config = tmp_path / "srv" / "ame", tmp_path / "etc" / "agent.toml"
+    proc = _init(tmp_path, root, "--trust-release-key", str(tmp_path / "keys" / "second.pub"))
+    assert proc.returncode == 0, proc.stderr
+    keys = json.loads(_cli(config, "keys", "--json").stdout)["keys"]
+    assert {k["keyid"] for k in keys} == {release_key.public.keyid, second.public.keyid}  # type: ignore[attr-defined]
+
+
+def test_cli_details(host: Host, tmp_path: Path) -> None:
+    # --config after the command, as docs/operations.md shows it
+    proc = subprocess.run(
+        [str(BIN / "cutover-agent"), "status", "--json", "--config", str(host.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout)["apps"][0]["app"] == "demo"
+    usage = _cli(host.config, "init", "--help").stdout
+    assert "--app APP" in usage and "[--app APP]" not in usage and "(required)" in usage
+    proc = _cli(host.config, "journal", "--limit", "-1")
+    assert proc.returncode == 2 and "at least 1" in proc.stderr
+    bad = tmp_path / "bad.toml"
+    text = host.config.read_text().replace("keep = 5", 'keep = "5"\nkeep_releases = 3\nfoo = 1')
+    bad.write_text(text)
+    proc = _cli(bad, "status")
+    assert proc.returncode == 2
+    assert "3 problems" in proc.stderr and "more)" not in proc.stderr
+    assert "apps.demo.keep: Input should be a valid integer" in proc.stderr
+    assert "keep_releases: Extra inputs are not permitted (did you mean 'keep'?)" in proc.stderr
+    assert "apps.demo.foo" in proc.stderr
+
+
+def test_a_tarball_is_refused_as_not_a_cutover_package(host: Host, tmp_path: Path) -> None:
+    import tarfile
+
+    src = tmp_path / "index.php"
+    src.write_text("<?php\n")
+    tgz = tmp_path / "ame-1.0.0.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(src, arcname="index.php")
+    before = host.snapshot()
+    proc = _cli(host.config, "stage", "--app", "demo", str(tgz))
+    assert proc.returncode == 3, proc.stderr
+    assert "is not a Cutover package: it is gzip-compressed (a .tar.gz?)" in proc.stderr
+    assert host.snapshot() == before
+    proc = subprocess.run(
+        [str(BIN / "cutover"), "inspect", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0 and "is not a Cutover package" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
