@@ -14,12 +14,14 @@ import asyncio
 import json
 import os
 import pwd
+import shlex
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from cutover.agent import __version__
+from cutover.agent._util.privileges import acting_as, current_user, drop_to, owner_of
 from cutover.agent.config import DEFAULT_CONFIG, LoadedConfig, add_app_to_config, load_config
 from cutover.agent.errors import (
     ConfigError,
@@ -39,12 +41,16 @@ from cutover.agent.trust.policy import peek_app
 __all__ = ["main"]
 
 
+_INVOKER: list[str] = []  # who ran the command, before any privilege drop
+
+
 def _actor() -> str:
-    try:
-        user = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        user = str(os.getuid())
-    return f"cli:{os.environ.get('SUDO_USER', user)}"
+    if not _INVOKER:
+        try:
+            _INVOKER.append(pwd.getpwuid(os.getuid()).pw_name)
+        except KeyError:
+            _INVOKER.append(str(os.getuid()))
+    return f"cli:{os.environ.get('SUDO_USER', _INVOKER[0])}"
 
 
 class _Out:
@@ -77,11 +83,24 @@ def _pick_app(cfg: LoadedConfig, name: str | None) -> str:
     raise ConfigError(f"{cfg.path} has several apps ({', '.join(cfg.apps)}); choose one with --app")
 
 
+_ARGV: list[str] = []  # the command line, for the `sudo -u OWNER ...` a permission error suggests
+
+
+def _become_owner(root: Path) -> None:
+    """Run as root on an app owned by another user: become that user (never leave root-owned
+    files in someone else's app; hooks run as under the daemon). All-root: nothing changes."""
+    layout = Layout(root)
+    owner = owner_of(layout.meta, layout.root)
+    if owner is not None and os.geteuid() == 0 and owner.uid != 0:
+        drop_to(owner)
+
+
 def _manager(cfg: LoadedConfig, app: str, progress_events: bool = False) -> AppManager:
     def events(ev: dict[str, Any]) -> None:
         if progress_events and ev.get("event") == "hook.output":
             print(f"  [{ev.get('hook')}] {ev.get('line')}", file=sys.stderr)
 
+    _become_owner(cfg.apps[app].root)
     return AppManager(app, cfg.apps[app], cfg.policies[app], actor=_actor(), events=events)
 
 
@@ -111,10 +130,10 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     if not args.app:
         raise ConfigError("init needs --app NAME (the app this root holds, e.g. --app ame)")
     root = Path(args.root).resolve()
-    owner, foreign = survey(root)
-    if owner is not None and owner != args.app:
+    holder, foreign = survey(root)
+    if holder is not None and holder != args.app:
         raise StateError(
-            f"{root} is the root of app {owner!r} (its .cutover/state.json says so); every app "
+            f"{root} is the root of app {holder!r} (its .cutover/state.json says so); every app "
             "needs its own root: choose another --root"
         )
     if foreign and not args.adopt:
@@ -127,24 +146,32 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     # refuses such a config, key directory or app root (agent/strictmodes.py).
     old_umask = os.umask(0o022)
     os.umask(old_umask | 0o022)
+    # Root writes the config; the app's files belong to the root's owner (e.g. Capistrano's
+    # deploy user, or the agent's): never root-owned files in an app owned by someone else.
+    owner = owner_of(root)
     try:
-        Layout(root).create()  # first: a config naming a root that cannot be created helps nobody
+        with acting_as(owner):  # first: a config naming a root that cannot be created helps nobody
+            Layout(root).create()
         add_app_to_config(args.config, args.app, root, [Path(k) for k in args.trust_release_key])
     finally:
         os.umask(old_umask)
     cfg = load_config(args.config)
     layout = Layout(cfg.apps[args.app].root)
-    layout.create()
-    Ledger(args.app, layout).log(
-        "init", root=str(root), actor=_actor(), release_keys=sorted(cfg.policies[args.app].keys)
-    )
+    with acting_as(owner):
+        layout.create()
+        Ledger(args.app, layout).log(
+            "init",
+            root=str(root),
+            actor=_actor(),
+            release_keys=sorted(cfg.policies[args.app].keys),
+        )
+        adopted = _adopt(layout, args.app) if args.adopt else None
     data: dict[str, Any] = {
         "app": args.app,
         "root": str(root),
         "config": str(args.config),
         "release_keys": sorted(cfg.policies[args.app].keys),
     }
-    adopted = _adopt(layout, args.app) if args.adopt else None
     if adopted is not None:
         data["adopted"] = adopted
 
@@ -180,6 +207,7 @@ def _print_adopted(a: dict[str, Any]) -> None:
 def cmd_adopt(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     app = _pick_app(cfg, args.app)
+    _become_owner(cfg.apps[app].root)
     data = {"app": app, **_adopt(Layout(cfg.apps[app].root), app)}
     out.result(data, lambda: _print_adopted(data))
     return ExitCode.OK
@@ -353,6 +381,7 @@ def cmd_delete(args: argparse.Namespace, out: _Out) -> int:
 def cmd_journal(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     app = _pick_app(cfg, args.app)
+    _become_owner(cfg.apps[app].root)
     layout = Layout(cfg.apps[app].root)
     layout.check(app)
     ledger = Ledger(app, layout)
@@ -568,9 +597,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _permission_hint(exc: BaseException) -> str | None:
+    """For a permission error anywhere in ``exc``'s causes: which path, which user, what to run."""
+    err: BaseException | None = exc
+    while err is not None and not isinstance(err, PermissionError):
+        err = err.__cause__ or err.__context__
+    if err is None:
+        return None
+    path = Path(str(err.filename)) if err.filename else None
+    user = current_user()
+    where = f" on {path}" if path is not None else ""
+    owner = owner_of(*([path, *path.parents] if path is not None else []))
+    if owner is None or owner.name == user:
+        return f"permission denied{where} as user {user}: check its mode (ls -l {path or '.'})"
+    cmd = shlex.join(["cutover-agent", *_ARGV])
+    if _INVOKER and _INVOKER[0] != user:  # root, acting as the app's owner
+        return (
+            f"permission denied{where} as user {user}, who owns the app; it belongs to "
+            f"{owner.name}: give it back with `sudo chown -R {user}: PATH` (e.g. the app root), "
+            "then retry"
+        )
+    return (
+        f"permission denied{where} as user {user}; it belongs to {owner.name}: run "
+        f"`sudo -u {owner.name} {cmd}`"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    _actor()  # remember who ran it before any privilege drop
     out = _Out(bool(args.json))
     try:
         from cutover.agent._util.logsetup import configure_logging
@@ -582,14 +639,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.fn(args, out)
         return code
     except CutoverError as exc:
-        if out.json:
-            print(json.dumps({"error": exc.code, "message": str(exc), "exit_code": exc.exit_code}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        hint = _permission_hint(exc)
+        return _error(out, exc.code, f"{exc}; {hint}" if hint else str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # no traceback reaches a user
+        hint = _permission_hint(exc)
+        if hint is not None:
+            return _error(out, "permission_denied", hint, ExitCode.FAILED)
+        return _error(
+            out,
+            "internal",
+            f"internal error ({type(exc).__name__}: {exc}); this is a bug in cutover-agent, "
+            "please report it with the command line",
+            ExitCode.FAILED,
+        )
+
+
+def _error(out: _Out, code: str, message: str, exit_code: int) -> int:
+    if out.json:
+        print(json.dumps({"error": code, "message": message, "exit_code": exit_code}))
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,12 +9,18 @@ from cutover.agent._util.fsutil import (
     start_writeback,
     syncfs,
 )
+from cutover.agent._util.privileges import Owner, acting_as, current_user, drop_to, owner_of
 from cutover.agent._util.strict_json import canonical_json, strict_json_loads
 
 __all__ = [
+    "Owner",
+    "acting_as",
     "atomic_write",
     "canonical_json",
+    "current_user",
+    "drop_to",
     "fsync_dir",
+    "owner_of",
     "random_suffix",
     "start_writeback",
     "strict_json_loads",

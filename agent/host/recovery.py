@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cutover.agent.host.journal import GENESIS, JournalHead
-from cutover.agent.host.layout import Layout
 from cutover.agent.host.phases import ActivationPhase
 from cutover.agent.host.state import AppState, Pending
 
@@ -56,7 +55,6 @@ __all__ = [
 
 
 GENESIS_HEAD = JournalHead(0, GENESIS)
-INSTALLING = Layout.INSTALLING
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,7 @@ class DiskView:
     release_dirs: frozenset[str] = frozenset()  # those that are directories (not links)
     temp_links: tuple[str, ...] = ()  # current.* symlinks in the root
     trash: tuple[str, ...] = ()  # entries of .cutover/trash/
+    installing: frozenset[str] = frozenset()  # versions with an install marker in incoming/
     torn_journal_line: bool = False  # the journal dropped a torn final line when opened
     journal_head: JournalHead = GENESIS_HEAD
 
@@ -235,13 +234,12 @@ def plan_recovery(state: AppState, disk: DiskView) -> RecoveryPlan:
     installed = {v for v, r in state.releases.items() if r.installed}
     # Only a staging of Cutover's own (its install marker in incoming/) is removed: a directory
     # Cutover did not create (an earlier deploy tool's release) is never touched (`adopt` it).
-    ours = {n.removesuffix(INSTALLING) for n in disk.incoming if n.endswith(INSTALLING)}
     actions += [
         RemoveUnrecorded(n)
         for n in disk.release_entries
         if n not in installed
         and n != disk.current
-        and (n in ours or n not in disk.release_dirs)  # a planted link: removed, not followed
+        and (n in disk.installing or n not in disk.release_dirs)  # a link: removed, not followed
     ]
     actions += [RemoveTempLink(n) for n in disk.temp_links]
     if disk.trash:

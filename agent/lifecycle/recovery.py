@@ -36,10 +36,14 @@ def observe(layout: Layout, journal: Journal) -> plan.DiskView:
     head = journal.head
     torn, journal.dropped_torn_line = journal.dropped_torn_line, False
     releases = sorted(layout.releases.iterdir())
+    incoming = [e.name for e in sorted(layout.incoming.iterdir())]
     return plan.DiskView(
         link_path=str(layout.current),
         current=read_current(layout),
-        incoming=tuple(e.name for e in sorted(layout.incoming.iterdir())),
+        incoming=tuple(incoming),
+        installing=frozenset(
+            n.removesuffix(layout.INSTALLING) for n in incoming if n.endswith(layout.INSTALLING)
+        ),
         release_entries=tuple(e.name for e in releases),
         release_dirs=frozenset(e.name for e in releases if e.is_dir() and not e.is_symlink()),
         temp_links=tuple(

@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.agent.conftest import snapshot
 from tests.conftest import BIN, Host, PackageFactory
 
@@ -216,3 +218,71 @@ def test_a_tarball_is_refused_as_not_a_cutover_package(host: Host, tmp_path: Pat
     )
     assert proc.returncode != 0 and "is not a Cutover package" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _owned_by_nobody_setup(tmp_path: Path, release_key: object) -> tuple[Path, Path, int]:
+    """An app root owned by the real ``nobody`` user, in a directory it can traverse (pytest's
+    tmp_path is root's 0700), with the config and keys root's."""
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it runs the CLI as root on an app owned by nobody")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user on this host")
+    base = Path(tempfile.mkdtemp(prefix="cutover-owner-", dir="/tmp"))
+    base.chmod(0o755)
+    root = base / "srv" / "ame"
+    root.mkdir(parents=True)
+    os.chown(root, nobody.pw_uid, nobody.pw_gid)
+    (base / "etc").mkdir()
+    shutil.copytree(tmp_path / "keys", base / "keys")
+    return base, root, nobody.pw_uid
+
+
+def _uids(root: Path) -> set[int]:
+    found = {root.lstat().st_uid}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            found.add((Path(dirpath) / name).lstat().st_uid)
+    return found
+
+
+def test_cli_as_root_acts_as_the_owner_of_the_app(
+    tmp_path: Path, release_key: object, make_package: PackageFactory
+) -> None:
+    import shutil
+
+    base, root, uid = _owned_by_nobody_setup(tmp_path, release_key)
+    try:
+        config = base / "etc" / "agent.toml"
+        key = str(base / "keys" / "release.pub")
+        proc = _cli(config, "init", "--app", "ame", "--root", str(root), "--trust-release-key", key)
+        assert proc.returncode == 0, proc.stderr
+        assert config.stat().st_uid == 0  # the config stays root's
+        pkg = base / "ame-1.0.0.cutover"  # where nobody can read it
+        shutil.copy(make_package("1.0.0", app="ame"), pkg)
+        pkg.chmod(0o644)
+        for args in (("stage", str(pkg)), ("activate", "1.0.0"), ("status",), ("journal",)):
+            proc = _cli(config, *args)
+            assert proc.returncode == 0, (args, proc.stderr)
+        assert os.readlink(root / "current") == "releases/1.0.0"
+        assert _uids(root) == {uid}  # not one root-owned file in nobody's app
+        journal = (root / ".cutover" / "journal.jsonl").read_text()
+        assert '"actor":"cli:root"' in journal.replace(" ", "")  # who ran it is recorded
+
+        # A root-owned file left by an older agent: the error names path, user, what to run.
+        state = root / ".cutover" / "state.json"
+        os.chown(state, 0, 0)
+        state.chmod(0o600)
+        before = state.read_bytes()
+        proc = _cli(config, "status")
+        assert proc.returncode != 0
+        assert str(state) in proc.stderr and "as user nobody" in proc.stderr
+        assert "sudo chown -R nobody:" in proc.stderr and "Traceback" not in proc.stderr
+        assert state.read_bytes() == before and os.readlink(root / "current") == "releases/1.0.0"
+    finally:
+        shutil.rmtree(base)

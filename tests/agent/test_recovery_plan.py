@@ -74,6 +74,7 @@ def _disk(
     temp_links: tuple[str, ...] = (),
     trash: tuple[str, ...] = (),
     torn_journal_line: bool = False,
+    installing: set[str] | None = None,
 ) -> DiskView:
     """What observe() would report; ``entries`` (default: ``dirs``) is everything in releases/."""
     return DiskView(
@@ -86,6 +87,7 @@ def _disk(
         trash=trash,
         torn_journal_line=torn_journal_line,
         journal_head=head,
+        installing=frozenset(installing or ()),
     )
 
 
@@ -133,7 +135,7 @@ CASES: dict[str, Case] = {
     ),
     "unrecorded-release-dir-left-by-a-staging-is-removed": Case(
         _state(),
-        _disk(dirs=(OLD, NEW, "1.2.0"), incoming=("1.2.0.installing",)),
+        _disk(dirs=(OLD, NEW, "1.2.0"), incoming=("1.2.0.installing",), installing={"1.2.0"}),
         [RemoveIncoming("1.2.0.installing"), RemoveUnrecorded("1.2.0")],
     ),
     # issue 9 item 1: a Capistrano/Deployer release is not Cutover's to delete
