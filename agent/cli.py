@@ -33,7 +33,7 @@ from cutover.agent.errors import (
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
 from cutover.agent.host.state import ReleaseRecord, ReleaseStatus
-from cutover.agent.lifecycle.adopt import adopt, survey
+from cutover.agent.lifecycle.adopt import adopt, preflight, survey
 from cutover.agent.lifecycle.manager import AppManager, OpResult
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import peek_app
@@ -133,9 +133,11 @@ def cmd_init(args: argparse.Namespace, out: _Out) -> int:
     holder, foreign = survey(root)
     if holder is not None and holder != args.app:
         raise StateError(
-            f"{root} is the root of app {holder!r} (its .cutover/state.json says so); every app "
+            f"{root} is the root of app {holder!r} (its .cutover/ state says so); every app "
             "needs its own root: choose another --root"
         )
+    if foreign and args.adopt:
+        preflight(root)  # a current link adopt would refuse: refused before anything is written
     if foreign and not args.adopt:
         raise StateError(
             f"{root} holds releases Cutover did not create ({', '.join(foreign)}), e.g. from "

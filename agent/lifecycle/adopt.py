@@ -154,6 +154,31 @@ def adopt(layout: Layout, app: str, actor: str) -> tuple[Adoption, AppState]:
         lock.release()
 
 
+def preflight(root: Path) -> None:
+    """What ``init --adopt`` would refuse, checked before ``init`` writes anything.
+
+    Raises:
+        DriftError: ``current`` is not a release of this root. StorageError: unreadable.
+    """
+    layout = Layout(root)
+    if not layout.releases.is_dir() and not layout.current.is_symlink():
+        return
+    if layout.incoming.is_dir():
+        dirs, installing, link = _observe(layout)
+    else:
+        dirs = [p.name for p in layout.releases.iterdir() if p.is_dir() and not p.is_symlink()]
+        installing, link = (
+            set(),
+            (os.readlink(layout.current) if layout.current.is_symlink() else None),
+        )
+    plan_adoption(
+        AppState(app="preflight"),
+        foreign_releases(AppState(app="preflight"), dirs, installing),
+        link,
+        str(layout.releases),
+    )
+
+
 def survey(root: Path) -> tuple[str | None, list[str]]:
     """What ``init`` must not take over silently: the app whose state file or journal ``root``
     holds (None: none), and the release dirs and a ``current`` link it does not record (every

@@ -286,3 +286,17 @@ def test_cli_as_root_acts_as_the_owner_of_the_app(
         assert state.read_bytes() == before and os.readlink(root / "current") == "releases/1.0.0"
     finally:
         shutil.rmtree(base)
+
+
+def test_init_adopt_refuses_a_current_outside_the_root_before_writing_anything(
+    tmp_path: Path, release_key: object
+) -> None:
+    root = tmp_path / "srv" / "ame"
+    _capistrano_root(root)
+    (root / "current").unlink()
+    os.symlink(str(tmp_path), root / "current")  # not a release of this root
+    before = snapshot(root)
+    proc = _init(tmp_path, root, "--adopt")
+    assert proc.returncode == 6, proc.stderr
+    assert "is not a release under" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(root) == before and not (tmp_path / "etc" / "agent.toml").exists()
