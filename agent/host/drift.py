@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.agent._util.fsutil import atomic_write
+from cutover.agent.host.installer import release_mode
 from cutover.agent.host.kept import load_manifest
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.shared import shared_link_targets
@@ -71,7 +72,11 @@ def expected_entries(manifest: Manifest, shared_links: dict[str, str], extra: Ex
     expected: Expected = dict(extra)
     for e in manifest.files:
         if isinstance(e, FileEntry):
-            expected[e.path] = {"size": e.size, "sha256": e.sha256, "mode": e.mode & ~0o222}
+            expected[e.path] = {
+                "size": e.size,
+                "sha256": e.sha256,
+                "mode": release_mode(stat.S_IFREG | e.mode),
+            }
         elif isinstance(e, DirEntry):
             expected[e.path] = {"dir": True}
         elif isinstance(e, SymlinkEntry):

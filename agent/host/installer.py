@@ -1,5 +1,6 @@
 """Installing a verified release: extract into ``incoming/``, link shared paths, keep the
-manifest, rename the whole tree into ``releases/``, make it read-only, make it durable.
+manifest, rename the whole tree into ``releases/``, normalise its modes (read-only, readable by all),
+make it durable.
 
 Nothing is ever extracted under ``releases/``: payloads go to ``.cutover/incoming/<random>/``
 and are renamed in whole, so a crash leaves a partial tree only in ``incoming/`` (which recovery
@@ -31,6 +32,7 @@ __all__ = [
     "install",
     "make_durable",
     "make_readonly",
+    "release_mode",
 ]
 
 
@@ -91,20 +93,29 @@ def forget_install_marker(layout: Layout, version: str) -> None:
         layout.install_marker(version).rmdir()
 
 
+def release_mode(mode: int) -> int:
+    """The normalised mode of a release entry: ``0555`` for directories and for files with any
+    execute bit, ``0444`` for other files. Readable by every user whatever umask wrote it."""
+    if stat.S_ISDIR(mode) or mode & 0o111:
+        return 0o555
+    return 0o444
+
+
 def make_readonly(release_dir: Path) -> None:
-    """Remove every write bit in the release (never through a link)."""
+    """Normalise every mode in the release (never through a link): directories ``0555``,
+    regular files ``0444`` or ``0555`` (:func:`release_mode`).
+
+    Run after the stage hooks: a hook under the shipped unit's ``UMask=0027`` writes
+    ``-rw-r-----`` files, which only clearing write bits would leave unreadable by the web
+    server's user (docs/lifecycle.md, "Staging").
+    """
     for dirpath, dirnames, filenames in os.walk(release_dir, topdown=False):
-        for name in filenames:
+        for name in [*filenames, *dirnames]:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o222)
-        for name in dirnames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            if stat.S_ISDIR(st.st_mode):
-                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o222)
-    os.chmod(release_dir, stat.S_IMODE(os.lstat(release_dir).st_mode) & ~0o222)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                os.chmod(p, release_mode(st.st_mode))
+    os.chmod(release_dir, release_mode(os.lstat(release_dir).st_mode))
 
 
 def make_durable(layout: Layout) -> None:
