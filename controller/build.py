@@ -11,7 +11,6 @@ the agent's own verification code. ``created_at`` comes from ``--created-at``, e
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pathspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cutover.agent.errors import (
@@ -132,17 +132,34 @@ class BuildResult:
     payload_size: int
 
 
-def _excluded(rel: str, patterns: list[str]) -> bool:
-    """gitignore-like: a pattern without ``/`` matches a name at any depth (``.git``,
-    ``node_modules``, ``*.log``); a pattern with a ``/`` (leading or inner; a trailing one is
-    ignored) matches the path from the tree root (``/vendor``, ``storage/*.log``)."""
-    name = rel.rpartition("/")[2]
-    for p in patterns:
-        body = p.rstrip("/")
-        anchored = "/" in body
-        if fnmatch.fnmatchcase(rel if anchored else name, body.lstrip("/")):
-            return True
-    return False
+def _exclude_spec(cfg: AppConfig) -> pathspec.GitIgnoreSpec:
+    """``[build] exclude`` with gitignore semantics (pathspec): a pattern without an inner ``/``
+    matches a name at any depth, a leading or inner ``/`` anchors it to the tree root, a
+    trailing ``/`` matches directories only, ``**`` spans directories and ``!`` re-includes."""
+    return pathspec.GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *cfg.build.exclude])
+
+
+def _excluded(spec: pathspec.GitIgnoreSpec, rel: str, is_dir: bool) -> bool:
+    return spec.match_file(f"{rel}/" if is_dir else rel)
+
+
+def _refuse_output_in_tree(root: Path, output: Path, spec: pathspec.GitIgnoreSpec) -> None:
+    """An output inside the tree would be packed by the next build (with every package before
+    it), unless an exclude pattern covers it or one of its directories."""
+    try:
+        rel = output.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return
+    parts = rel.split("/")
+    dirs = ["/".join(parts[: n + 1]) for n in range(len(parts) - 1)]
+    if any(_excluded(spec, d, True) for d in dirs) or _excluded(spec, rel, False):
+        return
+    hint = f"/{dirs[0]}/" if dirs else f"/{rel}"
+    raise ConfigError(
+        f"{output} is inside the app tree {root} and not excluded: this package (and any "
+        f"earlier one there) would be packed into the next release; write it outside the app "
+        f"tree, or add {hint!r} to [build] exclude in {root / 'cutover.toml'}"
+    )
 
 
 def _normalise_link(rel: str, target: str, root: Path) -> str:
@@ -165,16 +182,16 @@ def _normalise_link(rel: str, target: str, root: Path) -> str:
 def _walk(root: Path, cfg: AppConfig) -> list[tuple[str, os.stat_result, str | None]]:
     """Sorted (relative path, lstat, link target) for everything to ship."""
     shared = set(cfg.shared.dirs) | set(cfg.shared.files)
-    patterns = [*DEFAULT_EXCLUDES, *cfg.build.exclude]
+    spec = _exclude_spec(cfg)
     out: list[tuple[str, os.stat_result, str | None]] = []
 
     def visit(dir_rel: str) -> None:
         abs_dir = root / dir_rel if dir_rel else root
         with os.scandir(abs_dir) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+        for name, is_dir in entries:
             rel = f"{dir_rel}/{name}" if dir_rel else name
-            if rel in shared or _excluded(rel, patterns):
+            if rel in shared or _excluded(spec, rel, is_dir):
                 continue
             check_relpath(rel)
             st = os.lstat(root / rel)
@@ -243,6 +260,7 @@ def build_package(
         )
     if output.exists():
         raise ConfigError(f"{output} exists already; choose another -o path or remove it")
+    _refuse_output_in_tree(app_dir, output, _exclude_spec(cfg))
     walked = _walk(app_dir, cfg)
     if on_total is not None:
         on_total(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cutover.agent.keys import load_private_key, load_public_key
 from cutover.agent.package.container import open_package
+from cutover.controller.build import build_package
 from tests.conftest import BIN
 
 
@@ -128,3 +129,54 @@ def test_excludes_match_names_at_any_depth_and_anchor_with_a_slash(tmp_path: Pat
         "debug.log",
         "lib/deep/trace.log",
     }
+
+
+def _shipped(pkg: Path) -> set[str]:
+    parts, fh = open_package(pkg)
+    fh.close()
+    return {e["path"] for e in json.loads(parts.manifest_bytes)["files"]}
+
+
+def test_excludes_have_gitignore_semantics_double_star_and_negation(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    for rel in (
+        "storage/logs/a.log",
+        "storage/logs/keep.log",
+        "lib/deep/er/cache.tmp",
+        "cache.tmp",
+        "lib/x.php",
+        "docs/tests",  # a file named like the directory-only pattern below
+        "tests/t.php",
+    ):
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text(rel)
+    (app / "cutover.toml").write_text(
+        'app = "ame"\n[build]\nexclude = ["*.log", "!keep.log", "lib/**/*.tmp", "tests/"]\n'
+    )
+    pkg = tmp_path / "ame-1.0.0.cutover"
+    build_package(app, pkg, version="1.0.0")
+    paths = _shipped(pkg)
+    assert {"storage/logs/keep.log", "cache.tmp", "lib/x.php", "docs/tests"} <= paths
+    assert not paths & {"storage/logs/a.log", "lib/deep/er/cache.tmp", "tests", "tests/t.php"}
+
+
+def test_build_output_inside_the_app_tree_is_refused_unless_excluded(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    (app / "dist").mkdir()
+    old = app / "dist" / "ame-0.9.0.cutover"
+    old.write_bytes(b"previous package")
+    before = sorted(p.name for p in (app / "dist").iterdir())
+    out = app / "dist" / "ame-1.0.0.cutover"
+    proc = cutover("build", str(app), "--version", "1.0.0", "-o", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert "inside the app tree" in proc.stderr and "exclude" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (app / "dist").iterdir()) == before  # nothing written
+    proc = cutover("build", str(app), "--version", "1.0.0", "-o", str(app / "top.cutover"))
+    assert proc.returncode == 2 and not (app / "top.cutover").exists()
+
+    (app / "cutover.toml").write_text('app = "ame"\n[build]\nexclude = ["/dist/"]\n')
+    assert cutover("build", str(app), "--version", "1.0.0", "-o", str(out)).returncode == 0
+    paths = _shipped(out)
+    assert "public/index.php" in paths
+    assert not {p for p in paths if p.startswith("dist")}
