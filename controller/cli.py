@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -19,7 +20,15 @@ from typing import Any
 from cutover.agent import __version__
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode
 from cutover.agent.keys import generate_keypair, load_private_key, load_public_key
-from cutover.agent.package.manifest import DirEntry, FileEntry, ReleaseType
+from cutover.agent.package.manifest import (
+    CommandCheck,
+    DirEntry,
+    FileEntry,
+    HealthCheck,
+    HttpCheck,
+    ReleaseType,
+    TcpCheck,
+)
 from cutover.agent.trust.policy import SignatureVerdict
 from cutover.controller.build import build_package, inspect_package, sign_package
 from cutover.controller.commands import register as register_fleet_commands
@@ -167,9 +176,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             else "symlinks"
         ] += 1
     hooks = {
-        name: [h.name for h in getattr(manifest.hooks, name)]
+        name: [h.model_dump(mode="json") for h in getattr(manifest.hooks, name)]
         for name in ("stage", "pre_activate", "post_activate", "post_rollback")
     }
+    # A countersigner must see what will run: a --trust key that signed nothing is a failure.
+    unsigned = sorted(set(trusted) - set(signers))
     data: dict[str, Any] = {
         "app": manifest.app,
         "version": manifest.version,
@@ -187,7 +198,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "payload_problem": found.payload_problem,
         "signers": signers,
         "signature_check": verdicts or None,
+        "trusted_unsigned": unsigned,
         "hooks": hooks,
+        "health": manifest.health.model_dump(mode="json"),
         "shared": manifest.shared.model_dump(),
         "notes": manifest.notes,
     }
@@ -210,18 +223,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         if found.payload_problem:
             print(f"    {found.payload_problem}")
-        for stage, names in hooks.items():
-            if names:
-                print(f"  hooks.{stage}: {', '.join(names)}")
+        for stage in hooks:
+            for h in getattr(manifest.hooks, stage):
+                print(
+                    f"  hooks.{stage}: {h.name}: {shlex.join(h.argv)}  (timeout {h.timeout_s:g}s)"
+                )
+        for phase in ("staged", "live"):
+            for c in getattr(manifest.health, phase).checks:
+                print(f"  health.{phase}: {_describe_check(c)}")
+        if manifest.health.version_probe is not None:
+            print(f"  health.version_probe: {manifest.health.version_probe.url}")
         print(
             f"  signatures: {len(signers)}"
             + ("" if verdicts or not signers else " (not checked: pass --trust KEY.pub to verify)")
             + "".join(f"\n    {s}  {verdicts.get(s, '')}" for s in signers)
+            + "".join(f"\n    {k}  MISSING (trusted with --trust, did not sign)" for k in unsigned)
         )
 
     _emit(args.json, data, human)
     bad = any(v == "INVALID" for v in verdicts.values())
-    return ExitCode.REJECTED if not ok or bad else ExitCode.OK
+    return ExitCode.REJECTED if not ok or bad or unsigned else ExitCode.OK
+
+
+def _describe_check(c: HealthCheck) -> str:
+    """One health check as a countersigner reads it: type, name, what it runs or probes."""
+    head = f"{c.type} {c.name}".rstrip()
+    if isinstance(c, HttpCheck):
+        what = f"{c.method} {c.url} expects {c.expect_status}"
+        if c.body_contains is not None:
+            what += f", body contains {c.body_contains!r}"
+        if c.body_regex is not None:
+            what += f", body matches {c.body_regex!r}"
+    elif isinstance(c, TcpCheck):
+        what = f"{c.host}:{c.port}"
+    elif isinstance(c, CommandCheck):
+        what = shlex.join(c.argv)
+    else:
+        what = f"{c.path} must not match {c.pattern!r}"
+    return f"{head}: {what}"
 
 
 def build_parser() -> argparse.ArgumentParser:

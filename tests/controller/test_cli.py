@@ -61,7 +61,9 @@ def test_build_sign_twice_inspect(tmp_path: Path) -> None:
     keyids = {load_public_key(tmp_path / f"{n}.pub").keyid for n in ("tech", "sec")}
     assert set(info["signers"]) == keyids
     assert info["payload_matches"] is True and info["commit"] == "abc123"
-    assert info["hooks"]["post_activate"] == ["queue restart"]
+    assert info["hooks"]["post_activate"] == [
+        {"name": "queue restart", "argv": ["php", "artisan", "queue:restart"], "timeout_s": 300.0}
+    ]
     checked = json.loads(
         cutover("inspect", str(pkg), "--json", "--trust", str(tmp_path / "tech.pub")).stdout
     )
@@ -71,7 +73,7 @@ def test_build_sign_twice_inspect(tmp_path: Path) -> None:
     human = cutover("inspect", str(pkg))
     assert (
         "matches its digest" in human.stdout
-        and "hooks.post_activate: queue restart" in human.stdout
+        and "hooks.post_activate: queue restart: php artisan queue:restart" in human.stdout
     )
 
 

@@ -82,3 +82,66 @@ def test_a_matching_payload_has_no_problem(tmp_path: Path) -> None:
     code, info = _inspect(_built(tmp_path))
     assert code == 0 and info["payload_matches"] is True and info["payload_problem"] is None
     assert info["signature_check"] is None  # nothing given to check against
+
+
+def test_trusting_a_key_that_signed_nothing_fails(tmp_path: Path) -> None:
+    pkg = _built(tmp_path)
+    signer, bystander = generate_keypair(tmp_path / "signer"), generate_keypair(tmp_path / "by")
+    add_signature(pkg, lambda data: SignatureEntry.of(signer.keyid, signer.sign(data)))
+
+    code, info = _inspect(pkg, tmp_path / "by")
+    assert code == 3
+    assert info["signature_check"] == {signer.keyid: "unknown"}
+    assert info["trusted_unsigned"] == [bystander.keyid]
+    proc = cutover("inspect", str(pkg), "--trust", str(tmp_path / "by.pub"))
+    assert proc.returncode == 3 and f"{bystander.keyid}  MISSING" in proc.stdout
+
+    code, info = _inspect(pkg, tmp_path / "signer")  # the one that signed: fine
+    assert code == 0 and info["trusted_unsigned"] == []
+
+
+def test_inspect_shows_every_hook_argv_and_every_health_check(tmp_path: Path) -> None:
+    app = _tree(tmp_path)
+    (app / "cutover.toml").write_text(
+        'app = "ame"\n'
+        '[[hooks.stage]]\nname = "deps"\nargv = ["composer", "install", "--no-dev"]\n'
+        '[[hooks.stage]]\nname = "cache"\nargv = ["php", "artisan", "config:cache"]\ntimeout_s = 60\n'
+        '[[hooks.pre_activate]]\nname = "migrate"\nargv = ["php", "artisan", "migrate", "--force"]\n'
+        "[health.staged]\n"
+        '[[health.staged.checks]]\ntype = "command"\nname = "boots"\nargv = ["php", "artisan", "about"]\n'
+        "[health.live]\n"
+        '[[health.live.checks]]\ntype = "http"\nname = "home"\nurl = "http://127.0.0.1:8080/"\n'
+        '[[health.live.checks]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = 9000\n'
+        '[[health.live.checks]]\ntype = "log"\npath = "storage/logs/laravel.log"\npattern = "ERROR"\n'
+        '[health.version_probe]\nurl = "http://127.0.0.1:8080/version"\n'
+    )
+    pkg = tmp_path / "ame-1.0.0.cutover"
+    assert cutover("build", str(app), "--version", "1.0.0", "-o", str(pkg)).returncode == 0
+    code, info = _inspect(pkg)
+    assert code == 0
+    hooks = info["hooks"]
+    assert isinstance(hooks, dict)
+    assert [h["argv"] for h in hooks["stage"]] == [
+        ["composer", "install", "--no-dev"],
+        ["php", "artisan", "config:cache"],
+    ]
+    assert hooks["pre_activate"][0]["argv"] == ["php", "artisan", "migrate", "--force"]
+    assert hooks["post_activate"] == hooks["post_rollback"] == []
+    health = info["health"]
+    assert isinstance(health, dict)
+    assert health["staged"]["checks"][0]["argv"] == ["php", "artisan", "about"]
+    assert [c["type"] for c in health["live"]["checks"]] == ["http", "tcp", "log"]
+    assert health["version_probe"]["url"] == "http://127.0.0.1:8080/version"
+
+    human = cutover("inspect", str(pkg)).stdout
+    for line in (
+        "hooks.stage: deps: composer install --no-dev",
+        "hooks.stage: cache: php artisan config:cache",
+        "hooks.pre_activate: migrate: php artisan migrate --force",
+        "health.staged: command boots: php artisan about",
+        "health.live: http home: GET http://127.0.0.1:8080/ expects 200",
+        "health.live: tcp: 127.0.0.1:9000",
+        "health.live: log: storage/logs/laravel.log must not match 'ERROR'",
+        "health.version_probe: http://127.0.0.1:8080/version",
+    ):
+        assert line in human, (line, human)
