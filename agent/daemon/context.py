@@ -25,7 +25,7 @@ from cutover.agent.daemon.reload import ConfigHolder
 from cutover.agent.errors import NotFoundError, UnavailableError
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.lock import AppLock
-from cutover.agent.host.state import AppState, ReleaseStatus, StateFile
+from cutover.agent.host.state import AppState, StateFile
 from cutover.agent.lifecycle.manager import AppManager, EventSink
 
 __all__ = ["AgentContext"]
@@ -120,10 +120,7 @@ class AgentContext:
         except Exception as exc:
             log.warning("app_state_unreadable", app=app, error=str(exc))
             return
-        staged = tuple(r.version for r in state.installed() if r.status == ReleaseStatus.STAGED)
-        self.metrics.set_app(
-            app, AppReleases(state.current, state.previous, staged, len(state.installed()))
-        )
+        self.metrics.set_app(app, AppReleases.of(state))
 
     def progress_sink(self, sink: EventSink, step: str) -> Callable[[int, int | None], None]:
         """A throttled ``progress`` event emitter (safe from worker threads via ``sink``)."""

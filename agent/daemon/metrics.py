@@ -13,19 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cutover.agent import __version__
+from cutover.agent.host.state import AppState, ReleaseStatus
+
+# prometheus_client adds a ``<name>_created`` gauge beside every counter and histogram: a second
+# series per label set that nobody graphs and that doubles the series count (issue 9). The switch
+# is process-wide; the agent owns its process.
+disable_created_metrics()
 
 __all__ = ["CONTENT_TYPE", "AppReleases", "Metrics"]
 
@@ -42,6 +53,21 @@ class AppReleases:
     previous: str | None
     staged: tuple[str, ...] = ()
     installed: int = 0
+    last_deployed: float | None = None  # Unix time of the newest committed activation
+
+    @classmethod
+    def of(cls, state: AppState) -> AppReleases:
+        """The snapshot of one app's state. ``activated_at`` is written only when an activation
+        commits, so a reverted deploy never counts as the last successful one."""
+        stamps = [r.activated_at for r in state.releases.values() if r.activated_at]
+        installed = state.installed()
+        return cls(
+            state.current,
+            state.previous,
+            tuple(r.version for r in installed if r.status == ReleaseStatus.STAGED),
+            len(installed),
+            max(datetime.fromisoformat(s).timestamp() for s in stamps) if stamps else None,
+        )
 
 
 class _ReleaseCollector(Collector):
@@ -61,7 +87,14 @@ class _ReleaseCollector(Collector):
             "Releases installed under releases/ per app.",
             labels=["app"],
         )
+        deployed = GaugeMetricFamily(
+            "cutover_app_last_successful_deploy_timestamp_seconds",
+            "When an activation of the app last committed (Unix time; absent if never).",
+            labels=["app"],
+        )
         for app, rel in sorted(self.apps.items()):
+            if rel.last_deployed is not None:
+                deployed.add_metric([app], rel.last_deployed)
             if rel.current:
                 info.add_metric([app, rel.current, "current"], 1)
             if rel.previous:
@@ -71,6 +104,7 @@ class _ReleaseCollector(Collector):
             installed.add_metric([app], rel.installed)
         yield info
         yield installed
+        yield deployed
 
 
 class Metrics:
@@ -163,6 +197,10 @@ class Metrics:
         )
         self.releases = _ReleaseCollector()
         r.register(self.releases)
+        # process_* (CPU, memory, fds, start time), python_info and python_gc_*: the collectors
+        # prometheus_client registers by default, added to the agent's own registry.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
 
     # ------------------------------------------------------------------ helpers
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
