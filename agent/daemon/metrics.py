@@ -36,7 +36,7 @@ from cutover.agent.host.state import AppState, ReleaseStatus
 # prometheus_client adds a ``<name>_created`` gauge beside every counter and histogram: a second
 # series per label set that nobody graphs and that doubles the series count (issue 9). The switch
 # is process-wide; the agent owns its process.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 __all__ = ["CONTENT_TYPE", "AppReleases", "Metrics"]
 

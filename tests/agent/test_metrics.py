@@ -9,8 +9,8 @@ from datetime import datetime
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cutover.agent.errors import ActivationFailedError
 from cutover.agent.daemon.metrics import AppReleases, Metrics
+from cutover.agent.errors import ActivationFailedError
 from cutover.agent.host.state import AppState
 from tests.agent.test_lifecycle import health, op
 from tests.conftest import Host, PackageFactory
