@@ -8,6 +8,12 @@ server errors, asyncio's warnings), so journald receives one JSON object per lin
 On a terminal (``fmt="auto"`` and stdout is a tty, or ``fmt="console"``) the last step is
 structlog's ConsoleRenderer instead, and exceptions are left for it to pretty-print.
 
+When the stream is the journal (systemd sets ``JOURNAL_STREAM`` to its device and inode), each
+JSON line starts with its syslog priority, ``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>``
+debug (sd-daemon(3)): journald strips the prefix and records the priority, so
+``journalctl -u cutover-agent -p warning`` finds failed deploys. watchfiles' per-change lines
+(the config reloader) are quieted to warnings.
+
 Request and operation context (request id, keyid, operation id, app, version) is bound with
 ``structlog.contextvars`` by the server, so every line logged while handling a request carries it.
 """
@@ -15,6 +21,7 @@ Request and operation context (request id, keyid, operation id, app, version) is
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -31,11 +38,35 @@ LEVELS = {
 }
 
 
+# sd-daemon(3) priorities by structlog level name.
+_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6}
+
+
+def _is_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected (``JOURNAL_STREAM``)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or no file descriptor (StringIO)
+        return False
+    return bool(expected) and expected == f"{st.st_dev}:{st.st_ino}"
+
+
+def _with_priority(render: Processor) -> Processor:
+    def prefixed(logger: Any, name: str, event_dict: structlog.typing.EventDict) -> str:
+        priority = _PRIORITY.get(str(event_dict.get("level", "info")), 7)
+        line = render(logger, name, event_dict)
+        return f"<{priority}>{line!s}"
+
+    return prefixed
+
+
 def _renderer(fmt: str, stream: TextIO) -> tuple[Processor, bool]:
     """The final processor and whether exceptions must be pre-formatted for it."""
     if fmt == "console" or (fmt == "auto" and stream.isatty()):
         return structlog.dev.ConsoleRenderer(colors=stream.isatty()), False
-    return structlog.processors.JSONRenderer(sort_keys=False), True
+    json_renderer: Processor = structlog.processors.JSONRenderer(sort_keys=False)
+    return (_with_priority(json_renderer) if _is_journal(stream) else json_renderer), True
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -91,6 +122,8 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     root.setLevel(max(numeric, logging.INFO))
     # aiohttp's access log duplicates our canonical request line; its error logger stays.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # watchfiles logs every batch of changes it sees (the config reloader's): noise in the journal.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def _stdlib_event(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:

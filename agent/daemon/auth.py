@@ -393,6 +393,8 @@ async def auth_middleware(
     label = _route_label(request, caller is not None)
     ctx.metrics.request(request.method, label, response.status, duration)
     keyid: str | None = caller.keyid if caller else request.get("keyid")
+    if keyid is None and isinstance(error, AuthError):  # refused before the key was known
+        keyid = httpsig.claimed_keyid(request.headers)
     level = "info" if response.status < 400 else "warning" if response.status < 500 else "error"
     getattr(log, level)(
         "request",

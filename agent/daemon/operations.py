@@ -342,7 +342,8 @@ class OperationRegistry:
         op.add_event(
             {"event": "operation.done", "status": op.status, "result": op.result, "error": op.error}
         )
-        log.info(
+        level = {"succeeded": "info", "cancelled": "warning"}.get(outcome, "error")
+        getattr(log, level)(
             "operation",
             result=outcome,
             error=(op.error or {}).get("error"),

@@ -267,6 +267,7 @@ class Activate:
             "activate.reverted",
             version=version,
             restored=old,
+            actor=ctx.actor,
             reason=reason[:4000],
             marked_bad=mark_bad,
             marked_failed=mark_failed,

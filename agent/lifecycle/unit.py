@@ -118,7 +118,10 @@ async def unit_of_work(
         result = uow.outcome if uow is not None else None
         if result is not None and not result.ok and outcome == "succeeded":
             outcome = "failed"
-        log.info(
+        # A failed operation is an error in the journal (`journalctl -p err`), a cancelled one a
+        # warning; the unit's line is where a failure is logged once, whatever the caller.
+        level = {"succeeded": "info", "cancelled": "warning"}.get(outcome, "error")
+        getattr(log, level)(
             "lifecycle_operation",
             app=ctx.app,
             op=op,

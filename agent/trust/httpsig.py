@@ -98,6 +98,7 @@ __all__ = [
     "SignedHeaders",
     "Verified",
     "build_signature_base",
+    "claimed_keyid",
     "content_digest",
     "is_valid_nonce",
     "new_nonce",
@@ -344,6 +345,26 @@ def _lookup(headers: Mapping[str, str]) -> dict[str, str]:
                 raise _fail(_DUP_CODE[lname], f"{lname} header sent more than once; send it once")
             found[lname] = value.strip(" \t")
     return found
+
+
+_KEYID_SHAPE = re.compile(r"[0-9a-f]{16,64}")
+
+
+def claimed_keyid(headers: Mapping[str, str]) -> str | None:
+    """The keyid a request's Signature-Input claims, unverified, for the log line of a refusal.
+
+    Only the shape of a keyid (lowercase hex, 16-64 characters) is returned, so a hostile value
+    never reaches a log line; anything unparsable is ``None``.
+    """
+    try:
+        text = _lookup(headers).get("signature-input")
+        if text is None:
+            return None
+        member = _single_member(text, "Signature-Input", "malformed_signature_input")
+    except AuthError:
+        return None
+    keyid = dict(member.params).get("keyid")
+    return keyid if isinstance(keyid, str) and _KEYID_SHAPE.fullmatch(keyid) else None
 
 
 def _single_member(text: str, field: str, malformed: str) -> Member:

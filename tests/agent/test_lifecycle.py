@@ -232,6 +232,8 @@ def test_failed_live_check_reverts_marks_bad_and_rollback_skips_it(
     assert "activate.done" not in events
     reverted = next(e for e in host.journal()[seq:] if e["event"] == "activate.reverted")
     assert (reverted["version"], reverted["restored"]) == (B, C)
+    intent = next(e for e in host.journal()[seq:] if e["event"] == "activate.intent")
+    assert reverted["actor"] == intent["actor"] and intent["actor"].startswith("cli:")
 
     before = host.snapshot()
     refused = host.cli_json("rollback", "--to", B, expect=ExitCode.FAILED)

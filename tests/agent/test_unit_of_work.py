@@ -38,10 +38,10 @@ def test_one_log_line_per_operation_with_its_outcome(
             asyncio.run(manager(host).activate("9.9.9"))
     assert host.snapshot() == before
     lines = op_lines(logs)
-    assert [(e["op"], e["outcome"], e["version"], e["error"]) for e in lines] == [
-        ("stage", "succeeded", "1.0.0", None),
-        ("activate", "succeeded", "1.0.0", None),
-        ("activate", "failed", None, "not_found"),
+    assert [(e["op"], e["outcome"], e["version"], e["error"], e["log_level"]) for e in lines] == [
+        ("stage", "succeeded", "1.0.0", None, "info"),
+        ("activate", "succeeded", "1.0.0", None, "info"),
+        ("activate", "failed", None, "not_found", "error"),  # journalctl -p err finds it
     ]
     assert all(e["app"] == "demo" and e["actor"] == "test" for e in lines)
     assert lines[1]["current"] == "1.0.0" and lines[1]["recovered"] == 0

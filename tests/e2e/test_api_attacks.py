@@ -507,6 +507,27 @@ async def test_auth_failures_are_counted_by_reason(env: Env) -> None:
         assert secret not in text
 
 
+async def test_a_401_line_names_the_keyid_the_request_claimed(env: Env) -> None:
+    """The signature did not verify, so nothing is known about the caller but its claim: the
+    request line carries the claimed keyid (16 hex), for the operator chasing a misconfigured
+    controller."""
+    seen = len(env.agent.log_events())
+    assert (await bit_flipped_signature(env)).status == 401
+    h = _replace(
+        sign(env, "POST", ACTIVATE, ACTIVATE_STAGED),
+        "Signature-Input",
+        lambda v: v.replace(env.keys.deploy.keyid, "ab" * 32),
+    )
+    assert (await env.send("POST", ACTIVATE, h, ACTIVATE_STAGED)).status == 401
+    refused = [
+        e for e in env.agent.log_events()[seen:] if e["event"] == "request" and e["status"] == 401
+    ]
+    assert [(e["error"], e["keyid"], e["level"]) for e in refused] == [
+        ("bad_signature", env.keys.deploy.keyid[:16], "warning"),
+        ("unknown_key", "ab" * 8, "warning"),
+    ]
+
+
 async def test_health_reveals_nothing(env: Env) -> None:
     resp = await env.send("GET", "/v1/health", [])
     assert (resp.status, resp.json) == (200, {"status": "ok"})

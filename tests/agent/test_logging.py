@@ -1,0 +1,100 @@
+"""Log lines as journald and an operator see them (issue 9, item 17): real priorities when
+stdout is the journal (``<N>`` prefixes, so ``journalctl -p warning`` finds failed deploys), no
+watchfiles chatter, and the manifest's commit in the journal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from cutover.agent._util.logsetup import configure_logging
+from tests.agent.test_lifecycle import op
+from tests.conftest import Host, PackageFactory
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    yield
+    configure_logging("console", "info")
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
+def _emit_all() -> None:
+    log = structlog.get_logger("test")
+    log.debug("quiet")
+    log.info("deployed", version="1.0.0")
+    log.warning("slow_hook", hook="migrate")
+    log.error("lifecycle_operation", outcome="failed")
+    logging.getLogger("aiohttp.server").error("stdlib error")
+    logging.getLogger("watchfiles.main").info("1 change detected")
+
+
+def test_lines_carry_syslog_priorities_when_stdout_is_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    out = tmp_path / "journal-stream"
+    with out.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        configure_logging("json", "debug", stream)
+        _emit_all()
+    lines = out.read_text().splitlines()
+    prefixes = [line[:3] for line in lines]
+    assert prefixes == ["<7>", "<6>", "<4>", "<3>", "<3>"], lines
+    events = [json.loads(line[3:])["event"] for line in lines]
+    assert events == ["quiet", "deployed", "slow_hook", "lifecycle_operation", "stdlib error"]
+
+
+def test_no_prefix_when_stdout_is_not_the_journal_and_watchfiles_is_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # some other stream (a parent's)
+    out = tmp_path / "plain"
+    with out.open("w") as stream:
+        configure_logging("json", "info", stream)
+        _emit_all()
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["event"] for d in docs] == [
+        "deployed",
+        "slow_hook",
+        "lifecycle_operation",
+        "stdlib error",
+    ]  # no watchfiles line
+    assert [d["level"] for d in docs] == ["info", "warning", "error", "error"]
+
+
+def test_the_journal_records_the_manifests_commit(
+    host: Host, make_package: PackageFactory, tmp_path: Path
+) -> None:
+    from cutover.agent.keys import load_private_key
+    from cutover.controller.build import build_package, sign_package
+
+    src = tmp_path / "commit-src"
+    src.mkdir()
+    (src / "cutover.toml").write_text('app = "demo"\n')
+    (src / "index.html").write_text("hi\n")
+    pkg = tmp_path / "commit.cutover"
+    build_package(src, pkg, version="1.0.0", commit="3f9c2e1", branch="main")
+    sign_package(pkg, load_private_key(tmp_path / "keys" / "release"))
+    op(host, "stage", pkg)
+    done = [e for e in host.journal() if e["event"] == "stage.done"]
+    assert [(e["version"], e["commit"]) for e in done] == [("1.0.0", "3f9c2e1")]
+
+
+def test_the_claimed_keyid_is_logged_only_in_a_keyid_shape() -> None:
+    from cutover.agent.trust.httpsig import claimed_keyid
+
+    good = "0123456789abcdef" * 4
+    head = 'cutover=("@method" "@authority" "@path" "@query" "content-type" "content-digest")'
+    assert claimed_keyid({"Signature-Input": f'{head};keyid="{good}"'}) == good
+    assert claimed_keyid({"Signature-Input": f'{head};keyid="x\\"; DROP"'}) is None
+    assert claimed_keyid({"Signature-Input": f"{head};keyid=12"}) is None
+    assert claimed_keyid({"Signature-Input": "not a dictionary ((("}) is None
+    assert claimed_keyid({}) is None
