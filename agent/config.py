@@ -14,9 +14,17 @@ Example::
 
     [apps.ame]
     root = "/srv/ame"
-    release_keys = ["keys/release.pub"]
+    release_keys = ["keys/release.pub"]   # or {path = "keys/tech.pub", roles = ["technical"]}
     threshold = 1
     keep = 5
+    versioning = "semver"                 # optional: release type must match the bump
+    allowed_branches = ["main", "fix/*"]  # optional: the signed branch must match one
+
+    [apps.ame.approvals]                  # optional: roles that must sign, by release type
+    minor = ["technical", "product"]
+    destructive_migration = ["technical", "management"]
+
+Governance (roles, approvals, versioning, branches) is described in docs/governance.md.
 
 Every error names the file, the key and what is wrong. Key files are loaded with the config, so a
 reload either swaps in a complete new config or keeps the old one in force.
@@ -43,7 +51,9 @@ from cutover.agent.errors import ConfigError, KeyFileError
 from cutover.agent.keys import PublicKey, load_public_key
 from cutover.agent.package.manifest import APP_RE, Hook
 from cutover.agent.strictmodes import check_trusted_file, check_unshared_dir
+from cutover.agent.trust.approvals import ApprovalMatrix
 from cutover.agent.trust.policy import TrustPolicy
+from cutover.agent.trust.rules import Versioning
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -53,6 +63,7 @@ __all__ = [
     "ControllerKey",
     "LoadedConfig",
     "LoadedKey",
+    "ReleaseKey",
     "add_app_to_config",
     "load_config",
 ]
@@ -137,10 +148,28 @@ class HostHooks(_Strict):
     on_failure: list[Hook] = []
 
 
+class ReleaseKey(_Strict):
+    """A trusted release key with the roles its signature approves for (docs/governance.md)."""
+
+    path: Path
+    roles: list[str] = Field(default=[], max_length=32)
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        for role in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", role):
+                raise ValueError(f"role {role!r} must match [a-z][a-z0-9_-]*, e.g. technical")
+        return v
+
+
 class AppSection(_Strict):
     root: Path
-    release_keys: list[Path] = Field(min_length=1)
+    release_keys: list[Path | ReleaseKey] = Field(min_length=1)
     threshold: int = Field(default=1, ge=1)
+    approvals: ApprovalMatrix = ApprovalMatrix()
+    versioning: Versioning = "any"
+    allowed_branches: list[str] | None = None
     keep: int = Field(default=5, ge=1, le=1000)
     allow_downgrade: bool = False
     checkpoint: list[str] | None = None
@@ -156,6 +185,10 @@ class AppSection(_Strict):
         if not v.is_absolute():
             raise ValueError("root must be an absolute path, e.g. /srv/ame")
         return v
+
+    def release_key_entries(self) -> list[ReleaseKey]:
+        """Every trusted release key as a path with roles (a bare path has none)."""
+        return [k if isinstance(k, ReleaseKey) else ReleaseKey(path=k) for k in self.release_keys]
 
 
 class AgentConfig(_Strict):
@@ -200,7 +233,7 @@ class LoadedConfig:
         files = {self.path}
         files.update(k.path for k in self.config.controller_keys)
         for app in self.config.apps.values():
-            files.update(app.release_keys)
+            files.update(k.path for k in app.release_key_entries())
         return files
 
 
@@ -250,7 +283,12 @@ def _parse(text: str, path: Path) -> AgentConfig:
             ],
             "apps": {
                 name: a.model_copy(
-                    update={"release_keys": [_resolve(base, k) for k in a.release_keys]}
+                    update={
+                        "release_keys": [
+                            k.model_copy(update={"path": _resolve(base, k.path)})
+                            for k in a.release_key_entries()
+                        ]
+                    }
                 )
                 for name, a in cfg.apps.items()
             },
@@ -294,16 +332,28 @@ def load_config(path: Path) -> LoadedConfig:
     try:
         for name, app in cfg.apps.items():
             keys: dict[str, PublicKey] = {}
-            for kp in app.release_keys:
-                k = load_public_key(kp)
+            roles: dict[str, frozenset[str]] = {}
+            for entry in app.release_key_entries():
+                k = load_public_key(entry.path)
                 keys[k.keyid] = k
+                roles[k.keyid] = roles.get(k.keyid, frozenset()) | frozenset(entry.roles)
             if app.threshold > len(keys):
                 raise ConfigError(
                     f"config {path}: apps.{name}.threshold is {app.threshold} but only "
                     f"{len(keys)} distinct release keys are trusted"
                 )
             release_ids.update(keys)
-            policies[name] = TrustPolicy(app=name, keys=keys, threshold=app.threshold)
+            policies[name] = TrustPolicy(
+                app=name,
+                keys=keys,
+                threshold=app.threshold,
+                key_roles={k: r for k, r in roles.items() if r},
+                approvals=app.approvals,
+                versioning=app.versioning,
+                allowed_branches=(
+                    tuple(app.allowed_branches) if app.allowed_branches is not None else None
+                ),
+            )
         for i, ck in enumerate(cfg.controller_keys):
             k = load_public_key(ck.path)
             if k.keyid in controller:
@@ -326,8 +376,8 @@ def _check_modes(path: Path, cfg: AgentConfig) -> None:
         for ck in cfg.controller_keys:
             check_trusted_file(ck.path, "controller key")
         for name, app in cfg.apps.items():
-            for kp in app.release_keys:
-                check_trusted_file(kp, f"release key of app {name}")
+            for entry in app.release_key_entries():
+                check_trusted_file(entry.path, f"release key of app {name}")
             check_unshared_dir(app.root, f"app root of {name}")
         for tls, what in ((cfg.agent.tls_cert, "TLS certificate"), (cfg.agent.tls_key, "TLS key")):
             if tls is not None:

@@ -23,7 +23,14 @@ from packaging.version import Version as Pep440
 
 from cutover.agent.errors import ManifestError
 
-__all__ = ["VERSION_RE", "Incomparable", "compare", "is_older", "validate_version"]
+__all__ = [
+    "VERSION_RE",
+    "Incomparable",
+    "compare",
+    "is_older",
+    "semver_core",
+    "validate_version",
+]
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -67,6 +74,12 @@ class _SemVer:
 
     def __lt__(self, other: _SemVer) -> bool:
         return self._key() < other._key()  # type: ignore[operator,unused-ignore]
+
+
+def semver_core(version: str) -> tuple[int, int, int] | None:
+    """MAJOR, MINOR, PATCH of a SemVer 2.0.0 version, or None if ``version`` is not SemVer."""
+    m = _SEMVER_RE.fullmatch(version)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
 def _pep440(v: str) -> Pep440 | None:

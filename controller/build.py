@@ -80,6 +80,7 @@ class BuildSection(_Strict):
 class ReleaseSection(_Strict):
     release_type: ReleaseType = ReleaseType.MINOR
     requires_migration: bool = False
+    destructive_migration: bool | None = None  # needs the matrix's destructive_migration row
 
 
 class AppConfig(_Strict):
@@ -296,6 +297,7 @@ def build_package(
                 expires_at=None if expires_after is None else created + expires_after,
                 release_type=release_type or cfg.release.release_type,
                 requires_migration=cfg.release.requires_migration,
+                destructive_migration=cfg.release.destructive_migration,
                 notes=notes,
                 hooks=cfg.hooks,
                 shared=cfg.shared,

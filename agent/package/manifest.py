@@ -348,6 +348,8 @@ class Manifest(_Model):
     expires_at: datetime | None = None
     release_type: ReleaseType = ReleaseType.MINOR
     requires_migration: bool = False
+    # Governance (docs/governance.md); None = not declared, so older manifests read unchanged.
+    destructive_migration: bool | None = None
     notes: str = Field(default="", max_length=65536)
     hooks: Hooks = Hooks()
     shared: SharedPaths = SharedPaths()

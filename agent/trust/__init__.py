@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from cutover.agent.trust.approvals import (
+    ApprovalMatrix,
+    ApprovalReport,
+    evaluate_approvals,
+    require_approvals,
+)
 from cutover.agent.trust.httpsig import (
     RequestTarget,
     content_digest,
@@ -18,16 +24,24 @@ from cutover.agent.trust.policy import (
     signature_verdict,
     verify_release,
 )
+from cutover.agent.trust.rules import check_branch, check_release_type, implied_type
 
 __all__ = [
+    "ApprovalMatrix",
+    "ApprovalReport",
     "HostHistory",
     "RequestTarget",
     "SignatureVerdict",
     "TrustPolicy",
     "VerifiedRelease",
+    "check_branch",
+    "check_release_type",
     "content_digest",
+    "evaluate_approvals",
+    "implied_type",
     "new_nonce",
     "peek_app",
+    "require_approvals",
     "sign_request",
     "signature_verdict",
     "verify_release",

@@ -13,6 +13,10 @@ Rules (docs/security-model.md). No I/O happens here; every failure raises a
 5. Immutability: a version already known with a different manifest digest is refused.
 6. Downgrade: a version older than the highest ever staged is refused unless the host allows it
    locally. Re-accepting the identical manifest of a known version is not a downgrade.
+7. Governance (docs/governance.md): the signed ``branch`` must match the app's
+   ``allowed_branches`` (agent.trust.rules); the valid signatures must cover the approval
+   matrix's rule for the release type (agent.trust.approvals); with ``versioning = "semver"``
+   the release type must match the bump over the highest version (agent.trust.rules).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from cutover.agent.package.manifest import (
     strict_json_loads,
 )
 from cutover.agent.package.signatures import SignatureEntry, parse_signatures
+from cutover.agent.trust.approvals import ApprovalMatrix, ApprovalReport, require_approvals
+from cutover.agent.trust.rules import Versioning, check_branch, check_release_type
 from cutover.agent.versions import Incomparable, is_older
 
 __all__ = [
@@ -57,11 +63,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """The release keys one app trusts, and how many must sign."""
+    """The release keys one app trusts, how many must sign, and the app's governance rules."""
 
     app: str
     keys: Mapping[str, PublicKey]
     threshold: int = 1
+    key_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    approvals: ApprovalMatrix = field(default_factory=ApprovalMatrix)
+    versioning: Versioning = "any"
+    allowed_branches: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -85,6 +95,7 @@ class VerifiedRelease:
     signers: tuple[str, ...]
     ignored_keyids: tuple[str, ...]
     already_known: bool
+    approvals: ApprovalReport | None = None
 
 
 def manifest_digest(manifest_bytes: bytes) -> str:
@@ -235,9 +246,13 @@ def verify_release(
             f"{manifest.app} {manifest.version}: manifest expired at "
             f"{manifest.expires_at.isoformat()}; rebuild and re-sign the release"
         )
+    check_branch(manifest, policy.allowed_branches)
+    report = require_approvals(manifest, signers, policy.key_roles, policy.approvals)
     digest = manifest_digest(manifest_bytes)
     known = check_history(manifest, digest, history)
-    return VerifiedRelease(manifest, manifest_bytes, digest, signers, ignored, known)
+    if not known:
+        check_release_type(manifest, history.highest_version, policy.versioning)
+    return VerifiedRelease(manifest, manifest_bytes, digest, signers, ignored, known, report)
 
 
 def peek_app(manifest_bytes: bytes) -> str:

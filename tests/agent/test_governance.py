@@ -1,0 +1,179 @@
+"""Governance enforced at stage, through the real ``cutover-agent`` CLI with real keys and
+packages: the approval matrix by role and release type, SemVer bump vs release type, and
+``allowed_branches``. Every refusal also proves nothing changed on the host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.controller.build import build_package, sign_package
+from tests.conftest import Host
+
+ROLES = ("technical", "product", "business", "security", "management")
+
+# The matrix of the release process (issue 13), as an agent config would state it.
+MATRIX = """
+[apps.demo.approvals]
+patch = ["technical"]
+hotfix = ["technical"]
+minor = ["technical", "product"]
+major = ["technical", "product", "business"]
+security = ["technical", "security"]
+destructive_migration = ["technical", "management"]
+"""
+
+
+class Gov:
+    """A host whose app trusts one key per role, plus packages built and signed for it."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.keys: dict[str, PrivateKey] = {}
+        keydir = host.tmp / "keys"
+        for role in ROLES:
+            self.keys[role] = generate_keypair(keydir / role)
+        self.n = 0
+
+    def configure(self, extra: str = MATRIX, app_lines: str = "") -> None:
+        entries = ", ".join(
+            f'{{path = "{self.host.tmp / "keys" / role}.pub", roles = ["{role}"]}}'
+            for role in ROLES
+        )
+        self.host.config.write_text(
+            f'[apps.demo]\nroot = "{self.host.root}"\nrelease_keys = [{entries}]\n'
+            f"threshold = 1\nkeep = 5\n{app_lines}{extra}"
+        )
+
+    def package(
+        self,
+        version: str,
+        release_type: str,
+        signed_by: tuple[str, ...],
+        *,
+        destructive: bool = False,
+        branch: str = "main",
+    ) -> Path:
+        self.n += 1
+        src = self.host.tmp / "src" / f"gov-{self.n}"
+        src.mkdir(parents=True)
+        (src / "index.html").write_text(f"{version}\n")
+        (src / "cutover.toml").write_text(
+            f'app = "demo"\n[release]\nrelease_type = "{release_type}"\n'
+            + ("requires_migration = true\ndestructive_migration = true\n" if destructive else "")
+        )
+        out = self.host.tmp / "packages" / str(self.n) / f"demo-{version}.cutover"
+        build_package(src, out, version=version, branch=branch)
+        for role in signed_by:
+            sign_package(out, self.keys[role])
+        return out
+
+    def refused(self, pkg: Path, *needles: str) -> dict[str, object]:
+        before = self.host.snapshot()
+        proc = self.host.cli("stage", str(pkg))
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        body = json.loads(proc.stdout)
+        for needle in needles:
+            assert needle in body["message"], body["message"]
+        assert self.host.snapshot() == before
+        return body
+
+
+@pytest.fixture
+def gov(host: Host) -> Gov:
+    g = Gov(host)
+    g.configure()
+    return g
+
+
+# (release type, destructive migration, roles the rule needs)
+ROWS = [
+    pytest.param("patch", False, ("technical",), id="patch"),
+    pytest.param("hotfix", False, ("technical",), id="hotfix"),
+    pytest.param("minor", False, ("technical", "product"), id="minor"),
+    pytest.param("major", False, ("technical", "product", "business"), id="major"),
+    pytest.param("security", False, ("technical", "security"), id="security"),
+    pytest.param("patch", True, ("technical", "management"), id="destructive_migration"),
+]
+
+
+@pytest.mark.parametrize(("rtype", "destructive", "needs"), ROWS)
+def test_each_matrix_row_accepts_its_roles_and_refuses_one_missing(
+    gov: Gov, rtype: str, destructive: bool, needs: tuple[str, ...]
+) -> None:
+    """Without the last required role: refused (exit 3, reason ``approvals``) naming roles signed,
+    roles missing and key ids, nothing changed; with every role: staged."""
+    missing = needs[-1]
+    # A single-role row is still signed, by a trusted key whose role the row does not need.
+    others = needs[:-1] or ("business",)
+    short = gov.package("1.0.0", rtype, others, destructive=destructive)
+    body = gov.refused(short, f"missing: {missing}", f"roles signed: {sorted(others)[0]} (")
+    assert body["error"] == "approvals"
+    for role in others:
+        assert gov.keys[role].keyid[:16] in str(body["message"])
+    staged = gov.host.cli_json(
+        "stage", str(gov.package("1.0.0", rtype, needs, destructive=destructive))
+    )
+    assert staged["version"] == "1.0.0"
+    assert gov.host.state()["releases"]["1.0.0"]["status"] == "staged"
+
+
+def test_one_key_with_two_roles_counts_once(gov: Gov, host: Host) -> None:
+    """Each required role needs a distinct key: a key holding technical and product cannot approve
+    a minor release alone; a count per role asks for that many distinct keys."""
+    both = generate_keypair(host.tmp / "keys" / "both")
+    gov.configure(
+        app_lines="",
+        extra='[apps.demo.approvals]\nminor = ["technical", "product"]\nmajor = {technical = 2}\n',
+    )
+    text = host.config.read_text().replace(
+        "release_keys = [",
+        f'release_keys = [{{path = "{host.tmp / "keys" / "both"}.pub", '
+        'roles = ["technical", "product"]}, ',
+    )
+    host.config.write_text(text)
+    pkg = gov.package("1.0.0", "minor", ())
+    sign_package(pkg, both)
+    gov.refused(pkg, "missing: ")
+    sign_package(pkg, gov.keys["product"])  # now two distinct keys cover the two roles
+    assert host.cli_json("stage", str(pkg))["version"] == "1.0.0"
+    major = gov.package("2.0.0", "major", ("technical",))
+    gov.refused(major, "technical x2", "missing: technical")
+    sign_package(major, both)
+    assert host.cli_json("stage", str(major))["version"] == "2.0.0"
+
+
+def test_threshold_stays_the_simple_case_without_a_matrix(gov: Gov) -> None:
+    """No approvals table: any one trusted key (threshold 1), whatever its roles."""
+    gov.configure(extra="")
+    assert gov.host.cli_json("stage", str(gov.package("1.0.0", "major", ("product",))))
+
+
+def test_semver_release_type_must_match_the_bump(gov: Gov) -> None:
+    """With versioning = "semver", a feature bump labelled patch is refused, naming the type the
+    bump implies; a non-SemVer version is refused; a correctly labelled bump is staged."""
+    gov.configure(extra="", app_lines='versioning = "semver"\n')
+    gov.host.cli_json("stage", str(gov.package("1.2.3", "patch", ("technical",))))
+    body = gov.refused(
+        gov.package("1.3.0", "patch", ("technical",)), "implies a minor release", "1.2.3"
+    )
+    assert body["error"] == "release_type"
+    body = gov.refused(gov.package("2026.03.7", "patch", ("technical",)), "MAJOR.MINOR.PATCH")
+    assert body["error"] == "not_semver"
+    assert gov.host.cli_json("stage", str(gov.package("1.3.0", "minor", ("technical",))))
+
+
+def test_branch_outside_allowed_branches_is_refused(gov: Gov) -> None:
+    """The signed branch must match a glob of allowed_branches; the refusal names the rule."""
+    gov.configure(extra="", app_lines='allowed_branches = ["stg-*", "fix/production-2026"]\n')
+    body = gov.refused(
+        gov.package("1.0.0", "patch", ("technical",), branch="feature/x"),
+        "'feature/x'",
+        "allowed_branches = ['stg-*', 'fix/production-2026']",
+    )
+    assert body["error"] == "branch"
+    pkg = gov.package("1.0.0", "patch", ("technical",), branch="stg-42")
+    assert gov.host.cli_json("stage", str(pkg))["version"] == "1.0.0"
