@@ -12,6 +12,7 @@ import argparse
 import json
 import shlex
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from cutover.agent import __version__
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode
-from cutover.agent.keys import generate_keypair, load_private_key, load_public_key
+from cutover.agent.keys import PublicKey, generate_keypair, load_private_key, load_public_key
 from cutover.agent.package.manifest import (
     CommandCheck,
     DirEntry,
@@ -29,6 +30,7 @@ from cutover.agent.package.manifest import (
     ReleaseType,
     TcpCheck,
 )
+from cutover.agent.trust.approvals import ApprovalMatrix, evaluate_approvals
 from cutover.agent.trust.policy import SignatureVerdict
 from cutover.controller.build import build_package, inspect_package, sign_package
 from cutover.controller.commands import register as register_fleet_commands
@@ -161,8 +163,35 @@ _SHOWN = {
 }
 
 
+def _trusted_with_roles(
+    specs: list[str],
+) -> tuple[dict[str, PublicKey], dict[str, frozenset[str]]]:
+    """``--trust KEY.pub[=ROLE,ROLE]`` values: the keys by key id, and their roles."""
+    keys: dict[str, PublicKey] = {}
+    roles: dict[str, frozenset[str]] = {}
+    for spec in specs:
+        path, sep, role_list = spec.partition("=")
+        key = load_public_key(Path(path))
+        keys[key.keyid] = key
+        if sep:
+            roles[key.keyid] = frozenset(r.strip() for r in role_list.split(",") if r.strip())
+    return keys, roles
+
+
+def _load_matrix(path: str) -> ApprovalMatrix:
+    """An approval matrix file: the body of an agent config's ``[apps.NAME.approvals]``."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return ApprovalMatrix.model_validate(data.get("approvals", data))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"--matrix {path}: {exc}; write it like the agent config's [apps.NAME.approvals], "
+            'e.g. minor = ["technical", "product"]'
+        ) from exc
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    trusted = {k.keyid: k for k in (load_public_key(p) for p in args.trust)}
+    trusted, key_roles = _trusted_with_roles(args.trust)
     found = inspect_package(Path(args.package), trusted)
     manifest, signers, ok = found.manifest, found.signers, found.payload_matches
     verdicts = {keyid: _SHOWN[v] for keyid, v in found.verdicts.items()}
@@ -204,6 +233,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "shared": manifest.shared.model_dump(),
         "notes": manifest.notes,
     }
+    report = None
+    if args.matrix is not None:
+        valid = tuple(k for k, v in found.verdicts.items() if v is SignatureVerdict.VALID)
+        report = evaluate_approvals(manifest, valid, key_roles, _load_matrix(args.matrix))
+        data["approvals"] = report.to_json()
 
     def human() -> None:
         print(
@@ -239,10 +273,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             + "".join(f"\n    {s}  {verdicts.get(s, '')}" for s in signers)
             + "".join(f"\n    {k}  MISSING (trusted with --trust, did not sign)" for k in unsigned)
         )
+        if report is not None:
+            verdict = "would pass" if report.passed else "would be REFUSED"
+            print(f"  approvals ({report.rule or 'no matrix row: threshold only'}): {verdict}")
+            print(f"    {report.describe()}")
 
     _emit(args.json, data, human)
     bad = any(v == "INVALID" for v in verdicts.values())
-    return ExitCode.REJECTED if not ok or bad or unsigned else ExitCode.OK
+    refused = report is not None and not report.passed
+    return ExitCode.REJECTED if not ok or bad or unsigned or refused else ExitCode.OK
 
 
 def _describe_check(c: HealthCheck) -> str:
@@ -319,8 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust",
         action="append",
         default=[],
-        metavar="KEY.pub",
-        help="verify signatures against this public key (repeatable); exit 3 if any is invalid",
+        metavar="KEY.pub[=ROLE,...]",
+        help="verify signatures against this public key (repeatable); exit 3 if any is invalid; "
+        "=ROLE,... gives the key the roles the agent config gives it (for --matrix)",
+    )
+    sp.add_argument(
+        "--matrix",
+        default=None,
+        metavar="FILE.toml",
+        help="approval matrix (as in the agent config's [apps.NAME.approvals]): show whether "
+        "the valid signatures would pass it and which roles are missing; exit 3 if not",
     )
     sp.set_defaults(fn=cmd_inspect)
     register_fleet_commands(sub, common)

@@ -145,3 +145,29 @@ def test_inspect_shows_every_hook_argv_and_every_health_check(tmp_path: Path) ->
         "health.version_probe: http://127.0.0.1:8080/version",
     ):
         assert line in human, (line, human)
+
+
+def test_inspect_with_a_matrix_says_whether_the_package_would_pass(tmp_path: Path) -> None:
+    """CI can tell before pushing: ``--trust KEY.pub=ROLE --matrix FILE`` reports the rule, the
+    roles signed and the roles missing (exit 3), then passes once the missing role signed."""
+    pkg = _built(tmp_path)  # release_type defaults to minor
+    tech, prod = generate_keypair(tmp_path / "tech"), generate_keypair(tmp_path / "prod")
+    add_signature(pkg, lambda data: SignatureEntry.of(tech.keyid, tech.sign(data)))
+    matrix = tmp_path / "matrix.toml"
+    matrix.write_text('[approvals]\npatch = ["technical"]\nminor = ["technical", "product"]\n')
+    trust = [
+        "--trust",
+        f"{tmp_path / 'tech'}.pub=technical",
+        "--trust",
+        f"{tmp_path / 'prod'}.pub=product",
+    ]
+    proc = cutover("inspect", str(pkg), "--json", *trust, "--matrix", str(matrix))
+    assert proc.returncode == 3, proc.stderr
+    report = json.loads(proc.stdout)["approvals"]
+    assert report["rule"] == "minor" and report["passed"] is False
+    assert report["signed_roles"] == {"technical": [tech.keyid]}
+    assert report["missing"] == {"product": 1}
+    add_signature(pkg, lambda data: SignatureEntry.of(prod.keyid, prod.sign(data)))
+    proc = cutover("inspect", str(pkg), *trust, "--matrix", str(matrix))
+    assert proc.returncode == 0, proc.stderr
+    assert "approvals (minor): would pass" in proc.stdout
