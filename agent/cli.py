@@ -17,6 +17,7 @@ import pwd
 import shlex
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from cutover.agent.host.state import ReleaseRecord, ReleaseStatus
 from cutover.agent.lifecycle.adopt import adopt, preflight, survey
 from cutover.agent.lifecycle.manager import AppManager, OpResult
 from cutover.agent.package.container import open_package
+from cutover.agent.trust.freeze import freeze_status
 from cutover.agent.trust.policy import peek_app
 
 __all__ = ["main"]
@@ -240,6 +242,17 @@ def _release_view(rec: ReleaseRecord, *, with_results: bool = True) -> dict[str,
     return view
 
 
+def _freeze_view(cfg: LoadedConfig, app: str) -> dict[str, list[dict[str, object]]]:
+    """Freeze windows of ``app`` in force now, and those starting within a week."""
+    active, upcoming = freeze_status(cfg.apps[app].freeze, datetime.now(UTC))
+    return {"active": [h.to_json() for h in active], "upcoming": [h.to_json() for h in upcoming]}
+
+
+def _override_hint(window: dict[str, Any]) -> str:
+    roles = window["override_roles"]
+    return f" (override: a signature by role {' or '.join(roles)})" if roles else ""
+
+
 def cmd_status(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     apps = [_pick_app(cfg, args.app)] if args.app or len(cfg.apps) == 1 else list(cfg.apps)
@@ -249,7 +262,10 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         res = _run(_manager(cfg, app).recover_only())
         out.recovered(res.recovered)
         recovered[app] = res.recovered
-    views = [{**_state_view(cfg, a), "recovered": recovered[a]} for a in apps]
+    views = [
+        {**_state_view(cfg, a), "recovered": recovered[a], "freeze": _freeze_view(cfg, a)}
+        for a in apps
+    ]
 
     def human() -> None:
         for v in views:
@@ -263,6 +279,10 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
             print(f"  staged    {', '.join(staged) or '-'}")
             if bad:
                 print(f"  bad       {', '.join(bad)}")
+            for w in v["freeze"]["active"]:
+                print(f"  FROZEN    {w['name']} until {w['ends_at']}{_override_hint(w)}")
+            for w in v["freeze"]["upcoming"]:
+                print(f"  freeze    {w['name']} from {w['starts_at']} to {w['ends_at']}")
 
     out.result({"apps": views}, human)
     return ExitCode.OK

@@ -52,6 +52,7 @@ from cutover.agent.keys import PublicKey, load_public_key
 from cutover.agent.package.manifest import APP_RE, Hook
 from cutover.agent.strictmodes import check_trusted_file, check_unshared_dir
 from cutover.agent.trust.approvals import ApprovalMatrix
+from cutover.agent.trust.freeze import FreezeSchedule
 from cutover.agent.trust.policy import TrustPolicy
 from cutover.agent.trust.rules import Versioning
 
@@ -170,6 +171,7 @@ class AppSection(_Strict):
     approvals: ApprovalMatrix = ApprovalMatrix()
     versioning: Versioning = "any"
     allowed_branches: list[str] | None = None
+    freeze: FreezeSchedule = FreezeSchedule()
     keep: int = Field(default=5, ge=1, le=1000)
     allow_downgrade: bool = False
     checkpoint: list[str] | None = None

@@ -28,6 +28,7 @@ input) and *an operation failed* (the host, a check or a peer let us down; the o
         ├── LockedError                  locked                   409  4  another operation holds the app (``holder``)
         ├── NotFoundError                not_found                404  5  no such app, release, operation or endpoint
         ├── StateError                   invalid_state            409  1  makes no sense in this state (no rollback target)
+        ├── FrozenError                  frozen                   409  1  activation inside a freeze window, no override
         ├── DriftError                   drift                    500  6  a release or the journal no longer matches
         ├── HookFailedError              hook_failed              500  1  a lifecycle hook failed or timed out
         ├── HealthCheckError             health_failed            500  1  health checks did not pass
@@ -76,6 +77,7 @@ __all__ = [
     "ExitCode",
     "ExpectationFailedError",
     "ExpiredError",
+    "FrozenError",
     "HealthCheckError",
     "HookError",
     "HookFailedError",
@@ -319,6 +321,11 @@ class NotFoundError(OperationalError):
 @_registered("invalid_state", 409, ExitCode.FAILED)
 class StateError(OperationalError):
     """The operation makes no sense in this state (no rollback target, a bad release)."""
+
+
+@_registered("frozen", 409, ExitCode.FAILED)
+class FrozenError(OperationalError):
+    """Activation refused: a freeze window is in force and no signer holds an override role."""
 
 
 @_registered("drift", 500, ExitCode.VERIFY_FAILED)

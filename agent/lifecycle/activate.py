@@ -6,6 +6,9 @@
     → post_activate hooks (release, then host) → live checks → version probe → commit → prune
     any failure after the flip → flip back → post_rollback hooks → the release marked BAD
 
+Before anything runs, a freeze window of the app (agent.trust.freeze) refuses the activation
+unless a signer of the release holds an override role; an override is journaled with its key.
+
 The activation walks the phases of :mod:`agent.host.phases` (a table of legal transitions).
 Write-ahead: the intent is saved before the flip and the ``flipped`` / ``reverting`` phases
 before the steps they announce, so a crash at any instant is resolved by recovery. Only a
@@ -17,7 +20,8 @@ blaming it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -40,6 +44,7 @@ from cutover.agent.lifecycle.context import AppContext, OpResult, installed_reco
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner, health_summary, log_offsets
 from cutover.agent.lifecycle.unit import UnitOfWork
 from cutover.agent.package.manifest import Hook
+from cutover.agent.trust.freeze import check_freeze
 
 __all__ = ["Activate"]
 
@@ -57,11 +62,15 @@ class Activate:
         hooks: HookRunner,
         health: HealthRunner,
         prune: Callable[[UnitOfWork], Awaitable[list[str]]],
+        key_roles: Mapping[str, frozenset[str]],
+        clock: Callable[[], datetime],
     ) -> None:
         self.ctx = ctx
         self.hooks = hooks
         self.health = health
         self.prune = prune
+        self.key_roles = key_roles
+        self.clock = clock
 
     async def run(self, uow: UnitOfWork, version: str) -> OpResult:
         ctx, state = self.ctx, uow.state
@@ -82,6 +91,29 @@ class Activate:
             result.message = f"{version} is already active; nothing to do"
             result.details["already_active"] = True
             return result
+        overrides = check_freeze(
+            ctx.section.freeze,
+            app=ctx.app,
+            version=version,
+            release_type=rec.release_type,
+            signers=rec.signers,
+            key_roles=self.key_roles,
+            now=self.clock(),
+        )
+        for hit in overrides:
+            await uow.log(
+                "freeze.override",
+                version=version,
+                window=hit.name,
+                ends_at=hit.ends_at.isoformat(),
+                keyid=hit.override_keyid,
+                roles=sorted(self.key_roles.get(hit.override_keyid or "", frozenset())),
+                actor=ctx.actor,
+            )
+            uow.emit("freeze.override", version=version, window=hit.name, keyid=hit.override_keyid)
+            result.details.setdefault("freeze_overrides", []).append(
+                {**hit.to_json(), "keyid": hit.override_keyid}
+            )
         spec = await asyncio.to_thread(load_runtime, ctx.layout, state, version)
         release_dir = ctx.layout.release(version)
         hctx = self.hooks.context(version, state.current, release_dir)

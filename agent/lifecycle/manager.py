@@ -18,7 +18,9 @@ which is only valid while the app lock is held.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cutover.agent.config import AppSection
@@ -49,6 +51,7 @@ class AppManager:
         *,
         actor: str = "local",
         events: EventSink = no_events,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         layout = Layout(section.root)
         self.ctx = AppContext(app, section, layout, Ledger(app, layout), actor, events)
@@ -57,7 +60,9 @@ class AppManager:
         self._recovery = Recovery(self.ctx, hooks)
         self._housekeeping = Housekeeping(self.ctx)
         self._stage = Stage(self.ctx, policy, hooks, health)
-        self._activate = Activate(self.ctx, hooks, health, self._housekeeping.prune_now)
+        self._activate = Activate(
+            self.ctx, hooks, health, self._housekeeping.prune_now, policy.key_roles, clock
+        )
         self._rollback = Rollback(self.ctx, hooks, health)
 
     @property

@@ -100,6 +100,15 @@ class Stage:
                     result.details["already_active"] = True
                 else:
                     result.message = f"{version} is already staged; nothing to do"
+                added = sorted(set(verified.signers) - set(rec.signers))
+                if added:
+                    # Same manifest, more valid signatures (e.g. a freeze override role signed
+                    # later): they count from now on.
+                    rec.signers = sorted({*rec.signers, *added})
+                    await uow.log("stage.signers_added", version=version, signers=added)
+                    await uow.save()
+                    result.message = f"{version} is already staged; recorded new signers"
+                    result.details["signers_added"] = added
                 result.details["already_staged"] = True
                 return result
             uow.emit("verify.done", version=version, signers=list(verified.signers))

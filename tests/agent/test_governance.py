@@ -177,3 +177,58 @@ def test_branch_outside_allowed_branches_is_refused(gov: Gov) -> None:
     assert body["error"] == "branch"
     pkg = gov.package("1.0.0", "patch", ("technical",), branch="stg-42")
     assert gov.host.cli_json("stage", str(pkg))["version"] == "1.0.0"
+
+
+# Windows in force at any instant a test can run, so the real CLI needs no fake clock (the
+# window arithmetic itself is tested against an injected instant in test_freeze.py).
+FREEZES = [
+    pytest.param(
+        '[[apps.demo.freeze.weekly]]\nname = "always-weekly"\n'
+        'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\nfrom = "00:00"\nto = "00:00"\n'
+        'timezone = "Asia/Tokyo"\noverride_roles = ["management"]\n',
+        "always-weekly",
+        id="weekly",
+    ),
+    pytest.param(
+        '[[apps.demo.freeze.dated]]\nname = "the-long-freeze"\nfrom = 2000-01-01T00:00:00Z\n'
+        'to = 2100-01-01T00:00:00Z\nrelease_types = ["patch"]\noverride_roles = ["management"]\n',
+        "the-long-freeze",
+        id="dated",
+    ),
+]
+
+
+@pytest.mark.parametrize(("freeze", "name"), FREEZES)
+def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_override(
+    gov: Gov, freeze: str, name: str
+) -> None:
+    gov.configure(extra="")
+    host = gov.host
+    for v in ("1.0.0", "1.0.1"):
+        host.cli_json("stage", str(gov.package(v, "patch", ("technical",))))
+        host.cli_json("activate", v)
+    gov.configure(extra=freeze)
+    status = host.cli_json("status")["apps"][0]["freeze"]
+    assert [w["name"] for w in status["active"]] == [name]
+    pkg = gov.package("1.0.2", "patch", ("technical",))
+    host.cli_json("stage", str(pkg))  # staging is allowed during a freeze
+    before = host.snapshot()
+    proc = host.cli("activate", "1.0.2")
+    body = json.loads(proc.stdout)
+    assert proc.returncode == 1 and body["error"] == "frozen", proc.stdout
+    assert f"freeze window {name!r} is in force until" in body["message"]
+    assert "role management" in body["message"]
+    assert host.snapshot() == before and host.current == "releases/1.0.1"
+    # Rollback is always allowed, freeze or not.
+    assert host.cli_json("rollback")["current"] == "1.0.0"
+    host.cli_json("rollback", "--to", "1.0.1")
+    # An override: a management key signs the same manifest; re-staging records the signer.
+    sign_package(pkg, gov.keys["management"])
+    assert host.cli_json("stage", str(pkg))["signers_added"] == [gov.keys["management"].keyid]
+    done = host.cli_json("activate", "1.0.2")
+    assert done["current"] == "1.0.2"
+    overrides = [e for e in host.journal() if e["event"] == "freeze.override"]
+    assert len(overrides) == 1
+    assert overrides[0]["window"] == name and overrides[0]["version"] == "1.0.2"
+    assert overrides[0]["keyid"] == gov.keys["management"].keyid
+    assert overrides[0]["roles"] == ["management"]
