@@ -150,6 +150,8 @@ class ReleaseInfo(_Response):
     branch: str = ""
     notes: str = ""
     requires_migration: bool = False
+    owner: str = ""
+    db_rollback: str = ""
     staged_at: str = ""
     staged_by: str = ""
     activated_at: str | None = None

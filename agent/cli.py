@@ -363,7 +363,7 @@ def cmd_activate(args: argparse.Namespace, out: _Out) -> int:
 def cmd_rollback(args: argparse.Namespace, out: _Out) -> int:
     cfg = load_config(args.config)
     mgr = _manager(cfg, _pick_app(cfg, args.app), progress_events=not out.json)
-    res = _run(mgr.rollback(args.to, restore=args.restore))
+    res = _run(mgr.rollback(args.to, restore=args.restore, accept_db_risk=args.accept_db_risk))
     _print_op(out, res)
     return ExitCode.OK if res.ok else ExitCode.FAILED
 
@@ -586,6 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--restore",
         action="store_true",
         help="run the configured database restore command when leaving a migrating release",
+    )
+    sp.add_argument(
+        "--accept-db-risk",
+        action="store_true",
+        help="roll back across a release whose rollback plan marks the database unsafe (journaled)",
     )
     sp = add(
         "verify", cmd_verify, "re-hash an installed release (default: current) against its manifest"

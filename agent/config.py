@@ -54,6 +54,7 @@ from cutover.agent.strictmodes import check_trusted_file, check_unshared_dir
 from cutover.agent.trust.approvals import ApprovalMatrix
 from cutover.agent.trust.freeze import FreezeSchedule
 from cutover.agent.trust.policy import TrustPolicy
+from cutover.agent.trust.requirements import Requirements
 from cutover.agent.trust.rules import Versioning
 
 __all__ = [
@@ -172,6 +173,7 @@ class AppSection(_Strict):
     versioning: Versioning = "any"
     allowed_branches: list[str] | None = None
     freeze: FreezeSchedule = FreezeSchedule()
+    require: Requirements = Requirements()
     keep: int = Field(default=5, ge=1, le=1000)
     allow_downgrade: bool = False
     checkpoint: list[str] | None = None
@@ -355,6 +357,7 @@ def load_config(path: Path) -> LoadedConfig:
                 allowed_branches=(
                     tuple(app.allowed_branches) if app.allowed_branches is not None else None
                 ),
+                requirements=app.require,
             )
         for i, ck in enumerate(cfg.controller_keys):
             k = load_public_key(ck.path)

@@ -34,12 +34,15 @@ from cutover.agent.keys import PrivateKey, PublicKey
 from cutover.agent.package.container import open_package
 from cutover.agent.package.manifest import (
     FORMAT_VERSION,
+    Checklist,
     DirEntry,
     FileEntry,
     HealthSpec,
     Hooks,
     Manifest,
+    ReleaseNotes,
     ReleaseType,
+    RollbackPlan,
     SharedPaths,
     SymlinkEntry,
     check_relpath,
@@ -55,6 +58,7 @@ from cutover.agent.package.writer import (
     write_package_file,
 )
 from cutover.agent.trust.policy import SignatureVerdict, signature_verdict
+from cutover.agent.trust.requirements import Requirements, check_requirements
 
 __all__ = [
     "AppConfig",
@@ -87,6 +91,11 @@ class AppConfig(_Strict):
     """``cutover.toml`` at the root of an app tree."""
 
     app: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    # Governance (docs/governance.md): signed into the manifest as written.
+    owner: str | None = None
+    rollback: RollbackPlan | None = None
+    notes: ReleaseNotes | None = None
+    checklist: Checklist | None = None
     build: BuildSection = BuildSection()
     release: ReleaseSection = ReleaseSection()
     hooks: Hooks = Hooks()
@@ -243,6 +252,7 @@ def build_package(
     compression: str = "zstd",
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    requirements: Requirements | None = None,
 ) -> BuildResult:
     """Build an unsigned package of ``app_dir`` at ``output``.
 
@@ -251,7 +261,8 @@ def build_package(
 
     Raises:
         ConfigError: cutover.toml is missing or invalid.
-        ManifestError: the tree holds something that cannot be shipped safely.
+        ManifestError: the tree holds something that cannot be shipped safely, or the
+            manifest lacks a field ``requirements`` asks for (code ``missing_field``).
     """
     cfg = load_app_config(app_dir)
     created = _created_at(created_at)
@@ -298,6 +309,10 @@ def build_package(
                 release_type=release_type or cfg.release.release_type,
                 requires_migration=cfg.release.requires_migration,
                 destructive_migration=cfg.release.destructive_migration,
+                owner=cfg.owner,
+                rollback=cfg.rollback,
+                release_notes=cfg.notes,
+                checklist=cfg.checklist,
                 notes=notes,
                 hooks=cfg.hooks,
                 shared=cfg.shared,
@@ -307,6 +322,8 @@ def build_package(
             )
         except ValidationError as exc:
             raise ManifestError(explain_validation(exc, f"the manifest of {app_dir}")) from exc
+        if requirements is not None:
+            check_requirements(manifest, requirements)
         # The builder holds itself to the agent's rules (strict JSON, size cap) before writing.
         if parse_manifest(render_manifest(manifest)) != manifest:
             raise ManifestError(

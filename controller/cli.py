@@ -16,7 +16,9 @@ import tomllib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from cutover.agent import __version__
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode
@@ -32,6 +34,7 @@ from cutover.agent.package.manifest import (
 )
 from cutover.agent.trust.approvals import ApprovalMatrix, evaluate_approvals
 from cutover.agent.trust.policy import SignatureVerdict
+from cutover.agent.trust.requirements import Requirements
 from cutover.controller.build import build_package, inspect_package, sign_package
 from cutover.controller.commands import register as register_fleet_commands
 
@@ -117,6 +120,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             compression=args.compression,
             progress=progress,
             on_total=on_total if bar is not None else None,
+            requirements=_load_toml_model(args.require, "require", Requirements)
+            if args.require
+            else None,
         )
     finally:
         if bar is not None:
@@ -178,16 +184,24 @@ def _trusted_with_roles(
     return keys, roles
 
 
-def _load_matrix(path: str) -> ApprovalMatrix:
-    """An approval matrix file: the body of an agent config's ``[apps.NAME.approvals]``."""
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _load_toml_model(path: str, table: str, model: type[_M]) -> _M:
+    """A governance file for CI: the body of an agent config's ``[apps.NAME.<table>]`` (at the
+    top level, or under ``[<table>]``), validated by the agent's own model."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        return ApprovalMatrix.model_validate(data.get("approvals", data))
+        return model.model_validate(data.get(table, data))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(
-            f"--matrix {path}: {exc}; write it like the agent config's [apps.NAME.approvals], "
-            'e.g. minor = ["technical", "product"]'
+            f"{path}: {exc}; write it like the agent config's [apps.NAME.{table}] "
+            "(docs/governance.md)"
         ) from exc
+
+
+def _load_matrix(path: str) -> ApprovalMatrix:
+    return _load_toml_model(path, "approvals", ApprovalMatrix)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -343,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--expires-days", type=int, default=None, help="manifest expires N days after created_at"
     )
     sp.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
+    sp.add_argument(
+        "--require",
+        default=None,
+        metavar="FILE.toml",
+        help="fields the hosts require (as in the agent config's [apps.NAME.require]): refuse "
+        "to build a package that lacks one",
+    )
     sp.set_defaults(fn=cmd_build)
 
     sp = sub.add_parser("sign", parents=[common], help="add a signature to a package")

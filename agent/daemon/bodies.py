@@ -41,6 +41,7 @@ class ActivateBody(_Body):
 class RollbackBody(_Body):
     to: str | None = Field(default=None, pattern=VERSION_RE.pattern)
     restore: bool = False
+    accept_db_risk: bool = False  # roll back across an unsafe database rollback (journaled)
 
 
 class FetchBody(_Body):

@@ -420,7 +420,10 @@ async def rollback(request: web.Request) -> web.Response:
     _app(request)
     body = _json_body(request, RollbackBody)
     return await _start(
-        request, "rollback", body.to, lambda m: m.rollback(body.to, restore=body.restore)
+        request,
+        "rollback",
+        body.to,
+        lambda m: m.rollback(body.to, restore=body.restore, accept_db_risk=body.accept_db_risk),
     )
 
 

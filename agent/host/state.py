@@ -83,6 +83,8 @@ class ReleaseRecord(_Model):
     branch: str = ""
     notes: str = ""  # bounded (NOTES_CAP)
     requires_migration: bool = False
+    owner: str = ""  # manifest owner (governance)
+    db_rollback: str = ""  # manifest rollback.database: safe | unsafe | needs-confirmation
     staged_at: str = ""
     staged_by: str = ""
     activated_at: str | None = None

@@ -99,10 +99,12 @@ class AppManager:
         async with self._unit("activate", f"activate {version}") as uow:
             return await self._activate.run(uow, version)
 
-    async def rollback(self, to: str | None = None, *, restore: bool = False) -> OpResult:
+    async def rollback(
+        self, to: str | None = None, *, restore: bool = False, accept_db_risk: bool = False
+    ) -> OpResult:
         """Flip back to the previous good release (or ``to``), then post_rollback hooks and checks."""
         async with self._unit("rollback", f"rollback{' to ' + to if to else ''}") as uow:
-            return await self._rollback.run(uow, to, restore=restore)
+            return await self._rollback.run(uow, to, restore=restore, accept_db_risk=accept_db_risk)
 
     async def prune(self) -> OpResult:
         """Delete installed releases beyond retention."""

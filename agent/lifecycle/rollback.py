@@ -6,7 +6,9 @@
     → post_rollback hooks (release, then host) → live checks and version probe (reported as
     warnings: a rollback is never undone)
 
-Rolling back is the safe direction: a rollback interrupted after its flip is completed by
+Crossing a release whose rollback plan says the database rollback is ``unsafe`` is refused
+before anything changes unless the caller accepts the risk (``--accept-db-risk``); the acceptance
+is journaled. Rolling back is otherwise the safe direction: a rollback interrupted after its flip is completed by
 recovery. It skips checkpoints, pre_activate hooks and health gating, so only a release that was
 active on this host before can be its target.
 """
@@ -81,7 +83,12 @@ class Rollback:
         return target, rec
 
     async def run(
-        self, uow: UnitOfWork, to: str | None = None, *, restore: bool = False
+        self,
+        uow: UnitOfWork,
+        to: str | None = None,
+        *,
+        restore: bool = False,
+        accept_db_risk: bool = False,
     ) -> OpResult:
         ctx, state = self.ctx, uow.state
         target, _ = self._target(state, to)
@@ -104,6 +111,22 @@ class Rollback:
             for v in crossed(state, target)
             if v in state.releases and state.releases[v].requires_migration
         ]
+        unsafe = [
+            v
+            for v in crossed(state, target)
+            if v in state.releases and state.releases[v].db_rollback == "unsafe"
+        ]
+        if unsafe and not accept_db_risk:
+            raise StateError(
+                f"rolling {ctx.app} back to {target} crosses {', '.join(unsafe)}, whose rollback "
+                "plan says the database rollback is unsafe: the old release may not run on the "
+                "new schema. Nothing was changed. Restore the database first (--restore), or "
+                "repeat with --accept-db-risk to roll back anyway (journaled)"
+            )
+        if unsafe:
+            await uow.log(
+                "rollback.db_risk_accepted", version=target, crossed=unsafe, actor=ctx.actor
+            )
         warnings: list[str] = []
         if migrated and restore:
             # The earliest crossed migration's checkpoint is the database the target expects.

@@ -182,6 +182,8 @@ class Stage:
             branch=manifest.branch,
             notes=manifest.notes[:NOTES_CAP],
             requires_migration=manifest.requires_migration,
+            owner=manifest.owner or "",
+            db_rollback=(manifest.rollback.database or "") if manifest.rollback else "",
             staged_at=utcnow(),
             staged_by=ctx.actor,
             hooks=hook_results,

@@ -45,6 +45,7 @@ __all__ = [
     "APP_RE",
     "FORMAT_VERSION",
     "MAX_MANIFEST_BYTES",
+    "Checklist",
     "CommandCheck",
     "DirEntry",
     "Entry",
@@ -58,7 +59,10 @@ __all__ = [
     "LogCheck",
     "Manifest",
     "Payload",
+    "ReleaseNotes",
     "ReleaseType",
+    "RollbackPlan",
+    "SecurityImpact",
     "SharedPaths",
     "SymlinkEntry",
     "TcpCheck",
@@ -314,6 +318,51 @@ class ReleaseType(StrEnum):
     INFRASTRUCTURE = "infrastructure"
 
 
+_Text = Annotated[str, Field(max_length=8192)]
+_Items = Annotated[list[_Text], Field(max_length=1000)]
+
+
+class RollbackPlan(_Model):
+    """How to undo the release (docs/governance.md). ``database``: ``safe`` (the old release runs
+    on the new schema), ``unsafe`` (a rollback across it needs ``--accept-db-risk``),
+    ``needs-confirmation``."""
+
+    database: Literal["safe", "unsafe", "needs-confirmation"] | None = None
+    config: _Text = ""
+    files: _Text = ""
+    owner: _Text = ""
+    approver: _Text = ""
+    verification: _Items = []
+
+
+class SecurityImpact(_Model):
+    rbac: _Text = ""
+    tenant_isolation: _Text = ""
+    sensitive_data: _Text = ""
+
+
+class ReleaseNotes(_Model):
+    """The structured notes of the release process's template (``cutover notes`` prints them)."""
+
+    summary: _Text = ""
+    changes: _Items = []
+    impacted_areas: _Items = []
+    migrations: _Items = []
+    operational_risks: _Items = []
+    security_impact: SecurityImpact | None = None
+    tests_completed: _Items = []
+    known_issues: _Items = []
+
+
+# The pre-release checklist as data: ``tests_passed = true``, ``code_review = "PR-123"``,
+# ``pipeline = "<CI run URL>"``, ``backup_confirmed = true``. An item is done when true or a
+# non-empty string.
+Checklist = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], bool | _Text],
+    Field(max_length=100),
+]
+
+
 def _check_symlink_target(entry: SymlinkEntry) -> None:
     target = entry.symlink
     if not target or target.startswith("/") or _BAD_CHARS.search(target):
@@ -350,6 +399,10 @@ class Manifest(_Model):
     requires_migration: bool = False
     # Governance (docs/governance.md); None = not declared, so older manifests read unchanged.
     destructive_migration: bool | None = None
+    owner: str | None = Field(default=None, max_length=200)
+    rollback: RollbackPlan | None = None
+    release_notes: ReleaseNotes | None = None
+    checklist: Checklist | None = None
     notes: str = Field(default="", max_length=65536)
     hooks: Hooks = Hooks()
     shared: SharedPaths = SharedPaths()

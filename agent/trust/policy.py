@@ -16,7 +16,8 @@ Rules (docs/security-model.md). No I/O happens here; every failure raises a
 7. Governance (docs/governance.md): the signed ``branch`` must match the app's
    ``allowed_branches`` (agent.trust.rules); the valid signatures must cover the approval
    matrix's rule for the release type (agent.trust.approvals); with ``versioning = "semver"``
-   the release type must match the bump over the highest version (agent.trust.rules).
+   the release type must match the bump over the highest version (agent.trust.rules); the
+   fields the host requires for the release type are declared (agent.trust.requirements).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from cutover.agent.package.manifest import (
 )
 from cutover.agent.package.signatures import SignatureEntry, parse_signatures
 from cutover.agent.trust.approvals import ApprovalMatrix, ApprovalReport, require_approvals
+from cutover.agent.trust.requirements import Requirements, check_requirements
 from cutover.agent.trust.rules import Versioning, check_branch, check_release_type
 from cutover.agent.versions import Incomparable, is_older
 
@@ -72,6 +74,7 @@ class TrustPolicy:
     approvals: ApprovalMatrix = field(default_factory=ApprovalMatrix)
     versioning: Versioning = "any"
     allowed_branches: tuple[str, ...] | None = None
+    requirements: Requirements = field(default_factory=Requirements)
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -247,6 +250,7 @@ def verify_release(
             f"{manifest.expires_at.isoformat()}; rebuild and re-sign the release"
         )
     check_branch(manifest, policy.allowed_branches)
+    check_requirements(manifest, policy.requirements)
     report = require_approvals(manifest, signers, policy.key_roles, policy.approvals)
     digest = manifest_digest(manifest_bytes)
     known = check_history(manifest, digest, history)

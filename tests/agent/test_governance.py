@@ -5,13 +5,14 @@ packages: the approval matrix by role and release type, SemVer bump vs release t
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.controller.build import build_package, sign_package
-from tests.conftest import Host
+from tests.conftest import BIN, Host
 
 ROLES = ("technical", "product", "business", "security", "management")
 
@@ -56,13 +57,14 @@ class Gov:
         *,
         destructive: bool = False,
         branch: str = "main",
+        toml: str = "",
     ) -> Path:
         self.n += 1
         src = self.host.tmp / "src" / f"gov-{self.n}"
         src.mkdir(parents=True)
         (src / "index.html").write_text(f"{version}\n")
         (src / "cutover.toml").write_text(
-            f'app = "demo"\n[release]\nrelease_type = "{release_type}"\n'
+            f'app = "demo"\n{toml}\n[release]\nrelease_type = "{release_type}"\n'
             + ("requires_migration = true\ndestructive_migration = true\n" if destructive else "")
         )
         out = self.host.tmp / "packages" / str(self.n) / f"demo-{version}.cutover"
@@ -232,3 +234,77 @@ def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_over
     assert overrides[0]["window"] == name and overrides[0]["version"] == "1.0.2"
     assert overrides[0]["keyid"] == gov.keys["management"].keyid
     assert overrides[0]["roles"] == ["management"]
+
+
+GOVERNED = """owner = "alice"
+[rollback]
+database = "unsafe"
+owner = "bob"
+verification = ["GET /health"]
+[notes]
+summary = "Drops the legacy orders table"
+[checklist]
+code_review = "PR-123"
+backup_confirmed = true
+"""
+REQUIRE = '[apps.demo.require]\nall = ["owner", "checklist.tests_passed"]\n'
+
+
+def test_a_missing_required_field_is_refused_at_build_and_again_at_stage(gov: Gov) -> None:
+    """checklist.tests_passed is required: ``cutover build --require`` refuses to build without
+    it, and a package built without the check is refused by the agent, nothing changed."""
+    host = gov.host
+    gov.configure(extra=REQUIRE)
+    require = host.tmp / "require.toml"
+    require.write_text('[require]\nall = ["owner", "checklist.tests_passed"]\n')
+    src = host.tmp / "src" / "governed"
+    src.mkdir(parents=True)
+    (src / "cutover.toml").write_text('app = "demo"\n' + GOVERNED)
+    (src / "index.html").write_text("hi\n")
+    out = host.tmp / "packages" / "governed.cutover"
+    proc = subprocess.run(
+        [
+            str(BIN / "cutover"),
+            "build",
+            "--json",
+            str(src),
+            "--version",
+            "1.0.0",
+            "-o",
+            str(out),
+            "--require",
+            str(require),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    body = json.loads(proc.stdout)
+    assert proc.returncode == 3 and body["error"] == "missing_field", proc.stdout
+    assert "checklist.tests_passed" in body["message"] and not out.exists()
+    pkg = gov.package("1.0.0", "patch", ("technical",), toml=GOVERNED)
+    body = gov.refused(pkg, "lacks required field(s): checklist.tests_passed")
+    assert body["error"] == "missing_field"
+    ok = gov.package("1.0.0", "patch", ("technical",), toml=GOVERNED + "tests_passed = true\n")
+    assert host.cli_json("stage", str(ok))["version"] == "1.0.0"
+    record = host.state()["releases"]["1.0.0"]
+    assert record["owner"] == "alice" and record["db_rollback"] == "unsafe"
+
+
+def test_rollback_across_an_unsafe_database_rollback_needs_accept_db_risk(gov: Gov) -> None:
+    """Refused (nothing changed) without --accept-db-risk; with it, rolled back and journaled."""
+    gov.configure(extra="")
+    host = gov.host
+    host.cli_json("stage", str(gov.package("1.0.0", "patch", ("technical",))))
+    host.cli_json("activate", "1.0.0")
+    host.cli_json("stage", str(gov.package("1.0.1", "patch", ("technical",), toml=GOVERNED)))
+    host.cli_json("activate", "1.0.1")
+    before = host.snapshot()
+    proc = host.cli("rollback")
+    body = json.loads(proc.stdout)
+    assert proc.returncode == 1 and body["error"] == "invalid_state", proc.stdout
+    assert "1.0.1" in body["message"] and "--accept-db-risk" in body["message"]
+    assert host.snapshot() == before
+    assert host.cli_json("rollback", "--accept-db-risk")["current"] == "1.0.0"
+    accepted = [e for e in host.journal() if e["event"] == "rollback.db_risk_accepted"]
+    assert [(e["version"], e["crossed"]) for e in accepted] == [("1.0.0", ["1.0.1"])]
