@@ -294,7 +294,7 @@ def cmd_releases(args: argparse.Namespace, out: _Out) -> int:
     view = _state_view(cfg, app, with_results=True)
 
     def human() -> None:
-        rows = [("VERSION", "STATUS", "STAGED", "ACTIVATED", "PIN", "SIGNERS")]
+        rows = [("VERSION", "STATUS", "TYPE", "OWNER", "STAGED", "ACTIVATED", "PIN", "SIGNERS")]
         for r in view["releases"]:
             if not r["installed"] and r["status"] != "failed":
                 continue
@@ -302,6 +302,8 @@ def cmd_releases(args: argparse.Namespace, out: _Out) -> int:
                 (
                     r["version"],
                     r["status"] + ("" if r["installed"] else " (removed)"),
+                    r["release_type"] or "-",
+                    r["owner"] or "-",
                     r["staged_at"],
                     r["activated_at"] or "-",
                     "yes" if r["pinned"] else "",

@@ -289,6 +289,14 @@ def test_a_missing_required_field_is_refused_at_build_and_again_at_stage(gov: Go
     assert host.cli_json("stage", str(ok))["version"] == "1.0.0"
     record = host.state()["releases"]["1.0.0"]
     assert record["owner"] == "alice" and record["db_rollback"] == "unsafe"
+    table = subprocess.run(
+        [str(BIN / "cutover-agent"), "--config", str(host.config), "releases"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert table[0].split()[:4] == ["VERSION", "STATUS", "TYPE", "OWNER"]
+    assert table[1].split()[:4] == ["1.0.0", "staged", "patch", "alice"]
 
 
 def test_rollback_across_an_unsafe_database_rollback_needs_accept_db_risk(gov: Gov) -> None:
