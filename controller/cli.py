@@ -1,6 +1,6 @@
 """``cutover``: the controller CLI (release engineer and automation side).
 
-Commands: ``keygen``, ``build``, ``sign``, ``inspect`` (here), and the fleet commands ``push``,
+Commands: ``keygen``, ``build``, ``sign``, ``inspect``, ``notes`` (here), and the fleet commands ``push``,
 ``activate``, ``rollback``, ``deploy``, ``status``, ``log`` (controller/commands/, registered
 below; docs/controller.md). Exit codes follow agent.errors.ExitCode (docs/operations.md).
 ``--json`` prints one JSON document on stdout (the long fleet commands: an NDJSON stream).
@@ -37,6 +37,7 @@ from cutover.agent.trust.policy import SignatureVerdict
 from cutover.agent.trust.requirements import Requirements
 from cutover.controller.build import build_package, inspect_package, sign_package
 from cutover.controller.commands import register as register_fleet_commands
+from cutover.controller.notes import notes_json, notes_markdown
 
 __all__ = ["main"]
 
@@ -316,6 +317,15 @@ def _describe_check(c: HealthCheck) -> str:
     return f"{head}: {what}"
 
 
+def cmd_notes(args: argparse.Namespace) -> int:
+    manifest = inspect_package(Path(args.package)).manifest
+    if args.format == "json" or args.json:
+        print(json.dumps(notes_json(manifest), indent=2))
+    else:
+        print(notes_markdown(manifest), end="")
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
@@ -391,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the valid signatures would pass it and which roles are missing; exit 3 if not",
     )
     sp.set_defaults(fn=cmd_inspect)
+    sp = sub.add_parser(
+        "notes", parents=[common], help="print a package's release notes in the process template"
+    )
+    sp.add_argument("package")
+    sp.add_argument("--format", choices=["md", "json"], default="md")
+    sp.set_defaults(fn=cmd_notes)
     register_fleet_commands(sub, common)
     return p
 

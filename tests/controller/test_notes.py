@@ -1,0 +1,108 @@
+"""``cutover notes`` prints the signed manifest's notes in the release process's template."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cutover.controller.build import build_package
+from tests.conftest import BIN
+
+TOML = """app = "ame"
+owner = "alice"
+[release]
+release_type = "minor"
+requires_migration = true
+[rollback]
+database = "needs-confirmation"
+owner = "bob"
+approver = "carol"
+verification = ["GET /health returns 200"]
+[notes]
+summary = "Invoices can be exported as CSV"
+changes = ["CSV export of invoices", "Faster invoice list"]
+impacted_areas = ["billing"]
+migrations = ["2026_03_07_add_export_table"]
+operational_risks = ["export queue load"]
+tests_completed = ["unit", "e2e billing"]
+[notes.security_impact]
+rbac = "new permission invoices.export"
+[checklist]
+tests_passed = true
+code_review = "PR-123"
+"""
+
+EXPECTED = """# ame 1.4.0 (minor), 2026-03-07
+
+## Summary
+Invoices can be exported as CSV
+
+## Changes
+- CSV export of invoices
+- Faster invoice list
+
+## Impacted areas
+- billing
+
+## Database changes
+- migration: yes
+- 2026_03_07_add_export_table
+- rollback safety: needs-confirmation
+
+## Security impact
+- RBAC: new permission invoices.export
+- tenant isolation: none
+- sensitive data: none
+
+## Testing completed
+- unit
+- e2e billing
+- code_review: PR-123
+- tests_passed: yes
+
+## Deployment notes
+- owner: alice
+- built: 2026-03-07T12:00:00+00:00 from release/1.4 abc123
+- rollback owner: bob
+- approver: carol
+- verify: GET /health returns 200
+- risk: export queue load
+
+## Known issues
+- none
+"""
+
+
+def _notes(pkg: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [str(BIN / "cutover"), "notes", str(pkg), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_notes_follow_the_template_in_markdown_and_json(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cutover.toml").write_text(TOML)
+    (src / "index.php").write_text("<?php\n")
+    pkg = tmp_path / "ame-1.4.0.cutover"
+    build_package(
+        src,
+        pkg,
+        version="1.4.0",
+        branch="release/1.4",
+        commit="abc123",
+        created_at=datetime(2026, 3, 7, 12, 0, tzinfo=UTC),
+    )
+    assert _notes(pkg) == EXPECTED
+    data = json.loads(_notes(pkg, "--format", "json"))
+    assert data["version"] == "1.4.0" and data["date"] == "2026-03-07"
+    assert data["database"]["rollback"] == "needs-confirmation"
+    assert data["deployment"]["rollback_owner"] == "bob"
+    assert data["checklist"] == {"tests_passed": True, "code_review": "PR-123"}
