@@ -262,7 +262,8 @@ def build_package(
     Raises:
         ConfigError: cutover.toml is missing or invalid.
         ManifestError: the tree holds something that cannot be shipped safely, or the
-            manifest lacks a field ``requirements`` asks for (code ``missing_field``).
+            manifest lacks a field ``requirements`` asks for (code ``missing_field``), or its
+            notes or metadata hold a secret (code ``secret_in_notes``).
     """
     cfg = load_app_config(app_dir)
     created = _created_at(created_at)
@@ -324,6 +325,10 @@ def build_package(
             raise ManifestError(explain_validation(exc, f"the manifest of {app_dir}")) from exc
         if requirements is not None:
             check_requirements(manifest, requirements)
+        # Imported here: detect-secrets pulls in requests and yaml, which only build needs.
+        from cutover.controller.secret_scan import check_no_secrets
+
+        check_no_secrets(manifest)
         # The builder holds itself to the agent's rules (strict JSON, size cap) before writing.
         if parse_manifest(render_manifest(manifest)) != manifest:
             raise ManifestError(
