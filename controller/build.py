@@ -253,6 +253,7 @@ def build_package(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     requirements: Requirements | None = None,
+    changes: list[str] | None = None,
 ) -> BuildResult:
     """Build an unsigned package of ``app_dir`` at ``output``.
 
@@ -312,7 +313,13 @@ def build_package(
                 destructive_migration=cfg.release.destructive_migration,
                 owner=cfg.owner,
                 rollback=cfg.rollback,
-                release_notes=cfg.notes,
+                release_notes=(
+                    ReleaseNotes.model_validate(
+                        {**(cfg.notes or ReleaseNotes()).model_dump(), "changes": changes}
+                    )
+                    if changes is not None
+                    else cfg.notes
+                ),
                 checklist=cfg.checklist,
                 notes=notes,
                 hooks=cfg.hooks,

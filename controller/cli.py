@@ -37,7 +37,7 @@ from cutover.agent.trust.policy import SignatureVerdict
 from cutover.agent.trust.requirements import Requirements
 from cutover.controller.build import build_package, inspect_package, sign_package
 from cutover.controller.commands import register as register_fleet_commands
-from cutover.controller.notes import notes_json, notes_markdown
+from cutover.controller.notes import changes_from_git, notes_json, notes_markdown
 
 __all__ = ["main"]
 
@@ -123,6 +123,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             on_total=on_total if bar is not None else None,
             requirements=_load_toml_model(args.require, "require", Requirements)
             if args.require
+            else None,
+            changes=changes_from_git(Path(args.app_dir), args.changes_from_git)
+            if args.changes_from_git
             else None,
         )
     finally:
@@ -367,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--expires-days", type=int, default=None, help="manifest expires N days after created_at"
     )
     sp.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
+    sp.add_argument(
+        "--changes-from-git",
+        default=None,
+        metavar="RANGE",
+        help="fill the notes' changes with the commit subjects of RANGE (e.g. v1.3.0..HEAD)",
+    )
     sp.add_argument(
         "--require",
         default=None,

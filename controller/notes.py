@@ -10,11 +10,51 @@ a reviewer sees that it was left empty.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
+from cutover.agent.errors import ConfigError
 from cutover.agent.package.manifest import Manifest, ReleaseNotes, RollbackPlan, SecurityImpact
 
-__all__ = ["notes_json", "notes_markdown"]
+__all__ = ["changes_from_git", "notes_json", "notes_markdown"]
+
+
+def changes_from_git(repo: Path, revision_range: str) -> list[str]:
+    """The subjects of the commits in ``revision_range`` (``git log``), oldest first, merges
+    left out: the ``changes`` of ``cutover build --changes-from-git RANGE``.
+
+    Raises:
+        ConfigError: git is missing, ``repo`` is not a git work tree, or the range is unknown.
+    """
+    if revision_range.startswith("-"):
+        raise ConfigError(f"--changes-from-git {revision_range!r}: a range such as v1.3.0..HEAD")
+    try:
+        proc = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(repo),
+                "log",
+                "--no-merges",
+                "--reverse",
+                "--format=%s",
+                revision_range,
+                "--",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"--changes-from-git: cannot run git: {exc}") from exc
+    if proc.returncode != 0:
+        raise ConfigError(
+            f"--changes-from-git {revision_range!r} in {repo}: "
+            f"{proc.stderr.strip() or 'git log failed'}; give a range such as v1.3.0..HEAD"
+        )
+    return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
 def notes_json(manifest: Manifest) -> dict[str, Any]:

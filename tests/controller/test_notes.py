@@ -106,3 +106,67 @@ def test_notes_follow_the_template_in_markdown_and_json(tmp_path: Path) -> None:
     assert data["database"]["rollback"] == "needs-confirmation"
     assert data["deployment"]["rollback_owner"] == "bob"
     assert data["checklist"] == {"tests_passed": True, "code_review": "PR-123"}
+
+
+def test_changes_from_git_fills_the_changes_with_commit_subjects(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cutover.toml").write_text('app = "ame"\n[notes]\nsummary = "s"\n')
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.net",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.net",
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(src), *args], check=True, capture_output=True, env=env)
+
+    git("init", "-q")
+    git("add", "cutover.toml")
+    git("commit", "-q", "-m", "Initial import")
+    git("tag", "v1.3.0")
+    for subject in ("Add CSV export", "Fix invoice rounding"):
+        (src / "index.php").write_text(subject)
+        git("add", "index.php")
+        git("commit", "-q", "-m", subject)
+    pkg = tmp_path / "ame-1.4.0.cutover"
+    proc = subprocess.run(
+        [
+            str(BIN / "cutover"),
+            "build",
+            str(src),
+            "--version",
+            "1.4.0",
+            "-o",
+            str(pkg),
+            "--changes-from-git",
+            "v1.3.0..HEAD",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(_notes(pkg, "--format", "json"))
+    assert data["changes"] == ["Add CSV export", "Fix invoice rounding"]
+    assert data["summary"] == "s"
+    bad = subprocess.run(
+        [
+            str(BIN / "cutover"),
+            "build",
+            str(src),
+            "--version",
+            "1.4.1",
+            "-o",
+            str(tmp_path / "x.cutover"),
+            "--changes-from-git",
+            "nosuchtag..HEAD",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "nosuchtag..HEAD" in bad.stderr
+    assert not (tmp_path / "x.cutover").exists()
