@@ -5,12 +5,18 @@ packages: the approval matrix by role and release type, SemVer bump vs release t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from cutover.agent.config import load_config
+from cutover.agent.errors import MismatchError, SignatureError
 from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.agent.package.container import open_package
+from cutover.agent.trust.policy import HostHistory, verify_release
 from cutover.controller.build import build_package, sign_package
 from tests.conftest import BIN, Host
 
@@ -91,6 +97,18 @@ def gov(host: Host) -> Gov:
     return g
 
 
+@pytest.fixture
+def offline_gov(tmp_path: Path) -> Gov:
+    """The same keys and config for in-process checks: no CLI, no ``init`` (faster)."""
+    host = Host(tmp_path / "srv" / "demo", tmp_path / "etc" / "agent.toml", "demo", tmp_path)
+    host.root.mkdir(parents=True)
+    host.config.parent.mkdir(parents=True)
+    (tmp_path / "keys").mkdir()
+    g = Gov(host)
+    g.configure()
+    return g
+
+
 # (release type, destructive migration, roles the rule needs)
 ROWS = [
     pytest.param("patch", False, ("technical",), id="patch"),
@@ -103,82 +121,155 @@ ROWS = [
 
 
 @pytest.mark.parametrize(("rtype", "destructive", "needs"), ROWS)
-def test_each_matrix_row_accepts_its_roles_and_refuses_one_missing(
-    gov: Gov, rtype: str, destructive: bool, needs: tuple[str, ...]
+def test_each_matrix_row_accepts_its_roles_and_refuses_any_one_missing(
+    offline_gov: Gov, rtype: str, destructive: bool, needs: tuple[str, ...]
 ) -> None:
-    """Without the last required role: refused (exit 3, reason ``approvals``) naming roles signed,
-    roles missing and key ids, nothing changed; with every role: staged."""
-    missing = needs[-1]
-    # A single-role row is still signed, by a trusted key whose role the row does not need.
-    others = needs[:-1] or ("business",)
-    short = gov.package("1.0.0", rtype, others, destructive=destructive)
-    body = gov.refused(short, f"missing: {missing}", f"roles signed: {sorted(others)[0]} (")
+    """In-process, through the agent's own verification (real keys, real packages): each row
+    passes with every role, and without any one of them is refused (reason ``approvals``)
+    naming the roles signed with their key ids and the role missing."""
+    gov = offline_gov
+    cfg = load_config(gov.host.config)
+    policy = cfg.policies["demo"]
+
+    def verify(pkg: Path) -> None:
+        parts, fh = open_package(pkg)
+        fh.close()
+        verify_release(
+            parts.manifest_bytes,
+            parts.signatures_bytes,
+            policy,
+            expected_version=None,
+            history=HostHistory(),
+            now=datetime.now(UTC),
+        )
+
+    verify(gov.package("1.0.0", rtype, needs, destructive=destructive))
+    for missing in needs:
+        # Still signed by a trusted key, whose role the row does not need, when nothing else is.
+        others = tuple(r for r in needs if r != missing) or ("business",)
+        with pytest.raises(SignatureError) as exc:
+            verify(gov.package("1.0.0", rtype, others, destructive=destructive))
+        assert exc.value.code == "approvals"
+        msg = str(exc.value)
+        assert f"missing: {missing}" in msg
+        for role in others:
+            assert f"{role} ({gov.keys[role].keyid[:16]}" in msg
+
+
+def test_a_missing_role_is_refused_by_the_cli_with_nothing_changed(gov: Gov) -> None:
+    """The real CLI: a major release without the business signature exits 3 (``approvals``),
+    lists roles signed and missing, changes nothing; with it, the release is staged."""
+    short = gov.package("1.0.0", "major", ("technical", "product"))
+    body = gov.refused(short, "missing: business", "roles signed: product (", "technical (")
     assert body["error"] == "approvals"
-    for role in others:
-        assert gov.keys[role].keyid[:16] in str(body["message"])
-    staged = gov.host.cli_json(
-        "stage", str(gov.package("1.0.0", rtype, needs, destructive=destructive))
-    )
-    assert staged["version"] == "1.0.0"
+    full = gov.package("1.0.0", "major", ("technical", "product", "business"))
+    assert gov.host.cli_json("stage", str(full))["version"] == "1.0.0"
     assert gov.host.state()["releases"]["1.0.0"]["status"] == "staged"
 
 
-def test_one_key_with_two_roles_counts_once(gov: Gov, host: Host) -> None:
+def _verify(gov: Gov, pkg: Path, highest: str | None = None) -> None:
+    """The agent's stage-time verification of ``pkg`` under the current config, in-process."""
+    parts, fh = open_package(pkg)
+    fh.close()
+    verify_release(
+        parts.manifest_bytes,
+        parts.signatures_bytes,
+        load_config(gov.host.config).policies["demo"],
+        expected_version=None,
+        history=HostHistory(highest_version=highest),
+        now=datetime.now(UTC),
+    )
+
+
+def test_one_key_with_two_roles_counts_once(offline_gov: Gov) -> None:
     """Each required role needs a distinct key: a key holding technical and product cannot approve
     a minor release alone; a count per role asks for that many distinct keys."""
-    both = generate_keypair(host.tmp / "keys" / "both")
+    gov, tmp = offline_gov, offline_gov.host.tmp
+    both = generate_keypair(tmp / "keys" / "both")
     gov.configure(
-        app_lines="",
-        extra='[apps.demo.approvals]\nminor = ["technical", "product"]\nmajor = {technical = 2}\n',
+        extra='[apps.demo.approvals]\nminor = ["technical", "product"]\nmajor = {technical = 2}\n'
     )
-    text = host.config.read_text().replace(
+    text = gov.host.config.read_text().replace(
         "release_keys = [",
-        f'release_keys = [{{path = "{host.tmp / "keys" / "both"}.pub", '
+        f'release_keys = [{{path = "{tmp / "keys" / "both"}.pub", '
         'roles = ["technical", "product"]}, ',
     )
-    host.config.write_text(text)
+    gov.host.config.write_text(text)
     pkg = gov.package("1.0.0", "minor", ())
     sign_package(pkg, both)
-    gov.refused(pkg, "missing: ")
+    with pytest.raises(SignatureError, match=r"missing: (product|technical)"):
+        _verify(gov, pkg)
     sign_package(pkg, gov.keys["product"])  # now two distinct keys cover the two roles
-    assert host.cli_json("stage", str(pkg))["version"] == "1.0.0"
+    _verify(gov, pkg)
     major = gov.package("2.0.0", "major", ("technical",))
-    gov.refused(major, "technical x2", "missing: technical")
+    with pytest.raises(SignatureError, match=r"technical x2.*missing: technical"):
+        _verify(gov, major)
     sign_package(major, both)
-    assert host.cli_json("stage", str(major))["version"] == "2.0.0"
+    _verify(gov, major)
 
 
-def test_threshold_stays_the_simple_case_without_a_matrix(gov: Gov) -> None:
+def test_threshold_stays_the_simple_case_without_a_matrix(offline_gov: Gov) -> None:
     """No approvals table: any one trusted key (threshold 1), whatever its roles."""
-    gov.configure(extra="")
-    assert gov.host.cli_json("stage", str(gov.package("1.0.0", "major", ("product",))))
+    offline_gov.configure(extra="")
+    _verify(offline_gov, offline_gov.package("1.0.0", "major", ("product",)))
 
 
-def test_semver_release_type_must_match_the_bump(gov: Gov) -> None:
-    """With versioning = "semver", a feature bump labelled patch is refused, naming the type the
-    bump implies; a non-SemVer version is refused; a correctly labelled bump is staged."""
+@pytest.mark.parametrize(
+    ("version", "rtype", "error"),
+    [
+        pytest.param("1.3.0", "patch", "implies a minor release", id="feature-labelled-patch"),
+        pytest.param("2.0.0", "minor", "implies a major release", id="major-labelled-minor"),
+        pytest.param("1.2.4", "major", "implies a patch release", id="patch-labelled-major"),
+        pytest.param("2026.03.7", "patch", "MAJOR.MINOR.PATCH", id="not-semver"),
+        pytest.param("1.2.4", "hotfix", None, id="hotfix-is-a-patch"),
+        pytest.param("1.3.0", "minor", None, id="minor"),
+        pytest.param("2.0.0", "major", None, id="major"),
+        pytest.param("2.0.0", "security", None, id="security-follows-its-bump"),
+    ],
+)
+def test_semver_release_type_must_match_the_bump(
+    offline_gov: Gov, version: str, rtype: str, error: str | None
+) -> None:
+    """With versioning = "semver", over 1.2.3 on the host: a mislabelled bump is refused naming
+    the type the bump implies; a non-SemVer version is refused; a matching label passes."""
+    offline_gov.configure(extra="", app_lines='versioning = "semver"\n')
+    pkg = offline_gov.package(version, rtype, ("technical",))
+    if error is None:
+        _verify(offline_gov, pkg, highest="1.2.3")
+    else:
+        with pytest.raises(MismatchError, match=re.escape(error)):
+            _verify(offline_gov, pkg, highest="1.2.3")
+
+
+def test_a_mislabelled_bump_is_refused_by_the_cli(gov: Gov) -> None:
     gov.configure(extra="", app_lines='versioning = "semver"\n')
     gov.host.cli_json("stage", str(gov.package("1.2.3", "patch", ("technical",))))
     body = gov.refused(
         gov.package("1.3.0", "patch", ("technical",)), "implies a minor release", "1.2.3"
     )
     assert body["error"] == "release_type"
-    body = gov.refused(gov.package("2026.03.7", "patch", ("technical",)), "MAJOR.MINOR.PATCH")
-    assert body["error"] == "not_semver"
-    assert gov.host.cli_json("stage", str(gov.package("1.3.0", "minor", ("technical",))))
 
 
-def test_branch_outside_allowed_branches_is_refused(gov: Gov) -> None:
+@pytest.mark.parametrize(
+    ("branch", "ok"),
+    [("stg-42", True), ("fix/production-2026", True), ("feature/x", False), ("", False)],
+    ids=["glob", "exact", "other", "none"],
+)
+def test_branch_outside_allowed_branches_is_refused(
+    offline_gov: Gov, branch: str, ok: bool
+) -> None:
     """The signed branch must match a glob of allowed_branches; the refusal names the rule."""
-    gov.configure(extra="", app_lines='allowed_branches = ["stg-*", "fix/production-2026"]\n')
-    body = gov.refused(
-        gov.package("1.0.0", "patch", ("technical",), branch="feature/x"),
-        "'feature/x'",
-        "allowed_branches = ['stg-*', 'fix/production-2026']",
+    offline_gov.configure(
+        extra="", app_lines='allowed_branches = ["stg-*", "fix/production-2026"]\n'
     )
-    assert body["error"] == "branch"
-    pkg = gov.package("1.0.0", "patch", ("technical",), branch="stg-42")
-    assert gov.host.cli_json("stage", str(pkg))["version"] == "1.0.0"
+    pkg = offline_gov.package("1.0.0", "patch", ("technical",), branch=branch)
+    if ok:
+        _verify(offline_gov, pkg)
+    else:
+        with pytest.raises(MismatchError) as exc:
+            _verify(offline_gov, pkg)
+        assert exc.value.code == "branch"
+        assert "allowed_branches = ['stg-*', 'fix/production-2026']" in str(exc.value)
 
 
 # Windows in force at any instant a test can run, so the real CLI needs no fake clock (the
@@ -200,40 +291,42 @@ FREEZES = [
 ]
 
 
-@pytest.mark.parametrize(("freeze", "name"), FREEZES)
 def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_override(
-    gov: Gov, freeze: str, name: str
+    gov: Gov,
 ) -> None:
+    """In a weekly and in a dated window: activation refused (``frozen``, window named, how to
+    override, nothing changed), staging and rollback allowed; then a management signature
+    overrides the dated window and the override is journaled with its key."""
     gov.configure(extra="")
     host = gov.host
     for v in ("1.0.0", "1.0.1"):
         host.cli_json("stage", str(gov.package(v, "patch", ("technical",))))
         host.cli_json("activate", v)
-    gov.configure(extra=freeze)
-    status = host.cli_json("status")["apps"][0]["freeze"]
-    assert [w["name"] for w in status["active"]] == [name]
     pkg = gov.package("1.0.2", "patch", ("technical",))
-    host.cli_json("stage", str(pkg))  # staging is allowed during a freeze
-    before = host.snapshot()
-    proc = host.cli("activate", "1.0.2")
-    body = json.loads(proc.stdout)
-    assert proc.returncode == 1 and body["error"] == "frozen", proc.stdout
-    assert f"freeze window {name!r} is in force until" in body["message"]
-    assert "role management" in body["message"]
-    assert host.snapshot() == before and host.current == "releases/1.0.1"
-    # Rollback is always allowed, freeze or not.
-    assert host.cli_json("rollback")["current"] == "1.0.0"
-    host.cli_json("rollback", "--to", "1.0.1")
+    for i, (freeze, name) in enumerate(p.values for p in FREEZES):
+        gov.configure(extra=freeze)
+        if i == 0:
+            host.cli_json("stage", str(pkg))  # staging is allowed during a freeze
+            status = host.cli_json("status")["apps"][0]["freeze"]
+            assert [w["name"] for w in status["active"]] == [name]
+        before = host.snapshot()
+        proc = host.cli("activate", "1.0.2")
+        body = json.loads(proc.stdout)
+        assert proc.returncode == 1 and body["error"] == "frozen", proc.stdout
+        assert f"freeze window {name!r} is in force until" in body["message"]
+        assert "role management" in body["message"]
+        assert host.snapshot() == before
+        # Rollback is always allowed, freeze or not.
+        target = "1.0.0" if i == 0 else "1.0.1"
+        assert host.cli_json("rollback", "--to", target)["current"] == target
     # An override: a management key signs the same manifest; re-staging records the signer.
     sign_package(pkg, gov.keys["management"])
     assert host.cli_json("stage", str(pkg))["signers_added"] == [gov.keys["management"].keyid]
-    done = host.cli_json("activate", "1.0.2")
-    assert done["current"] == "1.0.2"
+    assert host.cli_json("activate", "1.0.2")["current"] == "1.0.2"
     overrides = [e for e in host.journal() if e["event"] == "freeze.override"]
-    assert len(overrides) == 1
-    assert overrides[0]["window"] == name and overrides[0]["version"] == "1.0.2"
-    assert overrides[0]["keyid"] == gov.keys["management"].keyid
-    assert overrides[0]["roles"] == ["management"]
+    assert [(e["window"], e["version"], e["keyid"], e["roles"]) for e in overrides] == [
+        ("the-long-freeze", "1.0.2", gov.keys["management"].keyid, ["management"])
+    ]
 
 
 GOVERNED = """owner = "alice"
