@@ -147,7 +147,7 @@ class Agent:
             "upload_timeout_s": 30.0,
             "drain_timeout_s": 2.0,
             "log_format": "json",
-            **self.settings,
+            **{k: v for k, v in self.settings.items() if k != "app_toml"},
         }
         roles = {"deploy": "deploy", "read": "read", "other": "deploy"}
         lines = ["[agent]"]
@@ -165,6 +165,7 @@ class Agent:
             f"[apps.{APP}]",
             f'root = "{self.root}"',
             f'release_keys = ["{self.keys.pub("release")}"]',
+            str(self.settings.get("app_toml", "")),  # extra lines of the app's section
         ]
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")

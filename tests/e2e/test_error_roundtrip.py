@@ -379,6 +379,16 @@ CASES: dict[str, Case] = {
     "not_found": Case("not_found", _unknown_app),
     "locked": Case("locked", _flock_held, setup=lambda env: _staged(env, "1.0.0")),
     "invalid_state": Case("invalid_state", _nothing_to_roll_back, unchanged="releases"),
+    "frozen": Case(
+        "frozen",
+        _activate_1_1,
+        setup=lambda env: _staged(env, "1.1.0"),
+        unchanged="releases",
+        settings={
+            "app_toml": f'[[apps.{APP}.freeze.dated]]\nname = "always"\n'
+            "from = 2000-01-01T00:00:00Z\nto = 2100-01-01T00:00:00Z"
+        },
+    ),
     "storage": Case("storage", _read_app, setup=_corrupt_state),
     "bad_package": Case("bad_package", _garbage_package, unchanged="releases"),
     "bad_manifest": Case("bad_manifest", _bad_manifest, unchanged="releases"),
