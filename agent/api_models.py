@@ -37,6 +37,8 @@ __all__ = [
     "Health",
     "JournalEntry",
     "JournalPage",
+    "LeaseInfo",
+    "LeaseReleased",
     "OperationLinks",
     "OperationRecord",
     "OperationResult",
@@ -305,3 +307,25 @@ class Event(_Response):
         if not isinstance(body, ErrorBody):
             body = ErrorBody(error="failed", kind="failed", message=body or "operation failed")
         raise body.to_error(where=where)
+
+
+class LeaseInfo(_Response):
+    """``POST /v1/apps/{app}/lease``: the app's lease (agent/daemon/leases.py)."""
+
+    id: str
+    app: str
+    rollout: str
+    owner: str
+    actor: str
+    acquired_at: float
+    expires_at: float
+    ttl_s: float
+    expires: str = ""
+
+
+class LeaseReleased(_Response):
+    """``DELETE /v1/apps/{app}/lease/{id}``."""
+
+    app: str
+    lease: str
+    released: bool

@@ -58,6 +58,8 @@ from cutover.agent.api_models import (
     Health,
     JournalEntry,
     JournalPage,
+    LeaseInfo,
+    LeaseReleased,
     OperationRecord,
     OperationResult,
 )
@@ -441,15 +443,50 @@ class AgentClient:
         path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/fetch"
         return await self._call("POST", path, Accepted, json_body={"url": url})
 
-    async def activate(self, app: str, version: str) -> Accepted:
+    async def activate(self, app: str, version: str, *, lease: str | None = None) -> Accepted:
+        """``POST /v1/apps/{app}/activate`` (``lease``: the rollout's lease on the app)."""
+        body: dict[str, Any] = {"version": version}
+        if lease is not None:
+            body["lease"] = lease
         path = f"/v1/apps/{_seg(app)}/activate"
-        return await self._call("POST", path, Accepted, json_body={"version": version})
+        return await self._call("POST", path, Accepted, json_body=body)
 
-    async def rollback(self, app: str, to: str | None = None, restore: bool = False) -> Accepted:
+    async def rollback(
+        self, app: str, to: str | None = None, restore: bool = False, *, lease: str | None = None
+    ) -> Accepted:
         body: dict[str, Any] = {"restore": restore}
         if to is not None:
             body["to"] = to
+        if lease is not None:
+            body["lease"] = lease
         return await self._call("POST", f"/v1/apps/{_seg(app)}/rollback", Accepted, json_body=body)
+
+    async def lease(
+        self,
+        app: str,
+        rollout: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        steal: bool = False,
+        renew: str | None = None,
+    ) -> LeaseInfo:
+        """``POST /v1/apps/{app}/lease``: take, renew (``renew`` = its id) or ``steal`` the lease.
+
+        Raises:
+            LockedError: another rollout holds it (``holder`` names it), or it was lost.
+        """
+        body: dict[str, Any] = {"rollout": rollout, "owner": owner, "ttl_s": ttl_s}
+        if steal:
+            body["steal"] = True
+        if renew is not None:
+            body["lease"] = renew
+        return await self._call("POST", f"/v1/apps/{_seg(app)}/lease", LeaseInfo, json_body=body)
+
+    async def release_lease(self, app: str, lease_id: str) -> LeaseReleased:
+        """``DELETE /v1/apps/{app}/lease/{id}`` (idempotent)."""
+        path = f"/v1/apps/{_seg(app)}/lease/{_seg(lease_id)}"
+        return await self._call("DELETE", path, LeaseReleased)
 
     async def delete(self, app: str, version: str) -> Accepted:
         path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"

@@ -22,8 +22,10 @@ from cutover.agent.errors import RequestError, UnsupportedMediaTypeError
 from cutover.agent.versions import VERSION_RE
 
 __all__ = [
+    "LEASE_ID_PATTERN",
     "ActivateBody",
     "FetchBody",
+    "LeaseBody",
     "RollbackBody",
     "check_query",
     "parse_json_body",
@@ -34,14 +36,30 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+LEASE_ID_PATTERN = r"^lease-[0-9a-f]{16}$"
+_LABEL_PATTERN = r"^[A-Za-z0-9._:@/+-]{1,128}$"
+
+
 class ActivateBody(_Body):
     version: str = Field(pattern=VERSION_RE.pattern)
+    lease: str | None = Field(default=None, pattern=LEASE_ID_PATTERN)  # agent/daemon/leases.py
 
 
 class RollbackBody(_Body):
     to: str | None = Field(default=None, pattern=VERSION_RE.pattern)
     restore: bool = False
     accept_db_risk: bool = False  # roll back across an unsafe database rollback (journaled)
+    lease: str | None = Field(default=None, pattern=LEASE_ID_PATTERN)
+
+
+class LeaseBody(_Body):
+    """``POST /v1/apps/{app}/lease``: take (or renew, with ``lease``; or ``steal``) the lease."""
+
+    rollout: str = Field(pattern=_LABEL_PATTERN)
+    owner: str = Field(pattern=_LABEL_PATTERN)
+    ttl_s: float = Field(gt=0, le=3600)
+    steal: bool = False
+    lease: str | None = Field(default=None, pattern=LEASE_ID_PATTERN)
 
 
 class FetchBody(_Body):

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from cutover.agent.config import LoadedConfig
+from cutover.agent.daemon.leases import LeaseTable
 from cutover.agent.daemon.metrics import AppReleases, Metrics
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
@@ -44,6 +45,7 @@ class AgentContext:
     metrics: Metrics
     nonces: NonceStore
     uploads_dir: Path
+    leases: LeaseTable | None = None  # agent/daemon/leases.py; None: leases not offered
     shutting_down: bool = False
     uploads: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -406,11 +406,19 @@ async def _start(
     return _accepted(op)
 
 
+def _check_lease(request: web.Request, lease: str | None, what: str) -> None:
+    """409 when another rollout's lease is live on the app (agent/daemon/leases.py)."""
+    table = _ctx(request).leases
+    if table is not None:
+        table.check(_app(request), lease, what)
+
+
 @routes.post("/v1/apps/{app}/activate", name="activate", expect_handler=_defer_expect)
 async def activate(request: web.Request) -> web.Response:
     check_query(request)
     _app(request)
     body = _json_body(request, ActivateBody)
+    _check_lease(request, body.lease, f"activate {body.version}")
     return await _start(request, "activate", body.version, lambda m: m.activate(body.version))
 
 
@@ -419,6 +427,7 @@ async def rollback(request: web.Request) -> web.Response:
     check_query(request)
     _app(request)
     body = _json_body(request, RollbackBody)
+    _check_lease(request, body.lease, "rollback")
     return await _start(
         request,
         "rollback",

@@ -51,6 +51,8 @@ from cutover.agent.daemon.connections import (
     effective_max_connections,
 )
 from cutover.agent.daemon.context import AgentContext
+from cutover.agent.daemon.lease_routes import lease_routes
+from cutover.agent.daemon.leases import LeaseTable
 from cutover.agent.daemon.metrics import Metrics
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
@@ -103,6 +105,7 @@ def build_app(ctx: AgentContext, guard: ConnectionGuard) -> web.Application:
     app = web.Application(middlewares=[auth_middleware], client_max_size=MAX_JSON_BYTES)
     app[CTX_KEY] = ctx
     app[GUARD_KEY] = guard
+    app.add_routes(lease_routes)  # before routes: its last route is the catch-all
     app.add_routes(routes)
     app.on_response_prepare.append(_server_header)
     return app
@@ -272,6 +275,7 @@ class Server:
             metrics=metrics,
             nonces=nonces,
             uploads_dir=uploads,
+            leases=await asyncio.to_thread(LeaseTable, cfg.agent.state_dir),
         )
         self.reloader = ConfigReloader(holder, metrics, on_reload=self._on_reload)
         await self._recover_all(cfg)

@@ -45,6 +45,7 @@ __all__ = [
     "AppView",
     "ClientAgent",
     "JournalEntry",
+    "LeaseView",
     "OpRecord",
     "ReleaseView",
     "connect",
@@ -106,6 +107,15 @@ class OpRecord(_Tolerant):
         )
 
 
+class LeaseView(_Tolerant):
+    """An agent's lease on an app (agent/daemon/leases.py)."""
+
+    id: str
+    rollout: str
+    owner: str
+    expires: str = ""
+
+
 class JournalEntry(_Tolerant):
     seq: int
     ts: str
@@ -117,6 +127,8 @@ class JournalEntry(_Tolerant):
     checkpoint_ref: str | None = None
     reason: Any = None
     error: Any = None
+    phase: str | None = None
+    results: list[dict[str, Any]] = []  # hooks.done / hooks.failed: each hook's result
 
 
 def error_from_code(
@@ -147,8 +159,16 @@ class AgentPort(Protocol):
         self, app: str, version: str, package: Path, sha256: bytes, on_event: AgentEvent
     ) -> OpRecord: ...
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord: ...
-    async def activate(self, app: str, version: str, on_event: AgentEvent) -> OpRecord: ...
-    async def rollback(self, app: str, to: str | None, on_event: AgentEvent) -> OpRecord: ...
+    async def activate(
+        self, app: str, version: str, on_event: AgentEvent, lease: str | None = None
+    ) -> OpRecord: ...
+    async def rollback(
+        self, app: str, to: str | None, on_event: AgentEvent, lease: str | None = None
+    ) -> OpRecord: ...
+    async def lease(
+        self, app: str, rollout: str, owner: str, ttl_s: float, *, steal: bool, renew: str | None
+    ) -> LeaseView: ...
+    async def release_lease(self, app: str, lease_id: str) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -216,11 +236,25 @@ class ClientAgent:
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord:
         return await self._follow(await self._client.fetch(app, version, url), on_event)
 
-    async def activate(self, app: str, version: str, on_event: AgentEvent) -> OpRecord:
-        return await self._follow(await self._client.activate(app, version), on_event)
+    async def activate(
+        self, app: str, version: str, on_event: AgentEvent, lease: str | None = None
+    ) -> OpRecord:
+        return await self._follow(await self._client.activate(app, version, lease=lease), on_event)
 
-    async def rollback(self, app: str, to: str | None, on_event: AgentEvent) -> OpRecord:
-        return await self._follow(await self._client.rollback(app, to), on_event)
+    async def rollback(
+        self, app: str, to: str | None, on_event: AgentEvent, lease: str | None = None
+    ) -> OpRecord:
+        return await self._follow(await self._client.rollback(app, to, lease=lease), on_event)
+
+    async def lease(
+        self, app: str, rollout: str, owner: str, ttl_s: float, *, steal: bool, renew: str | None
+    ) -> LeaseView:
+        answer = await self._client.lease(app, rollout, owner, ttl_s, steal=steal, renew=renew)
+        view: LeaseView = _parse(LeaseView, answer, self.name)
+        return view
+
+    async def release_lease(self, app: str, lease_id: str) -> bool:
+        return bool((await self._client.release_lease(app, lease_id)).released)
 
 
 def connect(host: HostSpec, key: PrivateKey, limits: Concurrency) -> AgentPort:

@@ -1,0 +1,60 @@
+"""The rollout engine: canary, waves, bakes, deadlines, the failure budget, leases, resume.
+
+Layers, top to bottom: :mod:`.engine` (runs a rollout; the only module that decides) →
+:mod:`.leases` (the agents' leases for it) → :mod:`.plan` (pure: parameters, waves, budget),
+:mod:`.report` (pure: summary, failure report, exit codes) and :mod:`.store` (the local SQLite
+state). The CLI commands are controller/commands/rollout.py; docs/rollouts.md explains it all.
+"""
+
+from __future__ import annotations
+
+from cutover.controller.rollout.engine import Decision, RolloutEngine, decide
+from cutover.controller.rollout.leases import DEFAULT_TTL_S, LeaseKeeper
+from cutover.controller.rollout.plan import (
+    Amount,
+    RolloutParams,
+    failure_budget,
+    parse_amount,
+    plan_waves,
+)
+from cutover.controller.rollout.report import (
+    EXIT_PAUSED,
+    Evidence,
+    HostFailure,
+    RolloutSummary,
+    failure_from,
+    rollout_exit_code,
+    summary_event,
+)
+from cutover.controller.rollout.store import (
+    STATE_ENV,
+    RolloutRecord,
+    RolloutStatus,
+    RolloutStore,
+    default_state_dir,
+)
+
+__all__ = [
+    "DEFAULT_TTL_S",
+    "EXIT_PAUSED",
+    "STATE_ENV",
+    "Amount",
+    "Decision",
+    "Evidence",
+    "HostFailure",
+    "LeaseKeeper",
+    "RolloutEngine",
+    "RolloutParams",
+    "RolloutRecord",
+    "RolloutStatus",
+    "RolloutStore",
+    "RolloutSummary",
+    "decide",
+    "default_state_dir",
+    "failure_budget",
+    "failure_from",
+    "parse_amount",
+    "plan_waves",
+    "rollout_exit_code",
+    "summary_event",
+]

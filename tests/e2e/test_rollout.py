@@ -1,0 +1,357 @@
+"""The rollout engine end to end: five real agents on 127.0.0.1 driven by ``cutover rollout``.
+
+One fleet for the module; tests run in file order, each on a new version (every release carries
+a live check that fails on a host whose shared dir holds ``broken-<version>``, so a test breaks
+exactly the hosts it names). With ``--canary 1 --batch 2`` the waves are
+``[h1] [h2 h3] [h4 h5]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import APP, BIN, Keys, _build
+from tests.e2e.fleet_fixture import Fleet
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HOSTS = ["h1", "h2", "h3", "h4", "h5"]
+GROUPS = {h: ["web"] for h in HOSTS}
+WAVES = ["--canary", "1", "--batch", "2"]
+FAST = ["--progress-deadline", "3", "--healthy-deadline", "30"]
+
+CHECKED = """
+[health.live]
+interval_s = 0.2
+retries = 0
+healthy_deadline_s = 5
+[[health.live.checks]]
+type = "command"
+name = "not-broken"
+argv = ["sh", "-c", "test ! -e \\"$CUTOVER_SHARED_DIR/broken-$CUTOVER_VERSION\\" || { echo \\"broken marker for $CUTOVER_VERSION\\"; exit 1; }"]
+"""
+
+SLOW = (
+    'touch "$CUTOVER_SHARED_DIR/hook-started-$CUTOVER_VERSION"; i=0; '
+    'while [ ! -e "$CUTOVER_SHARED_DIR/hook-release-$CUTOVER_VERSION" ] && [ $i -lt 1200 ]; '
+    "do sleep 0.05; i=$((i+1)); done; echo post-activate done"
+)
+SLOW_HOOK = (
+    "[[hooks.post_activate]]\n"
+    'name = "wait-for-test"\n'
+    f'argv = ["sh", "-c", {json.dumps(SLOW)}]\n'
+    "timeout_s = 90\n"
+)
+VERSIONS = [f"3.{i}.0" for i in range(9)]
+
+
+@pytest.fixture(scope="module")
+def pkgs(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("rollout-packages")
+    return {
+        v: _build(tmp, v, keys.release, CHECKED + (SLOW_HOOK if v == "3.4.0" else ""))
+        for v in VERSIONS
+    }
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Fleet]:
+    f = Fleet(tmp_path_factory.mktemp("rollout-fleet"), keys, GROUPS)
+    f.start()
+    yield f
+    for a in f.agents.values():
+        if a.proc is not None and a.proc.poll() is None:
+            os.kill(a.pid, signal.SIGCONT)
+    f.stop()
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("controller-state")
+
+
+def push(fleet: Fleet, pkg: Path) -> None:
+    proc = fleet.cutover("push", str(pkg), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def rollout(fleet: Fleet, state: Path, *args: str, expect: int) -> list[dict[str, Any]]:
+    proc = fleet.cutover("rollout", *args, "--state-dir", str(state), "--json", timeout=180)
+    events = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert events and events[-1]["event"] == "summary", proc.stdout
+    assert events[-1]["exit_code"] == expect
+    return events
+
+
+def currents(fleet: Fleet) -> dict[str, str | None]:
+    return {h: fleet.agents[h].current() for h in HOSTS}
+
+
+def on(version: str) -> str:
+    return f"releases/{version}"
+
+
+def breaks(fleet: Fleet, host: str, version: str) -> None:
+    (fleet.agents[host].root / "shared" / f"broken-{version}").touch()
+
+
+def activations(fleet: Fleet, host: str, version: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in fleet.agents[host].journal()
+        if e["event"].startswith("activate.") and e.get("version") == version
+    ]
+
+
+def named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == name]
+
+
+def leases_file(fleet: Fleet, host: str) -> dict[str, Any]:
+    path = fleet.agents[host].state_dir / "leases.json"
+    return json.loads(path.read_text())["leases"] if path.exists() else {}
+
+
+SUMMARY_KEYS = {
+    "ts", "event", "rollout", "app", "version", "status", "reason", "counts", "failures",
+    "reverted", "hosts", "not_staged", "exit_code",
+}  # fmt: skip
+
+
+def test_healthy_rollout_goes_canary_then_waves_and_releases_its_leases(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.0.0"])
+    events = rollout(fleet, state, "3.0.0", *WAVES, *FAST, "--bake", "0.5", expect=0)
+
+    summary = events[-1]
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["status"] == "rolled_out"
+    assert summary["counts"] == {
+        "desired": 5, "staged": 5, "activated": 5, "healthy": 5, "failed": 0,
+    }  # fmt: skip
+    assert [w["hosts"] for w in named(events, "wave.start")] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
+    assert named(events, "wave.start")[0]["canary"] is True
+    assert all(w["deadline"]["action"] for w in named(events, "wave.start"))
+    assert len(named(events, "wave.bake")) == 3
+    # the canary's activation finished before wave 1 started
+    order = [(e["event"], e.get("host")) for e in events]
+    assert order.index(("host.result", "h1")) < order.index(("host.start", "h2"))
+    assert currents(fleet) == {h: on("3.0.0") for h in HOSTS}
+    assert named(events, "lease.acquired")[0]["hosts"] == HOSTS
+    assert all(leases_file(fleet, h) == {} for h in HOSTS)  # released at the end
+
+
+def test_failing_canary_is_reverted_and_later_waves_never_start(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.1.0"])
+    breaks(fleet, "h1", "3.1.0")
+    before = {h: len(fleet.agents[h].journal()) for h in HOSTS}
+    events = rollout(fleet, state, "3.1.0", *WAVES, *FAST, "--max-failures", "2", expect=7)
+
+    summary = events[-1]
+    assert summary["status"] == "reverted"
+    assert len(named(events, "wave.start")) == 1  # only the canary
+    assert currents(fleet) == {h: on("3.0.0") for h in HOSTS}
+    assert [e["event"] for e in activations(fleet, "h1", "3.1.0")][-1] == "activate.reverted"
+    for h in HOSTS[1:]:
+        assert activations(fleet, h, "3.1.0") == []
+        assert len(fleet.agents[h].journal()) == before[h]  # nothing at all happened there
+    (failure,) = summary["failures"]
+    assert failure["host"] == "h1" and failure["code"] == "reverted"
+    assert "not-broken" in failure["check"]
+    assert "broken marker for 3.1.0" in failure["check_output"]
+    assert failure["decision"] == "reverted by its agent"
+
+
+def test_wave_two_failure_past_the_budget_reverts_every_touched_host_in_parallel(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.2.0"])
+    breaks(fleet, "h4", "3.2.0")
+    events = rollout(fleet, state, "3.2.0", *WAVES, *FAST, "--bake", "0.3", expect=7)
+
+    assert events[-1]["status"] == "reverted"
+    assert currents(fleet) == {h: on("3.0.0") for h in HOSTS}
+    (reverting,) = named(events, "rollout.reverting")
+    assert sorted(reverting["hosts"]) == ["h1", "h2", "h3", "h5"]
+    starts = [
+        i for i, e in enumerate(events) if e["event"] == "host.start" and e["action"] == "revert"
+    ]
+    ends = [
+        i for i, e in enumerate(events) if e["event"] == "host.result" and e["action"] == "revert"
+    ]
+    assert len(starts) == 4 and max(starts) < min(ends)  # all started before any finished
+    # no canary and no bake replayed: after the decision, only reverts
+    after = events[events.index(reverting) :]
+    assert not [e for e in after if e["event"] in ("wave.start", "wave.bake")]
+    assert not [e for e in after if e.get("action") == "activate"]
+    for h in ("h1", "h2", "h3", "h5"):
+        assert [e["event"] for e in fleet.agents[h].journal()][-1] == "rollback.done"
+
+
+def test_failure_inside_the_budget_isolates_the_host_and_the_rollout_completes(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.3.0"])
+    breaks(fleet, "h3", "3.3.0")
+    events = rollout(fleet, state, "3.3.0", *WAVES, *FAST, "--max-failures", "1", expect=8)
+
+    summary = events[-1]
+    assert summary["status"] == "partial"
+    assert summary["hosts"]["h3"] == "isolated"
+    assert currents(fleet) == {**{h: on("3.3.0") for h in HOSTS}, "h3": on("3.0.0")}
+    assert len(named(events, "wave.start")) == 3
+    (failed,) = named(events, "host.failed")
+    assert failed["host"] == "h3" and "broken marker" in failed["check_output"]
+    assert summary["failures"][0]["decision"] == "isolated (reverted)"
+
+
+def _background(fleet: Fleet, state: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CUTOVER_FLEET": str(fleet.path), "COLUMNS": "200"}
+    return subprocess.Popen(
+        [str(BIN / "cutover"), "rollout", *args, "--state-dir", str(state), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the rollout ended early ({proc.returncode}): {out}\n{err}")
+        time.sleep(0.05)
+
+
+def test_leases_refuse_a_second_rollout_a_stale_lease_expires_and_a_killed_cli_resumes(
+    fleet: Fleet, state: Path, tmp_path: Path, pkgs: dict[str, Path], keys: Keys
+) -> None:
+    push(fleet, pkgs["3.4.0"])  # its post_activate hook waits for the test
+    first = _background(fleet, state, "3.4.0", *WAVES, *FAST, "--lease-ttl", "3")
+    shared = fleet.agents["h1"].root / "shared"
+    _wait_for(shared / "hook-started-3.4.0", first)  # the canary is in its post_activate hook
+    rid = json.loads(first.stdout.readline())["rollout"]  # type: ignore[union-attr]
+
+    # another controller (its own state dir) is refused by the leases, naming the holder
+    before = {h: fleet.agents[h].snapshot() for h in HOSTS}
+    other = fleet.cutover(
+        "rollout", "3.4.0", "--state-dir", str(tmp_path / "other"), "--json", *WAVES
+    )
+    assert other.returncode == 4, other.stdout + other.stderr
+    refusal = json.loads(other.stdout.splitlines()[-1])
+    assert refusal["error"] == "locked" and rid in refusal["message"]
+    assert {h: fleet.agents[h].snapshot() for h in HOSTS} == before
+
+    # the CLI dies while the canary's hook runs; the agent finishes the activation
+    first.kill()
+    first.communicate()
+    (shared / "hook-release-3.4.0").touch()
+    for h in HOSTS[1:]:
+        (fleet.agents[h].root / "shared" / "hook-release-3.4.0").touch()
+    while fleet.agents["h1"].current() != on("3.4.0"):
+        time.sleep(0.05)
+
+    # nobody renews the leases any more: they expire by themselves
+    time.sleep(3.5)
+
+    async def take_and_release() -> None:
+        for h in HOSTS:
+            async with fleet.agents[h].client(keys.deploy) as client:
+                lease = await client.lease(APP, "r-probe", "test@probe", 5)
+                assert (await client.release_lease(APP, lease.id)).released
+
+    asyncio.run(take_and_release())
+
+    events = rollout(fleet, state, "--resume", rid, *FAST, expect=0)
+    assert events[-1]["rollout"] == rid and events[-1]["status"] == "rolled_out"
+    assert named(events, "rollout.start")[0]["next_wave"] == 0
+    assert currents(fleet) == {h: on("3.4.0") for h in HOSTS}
+    listed = fleet.cutover("rollouts", "--state-dir", str(state), "--json")
+    rows = {r["id"]: r for r in json.loads(listed.stdout)["rollouts"]}
+    assert rows[rid]["status"] == "rolled_out"
+    assert all(r["status"] != "running" for r in rows.values())  # none left dangling
+
+
+def test_an_agent_that_stops_answering_is_marked_failed_and_isolated_by_policy(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.5.0"])
+    proc = _background(
+        fleet, state, "3.5.0", *WAVES, "--progress-deadline", "2", "--healthy-deadline", "30",
+        "--bake", "4", "--max-failures", "1",
+    )  # fmt: skip
+    h2 = fleet.agents["h2"]
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(json.loads(line))
+        if lines[-1]["event"] == "wave.bake" and "h2" in lines[-1]["hosts"]:
+            os.kill(h2.pid, signal.SIGSTOP)  # h2 hangs: no answer, no refusal
+            break
+    try:
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        os.kill(h2.pid, signal.SIGCONT)
+    events = lines + [json.loads(x) for x in rest.splitlines()]
+    assert proc.returncode == 8, rest + err
+    (failed,) = named(events, "host.failed")
+    assert failed["host"] == "h2" and failed["code"] == "unresponsive"
+    assert "did not answer for 2s" in failed["message"]
+    summary = events[-1]
+    assert summary["status"] == "partial" and summary["hosts"]["h2"] == "isolated"
+    others = {h: c for h, c in currents(fleet).items() if h != "h2"}
+    assert others == {h: on("3.5.0") for h in others}
+
+
+def test_pause_after_canary_then_promote_and_abort(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.6.0"])
+    events = rollout(fleet, state, "3.6.0", *WAVES, *FAST, "--pause-after-canary", expect=10)
+    rid = events[-1]["rollout"]
+    assert events[-1]["status"] == "paused" and named(events, "rollout.paused")
+    start = currents(fleet)
+    assert start["h1"] == on("3.6.0") and all(start[h] != on("3.6.0") for h in HOSTS[1:])
+    proc = fleet.cutover("promote", rid, "--state-dir", str(state), "--json", timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["status"] == "rolled_out"
+    assert currents(fleet) == {h: on("3.6.0") for h in HOSTS}
+
+    push(fleet, pkgs["3.7.0"])
+    events = rollout(fleet, state, "3.7.0", *WAVES, *FAST, "--pause-after-canary", expect=10)
+    rid = events[-1]["rollout"]
+    assert fleet.agents["h1"].current() == on("3.7.0")
+    proc = fleet.cutover("abort", rid, "--state-dir", str(state), "--json", timeout=180)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["status"] == "aborted"
+    assert currents(fleet) == {h: on("3.6.0") for h in HOSTS}
+    for h in HOSTS[1:]:
+        assert activations(fleet, h, "3.7.0") == []
+
+
+def test_a_release_not_staged_everywhere_is_not_rolled_out(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    proc = fleet.cutover("push", str(pkgs["3.8.0"]), "--hosts", "h1,h2", "--json")
+    assert proc.returncode == 0
+    before = {h: fleet.agents[h].snapshot() for h in HOSTS}
+    events = rollout(fleet, state, "3.8.0", *WAVES, *FAST, expect=1)
+    assert events[-1]["status"] == "halted"
+    assert [x.split(" ")[0] for x in events[-1]["not_staged"]] == ["h3", "h4", "h5"]
+    assert "cutover push" in events[-1]["reason"]
+    assert {h: fleet.agents[h].snapshot() for h in HOSTS} == before
