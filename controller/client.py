@@ -443,11 +443,16 @@ class AgentClient:
         path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/fetch"
         return await self._call("POST", path, Accepted, json_body={"url": url})
 
-    async def activate(self, app: str, version: str, *, lease: str | None = None) -> Accepted:
-        """``POST /v1/apps/{app}/activate`` (``lease``: the rollout's lease on the app)."""
+    async def activate(
+        self, app: str, version: str, *, lease: str | None = None, run_once: bool = True
+    ) -> Accepted:
+        """``POST /v1/apps/{app}/activate`` (``lease``: the rollout's lease on the app;
+        ``run_once`` False: this host skips the checkpoint and the ``once`` hooks)."""
         body: dict[str, Any] = {"version": version}
         if lease is not None:
             body["lease"] = lease
+        if not run_once:
+            body["run_once"] = False
         path = f"/v1/apps/{_seg(app)}/activate"
         return await self._call("POST", path, Accepted, json_body=body)
 

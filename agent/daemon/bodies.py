@@ -43,6 +43,7 @@ _LABEL_PATTERN = r"^[A-Za-z0-9._:@/+-]{1,128}$"
 class ActivateBody(_Body):
     version: str = Field(pattern=VERSION_RE.pattern)
     lease: str | None = Field(default=None, pattern=LEASE_ID_PATTERN)  # agent/daemon/leases.py
+    run_once: bool = True  # False: skip the checkpoint and ``once`` hooks (not the first canary)
 
 
 class RollbackBody(_Body):

@@ -419,7 +419,12 @@ async def activate(request: web.Request) -> web.Response:
     _app(request)
     body = _json_body(request, ActivateBody)
     _check_lease(request, body.lease, f"activate {body.version}")
-    return await _start(request, "activate", body.version, lambda m: m.activate(body.version))
+    return await _start(
+        request,
+        "activate",
+        body.version,
+        lambda m: m.activate(body.version, run_once=body.run_once),
+    )
 
 
 @routes.post("/v1/apps/{app}/rollback", name="rollback", expect_handler=_defer_expect)

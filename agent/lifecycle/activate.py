@@ -72,7 +72,9 @@ class Activate:
         self.key_roles = key_roles
         self.clock = clock
 
-    async def run(self, uow: UnitOfWork, version: str) -> OpResult:
+    async def run(self, uow: UnitOfWork, version: str, *, run_once: bool = True) -> OpResult:
+        """Activate ``version``; ``run_once`` False skips the checkpoint and ``once`` hooks (a
+        rollout runs them on its first canary host only; the journal records which it was)."""
         ctx, state = self.ctx, uow.state
         rec = installed_record(state, version)
         if rec.status == ReleaseStatus.BAD:
@@ -118,7 +120,7 @@ class Activate:
         release_dir = ctx.layout.release(version)
         hctx = self.hooks.context(version, state.current, release_dir)
         try:
-            return await self._run(uow, version, spec, hctx, result)
+            return await self._run(uow, version, spec, hctx, result, run_once)
         except Exception as exc:
             await self._on_failure(spec.hooks.on_failure or [], hctx, exc)
             raise
@@ -135,16 +137,25 @@ class Activate:
             log.exception("on_failure_hooks_failed", app=self.ctx.app, after=str(exc)[:200])
 
     async def _run(
-        self, uow: UnitOfWork, version: str, spec: RuntimeSpec, hctx: HookContext, result: OpResult
+        self,
+        uow: UnitOfWork,
+        version: str,
+        spec: RuntimeSpec,
+        hctx: HookContext,
+        result: OpResult,
+        run_once: bool,
     ) -> OpResult:
         ctx, state = self.ctx, uow.state
         rec = state.releases[version]
         release_dir = ctx.layout.release(version)
         old = state.current
-        if spec.requires_migration:
+        if spec.requires_migration and run_once:
             rec.checkpoint_ref = await self._checkpoint(uow, version, hctx)
             await uow.save()
-        await self.hooks.run(spec.hooks.pre_activate, "pre_activate", hctx)
+        skipped = _once_hooks(spec.hooks.pre_activate, spec.hooks.post_activate, run_once)
+        if skipped:
+            uow.emit("hooks.once_skipped", hooks=skipped)
+        await self.hooks.run(_this_host(spec.hooks.pre_activate, run_once), "pre_activate", hctx)
         offsets = await asyncio.to_thread(log_offsets, spec.health, release_dir)
         intent = await uow.write_intent("activate", old, version)
         fault_point("activate.intent")
@@ -166,7 +177,7 @@ class Activate:
             await uow.save()
             phase = flipped
             uow.emit("flip", version=version, previous=old)
-            own = spec.hooks.post_activate
+            own = _this_host(spec.hooks.post_activate, run_once)
             try:  # one step (one journal entry): the release's hooks, then the host's
                 hooks_out = await self.hooks.run(
                     [*own, *ctx.section.hooks.post_activate], "post_activate", hctx
@@ -190,7 +201,13 @@ class Activate:
             state.activations = [v for v in state.activations if v != version] + [version]
             state.pending = None
             await uow.log(
-                "activate.done", version=version, previous=old, op_id=intent.op_id, actor=ctx.actor
+                "activate.done",
+                version=version,
+                previous=old,
+                op_id=intent.op_id,
+                actor=ctx.actor,
+                run_once=run_once,
+                once_skipped=skipped,
             )
             await uow.save()
             phase = check_transition(phase, Phase.COMMITTED)
@@ -217,6 +234,9 @@ class Activate:
         uow.emit("activate.done", version=version)
         result.current, result.previous = state.current, state.previous
         result.message = f"activated {ctx.app} {version}"
+        result.details["run_once"] = run_once
+        if skipped:
+            result.details["once_skipped"] = skipped
         pruned = await self.prune(uow)
         if pruned:
             result.details["pruned"] = pruned
@@ -327,3 +347,17 @@ def _verdict(status: ReleaseStatus, version: str) -> str:
             f"dependency failed, not the release): fix the host, then retry `activate {version}`."
         )
     return ""
+
+
+def _this_host(hooks: list[Hook], run_once: bool) -> list[Hook]:
+    """The hooks this host runs: all of them, or those not marked ``once``."""
+    return hooks if run_once else [h for h in hooks if not h.once]
+
+
+def _once_hooks(pre: list[Hook], post: list[Hook], run_once: bool) -> list[str]:
+    """Names of the ``once`` hooks this host skips (none when it runs them)."""
+    if run_once:
+        return []
+    return [f"pre_activate:{h.name}" for h in pre if h.once] + [
+        f"post_activate:{h.name}" for h in post if h.once
+    ]

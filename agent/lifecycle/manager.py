@@ -94,10 +94,11 @@ class AppManager:
                 progress=progress,
             )
 
-    async def activate(self, version: str) -> OpResult:
-        """Checkpoint if needed, pre_activate hooks, flip, post_activate hooks, live checks."""
+    async def activate(self, version: str, *, run_once: bool = True) -> OpResult:
+        """Checkpoint if needed, pre_activate hooks, flip, post_activate hooks, live checks
+        (``run_once`` False: without the checkpoint and the ``once`` hooks)."""
         async with self._unit("activate", f"activate {version}") as uow:
-            return await self._activate.run(uow, version)
+            return await self._activate.run(uow, version, run_once=run_once)
 
     async def rollback(
         self, to: str | None = None, *, restore: bool = False, accept_db_risk: bool = False

@@ -190,6 +190,9 @@ class Hook(_Model):
     name: str = Field(min_length=1, max_length=100)
     argv: list[str] = Field(min_length=1)
     timeout_s: float = Field(default=300.0, gt=0, le=86400)
+    # A run-once step (a migration): in a rollout, only the first canary host runs it; the
+    # activation request says whether this host does (docs/rollouts.md). Locally: always.
+    once: bool = False
 
     @field_validator("argv")
     @classmethod

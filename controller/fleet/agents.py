@@ -160,7 +160,12 @@ class AgentPort(Protocol):
     ) -> OpRecord: ...
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord: ...
     async def activate(
-        self, app: str, version: str, on_event: AgentEvent, lease: str | None = None
+        self,
+        app: str,
+        version: str,
+        on_event: AgentEvent,
+        lease: str | None = None,
+        run_once: bool = True,
     ) -> OpRecord: ...
     async def rollback(
         self, app: str, to: str | None, on_event: AgentEvent, lease: str | None = None
@@ -237,9 +242,15 @@ class ClientAgent:
         return await self._follow(await self._client.fetch(app, version, url), on_event)
 
     async def activate(
-        self, app: str, version: str, on_event: AgentEvent, lease: str | None = None
+        self,
+        app: str,
+        version: str,
+        on_event: AgentEvent,
+        lease: str | None = None,
+        run_once: bool = True,
     ) -> OpRecord:
-        return await self._follow(await self._client.activate(app, version, lease=lease), on_event)
+        accepted = await self._client.activate(app, version, lease=lease, run_once=run_once)
+        return await self._follow(accepted, on_event)
 
     async def rollback(
         self, app: str, to: str | None, on_event: AgentEvent, lease: str | None = None

@@ -294,6 +294,7 @@ class RolloutEngine:
     ) -> Callable[[AgentPort, Callable[[dict[str, Any]], None]], Any]:
         p = rec.params
         lease_for = self._leases.lease_id if self._leases is not None else (lambda _h: None)
+        first_canary = rec.waves[0][0]  # runs the checkpoint and the ``once`` hooks, alone
 
         async def work(port: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
             name = getattr(port, "name", "")
@@ -304,7 +305,9 @@ class RolloutEngine:
                 on_event(event)
 
             act = asyncio.create_task(
-                port.activate(rec.app, rec.version, watch_events, lease_for(name))
+                port.activate(
+                    rec.app, rec.version, watch_events, lease_for(name), name == first_canary
+                )
             )
             watch = asyncio.create_task(self._heartbeat(port, rec.app, p.progress_deadline_s))
             try:

@@ -31,6 +31,11 @@ WAVES = ["--canary", "1", "--batch", "2"]
 FAST = ["--progress-deadline", "3", "--healthy-deadline", "30"]
 
 CHECKED = """
+[[hooks.post_activate]]
+name = "migrate"
+once = true
+argv = ["sh", "-c", "echo migrating; touch \\"$CUTOVER_SHARED_DIR/once-$CUTOVER_VERSION\\""]
+
 [health.live]
 interval_s = 0.2
 retries = 0
@@ -151,6 +156,14 @@ def test_healthy_rollout_goes_canary_then_waves_and_releases_its_leases(
     assert currents(fleet) == {h: on("3.0.0") for h in HOSTS}
     assert named(events, "lease.acquired")[0]["hosts"] == HOSTS
     assert all(leases_file(fleet, h) == {} for h in HOSTS)  # released at the end
+    # the once hook (a migration) ran on the first canary host only, and each record says so
+    ran = [h for h in HOSTS if (fleet.agents[h].root / "shared" / "once-3.0.0").exists()]
+    assert ran == ["h1"]
+    done = {h: activations(fleet, h, "3.0.0")[-1] for h in HOSTS}
+    assert {h: (d["event"], d["run_once"]) for h, d in done.items()} == {
+        h: ("activate.done", h == "h1") for h in HOSTS
+    }
+    assert done["h2"]["once_skipped"] == ["post_activate:migrate"]
 
 
 def test_failing_canary_is_reverted_and_later_waves_never_start(
