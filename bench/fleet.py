@@ -72,7 +72,7 @@ class Agent:
         )
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 900  # 100 interpreters starting on 2 cores
         while True:
             try:
                 url = f"http://127.0.0.1:{self.port}/v1/health"

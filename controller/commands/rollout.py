@@ -15,6 +15,7 @@ import argparse
 import getpass
 import socket
 from pathlib import Path
+from typing import Any
 
 from cutover.agent.errors import ConfigError
 from cutover.agent.versions import VERSION_RE
@@ -31,7 +32,7 @@ from cutover.controller.fleet.inventory import HostSpec
 from cutover.controller.rollout.engine import RolloutEngine
 from cutover.controller.rollout.leases import DEFAULT_TTL_S, LeaseKeeper
 from cutover.controller.rollout.plan import RolloutParams, parse_amount, plan_waves
-from cutover.controller.rollout.report import RolloutSummary, summary_event
+from cutover.controller.rollout.report import RolloutSummary, summary_event, webhook_body
 from cutover.controller.rollout.store import RolloutStore, default_state_dir
 
 __all__ = [
@@ -140,19 +141,31 @@ async def run_rollout(
     hosts = [ctx.fleet.hosts[h] for w in rec.waves for h in w]
     view = RolloutView(ctx.reporter)
     limits = ctx.fleet.concurrency
+    notifier = ctx.notifier()
+
+    def sink(event: dict[str, Any]) -> None:
+        view.event(event)
+        message = webhook_body(event)
+        if message is not None:
+            notifier.post(message[0], failure=message[1])
 
     def dial(h: HostSpec) -> AgentPort:
         return connect(h, ctx.key, limits)
 
-    keeper = LeaseKeeper(rec.app, rid, rec.owner, dial, view.event, ttl_s=lease_ttl_s, steal=steal)
-    engine = RolloutEngine(hosts, dial, store, view.event, keeper)
+    keeper = LeaseKeeper(rec.app, rid, rec.owner, dial, sink, ttl_s=lease_ttl_s, steal=steal)
+    engine = RolloutEngine(hosts, dial, store, sink, keeper)
     try:
         summary = await (engine.abort(rid) if abort else engine.run(rid, promote=promote))
+        final = summary_event(summary)
+        message = webhook_body(final)
+        if message is not None:
+            notifier.post(message[0], failure=message[1])
     finally:
+        await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
         view.close()
     view.summary(summary)
     if ctx.reporter.as_json:
-        ctx.reporter.event({"ts": _ts(), **summary_event(summary)})
+        ctx.reporter.event({"ts": _ts(), **final})
     return summary
 
 

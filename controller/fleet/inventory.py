@@ -53,8 +53,10 @@ __all__ = [
 
 FLEET_ENV = "CUTOVER_FLEET"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-NotifyEvent = Literal["push", "activate", "rollback", "deploy", "failure"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("push", "activate", "rollback", "deploy", "failure")
+NotifyEvent = Literal["push", "activate", "rollback", "deploy", "failure", "rollout"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
+    "push", "activate", "rollback", "deploy", "failure", "rollout",
+)  # fmt: skip
 
 
 class _Strict(BaseModel):

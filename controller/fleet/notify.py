@@ -107,6 +107,15 @@ class Notifier:
                 if name in hook.events:
                     self._tasks.append(asyncio.create_task(self._send(hook, name, body)))
 
+    def post(self, body: dict[str, Any], *, failure: bool = False) -> None:
+        """Queue a prepared ``body`` (a rollout event, docs/rollouts.md) to every webhook that
+        subscribes to ``rollout`` (and to ``failure`` ones when ``failure``)."""
+        name = str(body.get("event", "rollout"))
+        body = {**body, "fleet": self._fleet, "ts": now_iso()}
+        for hook in self._hooks:
+            if "rollout" in hook.events or (failure and "failure" in hook.events):
+                self._tasks.append(asyncio.create_task(self._send(hook, name, body)))
+
     async def drain(self) -> list[Delivery]:
         """Wait for every delivery in flight (each bounded by its timeout); report them."""
         try:

@@ -25,6 +25,7 @@ from cutover.controller.rollout.report import (
     failure_from,
     rollout_exit_code,
     summary_event,
+    webhook_body,
 )
 from cutover.controller.rollout.store import (
     STATE_ENV,
@@ -57,4 +58,5 @@ __all__ = [
     "plan_waves",
     "rollout_exit_code",
     "summary_event",
+    "webhook_body",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "failure_from",
     "rollout_exit_code",
     "summary_event",
+    "webhook_body",
 ]
 
 EXIT_PAUSED = 10
@@ -176,3 +177,63 @@ def failure_from(
 
 def summary_event(summary: RolloutSummary) -> dict[str, Any]:
     return {"event": "summary", **summary.model_dump(mode="json"), "exit_code": summary.exit_code}
+
+
+def webhook_body(event: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
+    """The webhook message for an engine event, and whether it is a failure; None: not sent.
+
+    Rollout webhooks (docs/rollouts.md): ``rollout.started``, ``rollout.canary_healthy``,
+    ``rollout.wave_done``, ``rollout.host_failed``, ``rollout.reverted``, ``rollout.paused``,
+    ``rollout.finished``.
+    """
+    name = event.get("event")
+    rid = event.get("rollout", "")
+    if name == "rollout.start":
+        text = f"cutover rollout {rid}: {event['app']} {event['version']} started, waves {event['waves']}"
+        return {
+            "event": "rollout.started",
+            "text": text,
+            **_pick(event, "rollout", "app", "version", "waves"),
+        }, False
+    if name == "wave.done":
+        kind = "rollout.canary_healthy" if event.get("canary") else "rollout.wave_done"
+        text = f"cutover rollout {rid}: wave {event['wave']} done ({event['decision']})"
+        return {
+            "event": kind,
+            "text": text,
+            **_pick(event, "rollout", "wave", "decision", "counts"),
+        }, False
+    if name == "host.failed":
+        text = f"❌ cutover rollout {rid}: {event['host']} failed: {event.get('check')}: {event.get('message', '')}"
+        return {
+            "event": "rollout.host_failed",
+            "text": text[:1000],
+            **_pick(event, "rollout", "host", "code", "check", "check_output"),
+        }, True
+    if name == "rollout.reverting":
+        text = f"❌ cutover rollout {rid}: reverting {', '.join(event['hosts'])}: {event['reason']}"
+        return {
+            "event": "rollout.reverted",
+            "text": text,
+            **_pick(event, "rollout", "hosts", "reason"),
+        }, True
+    if name == "rollout.paused":
+        text = f"⏸ cutover rollout {rid}: {event['reason']}"
+        return {
+            "event": "rollout.paused",
+            "text": text,
+            **_pick(event, "rollout", "wave", "reason"),
+        }, False
+    if name == "summary" and "rollout" in event:
+        text = f"cutover rollout {rid}: {event['app']} {event['version']} {event['status']} ({event['reason']})"
+        failed = event["status"] not in ("rolled_out", "paused")
+        return {
+            "event": "rollout.finished",
+            "text": text,
+            **_pick(event, "rollout", "app", "version", "status", "reason", "counts", "exit_code"),
+        }, failed
+    return None
+
+
+def _pick(event: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: event[k] for k in keys if k in event}

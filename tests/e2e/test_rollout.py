@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import APP, BIN, Keys, _build
-from tests.e2e.fleet_fixture import Fleet
+from tests.e2e.fleet_fixture import Fleet, webhook_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -368,3 +368,33 @@ def test_a_release_not_staged_everywhere_is_not_rolled_out(
     assert [x.split(" ")[0] for x in events[-1]["not_staged"]] == ["h3", "h4", "h5"]
     assert "cutover push" in events[-1]["reason"]
     assert {h: fleet.agents[h].snapshot() for h in HOSTS} == before
+
+
+def test_deploy_with_rollout_pushes_then_rolls_out_and_webhooks_get_rollout_events(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    with webhook_receiver() as hook:
+        fleet.write(webhooks=[{"url": hook.url, "events": ["rollout"]}])
+        try:
+            proc = fleet.cutover(
+                "deploy", str(pkgs["3.8.0"]), "--rollout", *WAVES, *FAST,
+                "--state-dir", str(state), "--json", timeout=180,
+            )  # fmt: skip
+        finally:
+            fleet.write()
+        received = [r["body"] for r in hook.received]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert events[0]["event"] != "rollout.start"  # the push came first
+    assert named(events, "step.done")[0]["action"] == "push"
+    assert events[-1]["event"] == "summary" and events[-1]["status"] == "rolled_out"
+    assert currents(fleet) == {h: on("3.8.0") for h in HOSTS}
+    kinds = [b["event"] for b in received]
+    assert kinds == [
+        "rollout.started", "rollout.canary_healthy", "rollout.wave_done", "rollout.wave_done",
+        "rollout.finished",
+    ]  # fmt: skip
+    assert (
+        received[-1]["status"] == "rolled_out" and received[-1]["rollout"] == events[-1]["rollout"]
+    )
+    assert all(b["text"] and b["fleet"] for b in received)
