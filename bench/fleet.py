@@ -172,6 +172,7 @@ def main() -> int:
         for n in sizes:
             got = measure(n, tmp, keys, pkgs)
             rows.append((n, statistics.median(s for s, _ in got), max(r for _, r in got)))
+            print(f"  measured {n} host(s): {rows[-1][1]:.2f}s", file=sys.stderr, flush=True)
         base = rows[0][1]
         print(f"rollout of a small package (--canary 1 --batch 25%), median of {args.runs}")
         print(f"{'hosts':>6} {'seconds':>8} {'ratio':>6} {'peak RSS MiB':>13}")
