@@ -1,7 +1,8 @@
 """``make demo``: a three-agent demo fleet on 127.0.0.1, driven by the real ``cutover`` commands.
 
 Everything is real: Ed25519 keys, deterministic signed packages, three ``cutover-agent serve``
-daemons on loopback ports, a ``fleet.toml``, the fleet commands (``deploy``, ``status``,
+daemons on loopback ports, a ``fleet.toml``, the fleet commands (``deploy``, ``deploy --rollout``
+with a canary and waves, ``status``,
 ``rollback``, ``log``) over the signed HTTP API, subprocess hooks, health checks, the automatic
 revert of a release that fails its live check, and the on-host CLI. All files live under
 ``./demo-run/`` (recreated each run); the agents are stopped at the end.
@@ -215,14 +216,23 @@ def _demo(work: Path) -> int:
         fleet = _write_fleet(work, hosts)
         console.print(f"    {fleet}: web-1 (groups web, canary), web-2, web-3 (group web)")
 
-        for version in ("1.0.0", "1.1.0"):
-            _step(f"deploy {version}: stage on every host first, then activate")
-            _expect(_cutover(fleet, "deploy", str(pkgs[version])), 0, f"deploy {version}")
+        state = ["--state-dir", str(work / "controller-state")]
+        waves = ["--canary", "1", "--batch", "1", "--bake", "1", *state]
+        _step("deploy 1.0.0: stage on every host first, then activate all at once")
+        _expect(_cutover(fleet, "deploy", str(pkgs["1.0.0"])), 0, "deploy 1.0.0")
+        _step("deploy 1.1.0 as a rollout: canary web-1, then one host per wave, 1 s bake each")
+        _expect(_cutover(fleet, "deploy", str(pkgs["1.1.0"]), "--rollout", *waves), 0, "rollout")
         _step("fleet status")
         _expect(_cutover(fleet, "status"), 0, "status")
 
-        _step("deploy 1.2.0 to the canary: its live check fails and the agent flips back by itself")
-        _cutover(fleet, "deploy", str(pkgs["1.2.0"]), "--group", "canary")
+        _step(
+            "deploy 1.2.0 as a rollout: the canary's live check fails, the agent flips back by "
+            "itself, the later waves never start, and the failure report says why (exit 7)"
+        )
+        _expect(
+            _cutover(fleet, "deploy", str(pkgs["1.2.0"]), "--rollout", *waves), 7, "broken rollout"
+        )
+        _expect(_cutover(fleet, "rollouts", *state), 0, "rollouts")
         _step("roll the whole fleet back to 1.0.0, every host in parallel")
         _expect(_cutover(fleet, "rollback", "--to", "1.0.0"), 0, "rollback")
         _expect(_cutover(fleet, "status"), 0, "status")

@@ -435,7 +435,10 @@ class RolloutEngine:
                 tally.failed[host].decision = "reverted" if ok else "revert failed"
         tally.healthy.clear()
         failed_reverts = [h for h, ok in reverted.items() if not ok]
+        by_agent = sorted(h for h, f in tally.failed.items() if f.code == "reverted")
         reason = f"{why}; reverted {len(reverted) - len(failed_reverts)} host(s)"
+        if by_agent:
+            reason += f" ({', '.join(by_agent)} already reverted by its agent)"
         if failed_reverts:
             reason += f"; could not revert {', '.join(failed_reverts)} (see `cutover status`)"
         return self._finish(rec, tally, RolloutStatus.REVERTED, reason, reverted=reverted)
