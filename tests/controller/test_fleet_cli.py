@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from cutover.agent.keys import generate_keypair
+from cutover.controller.cli import main
+from cutover.controller.rollout import RolloutStore
 from tests.conftest import BIN
 
 
@@ -92,3 +94,39 @@ def test_a_missing_package_file_exits_5_like_the_agent_cli(fleet_file: Path) -> 
     proc = cutover("push", "missing.cutover", "--fleet", str(fleet_file), "--json")
     assert proc.returncode == 5
     assert "cannot open package missing.cutover" in json.loads(proc.stdout)["message"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rollout"],
+        ["rollout", "1.0.0", "--resume", "r-x"],
+        ["rollout", "1.0.0", "--canary", "0"],
+        ["rollout", "1.0.0", "--batch", "150%"],
+        ["rollout", "1.0.0", "--max-failures", "many"],
+        ["rollout", "1.0.0", "--progress-deadline", "0"],
+        ["rollout", "1.0.0", "--lease-ttl", "1"],
+        ["rollout", "../etc"],
+    ],
+    ids=[
+        "no-version", "version-and-resume", "zero-canary", "percent-over-100", "bad-budget",
+        "zero-deadline", "lease-ttl-too-short", "bad-version",
+    ],
+)  # fmt: skip
+def test_rollout_usage_errors_exit_2_before_any_host(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = tmp_path / "fleet.toml"
+    key = tmp_path / "k"
+    generate_keypair(key)
+    fleet.write_text(
+        f'app = "ame"\ncontroller_key = "{key}"\n[hosts.a]\nurl = "http://127.0.0.1:9"\n'
+    )
+    state = tmp_path / "state"
+    code = main([*argv, "--fleet", str(fleet), "--state-dir", str(state), "--json"])
+    assert code == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["exit_code"] == 2 and out["error"] == "bad_config"
+    assert (
+        not (state / "rollouts.db").exists() or not RolloutStore(state).list()
+    )  # nothing recorded
