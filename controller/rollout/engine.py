@@ -66,10 +66,6 @@ def decide(
     return Decision.ISOLATE if new_failures else Decision.GO_ON
 
 
-class DeadlineError(OperationalError):
-    """A deadline of the rollout passed for one host."""
-
-
 @dataclass
 class _Tally:
     desired: int = 0
@@ -325,7 +321,7 @@ class RolloutEngine:
                     "(progress deadline): host marked failed",
                     code="unresponsive",
                 )
-            raise DeadlineError(
+            raise OperationalError(
                 f"{name}: not healthy within {p.healthy_deadline_s:g}s (healthy deadline): "
                 "host marked failed",
                 code="healthy_deadline",

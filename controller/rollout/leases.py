@@ -24,6 +24,7 @@ from cutover.controller.fleet.runner import EventSink, now_iso
 __all__ = ["DEFAULT_TTL_S", "LeaseKeeper"]
 
 DEFAULT_TTL_S = 30.0
+RELEASE_WAIT_S = 5.0  # a host that does not answer this fast lets its lease expire instead
 
 
 class LeaseKeeper:
@@ -137,7 +138,7 @@ class LeaseKeeper:
         async def one(name: str, lease_id: str) -> None:
             port = self._connect(self._hosts[name])
             try:
-                await asyncio.wait_for(port.release_lease(self.app, lease_id), self.ttl_s)
+                await asyncio.wait_for(port.release_lease(self.app, lease_id), RELEASE_WAIT_S)
             except (CutoverError, TimeoutError) as exc:
                 self._note("lease.release_failed", name, exc)
             finally:
