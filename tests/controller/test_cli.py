@@ -62,7 +62,12 @@ def test_build_sign_twice_inspect(tmp_path: Path) -> None:
     assert set(info["signers"]) == keyids
     assert info["payload_matches"] is True and info["commit"] == "abc123"
     assert info["hooks"]["post_activate"] == [
-        {"name": "queue restart", "argv": ["php", "artisan", "queue:restart"], "timeout_s": 300.0}
+        {
+            "name": "queue restart",
+            "argv": ["php", "artisan", "queue:restart"],
+            "timeout_s": 300.0,
+            "once": False,
+        }
     ]
     checked = json.loads(
         cutover("inspect", str(pkg), "--json", "--trust", str(tmp_path / "tech.pub")).stdout
