@@ -1,0 +1,146 @@
+"""What every on-host command shares: the actor, output, app selection, the manager, views."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cutover.agent._util.privileges import drop_to, owner_of
+from cutover.agent.config import LoadedConfig
+from cutover.agent.errors import (
+    ConfigError,
+    NotFoundError,
+)
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.state import ReleaseRecord, ReleaseStatus
+from cutover.agent.lifecycle.manager import AppManager, OpResult
+from cutover.agent.trust.freeze import freeze_status
+
+_INVOKER: list[str] = []  # who ran the command, before any privilege drop
+
+
+def _actor() -> str:
+    if not _INVOKER:
+        try:
+            _INVOKER.append(pwd.getpwuid(os.getuid()).pw_name)
+        except KeyError:
+            _INVOKER.append(str(os.getuid()))
+    return f"cli:{os.environ.get('SUDO_USER', _INVOKER[0])}"
+
+
+class _Out:
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def result(self, data: dict[str, Any], human: Callable[[], None]) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            human()
+
+    def recovered(self, actions: Sequence[str]) -> None:
+        if actions and not self.json:
+            for a in actions:
+                print(f"recovered: {a}", file=sys.stderr)
+
+
+def _pick_app(cfg: LoadedConfig, name: str | None) -> str:
+    if name:
+        if name not in cfg.apps:
+            raise NotFoundError(
+                f"app {name!r} is not in {cfg.path}; configured apps: {', '.join(cfg.apps) or '(none)'}"
+            )
+        return name
+    if len(cfg.apps) == 1:
+        return next(iter(cfg.apps))
+    if not cfg.apps:
+        raise ConfigError(f"{cfg.path} has no apps; add one with `cutover-agent init`")
+    raise ConfigError(f"{cfg.path} has several apps ({', '.join(cfg.apps)}); choose one with --app")
+
+
+_ARGV: list[str] = []  # the command line, for the `sudo -u OWNER ...` a permission error suggests
+
+
+def _become_owner(root: Path) -> None:
+    """Run as root on an app owned by another user: become that user (never leave root-owned
+    files in someone else's app; hooks run as under the daemon). All-root: nothing changes."""
+    layout = Layout(root)
+    owner = owner_of(layout.meta, layout.root)
+    if owner is not None and os.geteuid() == 0 and owner.uid != 0:
+        drop_to(owner)
+
+
+def _manager(cfg: LoadedConfig, app: str, progress_events: bool = False) -> AppManager:
+    def events(ev: dict[str, Any]) -> None:
+        if progress_events and ev.get("event") == "hook.output":
+            print(f"  [{ev.get('hook')}] {ev.get('line')}", file=sys.stderr)
+
+    _become_owner(cfg.apps[app].root)
+    return AppManager(app, cfg.apps[app], cfg.policies[app], actor=_actor(), events=events)
+
+
+def _run(coro: Coroutine[Any, Any, OpResult]) -> OpResult:
+    return asyncio.run(coro)
+
+
+def _print_op(out: _Out, res: OpResult) -> None:
+    out.recovered(res.recovered)
+
+    def human() -> None:
+        print(res.message)
+        if res.current is not None or res.op in ("activate", "rollback"):
+            print(f"current: {res.current or '-'}   previous: {res.previous or '-'}")
+        for w in res.details.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+        if res.details.get("removed"):
+            print("removed: " + ", ".join(res.details["removed"]))
+        if res.details.get("pruned"):
+            print("pruned: " + ", ".join(res.details["pruned"]))
+
+    out.result(res.to_json(), human)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _state_view(cfg: LoadedConfig, app: str, *, with_results: bool = False) -> dict[str, Any]:
+    mgr = _manager(cfg, app)
+    state = mgr.snapshot()
+    return {
+        "app": app,
+        "root": str(cfg.apps[app].root),
+        "current": state.current,
+        "previous": state.previous,
+        "highest_version": state.highest_version,
+        "pending": state.pending.model_dump() if state.pending else None,
+        "releases": [
+            _release_view(r, with_results=with_results)
+            for r in sorted(state.releases.values(), key=lambda r: -r.seq)
+        ],
+    }
+
+
+def _release_view(rec: ReleaseRecord, *, with_results: bool = True) -> dict[str, Any]:
+    """One release as ``status``/``releases`` show it: a removed release says ``pruned``."""
+    view = rec.model_dump(mode="json", exclude=None if with_results else {"hooks", "health"})
+    if not rec.installed and rec.status not in (ReleaseStatus.FAILED, ReleaseStatus.BAD):
+        view["status"] = "pruned"
+    return view
+
+
+def _freeze_view(cfg: LoadedConfig, app: str) -> dict[str, list[dict[str, object]]]:
+    """Freeze windows of ``app`` in force now, and those starting within a week."""
+    active, upcoming = freeze_status(cfg.apps[app].freeze, datetime.now(UTC))
+    return {"active": [h.to_json() for h in active], "upcoming": [h.to_json() for h in upcoming]}
+
+
+def _override_hint(window: dict[str, Any]) -> str:
+    roles = window["override_roles"]
+    return f" (override: a signature by role {' or '.join(roles)})" if roles else ""
