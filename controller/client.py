@@ -39,7 +39,6 @@ import io
 import json
 import os
 import ssl
-import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
@@ -65,7 +64,12 @@ from cutover.agent.api_models import (
 )
 from cutover.agent.errors import CutoverError, TransportError
 from cutover.agent.keys import PrivateKey
-from cutover.agent.trust import httpsig
+from cutover.controller.signing import (
+    DEFAULT_LIFETIME_S,
+    EMPTY_SHA256,
+    default_authority,
+    signed_headers,
+)
 from cutover.controller.transport import (
     AiohttpTransport,
     Body,
@@ -84,8 +88,6 @@ __all__ = [
 
 _M = TypeVar("_M", bound=BaseModel)
 
-EMPTY_SHA256 = hashlib.sha256(b"").digest()
-DEFAULT_LIFETIME_S = 60
 CHUNK_BYTES = 1 << 20
 MAX_EVENT_LINE_BYTES = 4 << 20
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -95,68 +97,6 @@ MAX_RESPONSE_BYTES = 64 << 20  # a journal page of 10,000 entries fits
 EXPECT_CONTINUE_MIN_BYTES = 1 << 20
 
 Progress = Callable[[int, int], None]
-
-
-def default_authority(base_url: str) -> str:
-    """``host[:port]`` of ``base_url`` as the agent's name: lowercase, default port omitted."""
-    url = URL(base_url)
-    host = (url.host or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    port = url.explicit_port
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return host if port is None or port == default else f"{host}:{port}"
-
-
-def signed_headers(
-    key: PrivateKey,
-    method: str,
-    authority: str,
-    path: str,
-    query: str = "",
-    *,
-    content_type: str = "",
-    body_sha256: bytes = EMPTY_SHA256,
-    created: int | None = None,
-    lifetime_s: int = DEFAULT_LIFETIME_S,
-    nonce: str | None = None,
-) -> dict[str, str]:
-    """The four headers of a signed request (low level: tests craft variants from it).
-
-    Args:
-        key: the controller key.
-        method: the HTTP method as sent.
-        authority: the agent's configured name.
-        path: the raw, percent-encoded path as sent.
-        query: the raw query as sent, without ``?``.
-        content_type: the exact Content-Type sent (``""`` without a body).
-        body_sha256: SHA-256 of the exact body bytes (default: the empty body).
-        created: Unix seconds (default: now); lifetime_s: ``expires - created`` (1-300).
-        nonce: default a fresh :func:`agent.trust.httpsig.new_nonce`.
-
-    Returns:
-        ``Content-Type``, ``Content-Digest``, ``Signature-Input`` and ``Signature``.
-
-    Raises:
-        ValueError: the arguments would make a request every agent refuses.
-    """
-    created = int(time.time()) if created is None else created
-    digest = httpsig.content_digest(body_sha256)
-    signed = httpsig.sign_request(
-        key,
-        httpsig.RequestTarget(method=method, authority=authority, path=path, query=query),
-        content_type=content_type,
-        content_digest=digest,
-        created=created,
-        expires=created + lifetime_s,
-        nonce=nonce or httpsig.new_nonce(),
-    )
-    return {
-        "Content-Type": content_type,
-        "Content-Digest": digest,
-        "Signature-Input": signed.signature_input,
-        "Signature": signed.signature,
-    }
 
 
 def _seg(value: str) -> str:
