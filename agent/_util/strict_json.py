@@ -11,40 +11,47 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cutover.agent.errors import ManifestError
+from cutover.agent.errors import CutoverError, ManifestError
 
 __all__ = ["canonical_json", "strict_json_loads"]
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ManifestError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
+def strict_json_loads(
+    data: bytes, what: str, max_bytes: int, error: type[CutoverError] = ManifestError
+) -> Any:
+    """Parse JSON strictly: size cap, UTF-8 without BOM, no duplicate keys, no NaN/Infinity.
 
+    Args:
+        data: the raw bytes; what: what they are, for messages (``"manifest.json"``);
+        max_bytes: the size cap; error: the class raised (a request body is a ``RequestError``).
 
-def _reject_constant(name: str) -> Any:
-    raise ManifestError(f"JSON constant {name} is not allowed")
+    Raises:
+        error: the bytes break one of the rules; the message names the rule.
+    """
 
+    def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise error(f"{what}: duplicate JSON key {k[:64]!r}")
+            out[k] = v
+        return out
 
-def strict_json_loads(data: bytes, what: str, max_bytes: int) -> Any:
-    """Parse JSON strictly: size cap, UTF-8 without BOM, no duplicate keys, no NaN/Infinity."""
+    def reject_constant(name: str) -> Any:
+        raise error(f"{what}: JSON constant {name} is not allowed")
+
     if len(data) > max_bytes:
-        raise ManifestError(f"{what} is {len(data)} bytes; the limit is {max_bytes}")
+        raise error(f"{what} is {len(data)} bytes; the limit is {max_bytes}")
     if data.startswith(b"\xef\xbb\xbf"):
-        raise ManifestError(f"{what} starts with a byte-order mark; write plain UTF-8")
+        raise error(f"{what} starts with a byte-order mark; write plain UTF-8")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{what} is not valid UTF-8: {exc}") from exc
+        raise error(f"{what} is not valid UTF-8: {exc}") from exc
     try:
-        return json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        return json.loads(text, object_pairs_hook=reject_duplicates, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
+        raise error(f"{what} is not valid JSON: {exc}") from exc
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -12,12 +12,12 @@ Rules, so that what a controller signed means exactly one thing to the agent:
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cutover.agent._util.strict_json import strict_json_loads
 from cutover.agent.errors import RequestError, UnsupportedMediaTypeError
 from cutover.agent.versions import VERSION_RE
 
@@ -70,19 +70,6 @@ class FetchBody(_Body):
 _M = TypeVar("_M", bound=_Body)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise RequestError(f"invalid request body: key {key[:64]!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise RequestError(f"invalid request body: {name} is not JSON")
-
-
 def parse_json_body(content_type: str, raw: bytes, model: type[_M]) -> _M:
     """Parse and validate a JSON request body.
 
@@ -92,14 +79,8 @@ def parse_json_body(content_type: str, raw: bytes, model: type[_M]) -> _M:
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaTypeError("send the body as Content-Type: application/json")
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise RequestError("invalid request body: remove the byte-order mark")
-    try:
-        data = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"invalid request body: not UTF-8 JSON ({exc})") from None
+    # The body is already within its cap (auth.read_json); only the JSON rules apply here.
+    data = strict_json_loads(raw, "invalid request body", len(raw), error=RequestError)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
