@@ -79,7 +79,7 @@ def parse_json_body(content_type: str, raw: bytes, model: type[_M]) -> _M:
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaTypeError("send the body as Content-Type: application/json")
-    # The body is already within its cap (auth.read_json); only the JSON rules apply here.
+    # The body is already within MAX_JSON_BYTES (daemon/auth.py); only the JSON rules apply here.
     data = strict_json_loads(raw, "invalid request body", len(raw), error=RequestError)
     try:
         return model.model_validate(data)
