@@ -2,62 +2,19 @@
 
 No I/O happens here (``new_nonce`` draws from ``secrets``; nothing else touches the outside world).
 Every rejection raises :class:`~agent.errors.AuthError` whose ``code`` is the short reason the API
-returns with its 401. Replay protection (remembering nonces) lives in :mod:`agent.nonces`; roles and
-the exclusion of release keys live in the server, which passes only controller keys in ``keys``.
+returns with its 401. Replay protection (remembering nonces) lives in :mod:`agent.daemon.nonces`;
+roles and the exclusion of release keys live in the server, which passes only controller keys in
+``keys``.
 
-Profile ``cutover-v1`` (normative; a third party can implement a client from this text)
-
-1. Headers. A signed request carries exactly one of each of ``Signature-Input``, ``Signature``,
-   ``Content-Type`` and ``Content-Digest``. Every request has all four, with or without a body:
-   a bodiless request (GET, DELETE) sends an empty ``Content-Type`` field value and the digest of
-   the empty body (``sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:``). A field repeated
-   (two lines, or two names differing only in case) is refused. Values are taken with leading and
-   trailing SP/HTAB removed (RFC 9110 §5.5).
-2. ``Content-Type`` is printable ASCII (0x20-0x7E), at most 256 characters; it is signed as is and
-   the server, not this module, decides which media type an endpoint takes.
-3. ``Content-Digest`` (RFC 9530) is an RFC 8941 dictionary with exactly one member, ``sha-256``,
-   whose value is a byte sequence of exactly 32 bytes and has no parameters:
-   ``sha-256=:BASE64:``. The caller compares it with the SHA-256 of the body it streams.
-4. ``Signature-Input`` is an RFC 8941 dictionary with exactly one member, labelled ``cutover``::
-
-       cutover=("@method" "@authority" "@path" "@query" "content-type" "content-digest")
-         ;created=INT;expires=INT;nonce="N";keyid="K";alg="ed25519";tag="cutover-v1"
-
-   (one line on the wire). The covered components are exactly these six sf-strings, in this
-   order, without parameters. The parameters are exactly these six, each once: ``created`` and
-   ``expires`` sf-integers (Unix seconds, >= 0), ``nonce``, ``keyid``, ``alg`` and ``tag``
-   sf-strings (a token where a string is required is refused). Signers emit the order above;
-   verifiers accept any order, because the signature base serialises them in received order
-   (RFC 9421 §2.3). ``alg`` is ``"ed25519"``; ``tag`` is ``"cutover-v1"``.
-5. ``Signature`` is an RFC 8941 dictionary with exactly one member, ``cutover``, whose value is a
-   byte sequence of the 64-byte Ed25519 signature (RFC 8032, no prehash) with no parameters.
-6. Byte sequences must be canonical padded base64 (RFC 4648 §4: ``=`` padding present, unused bits
-   zero); RFC 8941 leniency about missing padding is not extended. Dictionary keys and parameter
-   names must not repeat (RFC 8941 would let the last one win; we refuse). Whitespace is accepted
-   only where RFC 8941 §4.2 allows it. Signature-Input and Signature are at most 2048 characters.
-7. ``nonce``: 22 to 64 characters from the base64url alphabet ``A-Z a-z 0-9 - _`` (no padding),
-   i.e. at least 128 bits; it must be random (``new_nonce`` gives 256 bits) and is accepted once.
-8. Time, on the agent's clock ``now``: ``0 < expires - created <= 300``; ``created <= now + 30``
-   (clock skew allowance); ``now < expires`` (no grace).
-9. Component values (RFC 9421 §2.2): ``@method`` the method as sent (an RFC 9110 token, case kept);
-   ``@authority`` the agent's *configured name* (lowercase ``host`` or ``host:port`` exactly as the
-   controller addresses the agent, default port omitted), never the Host header, so a request
-   signed for one agent fails on another; ``@path`` the raw, still percent-encoded path (starts
-   with ``/``); ``@query`` ``?`` followed by the raw query, or ``?`` alone when there is none or it
-   is empty. Method, path and query must be printable ASCII without spaces.
-10. Signature base (RFC 9421 §2.5): one line per component, ``"name": value``, in the covered
-    order, then ``"@signature-params": `` followed by the inner list with its parameters,
-    re-serialised canonically from the parsed values (RFC 8941 §4.1, so ``created=01`` or an extra
-    space in the received header does not change the base); lines joined by LF, no trailing LF,
-    ASCII. ``content-type`` and ``content-digest`` enter the base as received (trimmed, RFC 9421
-    §2.1), not re-serialised.
-11. ``keyid`` selects the public key from the trusted controller keys (lowercase hex SHA-256 of the
-    raw public key, see agent.keys); an unknown keyid is refused before any signature check.
+Profile ``cutover-v1``: the normative text (headers, components, parameters, time rules, the
+signature base, with a worked example) is ``docs/protocol.md``, section "Request signatures:
+profile cutover-v1"; a third party implements a client from it. This module is that text as
+code; the constants below are its fixed values. When the two disagree, that is a defect in both.
 
 Callers (the server) must: verify before reading the body; build ``RequestTarget`` from the raw
 request-target (``request.raw_path`` split at the first ``?``, never a decoded path or query) and
-the configured agent name; then consume the nonce (agent.nonces) and stream the body, refusing it
-unless its SHA-256 equals ``Verified.content_digest``.
+the configured agent name; then consume the nonce (agent.daemon.nonces) and stream the body,
+refusing it unless its SHA-256 equals ``Verified.content_digest``.
 
 Verification order (first failure wins): headers present -> Signature-Input syntax -> label ->
 components -> parameters (set and types, ``alg``, ``tag``, ``nonce``) -> time -> Signature syntax ->
@@ -444,8 +401,8 @@ def verify_request(
         max_skew_s: how far ``created`` may be in the future (0 to 300).
 
     Returns:
-        The verified facts. The caller must still consume the nonce (agent.nonces) and compare the
-        body's SHA-256 with ``content_digest``.
+        The verified facts. The caller must still consume the nonce (agent.daemon.nonces) and
+        compare the body's SHA-256 with ``content_digest``.
 
     Raises:
         AuthError: with ``code`` one of missing_signature, malformed_signature_input, wrong_label,
