@@ -44,6 +44,7 @@ __all__ = [
     "OperationResult",
     "PendingIntent",
     "ReleaseInfo",
+    "UploadStatus",
 ]
 
 
@@ -70,6 +71,7 @@ class ErrorBody(_Response):
     kind: str | None = None  # absent from agents before the registry: the client falls back
     message: str = ""
     holder: dict[str, Any] | None = None
+    offset: int | None = None  # upload_offset: the bytes the agent holds (resume from there)
 
     @classmethod
     def of(cls, exc: CutoverError) -> ErrorBody:
@@ -84,7 +86,14 @@ class ErrorBody(_Response):
             status: the HTTP status, used only when neither code is in the registry.
         """
         message = f"{where}: {self.message}" if where else self.message
-        return from_wire(self.error, message, kind=self.kind, status=status, holder=self.holder)
+        return from_wire(
+            self.error,
+            message,
+            kind=self.kind,
+            status=status,
+            holder=self.holder,
+            offset=self.offset,
+        )
 
 
 # ---------------------------------------------------------------------- reads
@@ -329,3 +338,13 @@ class LeaseReleased(_Response):
     app: str
     lease: str
     released: bool
+
+
+class UploadStatus(_Response):
+    """``GET /v1/apps/{app}/releases/{version}/upload/{sha256}``: the bytes held for a resume."""
+
+    app: str
+    version: str
+    sha256: str
+    offset: int  # resume a PUT at this byte (0: nothing held)
+    busy: bool = False  # an upload of this package is being received now

@@ -87,6 +87,10 @@ class AgentSection(_Strict):
     upload_timeout_s: float = Field(default=900.0, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     fetch_timeout_s: float = Field(default=3600.0, gt=0)
+    # Interrupted uploads kept for resuming (agent/daemon/uploads.py); 0 partials: never kept.
+    upload_resume_ttl_s: float = Field(default=3600.0, gt=0)
+    upload_resume_per_app: int = Field(default=2, ge=0, le=16)
+    upload_resume_max_bytes: int = Field(default=8 * 1024**3, ge=0)
     max_request_lifetime_s: int = Field(default=300, gt=0, le=300)
     clock_skew_s: int = Field(default=30, ge=0, le=30)  # httpsig.MAX_SKEW_S
     drain_timeout_s: float = Field(default=60.0, gt=0)
@@ -175,6 +179,10 @@ class AppSection(_Strict):
     freeze: FreezeSchedule = FreezeSchedule()
     require: Requirements = Requirements()
     keep: int = Field(default=5, ge=1, le=1000)
+    # Retention by disk (agent/host/diskspace.py): before a stage writes, prune the oldest
+    # prunable releases so that the root's filesystem keeps this much free; 0 = off.
+    min_free_bytes: int = Field(default=0, ge=0)
+    min_free_pct: float = Field(default=0.0, ge=0, lt=100)
     allow_downgrade: bool = False
     checkpoint: list[str] | None = None
     checkpoint_timeout_s: float = Field(default=1800.0, gt=0)

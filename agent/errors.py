@@ -21,7 +21,8 @@ input) and *an operation failed* (the host, a check or a peer let us down; the o
     │       ├── BodyTimeoutError         body_timeout             408  2  the body stalled or took too long
     │       ├── PayloadTooLargeError     payload_too_large        413  2
     │       ├── UnsupportedMediaTypeError unsupported_media_type  415  2
-    │       └── ExpectationFailedError   expectation_failed       417  2  an Expect other than 100-continue
+    │       ├── ExpectationFailedError   expectation_failed       417  2  an Expect other than 100-continue
+    │       └── UploadOffsetError        upload_offset            409  2  a resumed upload's offset is not what is held
     └── OperationalError                 failed                   500  1  something failed while doing legitimate work
         ├── ConfigError                  bad_config               500  2  config file unreadable or invalid
         ├── KeyFileError                 bad_key                  500  2  a key file missing, unreadable, wrong kind
@@ -103,6 +104,7 @@ __all__ = [
     "UnreachableError",
     "UnsafeArchiveError",
     "UnsupportedMediaTypeError",
+    "UploadOffsetError",
     "class_for_status",
     "error_class",
     "from_wire",
@@ -284,6 +286,19 @@ class ExpectationFailedError(RequestError):
     """An ``Expect`` other than ``100-continue``."""
 
 
+@_registered("upload_offset", 409, ExitCode.USAGE)
+class UploadOffsetError(RequestError):
+    """A resumed upload starts at an offset other than the bytes the agent holds (``offset``:
+    what it holds; resume from there). Nothing changed: the held bytes are kept."""
+
+    def __init__(self, message: str, *, code: str | None = None, offset: int = 0) -> None:
+        super().__init__(message, code=code)
+        self.offset = offset
+
+    def wire_extra(self) -> dict[str, Any]:
+        return {"offset": self.offset}
+
+
 @_registered("failed", 500, ExitCode.FAILED)
 class OperationalError(CutoverError):
     """Legitimate work failed; the operator has to act (message says how)."""
@@ -456,6 +471,7 @@ def from_wire(
     kind: str | None = None,
     status: int | None = None,
     holder: Mapping[str, object] | None = None,
+    offset: int | None = None,
 ) -> CutoverError:
     """The error a wire body ``{"error", "kind", "message"}`` stands for.
 
@@ -470,4 +486,6 @@ def from_wire(
     exc = cls(message, code=error)
     if isinstance(exc, LockedError) and holder:
         exc.holder = dict(holder)
+    if isinstance(exc, UploadOffsetError) and offset is not None:
+        exc.offset = offset
     return exc

@@ -132,6 +132,7 @@ async def stream_body(
     batch_bytes: int = 1 << 20,
     idle_setting: str = "agent.upload_idle_timeout_s",
     total_setting: str = "agent.upload_timeout_s",
+    flush_on_error: bool = False,
 ) -> tuple[int, bytes]:
     """Read the request body in bounded chunks, hand batches to ``write``, hash everything.
 
@@ -146,6 +147,8 @@ async def stream_body(
         write: awaited with batches of about ``batch_bytes`` (and the rest at the end).
         idle_setting, total_setting: the config settings behind the two timeouts, named in the
             ``408`` message of the one that was hit.
+        flush_on_error: when the body breaks off (or is refused), hand the bytes read so far to
+            ``write`` before raising (a resumable upload keeps them: agent/daemon/uploads.py).
 
     Returns:
         The body length and its SHA-256.
@@ -165,30 +168,35 @@ async def stream_body(
     total_hit = BodyTimeoutError(
         f"request body took longer than {total_timeout_s:g} s ({total_setting})"
     )
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise total_hit
-        try:
-            chunk = await asyncio.wait_for(
-                request.content.readany(), timeout=min(idle_timeout_s, remaining)
-            )
-        except TimeoutError:
-            if remaining <= idle_timeout_s:
-                raise total_hit from None
-            raise BodyTimeoutError(
-                f"request body stalled: no data for {idle_timeout_s:g} s ({idle_setting})"
-            ) from None
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        buf += chunk
-        if len(buf) >= batch_bytes:
-            data = bytes(buf)
-            buf.clear()
-            await _hash_and_write(digest, data, write)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise total_hit
+            try:
+                chunk = await asyncio.wait_for(
+                    request.content.readany(), timeout=min(idle_timeout_s, remaining)
+                )
+            except TimeoutError:
+                if remaining <= idle_timeout_s:
+                    raise total_hit from None
+                raise BodyTimeoutError(
+                    f"request body stalled: no data for {idle_timeout_s:g} s ({idle_setting})"
+                ) from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            buf += chunk
+            if len(buf) >= batch_bytes:
+                data = bytes(buf)
+                buf.clear()
+                await _hash_and_write(digest, data, write)
+    except BaseException:
+        if flush_on_error and buf:
+            await asyncio.shield(write(bytes(buf)))
+        raise
     if buf:
         await _hash_and_write(digest, bytes(buf), write)
     return size, digest.digest()

@@ -1,7 +1,7 @@
 """The state the API handlers share: one :class:`AgentContext` per running server.
 
 It holds the config in force (through the reload holder), the operation registry, the metrics, the
-nonce store and the upload spool, and creates a fresh :class:`~agent.lifecycle.AppManager` per
+nonce store and the upload spool (agent/daemon/uploads.py), and creates a fresh :class:`~agent.lifecycle.AppManager` per
 operation: the journal caches its chain head, which is only valid while the app lock is held, so a
 long-lived manager would chain new entries onto a stale head after the CLI appended some.
 """
@@ -23,6 +23,7 @@ from cutover.agent.daemon.metrics import AppReleases, Metrics
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
 from cutover.agent.daemon.reload import ConfigHolder
+from cutover.agent.daemon.uploads import UploadSpool
 from cutover.agent.errors import NotFoundError, UnavailableError
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.lock import AppLock
@@ -45,6 +46,7 @@ class AgentContext:
     metrics: Metrics
     nonces: NonceStore
     uploads_dir: Path
+    spool: UploadSpool  # uploads being received and partials kept for resuming
     leases: LeaseTable | None = None  # agent/daemon/leases.py; None: leases not offered
     shutting_down: bool = False
     uploads: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -12,14 +12,14 @@ while the app lock is held.
 
 Uploads stream to ``<state_dir>/uploads/<operation id>.cutover`` (daemon-owned: app recovery
 wipes ``<root>/.cutover/incoming/`` under the app lock, so a file there could vanish under us),
-and the file is removed when the operation ends, the upload fails, or the agent stops.
+and the file is removed when the operation ends or the upload is refused; an upload whose body
+broke off is kept for a resume instead (agent/daemon/uploads.py owns the spool and its limits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +57,7 @@ from cutover.agent.daemon.fetch import download, redact, validate_url
 from cutover.agent.daemon.fetch_policy import FetchPolicy
 from cutover.agent.daemon.metrics import CONTENT_TYPE
 from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
+from cutover.agent.daemon.uploads import RESUMABLE, UploadKey
 from cutover.agent.errors import (
     LockedError,
     NotFoundError,
@@ -278,9 +279,11 @@ async def journal(request: web.Request) -> web.Response:
 @routes.put("/v1/apps/{app}/releases/{version}", name="upload", expect_handler=_defer_expect)
 async def upload(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    check_query(request)
+    check_query(request, frozenset({"sha256", "offset"}))
     app, version = _app(request), _version(request)
     caller = _caller(request)
+    # the package's digest: signed in the query (a resume) or as the body's Content-Digest
+    key, offset = UploadKey.of_request(app, version, request.query, caller.content_digest)
     ctx.accepting()
     media = request.headers.get("Content-Type", "").strip().lower()
     if media != "application/octet-stream":
@@ -288,51 +291,52 @@ async def upload(request: web.Request) -> web.Response:
             "upload the package as Content-Type: application/octet-stream"
         )
     agent = ctx.config.agent
-    if request.content_length is not None and request.content_length > agent.max_upload_bytes:
+    declared = (request.content_length or 0) + offset
+    if declared > agent.max_upload_bytes:
         raise PayloadTooLargeError(
-            f"package of {request.content_length} bytes exceeds agent.max_upload_bytes "
-            f"({agent.max_upload_bytes})"
+            f"package of {declared} bytes exceeds agent.max_upload_bytes ({agent.max_upload_bytes})"
         )
     # Refuse early (no body byte spent) if the app is busy, but hold nothing while the bytes
     # arrive: a slow upload must not lock the app (issue 14 item 7). The app is taken only once
     # the package is spooled and its digest checked, by starting the stage operation.
     await ctx.ensure_free(app)
     op_id = new_operation_id()
-    path = ctx.uploads_dir / f"{op_id}.cutover"
+    spool = await ctx.spool.open(key, offset, op_id)  # 409 upload_offset / upload_busy
+    path = spool.path
     started = False
     task = asyncio.current_task()
     try:
-        fd = await asyncio.to_thread(
-            os.open,
-            path,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
-        fh = os.fdopen(fd, "wb")
         if task is not None:
             ctx.uploads.add(task)
         try:
 
             async def write(data: bytes) -> None:
-                await asyncio.to_thread(fh.write, data)
+                await spool.write(data)
                 ctx.metrics.received_bytes.labels("upload").inc(len(data))
 
             size, actual = await stream_body(
                 request,
-                max_bytes=agent.max_upload_bytes,
+                max_bytes=agent.max_upload_bytes - offset,
                 idle_timeout_s=agent.upload_idle_timeout_s,
                 total_timeout_s=agent.upload_timeout_s,
                 write=write,
+                flush_on_error=True,
             )
+        except RESUMABLE:
+            await asyncio.shield(ctx.spool.keep(spool))  # resumable: GET .../upload/{sha256}
+            raise
         finally:
             if task is not None:
                 ctx.uploads.discard(task)
-            await asyncio.to_thread(fh.close)
         check_digest(caller, actual)
+        ctx.spool.check_complete(spool)
+        await ctx.spool.complete(spool)
         ctx.accepting()
         _app(request)  # still configured after a reload?
-        await _ensure_free_after_upload(ctx, app, size)
-        log.info("upload_received", app=app, version=version, bytes=size, operation=op_id)
+        await _ensure_free_after_upload(ctx, app, spool.size)
+        log.info(
+            "upload_received", app=app, version=version, bytes=size, offset=offset, operation=op_id
+        )
 
         async def run(op: Operation, sink: EventSink) -> OpResult:
             return await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
@@ -343,6 +347,7 @@ async def upload(request: web.Request) -> web.Response:
         started = True
     finally:
         if not started:
+            await asyncio.shield(ctx.spool.discard(spool))
             await asyncio.shield(_remove(path)())
     return _accepted(op)
 

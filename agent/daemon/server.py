@@ -3,7 +3,8 @@
 Lifecycle:
 
 1. load the config (a :class:`~agent.config.ConfigError` aborts the start: the CLI maps it to
-   exit code 2), prepare ``<state_dir>`` (``uploads/`` emptied of stale files, ``nonces.log``);
+   exit code 2), prepare ``<state_dir>`` (``uploads/`` emptied of stale files, ``nonces.log``,
+   ``resume/`` swept of expired partial uploads: agent/daemon/uploads.py);
 2. run crash recovery for every configured app (:meth:`AppManager.recover_only`) and log what it
    did; an app that cannot be recovered (layout missing, lock held, drift) is logged and skipped;
 3. bind the listen socket (TLS when ``tls_cert``/``tls_key`` are set) with every connection
@@ -11,7 +12,8 @@ Lifecycle:
    ``READY=1`` and keep its watchdog fed; watch the config files (:mod:`agent.reload`); SIGHUP
    reloads;
 4. on SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, refuse new operations
-   (``503 shutting_down``), abort uploads and downloads in flight (their files are removed), let
+   (``503 shutting_down``), abort uploads and downloads in flight (an upload's bytes are kept
+   for a resume, a download's file is removed), let
    running operations finish for up to ``drain_timeout_s``, then cancel them once (an activation
    cancelled after its flip reverts; a cancelled staging cleans up), close the remaining
    connections and return 0. A second signal skips the wait. Signal handlers are restored on exit.
@@ -58,6 +60,8 @@ from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
 from cutover.agent.daemon.reload import ConfigHolder, ConfigReloader
 from cutover.agent.daemon.routes import routes
+from cutover.agent.daemon.upload_routes import upload_routes
+from cutover.agent.daemon.uploads import ResumeLimits, UploadSpool
 from cutover.agent.errors import (
     ConfigError,
     CutoverError,
@@ -106,6 +110,7 @@ def build_app(ctx: AgentContext, guard: ConnectionGuard) -> web.Application:
     app[CTX_KEY] = ctx
     app[GUARD_KEY] = guard
     app.add_routes(lease_routes)  # before routes: its last route is the catch-all
+    app.add_routes(upload_routes)
     app.add_routes(routes)
     app.on_response_prepare.append(_server_header)
     return app
@@ -265,16 +270,19 @@ class Server:
         configure_logging(cfg.agent.log_format, os.environ.get("CUTOVER_LOG_LEVEL", "info"))
         ssl_context = _ssl_context(cfg)
         uploads = await asyncio.to_thread(_prepare_state_dir, cfg.agent.state_dir)
+        holder = ConfigHolder(cfg)
+        spool = UploadSpool(cfg.agent.state_dir, lambda: ResumeLimits.of(holder.current.agent))
+        await asyncio.to_thread(spool.prepare)
         nonces = await asyncio.to_thread(NonceStore, cfg.agent.state_dir / "nonces.log")
         metrics = Metrics()
         metrics.config_loaded.set_to_current_time()
-        holder = ConfigHolder(cfg)
         self.ctx = ctx = AgentContext(
             holder=holder,
             registry=OperationRegistry(metrics),
             metrics=metrics,
             nonces=nonces,
             uploads_dir=uploads,
+            spool=spool,
             leases=await asyncio.to_thread(LeaseTable, cfg.agent.state_dir),
         )
         self.reloader = ConfigReloader(holder, metrics, on_reload=self._on_reload)
@@ -342,6 +350,7 @@ class Server:
             if interval is not None:
                 self._spawn(sdnotify.watchdog_loop(interval), "watchdog")
             self._spawn(self.reloader.watch(stop_watching), "config-watch")
+            self._spawn(spool.sweep_loop(stop_watching), "upload-sweep")
             await self.should_exit.wait()
             await self._shutdown(listener, ctx)
         finally:

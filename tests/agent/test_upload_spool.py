@@ -1,0 +1,123 @@
+"""The resumable upload spool's limits, on real files (agent/daemon/uploads.py).
+
+Partials are kept per app up to ``per_app``, up to ``max_bytes`` in all (oldest dropped first; one
+larger than the cap alone is not kept), expire ``ttl_s`` after their last byte, and only files the
+spool named are ever removed. The clock of a sweep is a parameter: no test waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from cutover.agent.daemon.uploads import ResumeLimits, UploadKey, UploadSpool
+from cutover.agent.errors import DigestMismatchError, LockedError, UploadOffsetError
+
+APP = "ame"
+
+
+def _spool(tmp_path: Path, **limits: float) -> UploadSpool:
+    values = {"ttl_s": 3600.0, "per_app": 2, "max_bytes": 1000, **limits}
+    spool = UploadSpool(
+        tmp_path / "state",
+        lambda: ResumeLimits(values["ttl_s"], int(values["per_app"]), int(values["max_bytes"])),
+    )
+    (tmp_path / "state" / "uploads").mkdir(parents=True)
+    spool.prepare()
+    return spool
+
+
+def _key(n: int, app: str = APP, version: str = "1.0.0") -> UploadKey:
+    return UploadKey(app, version, hashlib.sha256(b"%d" % n).hexdigest())
+
+
+async def _interrupted(spool: UploadSpool, key: UploadKey, data: bytes, op: str) -> int:
+    f = await spool.open(key, 0, op)
+    await f.write(data)
+    return await spool.keep(f)
+
+
+def _held(spool: UploadSpool) -> dict[str, int]:
+    return {
+        f"{p.parent.name}/{p.name[:4]}": p.stat().st_size for p in spool.resume_dir.rglob("*.part")
+    }
+
+
+async def test_per_app_cap_drops_the_oldest_partial_of_that_app_only(tmp_path: Path) -> None:
+    spool = _spool(tmp_path, per_app=1)
+    a, b, other = _key(1), _key(2), _key(3, app="web")
+    assert await _interrupted(spool, a, b"a" * 10, "op-a") == 10
+    assert await _interrupted(spool, other, b"o" * 10, "op-o") == 10
+    os.utime(spool.resume_dir / APP / a.filename, (1, 1))  # a is older than b
+    assert await _interrupted(spool, b, b"b" * 10, "op-b") == 10
+    assert spool.held(a) == 0 and spool.held(b) == 10 and spool.held(other) == 10
+    assert list(spool.uploads_dir.iterdir()) == []
+
+
+async def test_total_bytes_cap_drops_the_oldest_and_never_keeps_one_larger_than_it(
+    tmp_path: Path,
+) -> None:
+    spool = _spool(tmp_path, per_app=4, max_bytes=100)
+    first, second, big = _key(1), _key(2, app="web"), _key(3)
+    await _interrupted(spool, first, b"1" * 60, "op-1")
+    os.utime(spool.resume_dir / APP / first.filename, (1, 1))
+    await _interrupted(spool, second, b"2" * 60, "op-2")  # 120 > 100: the oldest goes
+    assert spool.held(first) == 0 and spool.held(second) == 60
+    assert await _interrupted(spool, big, b"3" * 101, "op-3") == 0  # alone over the cap
+    assert spool.held(big) == 0 and spool.held(second) == 60
+    assert list(spool.uploads_dir.iterdir()) == []
+
+
+async def test_resuming_is_off_with_zero_partials_per_app(tmp_path: Path) -> None:
+    spool = _spool(tmp_path, per_app=0)
+    assert await _interrupted(spool, _key(1), b"x" * 10, "op") == 0
+    assert _held(spool) == {} and list(spool.uploads_dir.iterdir()) == []
+
+
+async def test_sweep_expires_by_last_byte_and_removes_only_its_own_files(tmp_path: Path) -> None:
+    spool = _spool(tmp_path, ttl_s=100.0)
+    key = _key(1)
+    await _interrupted(spool, key, b"x" * 10, "op")
+    part = spool.resume_dir / APP / key.filename
+    foreign = [
+        spool.resume_dir / APP / "notes.txt",
+        spool.resume_dir / APP / f"{'0' * 64}_1.0.0.part.bak",
+        spool.resume_dir / "Not-An-App" / f"{'0' * 64}_1.0.0.part",
+    ]
+    for f in foreign:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"mine")
+    mtime = part.stat().st_mtime
+    assert spool.sweep(now=mtime + 100) == []  # not yet: 100 s is the limit
+    assert spool.sweep(now=mtime + 101) == [f"{APP}/{key.filename}"]
+    assert not part.exists() and all(f.read_bytes() == b"mine" for f in foreign)
+
+
+async def test_a_resume_appends_and_the_whole_file_must_hash_to_the_key(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    data = b"package bytes " * 20
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest())
+    await _interrupted(spool, key, data[:100], "op-1")
+    with pytest.raises(UploadOffsetError) as wrong:
+        await spool.open(key, 99, "op-2")
+    assert wrong.value.offset == 100 and spool.held(key) == 100
+    f = await spool.open(key, 100, "op-3")
+    with pytest.raises(LockedError) as busy:
+        await spool.open(key, 100, "op-4")
+    assert busy.value.code == "upload_busy" and spool.busy(key)
+    await f.write(data[100:])
+    spool.check_complete(f)  # no error: the prefix held + the tail is the package
+    await spool.complete(f)
+    assert f.path.read_bytes() == data and not spool.busy(key) and spool.held(key) == 0
+
+    await _interrupted(spool, key, data[:50], "op-5")
+    g = await spool.open(key, 50, "op-6")
+    await g.write(b"X" * (len(data) - 50))
+    with pytest.raises(DigestMismatchError) as bad:
+        spool.check_complete(g)
+    assert bad.value.code == "package_digest"
+    await spool.discard(g)
+    assert not g.path.exists() and spool.held(key) == 0 and not spool.busy(key)

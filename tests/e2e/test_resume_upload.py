@@ -1,0 +1,206 @@
+"""Resumable uploads against a real daemon (issue 12 item 4; agent/daemon/uploads.py).
+
+A raw socket sends part of a signed upload body and closes: the agent keeps what arrived under
+``<state_dir>/resume/``, says how much (``GET .../upload/{sha256}``), and a signed ``PUT`` with
+``?sha256=&offset=`` appends the rest, after which the package is verified and staged as usual.
+Every refusal (wrong offset, tampered tail) is checked to change nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from cutover.agent.api_models import UploadStatus
+from cutover.agent.errors import UploadOffsetError
+from cutover.controller.client import signed_headers
+from tests.e2e.conftest import APP, Agent, RawResponse, send_raw
+
+VERSION = "1.0.0"
+
+
+async def _wait_for(cond: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def _target(version: str = VERSION, **query: Any) -> str:
+    target = f"/v1/apps/{APP}/releases/{version}"
+    return f"{target}?{urlencode(query)}" if query else target
+
+
+def _headers(agent: Agent, target: str, body: bytes) -> list[tuple[str, str]]:
+    path, _, query = target.partition("?")
+    signed = signed_headers(
+        agent.keys.deploy,
+        "PUT",
+        agent.name,
+        path,
+        query,
+        content_type="application/octet-stream",
+        body_sha256=hashlib.sha256(body).digest(),
+    )
+    return list(signed.items())
+
+
+def _partials(agent: Agent) -> list[Path]:
+    folder = agent.state_dir / "resume" / APP
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+async def _cut_upload(agent: Agent, data: bytes, sent: int, target: str | None = None) -> None:
+    """A signed upload of ``data`` (the whole package) whose connection closes after ``sent``
+    body bytes; returns once the agent kept them."""
+    target = target or _target()
+    _reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
+    lines = [f"PUT {target} HTTP/1.1", f"Host: {agent.name}"]
+    lines += [f"{k}: {v}" for k, v in _headers(agent, target, data)]
+    lines.append(f"Content-Length: {len(data)}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data[:sent])
+    await writer.drain()
+    await _wait_for(lambda: any((agent.state_dir / "uploads").iterdir()))  # admitted
+    writer.close()
+    await writer.wait_closed()
+    await _wait_for(lambda: [p.stat().st_size for p in _partials(agent)] == [sent])
+    await _wait_for(lambda: list((agent.state_dir / "uploads").iterdir()) == [])
+
+
+async def _held(agent: Agent, sha: str, version: str = VERSION) -> UploadStatus:
+    async with agent.client() as c:
+        resp = await c.request("GET", f"/v1/apps/{APP}/releases/{version}/upload/{sha}")
+        return UploadStatus.model_validate_json(await resp.aread(65536))
+
+
+async def _resume(agent: Agent, data: bytes, sha: str, offset: int) -> RawResponse:
+    target = _target(sha256=sha, offset=offset)
+    return await send_raw(agent.port, "PUT", target, _headers(agent, target, data), data)
+
+
+async def test_an_upload_cut_mid_body_resumes_from_the_held_offset_and_stages(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    half = len(data) // 2
+    before = agent.snapshot()
+    await _cut_upload(agent, data, half)
+    assert agent.snapshot() == before  # kept aside: no app state, no spool file
+    (partial,) = _partials(agent)
+    assert partial.name == f"{sha}_{VERSION}.part" and partial.read_bytes() == data[:half]
+    held = await _held(agent, sha)
+    assert (held.offset, held.busy, held.version) == (half, False, VERSION)
+    assert (await _held(agent, "0" * 64)).offset == 0  # another package: nothing held
+
+    answer = await _resume(agent, data[half:], sha, half)
+    assert answer.status == 202, answer.body
+    async with agent.client() as c:
+        record = await c.wait(answer.json["operation"])
+        assert record.status == "succeeded", record
+        (demo,) = (await c.apps()).apps
+    assert VERSION in demo.staged
+    assert _partials(agent) == [] and list((agent.state_dir / "uploads").iterdir()) == []
+    assert (agent.root / "releases" / VERSION / "VERSION").read_text() == f"{VERSION}\n"
+    events = [e for e in agent.log_events() if e.get("event") == "upload_received"]
+    assert events[-1]["offset"] == half and events[-1]["bytes"] == len(data) - half
+
+
+async def test_a_wrong_offset_is_refused_with_the_held_offset_and_changes_nothing(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    third = len(data) // 3
+    await _cut_upload(agent, data, third)
+    before = agent.snapshot()
+    for wrong in (third + 1, third - 1, len(data)):
+        answer = await _resume(agent, data[wrong:], sha, wrong)
+        assert answer.status == 409, answer.body
+        assert answer.code == "upload_offset" and answer.json["offset"] == third
+        assert f"resume at offset {third}" in answer.json["message"]
+        assert agent.snapshot() == before
+        (partial,) = _partials(agent)
+        assert partial.read_bytes() == data[:third]
+    # the registry's class across the wire, with the offset
+    async with agent.client() as c:
+        path, _, query = _target(sha256=sha, offset=5).partition("?")
+        with pytest.raises(UploadOffsetError) as caught:
+            await c.request(
+                "PUT", path, query=query, content=b"x", content_type="application/octet-stream"
+            )
+    assert caught.value.offset == third and caught.value.code == "upload_offset"
+    assert agent.snapshot() == before
+
+
+async def test_a_tampered_resumed_tail_is_refused_the_partial_removed_nothing_staged(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    half = len(data) // 2
+    await _cut_upload(agent, data, half)
+    before = agent.snapshot()
+    tail = bytearray(data[half:])
+    tail[len(tail) // 2] ^= 0x01  # signed as sent (Content-Digest matches), not the package
+    answer = await _resume(agent, bytes(tail), sha, half)
+    assert answer.status == 422, answer.body
+    assert answer.code == "package_digest" and answer.json["kind"] == "digest_mismatch"
+    assert agent.snapshot() == before
+    assert _partials(agent) == []
+    assert (await _held(agent, sha)).offset == 0
+
+
+async def test_offset_zero_restarts_and_a_plain_reupload_replaces_the_partial(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    """A client that knows nothing of resuming still uploads: a plain PUT starts afresh."""
+    data = packages[VERSION].read_bytes()
+    await _cut_upload(agent, data, len(data) // 4)
+    answer = await send_raw(agent.port, "PUT", _target(), _headers(agent, _target(), data), data)
+    assert answer.status == 202, answer.body
+    async with agent.client() as c:
+        assert (await c.wait(answer.json["operation"])).status == "succeeded"
+    assert _partials(agent) == []
+
+
+async def test_malformed_resume_parameters_are_refused(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    before = agent.snapshot()
+    for query in ({"offset": 0}, {"sha256": sha.upper()}, {"sha256": sha, "offset": "-1"}):
+        target = _target(**query)
+        answer = await send_raw(agent.port, "PUT", target, _headers(agent, target, data), data)
+        assert answer.status == 400, (query, answer.body)
+    assert agent.snapshot() == before and _partials(agent) == []
+
+
+async def test_a_partial_survives_a_restart_and_an_expired_one_is_swept_at_start(
+    make_agent: Any, packages: dict[str, Path]
+) -> None:
+    agent: Agent = make_agent(upload_resume_ttl_s=600.0)
+    agent.start()
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    await _cut_upload(agent, data, len(data) // 2)
+    foreign = agent.state_dir / "resume" / APP / "operator-notes.txt"
+    foreign.write_text("not the agent's\n")
+    agent.restart()
+    assert (await _held(agent, sha)).offset == len(data) // 2
+    (partial,) = [p for p in _partials(agent) if p.suffix == ".part"]
+    old = time.time() - 601
+    os.utime(partial, (old, old))
+    agent.restart()
+    assert [p.name for p in _partials(agent)] == ["operator-notes.txt"]  # only its own files
+    assert (await _held(agent, sha)).offset == 0
+    swept = [e for e in agent.log_events() if e.get("event") == "upload_partial_removed"]
+    assert swept[-1]["reason"] == "expired"
