@@ -35,11 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
-import os
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -77,6 +75,13 @@ from cutover.controller.transport import (
     Transport,
     TransportResponse,
 )
+from cutover.controller.upload import (
+    EXPECT_CONTINUE_MIN_BYTES,
+    UPLOAD_ATTEMPTS,
+    Progress,
+    Resumed,
+    upload_package,
+)
 
 __all__ = [
     "EMPTY_SHA256",
@@ -88,15 +93,9 @@ __all__ = [
 
 _M = TypeVar("_M", bound=BaseModel)
 
-CHUNK_BYTES = 1 << 20
 MAX_EVENT_LINE_BYTES = 4 << 20
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 << 20  # a journal page of 10,000 entries fits
-# Uploads this large ask before sending (Expect: 100-continue): a refusal then costs one round
-# trip instead of the whole package; below it the round trip costs more than the bytes saved.
-EXPECT_CONTINUE_MIN_BYTES = 1 << 20
-
-Progress = Callable[[int, int], None]
 
 
 def _seg(value: str) -> str:
@@ -328,6 +327,8 @@ class AgentClient:
         progress: Progress | None = None,
         *,
         sha256: bytes | None = None,
+        on_resume: Resumed | None = None,
+        attempts: int = UPLOAD_ATTEMPTS,
     ) -> Accepted:
         """Stream a package file to the agent; returns the ``202`` (the operation's id).
 
@@ -336,47 +337,48 @@ class AgentClient:
 
         The file is streamed with its (signed) digest; from :data:`EXPECT_CONTINUE_MIN_BYTES` on
         with ``Expect: 100-continue``, so that a refusal instead of ``100 Continue`` is raised
-        with no byte sent. The file is closed on return.
+        with no byte sent. An interrupted upload resumes from the bytes the agent kept, at most
+        ``attempts`` PUTs in all (``on_resume`` is told of each): controller/upload.py. The file
+        is closed on return.
 
         Raises:
             UnreachableError, TransportError, or the registry's class of the agent's answer
             (AuthError, LockedError, NotFoundError, PayloadTooLargeError, ...).
         """
-        # This call owns the file, not the body generator: aiohttp stops pulling it at
-        # Content-Length or cancels it mid-body, and a generator's ``finally`` runs late or never.
-        fh = await asyncio.to_thread(path.open, "rb")
-        try:
-            size, digest = await asyncio.to_thread(_size_and_sha256, fh, sha256)
+        return await upload_package(
+            self,
+            app,
+            version,
+            path,
+            progress,
+            sha256=sha256,
+            on_resume=on_resume,
+            attempts=attempts,
+        )
 
-            async def chunks() -> AsyncIterator[bytes]:
-                sent = 0
-                while chunk := await asyncio.to_thread(fh.read, CHUNK_BYTES):
-                    sent += len(chunk)
-                    if progress is not None:
-                        progress(sent, size)
-                    yield chunk
+    def prepare_upload(
+        self, path: str, query: str, body_sha256: bytes, body: Body, headers: dict[str, str]
+    ) -> SignedRequest:
+        """A signed package ``PUT`` (controller/upload.py builds its body and headers)."""
+        return self._prepare(
+            "PUT",
+            path,
+            query,
+            "application/octet-stream",
+            body_sha256,
+            body,
+            timeout_s=self.upload_timeout_s,
+            read_timeout_s=60.0,
+            extra_headers=headers,
+        )
 
-            api_path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}"
-            headers = {"Content-Length": str(size)}
-            if size >= EXPECT_CONTINUE_MIN_BYTES:
-                headers["Expect"] = "100-continue"
-            request = self._prepare(
-                "PUT",
-                api_path,
-                "",
-                "application/octet-stream",
-                digest,
-                chunks(),
-                timeout_s=self.upload_timeout_s,
-                read_timeout_s=60.0,
-                extra_headers=headers,
-            )
-            where = f"upload {app} {version}"
-            resp = await self._send(request, where)
-            return await self._parse(resp, Accepted, where)
-        finally:
-            # Shielded: a cancelled upload still closes it (after a read in flight: its lock).
-            await asyncio.shield(asyncio.to_thread(fh.close))
+    async def send(self, request: SignedRequest, where: str) -> TransportResponse:
+        """Send a prepared request; raise the registry's error for an error answer."""
+        return await self._send(request, where)
+
+    async def parse(self, resp: TransportResponse, model: type[_M], where: str) -> _M:
+        """Read and close an answer, parsed as ``model`` (else :class:`TransportError`)."""
+        return await self._parse(resp, model, where)
 
     async def fetch(self, app: str, version: str, url: str) -> Accepted:
         """Ask the agent to pull the package from ``url`` (it verifies it like an upload)."""
@@ -493,14 +495,3 @@ class AgentClient:
             if not record.running:
                 return record
             await asyncio.sleep(poll_s)
-
-
-def _size_and_sha256(fh: io.BufferedReader, sha256: bytes | None) -> tuple[int, bytes]:
-    """Size and SHA-256 of an open file (the bytes hashed, exactly; ``sha256`` if the caller
-    has it), positioned at its start for sending."""
-    if sha256 is not None:
-        return os.fstat(fh.fileno()).st_size, sha256
-    digest = hashlib.file_digest(fh, "sha256").digest()
-    size = fh.tell()
-    fh.seek(0)
-    return size, digest

@@ -235,7 +235,12 @@ class ClientAgent:
         def progress(done: int, total: int) -> None:
             on_event({"event": "progress", "step": "upload", "done": done, "total": total})
 
-        accepted = await self._client.upload(app, version, package, progress, sha256=sha256)
+        def resumed(attempt: int, offset: int, why: str) -> None:
+            on_event({"event": "upload.resumed", "attempt": attempt, "offset": offset, "why": why})
+
+        accepted = await self._client.upload(
+            app, version, package, progress, sha256=sha256, on_resume=resumed
+        )
         return await self._follow(accepted, on_event)
 
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord:

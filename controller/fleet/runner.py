@@ -65,6 +65,7 @@ HostWork = Callable[[AgentPort, Callable[[dict[str, Any]], None]], Awaitable[Don
 # agent event -> (fleet phase, detail fields)
 _PHASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "fetch.start": ("downloading", ("url",)),
+    "upload.resumed": ("upload resumed", ("attempt", "offset", "why")),  # controller/upload.py
     "verify.done": ("verified", ("signers",)),
     "extract.done": ("extracted", ("bytes",)),
     "hooks.start": ("hooks", ("phase", "count")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from urllib.parse import urlencode
 import pytest
 
 from cutover.agent.api_models import UploadStatus
-from cutover.agent.errors import UploadOffsetError
+from cutover.agent.errors import TransportError, UploadOffsetError
 from cutover.controller.client import signed_headers
 from tests.e2e.conftest import APP, Agent, RawResponse, send_raw
 
@@ -52,6 +53,15 @@ def _headers(agent: Agent, target: str, body: bytes) -> list[tuple[str, str]]:
     return list(signed.items())
 
 
+async def _admitted(agent: Agent) -> None:
+    """The agent authenticated the upload and reads its body (its spool file exists).
+
+    Body bytes are sent only after this: bytes that arrive together with the connection's close,
+    before the agent waits for them, are dropped by aiohttp with the connection."""
+    await _wait_for(lambda: any((agent.state_dir / "uploads").iterdir()))
+    await asyncio.sleep(0.05)  # robustness only (no assertion): the handler is waiting on the body
+
+
 def _partials(agent: Agent) -> list[Path]:
     folder = agent.state_dir / "resume" / APP
     return sorted(folder.iterdir()) if folder.exists() else []
@@ -65,9 +75,11 @@ async def _cut_upload(agent: Agent, data: bytes, sent: int, target: str | None =
     lines = [f"PUT {target} HTTP/1.1", f"Host: {agent.name}"]
     lines += [f"{k}: {v}" for k, v in _headers(agent, target, data)]
     lines.append(f"Content-Length: {len(data)}")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data[:sent])
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     await writer.drain()
-    await _wait_for(lambda: any((agent.state_dir / "uploads").iterdir()))  # admitted
+    await _admitted(agent)
+    writer.write(data[:sent])
+    await writer.drain()
     writer.close()
     await writer.wait_closed()
     await _wait_for(lambda: [p.stat().st_size for p in _partials(agent)] == [sent])
@@ -204,3 +216,111 @@ async def test_a_partial_survives_a_restart_and_an_expired_one_is_swept_at_start
     assert (await _held(agent, sha)).offset == 0
     swept = [e for e in agent.log_events() if e.get("event") == "upload_partial_removed"]
     assert swept[-1]["reason"] == "expired"
+
+
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 that cuts the first ``cuts`` PUT connections after ``body``
+    body bytes (a real socket closed mid-upload); every other connection passes through."""
+
+    def __init__(self, agent: Agent, body: int, cuts: int = 1) -> None:
+        self.agent, self.upstream, self.body, self.cuts = agent, agent.port, body, cuts
+        self.cut = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CuttingProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        back = asyncio.create_task(downstream())
+        try:
+            while True:  # request by request: a kept-alive connection may carry a GET, then a PUT
+                head = await reader.readuntil(b"\r\n\r\n")
+                up_writer.write(head)
+                if head.startswith(b"PUT ") and self.cut < self.cuts:
+                    self.cut += 1
+                    await up_writer.drain()
+                    await _admitted(self.agent)
+                    up_writer.write(await reader.readexactly(self.body))
+                    await up_writer.drain()
+                    return  # both sockets closed below: the upload is cut mid-body
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                if length:
+                    up_writer.write(await reader.readexactly(int(length[1])))
+                await up_writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            back.cancel()
+            up_writer.close()
+            writer.close()
+
+
+async def test_the_client_resumes_a_cut_upload_from_the_agents_offset_and_it_stages(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    cut = len(data) // 2
+    resumed: list[tuple[int, int, str]] = []
+    seen: list[tuple[int, int]] = []
+    async with CuttingProxy(agent, cut) as proxy:
+        client = agent.client(authority=agent.name)
+        client.base_url = f"http://127.0.0.1:{proxy.port}"
+        async with client as c:
+            accepted = await c.upload(
+                APP,
+                VERSION,
+                packages[VERSION],
+                lambda done, total: seen.append((done, total)),
+                on_resume=lambda *a: resumed.append(a),
+            )
+            record = await c.wait(accepted.operation)
+    assert proxy.cut == 1 and record.status == "succeeded", record
+    assert [(attempt, offset) for attempt, offset, _ in resumed] == [(2, cut)]
+    assert seen[-1] == (len(data), len(data))  # the resumed attempt counts from the offset
+    assert agent.current() is None and (agent.root / "releases" / VERSION).is_dir()
+    assert _partials(agent) == [] and list((agent.state_dir / "uploads").iterdir()) == []
+    received = [e for e in agent.log_events() if e.get("event") == "upload_received"]
+    assert [(e["offset"], e["bytes"]) for e in received] == [(cut, len(data) - cut)]
+
+
+async def test_the_client_gives_up_after_its_attempts_and_the_agent_keeps_the_bytes(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    before = agent.snapshot()
+    async with CuttingProxy(agent, 100, cuts=10) as proxy:
+        client = agent.client(authority=agent.name)
+        client.base_url = f"http://127.0.0.1:{proxy.port}"
+        resumed: list[tuple[int, int, str]] = []
+        async with client as c:
+            with pytest.raises(TransportError):
+                await c.upload(
+                    APP,
+                    VERSION,
+                    packages[VERSION],
+                    attempts=3,
+                    on_resume=lambda *a: resumed.append(a),
+                )
+    assert proxy.cut == 3 and [a for a, _, _ in resumed] == [2, 3]
+    assert [o for _, o, _ in resumed] == [100, 200]  # each attempt added 100 bytes
+    await _wait_for(lambda: [p.stat().st_size for p in _partials(agent)] == [300])
+    assert agent.snapshot() == before and len(data) > 300
