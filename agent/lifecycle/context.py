@@ -12,6 +12,7 @@ import structlog
 
 from cutover.agent.config import AppSection
 from cutover.agent.errors import CutoverError, NotFoundError
+from cutover.agent.host.diskspace import DiskProbe, statvfs_probe
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
 from cutover.agent.host.state import AppState, ReleaseRecord
@@ -65,6 +66,7 @@ class AppContext:
     ledger: Ledger
     actor: str = "local"
     events: EventSink = no_events
+    disk: DiskProbe = statvfs_probe  # retention by disk (agent/host/diskspace.py); tests inject
 
     def emit(self, event: str, **fields: Any) -> None:
         self.events({"event": event, "app": self.app, **fields})

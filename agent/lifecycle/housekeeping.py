@@ -4,6 +4,11 @@ releases.
 Retention (docs/operations.md §6): keep the ``keep`` newest installed good releases by staging
 order (never by mtime; bad and failed ones take no slot), plus everything pinned, ``current``, ``previous`` and whatever a pending
 operation uses. Deleting is a rename into ``.cutover/trash/`` under the lock, then removal.
+
+Retention by disk (:meth:`Housekeeping.make_room`, rules in agent/host/diskspace.py): before a
+stage writes, releases beyond those same protections go, oldest first, until the stage fits
+above ``min_free_bytes`` / ``min_free_pct``; when even all of them would not make it fit,
+nothing is pruned and the stage is refused.
 """
 
 from __future__ import annotations
@@ -11,7 +16,13 @@ from __future__ import annotations
 import asyncio
 
 from cutover.agent._util.faults import fault_point
-from cutover.agent.errors import DriftError, NotFoundError, StateError
+from cutover.agent.errors import DriftError, NotFoundError, StateError, StorageError
+from cutover.agent.host.diskspace import (
+    DiskRule,
+    DiskUsage,
+    freeable_bytes,
+    prunable_oldest_first,
+)
 from cutover.agent.host.drift import find_drift
 from cutover.agent.host.state import AppState, ReleaseStatus
 from cutover.agent.host.trash import empty_trash, trash_release
@@ -56,6 +67,78 @@ class Housekeeping:
         await uow.save()
         await asyncio.to_thread(empty_trash, ctx.layout)
         return doomed
+
+    async def make_room(self, uow: UnitOfWork, need: int, version: str) -> list[str]:
+        """Prune for space before staging ``version``, which needs ``need`` bytes.
+
+        Returns:
+            The versions pruned (each journaled as ``prune`` with ``reason: "disk"``).
+
+        Raises:
+            StorageError: ``insufficient_space``, it cannot fit even with every prunable
+                release gone (then nothing was pruned), or still does not after pruning.
+        """
+        ctx, state = self.ctx, uow.state
+        rule = DiskRule(ctx.section.min_free_bytes, ctx.section.min_free_pct)
+        if not rule.active:
+            return []
+        root = ctx.layout.root
+        usage = await asyncio.to_thread(ctx.disk, root)
+        if not rule.shortfall(usage, need):
+            return []
+        candidates = prunable_oldest_first(state, retained(state, 0))
+
+        def estimate() -> int:
+            return sum(freeable_bytes(ctx.layout.release(v)) for v in candidates)
+
+        if rule.shortfall(usage, need) > await asyncio.to_thread(estimate):
+            raise self._no_room(version, need, usage, rule, candidates, pruned=[])
+        removed: list[str] = []
+        for v in candidates:
+            await asyncio.to_thread(trash_release, ctx.layout, v)
+            state.releases[v].installed = False
+            removed.append(v)
+            await uow.log(
+                "prune",
+                removed=[v],
+                actor=ctx.actor,
+                reason="disk",
+                for_version=version,
+                need_bytes=need,
+                free_bytes=usage.free_bytes,
+                threshold_bytes=rule.threshold(usage),
+            )
+            await uow.save()
+            await asyncio.to_thread(empty_trash, ctx.layout)
+            usage = await asyncio.to_thread(ctx.disk, root)
+            if not rule.shortfall(usage, need):
+                return removed
+        raise self._no_room(version, need, usage, rule, [], pruned=removed)
+
+    def _no_room(
+        self,
+        version: str,
+        need: int,
+        usage: DiskUsage,
+        rule: DiskRule,
+        candidates: list[str],
+        pruned: list[str],
+    ) -> StorageError:
+        ctx = self.ctx
+        what = (
+            f"pruned {', '.join(pruned)} and it still does not fit"
+            if pruned
+            else f"pruning every prunable release ({', '.join(candidates) or 'none'}) would not "
+            "free enough, so nothing was pruned"
+        )
+        return StorageError(
+            f"not enough disk space to stage {ctx.app} {version} under {ctx.layout.root}: it "
+            f"needs {need} bytes, {usage.free_bytes} are free and {rule.threshold(usage)} must "
+            f"stay free (min_free_bytes={rule.min_free_bytes}, min_free_pct={rule.min_free_pct:g}"
+            f" of {usage.total_bytes}); {what}. Nothing of {version} was written. Free space on "
+            "that filesystem, unpin or delete releases you no longer need, or lower the threshold",
+            code="insufficient_space",
+        )
 
     async def prune(self, uow: UnitOfWork) -> OpResult:
         removed = await self.prune_now(uow)

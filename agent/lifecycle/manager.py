@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cutover.agent.config import AppSection
+from cutover.agent.host.diskspace import DiskProbe, statvfs_probe
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
 from cutover.agent.host.state import AppState
@@ -52,14 +53,15 @@ class AppManager:
         actor: str = "local",
         events: EventSink = no_events,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        disk: DiskProbe = statvfs_probe,
     ) -> None:
         layout = Layout(section.root)
-        self.ctx = AppContext(app, section, layout, Ledger(app, layout), actor, events)
+        self.ctx = AppContext(app, section, layout, Ledger(app, layout), actor, events, disk)
         hooks = HookRunner(self.ctx)
         health = HealthRunner(self.ctx, hooks)
         self._recovery = Recovery(self.ctx, hooks)
         self._housekeeping = Housekeeping(self.ctx)
-        self._stage = Stage(self.ctx, policy, hooks, health)
+        self._stage = Stage(self.ctx, policy, hooks, health, self._housekeeping.make_room)
         self._activate = Activate(
             self.ctx, hooks, health, self._housekeeping.prune_now, policy.key_roles, clock
         )

@@ -2,7 +2,8 @@
 
 ::
 
-    verify (signatures, policy, immutability, downgrade) → extract into incoming/ (payload
+    verify (signatures, policy, immutability, downgrade) → make room (retention by disk:
+    prune, or refuse before writing) → extract into incoming/ (payload
     digest first) → link shared paths, keep the manifest, rename into releases/ → stage hooks
     → record their files → read-only → staged health checks → syncfs → recorded STAGED
 
@@ -13,7 +14,7 @@ is remembered: the same package can be staged again, a different one with that v
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import structlog
 from cutover.agent._util.faults import fault_point
 from cutover.agent.errors import CutoverError, HealthCheckError
 from cutover.agent.host import installer
+from cutover.agent.host.diskspace import space_needed
 from cutover.agent.host.drift import record_inventory
 from cutover.agent.host.state import NOTES_CAP, AppState, ReleaseRecord, ReleaseStatus, utcnow
 from cutover.agent.host.trash import remove_tree, trash_release
@@ -37,18 +39,25 @@ __all__ = ["Stage", "StageProgress"]
 log = structlog.get_logger(__name__)
 
 StageProgress = Callable[[str, int, int], None]  # (step, done, total)
+MakeRoom = Callable[[UnitOfWork, int, str], Awaitable[list[str]]]  # Housekeeping.make_room
 
 
 class Stage:
     """The stage operation of one app."""
 
     def __init__(
-        self, ctx: AppContext, policy: TrustPolicy, hooks: HookRunner, health: HealthRunner
+        self,
+        ctx: AppContext,
+        policy: TrustPolicy,
+        hooks: HookRunner,
+        health: HealthRunner,
+        make_room: MakeRoom | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.hooks = hooks
         self.health = health
+        self.make_room = make_room
 
     def _check(
         self,
@@ -112,6 +121,10 @@ class Stage:
                 result.details["already_staged"] = True
                 return result
             uow.emit("verify.done", version=version, signers=list(verified.signers))
+            if self.make_room is not None:  # before anything of this release is written
+                pruned = await self.make_room(uow, space_needed(manifest), version)
+                if pruned:
+                    result.details["pruned_for_space"] = pruned
             await uow.log(
                 "stage.start",
                 version=version,
