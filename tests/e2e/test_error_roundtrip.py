@@ -200,6 +200,18 @@ async def _unknown_expectation(env: Env) -> None:
         await client.activate(APP, "1.0.0")
 
 
+async def _resume_at_a_wrong_offset(env: Env) -> None:
+    """A resumed upload (agent/daemon/uploads.py) at an offset the agent does not hold."""
+    sha = hashlib.sha256(env.packages["1.0.0"].read_bytes()).hexdigest()
+    await env.client.request(
+        "PUT",
+        f"/v1/apps/{APP}/releases/1.0.0",
+        query=f"sha256={sha}&offset=7",
+        content=b"tail",
+        content_type="application/octet-stream",
+    )
+
+
 async def _unknown_app(env: Env) -> None:
     await env.client.app("nope")
 
@@ -424,6 +436,7 @@ CASES: dict[str, Case] = {
         settings={"fetch_allow": [f"http://127.0.0.1:{NOWHERE_PORT}/"]},
     ),
     "expectation_failed": Case("expectation_failed", _unknown_expectation),
+    "upload_offset": Case("upload_offset", _resume_at_a_wrong_offset),
     "unreachable": Case("unreachable", _agent_gone, stops_agent=True),
     "unavailable": Case(
         "shutting_down",
