@@ -286,3 +286,21 @@ async def test_a_pushed_package_is_hashed_once_and_every_host_gets_its_digest(
     result = await runner.run("push", "ame", "2.0", stage_step("ame", "2.0", package=package))
     assert result.exit_code == ExitCode.OK
     assert {a.digest for a in made.values()} == {hashlib.sha256(package.read_bytes()).digest()}
+
+
+def test_a_resumed_upload_is_a_phase_of_its_host() -> None:
+    """controller/upload.py's resume, relayed by AgentPort.upload, shows in the host's progress."""
+    from cutover.controller.fleet.runner import _Translator
+
+    events: list[dict[str, Any]] = []
+    _Translator("web-1", events.append)(
+        {"event": "upload.resumed", "attempt": 2, "offset": 4096, "why": "connection reset"}
+    )
+    assert events == [
+        {
+            "event": "host.phase",
+            "host": "web-1",
+            "phase": "upload resumed",
+            "detail": {"attempt": 2, "offset": 4096, "why": "connection reset"},
+        }
+    ]

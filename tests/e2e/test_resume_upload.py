@@ -324,3 +324,61 @@ async def test_the_client_gives_up_after_its_attempts_and_the_agent_keeps_the_by
     assert [o for _, o, _ in resumed] == [100, 200]  # each attempt added 100 bytes
     await _wait_for(lambda: [p.stat().st_size for p in _partials(agent)] == [300])
     assert agent.snapshot() == before and len(data) > 300
+
+
+async def test_the_caps_hold_on_a_real_daemon(make_agent: Any, packages: dict[str, Path]) -> None:
+    """One partial per app: a newer interrupted upload drops the older; one over the byte cap
+    is not kept at all. Each time nothing else changes."""
+    agent: Agent = make_agent(upload_resume_per_app=1, upload_resume_max_bytes=3000)
+    agent.start()
+    before = agent.snapshot()
+    first, second = packages["1.0.0"].read_bytes(), packages["1.1.0"].read_bytes()
+    await _cut_upload(agent, first, 1000)
+    older = time.time() - 60  # older than the next one (no waiting), not expired
+    os.utime(_partials(agent)[0], (older, older))
+    await _cut_upload(agent, second, 1500, target=_target("1.1.0"))
+    (kept,) = _partials(agent)
+    assert kept.name == f"{hashlib.sha256(second).hexdigest()}_1.1.0.part"
+    assert (await _held(agent, hashlib.sha256(first).hexdigest())).offset == 0
+    removed = [e for e in agent.log_events() if e.get("event") == "upload_partial_removed"]
+    assert [e["reason"] for e in removed] == ["over_limit"]
+    # 3001 bytes alone exceed upload_resume_max_bytes: dropped when the body breaks off
+    target = _target("1.2.0")
+    reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
+    data = packages["1.2.0"].read_bytes()
+    head = [f"PUT {target} HTTP/1.1", f"Host: {agent.name}", f"Content-Length: {len(data)}"]
+    head += [f"{k}: {v}" for k, v in _headers(agent, target, data)]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    await _admitted(agent)
+    writer.write(data[:3001])
+    await writer.drain()
+    writer.close()
+    await _wait_for(lambda: any(e.get("event") == "upload_not_kept" for e in agent.log_events()))
+    assert _partials(agent) == [kept] and agent.snapshot() == before
+    del reader
+
+
+async def test_an_upload_cut_by_the_agent_stopping_resumes_after_its_restart(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    target = _target()
+    _reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
+    head = [f"PUT {target} HTTP/1.1", f"Host: {agent.name}", f"Content-Length: {len(data)}"]
+    head += [f"{k}: {v}" for k, v in _headers(agent, target, data)]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    await _admitted(agent)
+    writer.write(data[:2000])
+    await writer.drain()
+    assert await asyncio.to_thread(agent.stop) == 0  # SIGTERM while the body is incomplete
+    writer.close()
+    agent.start()
+    assert (await _held(agent, sha)).offset == 2000
+    answer = await _resume(agent, data[2000:], sha, 2000)
+    assert answer.status == 202, answer.body
+    async with agent.client() as c:
+        assert (await c.wait(answer.json["operation"])).status == "succeeded"
+    assert (agent.root / "releases" / VERSION).is_dir() and _partials(agent) == []
