@@ -36,7 +36,6 @@ from cutover.agent.api_models import (
     AppSummary,
     Health,
     JournalPage,
-    OperationResult,
 )
 from cutover.agent.daemon.auth import (
     CTX_KEY,
@@ -453,41 +452,6 @@ async def delete(request: web.Request) -> web.Response:
     _no_body(request)
     version = _version(request)
     return await _start(request, "delete", version, lambda m: m.delete(version))
-
-
-async def _pin(request: web.Request, pinned: bool) -> web.Response:
-    check_query(request)
-    ctx = _ctx(request)
-    app, version = _app(request), _version(request)
-    _no_body(request)
-    ctx.accepting()
-    ctx.registry.check_free(app)
-    result = await ctx.manager(app, _caller(request).actor).pin(version, pinned)
-    return web.json_response(OperationResult.model_validate(result.to_json()).to_json())
-
-
-@routes.post("/v1/apps/{app}/releases/{version}/pin", name="pin", expect_handler=_defer_expect)
-async def pin(request: web.Request) -> web.Response:
-    return await _pin(request, True)
-
-
-@routes.post("/v1/apps/{app}/releases/{version}/unpin", name="unpin", expect_handler=_defer_expect)
-async def unpin(request: web.Request) -> web.Response:
-    return await _pin(request, False)
-
-
-@routes.post(
-    "/v1/apps/{app}/releases/{version}/clear-bad", name="clear_bad", expect_handler=_defer_expect
-)
-async def clear_bad(request: web.Request) -> web.Response:
-    check_query(request)
-    ctx = _ctx(request)
-    app, version = _app(request), _version(request)
-    _no_body(request)
-    ctx.accepting()
-    ctx.registry.check_free(app)
-    result = await ctx.manager(app, _caller(request).actor).clear_bad(version)
-    return web.json_response(OperationResult.model_validate(result.to_json()).to_json())
 
 
 @routes.get("/v1/operations/{op_id}", name="operation", expect_handler=_defer_expect)

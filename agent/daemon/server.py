@@ -55,6 +55,7 @@ from cutover.agent.daemon.connections import (
 from cutover.agent.daemon.context import AgentContext
 from cutover.agent.daemon.lease_routes import lease_routes
 from cutover.agent.daemon.leases import LeaseTable
+from cutover.agent.daemon.mark_routes import mark_routes
 from cutover.agent.daemon.metrics import Metrics
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
@@ -111,6 +112,7 @@ def build_app(ctx: AgentContext, guard: ConnectionGuard) -> web.Application:
     app[GUARD_KEY] = guard
     app.add_routes(lease_routes)  # before routes: its last route is the catch-all
     app.add_routes(upload_routes)
+    app.add_routes(mark_routes)
     app.add_routes(routes)
     app.on_response_prepare.append(_server_header)
     return app
