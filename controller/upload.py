@@ -8,7 +8,8 @@ module then asks how much (``GET .../upload/{sha256}``) and sends only the rest 
 all, with backoff (:func:`backoff_s`), and says so through ``on_resume``. A ``409 upload_offset``
 answer carries the offset the agent holds and is resumed from there; a ``422 package_digest``
 (the held bytes were not the package's) starts once more from offset 0; any other refusal is
-raised at once, as the registry's class (agent/errors.py).
+raised at once, as the registry's class (agent/errors.py), as is a first attempt that could not
+connect at all (the host is down: there is nothing to resume).
 
 The agent verifies the completed file against the SHA-256 named in the signed request, then the
 package as always: a resume is never trusted further than a whole upload.
@@ -32,6 +33,7 @@ from cutover.agent.errors import (
     DigestMismatchError,
     LockedError,
     TransportError,
+    UnreachableError,
     UploadOffsetError,
 )
 
@@ -116,6 +118,8 @@ async def upload_package(
             except (TransportError, LockedError) as exc:
                 if isinstance(exc, LockedError) and exc.code != "upload_busy":
                     raise  # the app is busy: not ours to wait for
+                if isinstance(exc, UnreachableError) and attempt == 1:
+                    raise  # never connected: nothing to resume, the host is down
                 if attempt >= attempts:
                     raise
                 why = str(exc)

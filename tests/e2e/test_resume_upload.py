@@ -20,9 +20,9 @@ from urllib.parse import urlencode
 import pytest
 
 from cutover.agent.api_models import UploadStatus
-from cutover.agent.errors import TransportError, UploadOffsetError
-from cutover.controller.client import signed_headers
-from tests.e2e.conftest import APP, Agent, RawResponse, send_raw
+from cutover.agent.errors import TransportError, UnreachableError, UploadOffsetError
+from cutover.controller.client import AgentClient, signed_headers
+from tests.e2e.conftest import APP, Agent, Keys, RawResponse, free_port, send_raw
 
 VERSION = "1.0.0"
 
@@ -382,3 +382,14 @@ async def test_an_upload_cut_by_the_agent_stopping_resumes_after_its_restart(
     async with agent.client() as c:
         assert (await c.wait(answer.json["operation"])).status == "succeeded"
     assert (agent.root / "releases" / VERSION).is_dir() and _partials(agent) == []
+
+
+async def test_a_host_that_never_answered_is_not_retried(
+    keys: Keys, packages: dict[str, Path]
+) -> None:
+    """Nothing was sent, so there is nothing to resume: unreachable at once (fleet reports it)."""
+    resumed: list[Any] = []
+    async with AgentClient(f"http://127.0.0.1:{free_port()}", keys.deploy) as c:
+        with pytest.raises(UnreachableError):
+            await c.upload(APP, VERSION, packages[VERSION], on_resume=resumed.append)
+    assert resumed == []
