@@ -160,6 +160,8 @@ class ReleaseInfo(_Response):
     commit: str = ""
     branch: str = ""
     notes: str = ""
+    summary: str = ""
+    payload_digest: str = ""
     requires_migration: bool = False
     owner: str = ""
     db_rollback: str = ""

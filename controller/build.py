@@ -57,7 +57,7 @@ from cutover.agent.package.writer import (
     add_signature,
     write_package_file,
 )
-from cutover.agent.trust.policy import SignatureVerdict, signature_verdict
+from cutover.agent.trust.policy import SignatureVerdict, manifest_digest, signature_verdict
 from cutover.agent.trust.requirements import Requirements, check_requirements
 
 __all__ = [
@@ -365,12 +365,14 @@ class Inspection:
         signers: key ids in ``signatures.json``, in file order.
         verdicts: each signer's verdict against the keys given (empty when none were).
         payload_problem: why the payload does not match its digest, or None when it does.
+        manifest_digest: SHA-256 of ``manifest.json``, as the agents record it.
     """
 
     manifest: Manifest
     signers: list[str]
     verdicts: dict[str, SignatureVerdict]
     payload_problem: str | None
+    manifest_digest: str = ""
 
     @property
     def payload_matches(self) -> bool:
@@ -399,4 +401,5 @@ def inspect_package(path: Path, trusted: Mapping[str, PublicKey] | None = None) 
             verify_payload_digest(fh, parts, manifest)
         except (DigestMismatchError, PackageFormatError) as exc:
             problem = str(exc)
-    return Inspection(manifest, [e.keyid for e in entries], verdicts, problem)
+    digest = manifest_digest(parts.manifest_bytes)
+    return Inspection(manifest, [e.keyid for e in entries], verdicts, problem, digest)

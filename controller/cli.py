@@ -240,6 +240,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "requires_migration": manifest.requires_migration,
         "entries": kinds,
         "bytes": manifest.total_file_bytes(),
+        "manifest_sha256": found.manifest_digest,
         "payload": manifest.payload.model_dump(),
         "payload_matches": ok,
         "payload_problem": found.payload_problem,
@@ -266,6 +267,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"  commit {manifest.commit or '-'}  branch {manifest.branch or '-'}  build {manifest.build or '-'}"
         )
         print(f"  created {data['created_at']}  expires {data['expires_at'] or 'never'}")
+        print(
+            f"  manifest sha256 {found.manifest_digest}  payload sha256 {manifest.payload.sha256}"
+        )
         print(
             f"  {kinds['files']} files, {kinds['dirs']} dirs, {kinds['symlinks']} symlinks, {data['bytes']} bytes"
         )

@@ -399,13 +399,17 @@ class AgentClient:
         return await self._call("POST", path, Accepted, json_body=body)
 
     async def rollback(
-        self, app: str, to: str | None = None, restore: bool = False, *, lease: str | None = None
+        self,
+        app: str,
+        to: str | None = None,
+        restore: bool = False,
+        *,
+        lease: str | None = None,
+        accept_db_risk: bool = False,  # cross an ``unsafe`` database rollback (journaled)
     ) -> Accepted:
-        body: dict[str, Any] = {"restore": restore}
-        if to is not None:
-            body["to"] = to
-        if lease is not None:
-            body["lease"] = lease
+        body: dict[str, Any] = {"restore": restore, "accept_db_risk": accept_db_risk or None}
+        body.update(to=to, lease=lease)
+        body = {k: v for k, v in body.items() if v is not None}
         return await self._call("POST", f"/v1/apps/{_seg(app)}/rollback", Accepted, json_body=body)
 
     async def lease(

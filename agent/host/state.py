@@ -82,6 +82,10 @@ class ReleaseRecord(_Model):
     commit: str = ""
     branch: str = ""
     notes: str = ""  # bounded (NOTES_CAP)
+    summary: str = ""  # manifest release_notes.summary, bounded (NOTES_CAP): the release log
+    payload_digest: str = (
+        ""  # manifest payload.sha256: which files (the manifest digest: which release)
+    )
     requires_migration: bool = False
     owner: str = ""  # manifest owner (governance)
     db_rollback: str = ""  # manifest rollback.database: safe | unsafe | needs-confirmation

@@ -194,6 +194,8 @@ class Stage:
             commit=manifest.commit,
             branch=manifest.branch,
             notes=manifest.notes[:NOTES_CAP],
+            summary=(manifest.release_notes.summary if manifest.release_notes else "")[:NOTES_CAP],
+            payload_digest=manifest.payload.sha256,
             requires_migration=manifest.requires_migration,
             owner=manifest.owner or "",
             db_rollback=(manifest.rollback.database or "") if manifest.rollback else "",

@@ -2,6 +2,10 @@
 
 Without ``--to`` each agent goes back to its own previous good release; with ``--to V`` to V
 (which must have been active on that host). The agents run post_rollback hooks and live checks.
+
+An agent refuses (``invalid_state``, nothing changed) a rollback that crosses a release whose
+rollback plan says the database rollback is ``unsafe``, unless ``--accept-db-risk`` is given; the
+agent then journals ``rollback.db_risk_accepted`` with the controller key as actor.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from cutover.controller.fleet.steps import rollback_step
 __all__ = ["register", "rollback"]
 
 
-async def _rollback(ctx: FleetContext, app: str, to: str | None) -> int:
+async def _rollback(ctx: FleetContext, app: str, to: str | None, accept_db_risk: bool) -> int:
     notifier = ctx.notifier()
+    step = rollback_step(app, to, accept_db_risk=accept_db_risk)
     try:
-        result = await ctx.runner().run("rollback", app, to, rollback_step(app, to))
+        result = await ctx.runner().run("rollback", app, to, step)
         notifier.notify("rollback", result)
     finally:
         await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
@@ -38,7 +43,7 @@ def rollback(args: argparse.Namespace) -> int:
     if args.to is not None and not VERSION_RE.fullmatch(args.to):
         raise ConfigError(f"--to {args.to!r}: use [A-Za-z0-9._+-], at most 128 characters")
     ctx = open_context(args, stream=True)
-    return run_command(_rollback(ctx, resolve_app(args, ctx.fleet), args.to))
+    return run_command(_rollback(ctx, resolve_app(args, ctx.fleet), args.to, args.accept_db_risk))
 
 
 def register(
@@ -49,6 +54,11 @@ def register(
     )
     p.add_argument(
         "--to", metavar="V", help="a release that was active (default: each host's previous)"
+    )
+    p.add_argument(
+        "--accept-db-risk",
+        action="store_true",
+        help="roll back across a release whose database rollback is 'unsafe' (journaled)",
     )
     add_fleet_options(p)
     p.set_defaults(fn=rollback)

@@ -3,7 +3,8 @@
 Layers, top to bottom: :mod:`.strategy` (how deploy activates) → :mod:`.steps` (per-host stage,
 activate, rollback) → :mod:`.runner` (bounded concurrency, per-host results and events) →
 :mod:`.agents` (the only module that touches the agent client) ; beside them :mod:`.inventory`,
-:mod:`.selection`, :mod:`.results` (exit-code rule), :mod:`.views` (status, log) and
+:mod:`.selection`, :mod:`.results` (exit-code rule), :mod:`.views` (status, log history),
+:mod:`.release_log` (the release log, fleet-wide integrity) and
 :mod:`.notify` (webhooks). The CLI commands live in :mod:`cutover.controller.commands`.
 """
 
@@ -28,6 +29,7 @@ from cutover.controller.fleet.inventory import (
     load_fleet,
 )
 from cutover.controller.fleet.notify import Delivery, Notifier, message_for
+from cutover.controller.fleet.release_log import ReleaseRow, release_log
 from cutover.controller.fleet.results import (
     FleetOutcome,
     FleetResult,
@@ -64,6 +66,7 @@ __all__ = [
     "LogRow",
     "Notifier",
     "OpRecord",
+    "ReleaseRow",
     "StatusRow",
     "WebhookSpec",
     "activate_step",
@@ -77,6 +80,7 @@ __all__ = [
     "message_for",
     "outcome_of",
     "parse_host_list",
+    "release_log",
     "rollback_step",
     "select_hosts",
     "stage_step",

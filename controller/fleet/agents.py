@@ -63,11 +63,22 @@ class _Tolerant(BaseModel):
 
 
 class ReleaseView(_Tolerant):
+    """One release record of an agent (``GET /v1/apps/{app}``); what status and log read."""
+
     version: str
     status: str
     installed: bool = True
     health: list[dict[str, Any]] = []
     reason: str = ""
+    manifest_digest: str = ""
+    payload_digest: str = ""  # absent from agents before the release log: ""
+    release_type: str = ""
+    owner: str = ""
+    summary: str = ""
+    notes: str = ""
+    adopted: bool = False
+    staged_at: str = ""
+    activated_at: str | None = None
 
 
 class AppView(_Tolerant):
@@ -168,7 +179,13 @@ class AgentPort(Protocol):
         run_once: bool = True,
     ) -> OpRecord: ...
     async def rollback(
-        self, app: str, to: str | None, on_event: AgentEvent, lease: str | None = None
+        self,
+        app: str,
+        to: str | None,
+        on_event: AgentEvent,
+        lease: str | None = None,
+        *,
+        accept_db_risk: bool = False,
     ) -> OpRecord: ...
     async def lease(
         self, app: str, rollout: str, owner: str, ttl_s: float, *, steal: bool, renew: str | None
@@ -258,9 +275,16 @@ class ClientAgent:
         return await self._follow(accepted, on_event)
 
     async def rollback(
-        self, app: str, to: str | None, on_event: AgentEvent, lease: str | None = None
+        self,
+        app: str,
+        to: str | None,
+        on_event: AgentEvent,
+        lease: str | None = None,
+        *,
+        accept_db_risk: bool = False,
     ) -> OpRecord:
-        return await self._follow(await self._client.rollback(app, to, lease=lease), on_event)
+        accepted = await self._client.rollback(app, to, lease=lease, accept_db_risk=accept_db_risk)
+        return await self._follow(accepted, on_event)
 
     async def lease(
         self, app: str, rollout: str, owner: str, ttl_s: float, *, steal: bool, renew: str | None

@@ -92,8 +92,15 @@ def activate_step(app: str, version: str) -> HostWork:
     return work
 
 
-def rollback_step(app: str, to: str | None) -> HostWork:
+def rollback_step(app: str, to: str | None, *, accept_db_risk: bool = False) -> HostWork:
+    """Roll back to ``to`` (None: each host's previous); ``accept_db_risk`` lets the agent cross
+    a release whose database rollback is ``unsafe`` (journaled there), else it refuses."""
+
     async def work(agent: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
-        return _done(await agent.rollback(app, to, on_event), "already_active")
+        if accept_db_risk:
+            record = await agent.rollback(app, to, on_event, accept_db_risk=True)
+        else:
+            record = await agent.rollback(app, to, on_event)
+        return _done(record, "already_active")
 
     return work
