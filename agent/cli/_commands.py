@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from cutover.agent.cli._common import (
     _freeze_view,
     _manager,
     _Out,
-    _override_hint,
     _pick_app,
     _print_op,
     _run,
@@ -28,6 +28,7 @@ from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
 from cutover.agent.lifecycle.manager import AppManager
 from cutover.agent.package.container import open_package
+from cutover.agent.trust.freeze import status_lines
 from cutover.agent.trust.policy import peek_app
 
 
@@ -40,8 +41,9 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         res = _run(_manager(cfg, app).recover_only())
         out.recovered(res.recovered)
         recovered[app] = res.recovered
+    now = datetime.now(UTC)  # one reading for the JSON and the human lines
     views = [
-        {**_state_view(cfg, a), "recovered": recovered[a], "freeze": _freeze_view(cfg, a)}
+        {**_state_view(cfg, a), "recovered": recovered[a], "freeze": _freeze_view(cfg, a, now)}
         for a in apps
     ]
 
@@ -57,10 +59,8 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
             print(f"  staged    {', '.join(staged) or '-'}")
             if bad:
                 print(f"  bad       {', '.join(bad)}")
-            for w in v["freeze"]["active"]:
-                print(f"  FROZEN    {w['name']} until {w['ends_at']}{_override_hint(w)}")
-            for w in v["freeze"]["upcoming"]:
-                print(f"  freeze    {w['name']} from {w['starts_at']} to {w['ends_at']}")
+            for line in status_lines(cfg.apps[v["app"]].freeze, now):
+                print(f"  {line}")
 
     out.result({"apps": views}, human)
     return ExitCode.OK

@@ -8,7 +8,7 @@ import os
 import pwd
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +135,7 @@ def _release_view(rec: ReleaseRecord, *, with_results: bool = True) -> dict[str,
     return view
 
 
-def _freeze_view(cfg: LoadedConfig, app: str) -> dict[str, list[dict[str, object]]]:
-    """Freeze windows of ``app`` in force now, and those starting within a week."""
-    active, upcoming = freeze_status(cfg.apps[app].freeze, datetime.now(UTC))
+def _freeze_view(cfg: LoadedConfig, app: str, now: datetime) -> dict[str, list[dict[str, object]]]:
+    """Freeze windows of ``app`` in force at ``now``, and those starting within a week."""
+    active, upcoming = freeze_status(cfg.apps[app].freeze, now)
     return {"active": [h.to_json() for h in active], "upcoming": [h.to_json() for h in upcoming]}
-
-
-def _override_hint(window: dict[str, Any]) -> str:
-    roles = window["override_roles"]
-    return f" (override: a signature by role {' or '.join(roles)})" if roles else ""

@@ -6,7 +6,8 @@ Rules (docs/governance.md, "Freeze windows"):
    timezone) and **dated** windows (aware ``from``/``to`` instants). Weekly times are wall-clock
    in the window's timezone, so a window keeps its local hours across DST changes. A weekly
    window whose ``to`` is not after ``from`` runs into the next day (``fri 18:00`` to ``08:00``);
-   ``from == to`` is the whole day.
+   ``from == to`` is the whole day. A local time that a DST change skips or repeats takes the
+   wider reading: a ``from`` its earliest meaning, a ``to`` its latest (a freeze errs on frozen).
 2. A window applies to the release types it lists (default: all).
 3. Activating a release inside an applying window is refused with the window's name, when it
    ends, and how to override, unless a valid signer of the release holds one of the window's
@@ -21,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +38,7 @@ __all__ = [
     "WeeklyWindow",
     "check_freeze",
     "freeze_status",
+    "status_lines",
 ]
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -89,10 +91,18 @@ class WeeklyWindow(_Window):
             day = local + timedelta(days=offset)
             if _DAYS[day.weekday()] not in self.days:
                 continue
-            start = datetime.combine(day, t0, tzinfo=tz)
-            end = datetime.combine(day + timedelta(days=1) if t1 <= t0 else day, t1, tzinfo=tz)
-            out.append((start.astimezone(UTC), end.astimezone(UTC)))
+            start = _instant(day, t0, tz, earliest=True)
+            end = _instant(day + timedelta(days=1) if t1 <= t0 else day, t1, tz, earliest=False)
+            out.append((start, end))
         return out
+
+
+def _instant(day: date, t: time, tz: ZoneInfo, *, earliest: bool) -> datetime:
+    """The UTC instant of local ``day t``. A time a DST change skips (spring forward) or repeats
+    (fall back) has two readings, one per ``fold``; take the earliest or the latest."""
+    local = datetime.combine(day, t, tzinfo=tz)
+    readings = [local.replace(fold=f).astimezone(UTC) for f in (0, 1)]
+    return min(readings) if earliest else max(readings)
 
 
 class DatedWindow(_Window):
@@ -173,6 +183,23 @@ def freeze_status(
             upcoming.append(_hit(w, *min(starts)))
     active = sorted(_active(schedule, now, None), key=lambda h: h.ends_at)
     return active, sorted(upcoming, key=lambda h: h.starts_at)
+
+
+def status_lines(schedule: FreezeSchedule, now: datetime) -> list[str]:
+    """What ``cutover-agent status`` prints about freezes at ``now``: each window in force (when
+    it ends, how to override it), then each starting within a week (from, to)."""
+    active, upcoming = freeze_status(schedule, now)
+    lines = []
+    for h in active:
+        hint = f" (override: a signature by role {' or '.join(h.override_roles)})"
+        lines.append(
+            f"FROZEN    {h.name} until {h.ends_at.isoformat()}" + (hint if h.override_roles else "")
+        )
+    for h in upcoming:
+        lines.append(
+            f"freeze    {h.name} from {h.starts_at.isoformat()} to {h.ends_at.isoformat()}"
+        )
+    return lines
 
 
 def check_freeze(

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -272,23 +273,37 @@ def test_branch_outside_allowed_branches_is_refused(
         assert "allowed_branches = ['stg-*', 'fix/production-2026']" in str(exc.value)
 
 
-# Windows in force at any instant a test can run, so the real CLI needs no fake clock (the
-# window arithmetic itself is tested against an injected instant in test_freeze.py).
-FREEZES = [
-    pytest.param(
-        '[[apps.demo.freeze.weekly]]\nname = "always-weekly"\n'
-        'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\nfrom = "00:00"\nto = "00:00"\n'
-        'timezone = "Asia/Tokyo"\noverride_roles = ["management"]\n',
-        "always-weekly",
-        id="weekly",
-    ),
-    pytest.param(
-        '[[apps.demo.freeze.dated]]\nname = "the-long-freeze"\nfrom = 2000-01-01T00:00:00Z\n'
-        'to = 2100-01-01T00:00:00Z\nrelease_types = ["patch"]\noverride_roles = ["management"]\n',
-        "the-long-freeze",
-        id="dated",
-    ),
-]
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def freezes_around_now() -> list[tuple[str, str]]:
+    """(config, window name): a weekly and a dated window in force from an hour before the real
+    now to an hour after, built around it (no sleeping, no fake clock in a real process; the
+    window arithmetic is tested against an injected clock in test_freeze.py). The weekly one is
+    in Tokyo's local time and may run past midnight there; with it, a dated window starting in
+    two hours, which ``status`` shows as upcoming."""
+    now = datetime.now(UTC)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    start, end = (
+        (now - timedelta(hours=1)).astimezone(tokyo),
+        (now + timedelta(hours=1)).astimezone(tokyo),
+    )
+
+    def instant(t: datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    weekly = (
+        f'[[apps.demo.freeze.weekly]]\nname = "around-now-weekly"\ndays = ["{DAYS[start.weekday()]}"]\n'
+        f'from = "{start:%H:%M}"\nto = "{end:%H:%M}"\ntimezone = "Asia/Tokyo"\n'
+        'override_roles = ["management"]\n'
+        f'[[apps.demo.freeze.dated]]\nname = "soon"\nfrom = {instant(now + timedelta(hours=2))}\n'
+        f"to = {instant(now + timedelta(hours=3))}\n"
+    )
+    dated = (
+        f'[[apps.demo.freeze.dated]]\nname = "around-now-dated"\nfrom = {instant(now - timedelta(hours=1))}\n'
+        f'to = {instant(now + timedelta(hours=1))}\nrelease_types = ["patch"]\noverride_roles = ["management"]\n'
+    )
+    return [(weekly, "around-now-weekly"), (dated, "around-now-dated")]
 
 
 def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_override(
@@ -303,12 +318,25 @@ def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_over
         host.cli_json("stage", str(gov.package(v, "patch", ("technical",))))
         host.cli_json("activate", v)
     pkg = gov.package("1.0.2", "patch", ("technical",))
-    for i, (freeze, name) in enumerate(p.values for p in FREEZES):
+    for i, (freeze, name) in enumerate(freezes_around_now()):
         gov.configure(extra=freeze)
         if i == 0:
             host.cli_json("stage", str(pkg))  # staging is allowed during a freeze
             status = host.cli_json("status")["apps"][0]["freeze"]
             assert [w["name"] for w in status["active"]] == [name]
+            # in two hours, then the weekly window's next occurrence, six days and 23 hours away
+            assert [w["name"] for w in status["upcoming"]] == ["soon", name]
+            human = subprocess.run(
+                [str(BIN / "cutover-agent"), "--config", str(host.config), "status"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert (
+                f"FROZEN    {name} until " in human
+                and "(override: a signature by role management)" in human
+            )
+            assert "freeze    soon from " in human
         before = host.snapshot()
         proc = host.cli("activate", "1.0.2")
         body = json.loads(proc.stdout)
@@ -325,7 +353,7 @@ def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_over
     assert host.cli_json("activate", "1.0.2")["current"] == "1.0.2"
     overrides = [e for e in host.journal() if e["event"] == "freeze.override"]
     assert [(e["window"], e["version"], e["keyid"], e["roles"]) for e in overrides] == [
-        ("the-long-freeze", "1.0.2", gov.keys["management"].keyid, ["management"])
+        ("around-now-dated", "1.0.2", gov.keys["management"].keyid, ["management"])
     ]
 
 

@@ -381,6 +381,14 @@ async def _until(cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def _freeze_around_now() -> str:
+    """A dated freeze window from a day before the real now to a day after (built around the
+    clock, not always-on; the window rules themselves: tests/agent/test_freeze.py)."""
+    now = datetime.now(UTC)
+    t0, t1 = (f"{t:%Y-%m-%dT%H:%M:%SZ}" for t in (now - timedelta(days=1), now + timedelta(days=1)))
+    return f'[[apps.{APP}.freeze.dated]]\nname = "around-now"\nfrom = {t0}\nto = {t1}'
+
+
 CASES: dict[str, Case] = {
     "unauthorized": Case("unknown_key", _unsigned_key),
     "bad_request": Case("bad_request", _bad_limit),
@@ -396,10 +404,7 @@ CASES: dict[str, Case] = {
         _activate_1_1,
         setup=lambda env: _staged(env, "1.1.0"),
         unchanged="releases",
-        settings={
-            "app_toml": f'[[apps.{APP}.freeze.dated]]\nname = "always"\n'
-            "from = 2000-01-01T00:00:00Z\nto = 2100-01-01T00:00:00Z"
-        },
+        settings={"app_toml": _freeze_around_now()},
     ),
     "storage": Case("storage", _read_app, setup=_corrupt_state),
     "bad_package": Case("bad_package", _garbage_package, unchanged="releases"),
