@@ -101,11 +101,52 @@ def test_notes_follow_the_template_in_markdown_and_json(tmp_path: Path) -> None:
         created_at=datetime(2026, 3, 7, 12, 0, tzinfo=UTC),
     )
     assert _notes(pkg) == EXPECTED
+    assert _notes(pkg, "--format", "md") == EXPECTED
     data = json.loads(_notes(pkg, "--format", "json"))
     assert data["version"] == "1.4.0" and data["date"] == "2026-03-07"
     assert data["database"]["rollback"] == "needs-confirmation"
     assert data["deployment"]["rollback_owner"] == "bob"
     assert data["checklist"] == {"tests_passed": True, "code_review": "PR-123"}
+    assert data == EXPECTED_JSON
+    assert json.loads(_notes(pkg, "--json")) == EXPECTED_JSON
+
+
+# The same template as data, every section (golden).
+EXPECTED_JSON = {
+    "app": "ame",
+    "version": "1.4.0",
+    "date": "2026-03-07",
+    "release_type": "minor",
+    "summary": "Invoices can be exported as CSV",
+    "changes": ["CSV export of invoices", "Faster invoice list"],
+    "impacted_areas": ["billing"],
+    "database": {
+        "requires_migration": True,
+        "destructive": False,
+        "migrations": ["2026_03_07_add_export_table"],
+        "rollback": "needs-confirmation",
+    },
+    "security_impact": {
+        "rbac": "new permission invoices.export",
+        "tenant_isolation": "",
+        "sensitive_data": "",
+    },
+    "tests_completed": ["unit", "e2e billing"],
+    "deployment": {
+        "owner": "alice",
+        "created_at": "2026-03-07T12:00:00+00:00",
+        "branch": "release/1.4",
+        "commit": "abc123",
+        "rollback_owner": "bob",
+        "approver": "carol",
+        "verification": ["GET /health returns 200"],
+        "config_rollback": "",
+        "files_rollback": "",
+    },
+    "operational_risks": ["export queue load"],
+    "checklist": {"tests_passed": True, "code_review": "PR-123"},
+    "known_issues": [],
+}
 
 
 def test_changes_from_git_fills_the_changes_with_commit_subjects(tmp_path: Path) -> None:

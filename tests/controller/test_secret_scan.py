@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cutover.agent.errors import ManifestError
+from cutover.controller.build import build_package
 from tests.conftest import BIN
 
 # Test fixtures shaped like real secrets (AWS's documented example key id; a throwaway URL).
@@ -65,3 +67,67 @@ def test_ordinary_notes_with_urls_and_hashes_build(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert out.exists()
+
+
+KEY = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example access key id
+# (where the secret goes: cutover.toml lines or a build_package argument, the field it names)
+FIELDS = [
+    pytest.param({"notes": f"rotated {KEY}"}, "", "notes", id="notes"),
+    pytest.param({"branch": f"fix/{KEY}"}, "", "branch", id="branch"),
+    pytest.param({"build": f"ci-{KEY}"}, "", "build", id="build"),
+    pytest.param({}, f'owner = "{KEY}"\n', "owner", id="owner"),
+    *(
+        pytest.param({}, f'[notes]\n{key} = "{KEY}"\n', f"release_notes.{key}", id=key)
+        for key in ("summary",)
+    ),
+    *(
+        pytest.param({}, f'[notes]\n{key} = ["ok", "{KEY}"]\n', f"release_notes.{key}[1]", id=key)
+        for key in (
+            "changes",
+            "impacted_areas",
+            "migrations",
+            "operational_risks",
+            "tests_completed",
+            "known_issues",
+        )
+    ),
+    *(
+        pytest.param(
+            {},
+            f'[notes.security_impact]\n{key} = "{KEY}"\n',
+            f"release_notes.security_impact.{key}",
+            id=f"security_impact.{key}",
+        )
+        for key in ("rbac", "tenant_isolation", "sensitive_data")
+    ),
+    *(
+        pytest.param({}, f'[rollback]\n{key} = "{KEY}"\n', f"rollback.{key}", id=f"rollback.{key}")
+        for key in ("config", "files", "owner", "approver")
+    ),
+    pytest.param(
+        {}, f'[rollback]\nverification = ["{KEY}"]\n', "rollback.verification[0]", id="verification"
+    ),
+    pytest.param(
+        {}, f'[checklist]\ncode_review = "{KEY}"\n', "checklist.code_review", id="checklist"
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "toml", "field"), FIELDS)
+def test_a_secret_in_any_notes_field_is_refused_naming_that_field(
+    tmp_path: Path, kwargs: dict[str, str], toml: str, field: str
+) -> None:
+    """Every human-written field the notes and metadata publish is scanned: the refusal
+    (``secret_in_notes``) names the field and the kind, never the secret, and writes nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cutover.toml").write_text('app = "ame"\n' + toml)
+    (src / "index.php").write_text("<?php\n")
+    out = tmp_path / "dist" / "ame-1.0.0.cutover"
+    out.parent.mkdir()
+    with pytest.raises(ManifestError) as exc:
+        build_package(src, out, version="1.0.0", **kwargs)
+    assert exc.value.code == "secret_in_notes"
+    assert f"{field} (AWS Access Key)" in exc.value.message, exc.value.message
+    assert KEY not in exc.value.message
+    assert list(out.parent.iterdir()) == []  # no package, no temp file
