@@ -168,6 +168,21 @@ def test_a_missing_role_is_refused_by_the_cli_with_nothing_changed(gov: Gov) -> 
     assert gov.host.state()["releases"]["1.0.0"]["status"] == "staged"
 
 
+def test_every_matrix_row_through_the_cli(gov: Gov) -> None:
+    """The real CLI, one host, each row in turn: without the row's last role the stage is refused
+    (exit 3, ``approvals``, the missing role named) with nothing changed; with every role of the
+    row, the same version is staged."""
+    for n, (rtype, destructive, needs) in enumerate(p.values for p in ROWS):
+        version = f"1.0.{n}"
+        short = gov.package(version, rtype, needs[:-1] or ("business",), destructive=destructive)
+        body = gov.refused(short, f"missing: {needs[-1]}")
+        assert body["error"] == "approvals"
+        full = gov.package(version, rtype, needs, destructive=destructive)
+        assert gov.host.cli_json("stage", str(full))["version"] == version
+        record = gov.host.state()["releases"][version]
+        assert record["status"] == "staged" and record["release_type"] == rtype
+
+
 def _verify(gov: Gov, pkg: Path, highest: str | None = None) -> None:
     """The agent's stage-time verification of ``pkg`` under the current config, in-process."""
     parts, fh = open_package(pkg)
