@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cutover.agent.config import load_config
-from cutover.agent.errors import MismatchError, SignatureError
+from cutover.agent.errors import ManifestError, MismatchError, SignatureError
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import HostHistory, verify_release
@@ -65,6 +65,7 @@ class Gov:
         destructive: bool = False,
         branch: str = "main",
         toml: str = "",
+        migrating: bool = False,
     ) -> Path:
         self.n += 1
         src = self.host.tmp / "src" / f"gov-{self.n}"
@@ -72,7 +73,8 @@ class Gov:
         (src / "index.html").write_text(f"{version}\n")
         (src / "cutover.toml").write_text(
             f'app = "demo"\n{toml}\n[release]\nrelease_type = "{release_type}"\n'
-            + ("requires_migration = true\ndestructive_migration = true\n" if destructive else "")
+            + ("requires_migration = true\n" if destructive or migrating else "")
+            + ("destructive_migration = true\n" if destructive else "")
         )
         out = self.host.tmp / "packages" / str(self.n) / f"demo-{version}.cutover"
         build_package(src, out, version=version, branch=branch)
@@ -452,3 +454,55 @@ def test_rollback_across_an_unsafe_database_rollback_needs_accept_db_risk(gov: G
     assert host.cli_json("rollback", "--accept-db-risk")["current"] == "1.0.0"
     accepted = [e for e in host.journal() if e["event"] == "rollback.db_risk_accepted"]
     assert [(e["version"], e["crossed"]) for e in accepted] == [("1.0.0", ["1.0.1"])]
+
+
+REQUIRE_BY_TYPE = """[apps.demo.require]
+all = ["owner", "checklist.tests_passed"]
+migration = ["rollback.database", "checklist.backup_confirmed"]
+security = ["release_notes.security_impact"]
+"""
+OWNED = 'owner = "alice"\n'
+
+
+@pytest.mark.parametrize(
+    ("rtype", "migrating", "toml", "missing"),
+    [
+        pytest.param("patch", False, OWNED + "[checklist]\ntests_passed = true\n", None, id="patch-ok"),
+        pytest.param(
+            "patch", False, OWNED + "[checklist]\ntests_passed = false\n",
+            "checklist.tests_passed", id="tests-not-passed",
+        ),
+        pytest.param("patch", False, "[checklist]\ntests_passed = true\n", "owner", id="no-owner"),
+        pytest.param(
+            "patch", True, OWNED + "[checklist]\ntests_passed = true\n",
+            "rollback.database, checklist.backup_confirmed", id="migrating-without-plan",
+        ),
+        pytest.param(
+            "patch", True,
+            OWNED + '[rollback]\ndatabase = "safe"\n[checklist]\ntests_passed = true\n'
+            "backup_confirmed = true\n",
+            None, id="migrating-with-plan",
+        ),
+        pytest.param(
+            "security", False, OWNED + "[checklist]\ntests_passed = true\n",
+            "release_notes.security_impact", id="security-without-impact",
+        ),
+        pytest.param(
+            "security", False,
+            OWNED + '[notes.security_impact]\nrbac = "unchanged"\n[checklist]\ntests_passed = true\n',
+            None, id="security-with-impact",
+        ),
+    ],
+)  # fmt: skip
+def test_required_fields_by_release_type_at_stage(
+    offline_gov: Gov, rtype: str, migrating: bool, toml: str, missing: str | None
+) -> None:
+    """The agent's stage-time verification asks the fields of ``all``, of the release's type and,
+    for a migrating release, of ``migration``; a checklist item counts only when true."""
+    offline_gov.configure(extra=REQUIRE_BY_TYPE)
+    pkg = offline_gov.package("1.0.0", rtype, ("technical",), toml=toml, migrating=migrating)
+    if missing is None:
+        _verify(offline_gov, pkg)
+    else:
+        with pytest.raises(ManifestError, match=re.escape(f"lacks required field(s): {missing};")):
+            _verify(offline_gov, pkg)
