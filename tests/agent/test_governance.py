@@ -1,6 +1,7 @@
 """Governance enforced at stage, through the real ``cutover-agent`` CLI with real keys and
-packages: the approval matrix by role and release type, SemVer bump vs release type, and
-``allowed_branches``. Every refusal also proves nothing changed on the host."""
+packages: the approval matrix by role and release type, SemVer bump vs release type,
+``allowed_branches``, and freeze windows at activation. Every refusal also proves nothing changed
+on the host. Required fields and the rollback plan: test_release_plan.py."""
 
 from __future__ import annotations
 
@@ -14,102 +15,23 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cutover.agent.config import load_config
-from cutover.agent.errors import ManifestError, MismatchError, SignatureError
-from cutover.agent.keys import PrivateKey, generate_keypair
+from cutover.agent.errors import MismatchError, SignatureError
+from cutover.agent.keys import generate_keypair
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import HostHistory, verify_release
-from cutover.controller.build import build_package, sign_package
+from cutover.controller.build import sign_package
+from tests.agent.governance_kit import Gov, offline, online, verify
 from tests.conftest import BIN, Host
-
-ROLES = ("technical", "product", "business", "security", "management")
-
-# The matrix of the release process (issue 13), as an agent config would state it.
-MATRIX = """
-[apps.demo.approvals]
-patch = ["technical"]
-hotfix = ["technical"]
-minor = ["technical", "product"]
-major = ["technical", "product", "business"]
-security = ["technical", "security"]
-destructive_migration = ["technical", "management"]
-"""
-
-
-class Gov:
-    """A host whose app trusts one key per role, plus packages built and signed for it."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self.keys: dict[str, PrivateKey] = {}
-        keydir = host.tmp / "keys"
-        for role in ROLES:
-            self.keys[role] = generate_keypair(keydir / role)
-        self.n = 0
-
-    def configure(self, extra: str = MATRIX, app_lines: str = "") -> None:
-        entries = ", ".join(
-            f'{{path = "{self.host.tmp / "keys" / role}.pub", roles = ["{role}"]}}'
-            for role in ROLES
-        )
-        self.host.config.write_text(
-            f'[apps.demo]\nroot = "{self.host.root}"\nrelease_keys = [{entries}]\n'
-            f"threshold = 1\nkeep = 5\n{app_lines}{extra}"
-        )
-
-    def package(
-        self,
-        version: str,
-        release_type: str,
-        signed_by: tuple[str, ...],
-        *,
-        destructive: bool = False,
-        branch: str = "main",
-        toml: str = "",
-        migrating: bool = False,
-    ) -> Path:
-        self.n += 1
-        src = self.host.tmp / "src" / f"gov-{self.n}"
-        src.mkdir(parents=True)
-        (src / "index.html").write_text(f"{version}\n")
-        (src / "cutover.toml").write_text(
-            f'app = "demo"\n{toml}\n[release]\nrelease_type = "{release_type}"\n'
-            + ("requires_migration = true\n" if destructive or migrating else "")
-            + ("destructive_migration = true\n" if destructive else "")
-        )
-        out = self.host.tmp / "packages" / str(self.n) / f"demo-{version}.cutover"
-        build_package(src, out, version=version, branch=branch)
-        for role in signed_by:
-            sign_package(out, self.keys[role])
-        return out
-
-    def refused(self, pkg: Path, *needles: str) -> dict[str, object]:
-        before = self.host.snapshot()
-        proc = self.host.cli("stage", str(pkg))
-        assert proc.returncode == 3, proc.stdout + proc.stderr
-        body = json.loads(proc.stdout)
-        for needle in needles:
-            assert needle in body["message"], body["message"]
-        assert self.host.snapshot() == before
-        return body
 
 
 @pytest.fixture
 def gov(host: Host) -> Gov:
-    g = Gov(host)
-    g.configure()
-    return g
+    return online(host)
 
 
 @pytest.fixture
 def offline_gov(tmp_path: Path) -> Gov:
-    """The same keys and config for in-process checks: no CLI, no ``init`` (faster)."""
-    host = Host(tmp_path / "srv" / "demo", tmp_path / "etc" / "agent.toml", "demo", tmp_path)
-    host.root.mkdir(parents=True)
-    host.config.parent.mkdir(parents=True)
-    (tmp_path / "keys").mkdir()
-    g = Gov(host)
-    g.configure()
-    return g
+    return offline(tmp_path)
 
 
 # (release type, destructive migration, roles the rule needs)
@@ -185,20 +107,6 @@ def test_every_matrix_row_through_the_cli(gov: Gov) -> None:
         assert record["status"] == "staged" and record["release_type"] == rtype
 
 
-def _verify(gov: Gov, pkg: Path, highest: str | None = None) -> None:
-    """The agent's stage-time verification of ``pkg`` under the current config, in-process."""
-    parts, fh = open_package(pkg)
-    fh.close()
-    verify_release(
-        parts.manifest_bytes,
-        parts.signatures_bytes,
-        load_config(gov.host.config).policies["demo"],
-        expected_version=None,
-        history=HostHistory(highest_version=highest),
-        now=datetime.now(UTC),
-    )
-
-
 def test_one_key_with_two_roles_counts_once(offline_gov: Gov) -> None:
     """Each required role needs a distinct key: a key holding technical and product cannot approve
     a minor release alone; a count per role asks for that many distinct keys."""
@@ -216,20 +124,20 @@ def test_one_key_with_two_roles_counts_once(offline_gov: Gov) -> None:
     pkg = gov.package("1.0.0", "minor", ())
     sign_package(pkg, both)
     with pytest.raises(SignatureError, match=r"missing: (product|technical)"):
-        _verify(gov, pkg)
+        verify(gov, pkg)
     sign_package(pkg, gov.keys["product"])  # now two distinct keys cover the two roles
-    _verify(gov, pkg)
+    verify(gov, pkg)
     major = gov.package("2.0.0", "major", ("technical",))
     with pytest.raises(SignatureError, match=r"technical x2.*missing: technical"):
-        _verify(gov, major)
+        verify(gov, major)
     sign_package(major, both)
-    _verify(gov, major)
+    verify(gov, major)
 
 
 def test_threshold_stays_the_simple_case_without_a_matrix(offline_gov: Gov) -> None:
     """No approvals table: any one trusted key (threshold 1), whatever its roles."""
     offline_gov.configure(extra="")
-    _verify(offline_gov, offline_gov.package("1.0.0", "major", ("product",)))
+    verify(offline_gov, offline_gov.package("1.0.0", "major", ("product",)))
 
 
 @pytest.mark.parametrize(
@@ -253,10 +161,10 @@ def test_semver_release_type_must_match_the_bump(
     offline_gov.configure(extra="", app_lines='versioning = "semver"\n')
     pkg = offline_gov.package(version, rtype, ("technical",))
     if error is None:
-        _verify(offline_gov, pkg, highest="1.2.3")
+        verify(offline_gov, pkg, highest="1.2.3")
     else:
         with pytest.raises(MismatchError, match=re.escape(error)):
-            _verify(offline_gov, pkg, highest="1.2.3")
+            verify(offline_gov, pkg, highest="1.2.3")
 
 
 def test_a_mislabelled_bump_is_refused_by_the_cli(gov: Gov) -> None:
@@ -282,10 +190,10 @@ def test_branch_outside_allowed_branches_is_refused(
     )
     pkg = offline_gov.package("1.0.0", "patch", ("technical",), branch=branch)
     if ok:
-        _verify(offline_gov, pkg)
+        verify(offline_gov, pkg)
     else:
         with pytest.raises(MismatchError) as exc:
-            _verify(offline_gov, pkg)
+            verify(offline_gov, pkg)
         assert exc.value.code == "branch"
         assert "allowed_branches = ['stg-*', 'fix/production-2026']" in str(exc.value)
 
@@ -372,137 +280,3 @@ def test_freeze_refuses_activation_allows_staging_and_rollback_and_journals_over
     assert [(e["window"], e["version"], e["keyid"], e["roles"]) for e in overrides] == [
         ("around-now-dated", "1.0.2", gov.keys["management"].keyid, ["management"])
     ]
-
-
-GOVERNED = """owner = "alice"
-[rollback]
-database = "unsafe"
-owner = "bob"
-verification = ["GET /health"]
-[notes]
-summary = "Drops the legacy orders table"
-[checklist]
-code_review = "PR-123"
-backup_confirmed = true
-"""
-REQUIRE = '[apps.demo.require]\nall = ["owner", "checklist.tests_passed"]\n'
-
-
-def test_a_missing_required_field_is_refused_at_build_and_again_at_stage(gov: Gov) -> None:
-    """checklist.tests_passed is required: ``cutover build --require`` refuses to build without
-    it, and a package built without the check is refused by the agent, nothing changed."""
-    host = gov.host
-    gov.configure(extra=REQUIRE)
-    require = host.tmp / "require.toml"
-    require.write_text('[require]\nall = ["owner", "checklist.tests_passed"]\n')
-    src = host.tmp / "src" / "governed"
-    src.mkdir(parents=True)
-    (src / "cutover.toml").write_text('app = "demo"\n' + GOVERNED)
-    (src / "index.html").write_text("hi\n")
-    out = host.tmp / "packages" / "governed.cutover"
-    proc = subprocess.run(
-        [
-            str(BIN / "cutover"),
-            "build",
-            "--json",
-            str(src),
-            "--version",
-            "1.0.0",
-            "-o",
-            str(out),
-            "--require",
-            str(require),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    body = json.loads(proc.stdout)
-    assert proc.returncode == 3 and body["error"] == "missing_field", proc.stdout
-    assert "checklist.tests_passed" in body["message"] and not out.exists()
-    pkg = gov.package("1.0.0", "patch", ("technical",), toml=GOVERNED)
-    body = gov.refused(pkg, "lacks required field(s): checklist.tests_passed")
-    assert body["error"] == "missing_field"
-    ok = gov.package("1.0.0", "patch", ("technical",), toml=GOVERNED + "tests_passed = true\n")
-    assert host.cli_json("stage", str(ok))["version"] == "1.0.0"
-    record = host.state()["releases"]["1.0.0"]
-    assert record["owner"] == "alice" and record["db_rollback"] == "unsafe"
-    table = subprocess.run(
-        [str(BIN / "cutover-agent"), "--config", str(host.config), "releases"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert table[0].split()[:4] == ["VERSION", "STATUS", "TYPE", "OWNER"]
-    assert table[1].split()[:4] == ["1.0.0", "staged", "patch", "alice"]
-
-
-def test_rollback_across_an_unsafe_database_rollback_needs_accept_db_risk(gov: Gov) -> None:
-    """Refused (nothing changed) without --accept-db-risk; with it, rolled back and journaled."""
-    gov.configure(extra="")
-    host = gov.host
-    host.cli_json("stage", str(gov.package("1.0.0", "patch", ("technical",))))
-    host.cli_json("activate", "1.0.0")
-    host.cli_json("stage", str(gov.package("1.0.1", "patch", ("technical",), toml=GOVERNED)))
-    host.cli_json("activate", "1.0.1")
-    before = host.snapshot()
-    proc = host.cli("rollback")
-    body = json.loads(proc.stdout)
-    assert proc.returncode == 1 and body["error"] == "invalid_state", proc.stdout
-    assert "1.0.1" in body["message"] and "--accept-db-risk" in body["message"]
-    assert host.snapshot() == before
-    assert host.cli_json("rollback", "--accept-db-risk")["current"] == "1.0.0"
-    accepted = [e for e in host.journal() if e["event"] == "rollback.db_risk_accepted"]
-    assert [(e["version"], e["crossed"]) for e in accepted] == [("1.0.0", ["1.0.1"])]
-
-
-REQUIRE_BY_TYPE = """[apps.demo.require]
-all = ["owner", "checklist.tests_passed"]
-migration = ["rollback.database", "checklist.backup_confirmed"]
-security = ["release_notes.security_impact"]
-"""
-OWNED = 'owner = "alice"\n'
-
-
-@pytest.mark.parametrize(
-    ("rtype", "migrating", "toml", "missing"),
-    [
-        pytest.param("patch", False, OWNED + "[checklist]\ntests_passed = true\n", None, id="patch-ok"),
-        pytest.param(
-            "patch", False, OWNED + "[checklist]\ntests_passed = false\n",
-            "checklist.tests_passed", id="tests-not-passed",
-        ),
-        pytest.param("patch", False, "[checklist]\ntests_passed = true\n", "owner", id="no-owner"),
-        pytest.param(
-            "patch", True, OWNED + "[checklist]\ntests_passed = true\n",
-            "rollback.database, checklist.backup_confirmed", id="migrating-without-plan",
-        ),
-        pytest.param(
-            "patch", True,
-            OWNED + '[rollback]\ndatabase = "safe"\n[checklist]\ntests_passed = true\n'
-            "backup_confirmed = true\n",
-            None, id="migrating-with-plan",
-        ),
-        pytest.param(
-            "security", False, OWNED + "[checklist]\ntests_passed = true\n",
-            "release_notes.security_impact", id="security-without-impact",
-        ),
-        pytest.param(
-            "security", False,
-            OWNED + '[notes.security_impact]\nrbac = "unchanged"\n[checklist]\ntests_passed = true\n',
-            None, id="security-with-impact",
-        ),
-    ],
-)  # fmt: skip
-def test_required_fields_by_release_type_at_stage(
-    offline_gov: Gov, rtype: str, migrating: bool, toml: str, missing: str | None
-) -> None:
-    """The agent's stage-time verification asks the fields of ``all``, of the release's type and,
-    for a migrating release, of ``migration``; a checklist item counts only when true."""
-    offline_gov.configure(extra=REQUIRE_BY_TYPE)
-    pkg = offline_gov.package("1.0.0", rtype, ("technical",), toml=toml, migrating=migrating)
-    if missing is None:
-        _verify(offline_gov, pkg)
-    else:
-        with pytest.raises(ManifestError, match=re.escape(f"lacks required field(s): {missing};")):
-            _verify(offline_gov, pkg)
