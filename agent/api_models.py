@@ -34,6 +34,7 @@ __all__ = [
     "AppsList",
     "ErrorBody",
     "Event",
+    "FreezeWindow",
     "Health",
     "JournalEntry",
     "JournalPage",
@@ -61,7 +62,8 @@ class _Response(BaseModel):
 
 # ---------------------------------------------------------------------- errors
 class ErrorBody(_Response):
-    """``{"error": CODE, "kind": REGISTRY_CODE, "message": TEXT}`` (+ ``holder`` for ``locked``).
+    """``{"error": CODE, "kind": REGISTRY_CODE, "message": TEXT}`` (+ ``holder`` for ``locked``,
+    ``health`` for ``reverted`` when the live checks failed: ``fail`` or ``inconclusive``).
 
     ``error`` is the instance's reason code (``replayed``, ``payload_digest``), ``kind`` the
     registry code of its class (``unauthorized``, ``digest_mismatch``): agent/errors.py.
@@ -72,6 +74,7 @@ class ErrorBody(_Response):
     message: str = ""
     holder: dict[str, Any] | None = None
     offset: int | None = None  # upload_offset: the bytes the agent holds (resume from there)
+    health: str | None = None  # ``reverted``: the live health status (fail | inconclusive)
 
     @classmethod
     def of(cls, exc: CutoverError) -> ErrorBody:
@@ -93,6 +96,7 @@ class ErrorBody(_Response):
             status=status,
             holder=self.holder,
             offset=self.offset,
+            health=self.health,
         )
 
 
@@ -178,11 +182,23 @@ class ReleaseInfo(_Response):
     health: list[dict[str, Any]] = []
 
 
+class FreezeWindow(_Response):
+    """A freeze window in force that refuses activating a release now (agent/trust/freeze.py)."""
+
+    name: str
+    starts_at: str
+    ends_at: str
+    release_types: list[str] | None = None  # None: every release type
+    override_roles: list[str] = []
+
+
 class AppDetail(AppSummary):
     """``GET /v1/apps/{app}``: the summary, ``initialized`` and the releases, newest first."""
 
     initialized: bool
     releases: list[ReleaseInfo]
+    # staged version -> the freeze window that would refuse activating it now (absent: none)
+    frozen: dict[str, FreezeWindow] = {}
 
 
 class JournalEntry(_Response):

@@ -376,7 +376,20 @@ class HealthCheckError(OperationalError):
 
 @_registered("reverted", 500, ExitCode.REVERTED)
 class ActivationFailedError(OperationalError):
-    """Activation failed after the flip and was reverted automatically."""
+    """Activation failed after the flip and was reverted automatically.
+
+    ``health`` is the status of the live health phase when the checks are what failed
+    (``fail``, or ``inconclusive``: a check could not be carried out for a reason on the host's
+    side, e.g. a dependency it could not reach), else None; it crosses the wire typed
+    (``ErrorBody.health``), so a rollout pauses on ``inconclusive`` without reading the message.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, health: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.health = health
+
+    def wire_extra(self) -> dict[str, Any]:
+        return {"health": self.health} if self.health else {}
 
 
 @_registered("storage", 500, ExitCode.FAILED)
@@ -472,6 +485,7 @@ def from_wire(
     status: int | None = None,
     holder: Mapping[str, object] | None = None,
     offset: int | None = None,
+    health: str | None = None,
 ) -> CutoverError:
     """The error a wire body ``{"error", "kind", "message"}`` stands for.
 
@@ -488,4 +502,6 @@ def from_wire(
         exc.holder = dict(holder)
     if isinstance(exc, UploadOffsetError) and offset is not None:
         exc.offset = offset
+    if isinstance(exc, ActivationFailedError) and health:
+        exc.health = health
     return exc

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from cutover.agent.daemon.uploads import UploadSpool
 from cutover.agent.errors import NotFoundError, UnavailableError
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.lock import AppLock
-from cutover.agent.host.state import AppState, StateFile
+from cutover.agent.host.state import AppState, ReleaseStatus, StateFile
 from cutover.agent.lifecycle.manager import AppManager, EventSink
+from cutover.agent.trust.freeze import refusing_window
 
 __all__ = ["AgentContext"]
 
@@ -82,6 +84,26 @@ class AgentContext:
     def read_state(self, app: str) -> AppState:
         """``app``'s state, without the lock (the file is replaced atomically). Blocking."""
         return StateFile(self.layout(app).state_file, app).load()
+
+    def frozen_releases(self, app: str, state: AppState) -> dict[str, dict[str, object]]:
+        """Staged version -> the freeze window that refuses activating it now
+        (agent/trust/freeze.py; ``GET /v1/apps/{app}`` reports it, so a rollout stops before a
+        wave instead of meeting refusals)."""
+        cfg = self.config
+        schedule, roles = cfg.apps[app].freeze, cfg.policies[app].key_roles
+        if not schedule.windows():
+            return {}
+        now = datetime.now(UTC)
+        out: dict[str, dict[str, object]] = {}
+        for r in state.installed():
+            if r.status == ReleaseStatus.STAGED:
+                hit = refusing_window(
+                    schedule, release_type=r.release_type, signers=r.signers, key_roles=roles,
+                    now=now,
+                )  # fmt: skip
+                if hit is not None:
+                    out[r.version] = hit.to_json()
+        return out
 
     def accepting(self) -> None:
         if self.shutting_down:

@@ -1,8 +1,10 @@
 """The lease endpoints of the agent API (docs/protocol.md §Leases); the rules are agent/daemon/leases.py.
 
 ``POST /v1/apps/{app}/lease`` takes, renews or steals the app's lease (``200`` with the lease,
-``409 locked`` naming the holder); ``DELETE /v1/apps/{app}/lease/{id}`` releases it (``200``
-``{"released": bool}``, idempotent). Both need a ``deploy`` key (the auth middleware checks it).
+``409 locked`` naming the holder; a steal is journaled in the app's journal as ``lease.stolen``
+with the actor, its key id and the previous holder); ``DELETE /v1/apps/{app}/lease/{id}``
+releases it (``200`` ``{"released": bool}``, idempotent). Both need a ``deploy`` key (the auth
+middleware checks it).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from aiohttp import web
 
 from cutover.agent.daemon.auth import CTX_KEY, Caller
 from cutover.agent.daemon.bodies import LEASE_ID_PATTERN, LeaseBody, check_query, parse_json_body
-from cutover.agent.daemon.leases import LeaseTable
-from cutover.agent.errors import NotFoundError, RequestError, UnavailableError
+from cutover.agent.daemon.leases import Lease, LeaseTable
+from cutover.agent.errors import LockedError, NotFoundError, RequestError, UnavailableError
+from cutover.agent.host.ledger import Ledger
+from cutover.agent.host.lock import AppLock
 from cutover.agent.package.manifest import APP_RE
 
 __all__ = ["LEASE_ID_RE", "lease_routes"]
@@ -49,6 +53,30 @@ async def lease(request: web.Request) -> web.Response:
     app = _app(request)
     caller: Caller = request["caller"]
     body = parse_json_body(request.headers.get("Content-Type", ""), request["body"], LeaseBody)
+    layout = request.app[CTX_KEY].layout(app)
+
+    def journal_steal(new: Lease, replaced: Lease) -> None:
+        """The steal goes into the app's journal too, under the app lock (the journal's chain
+        head is only valid while it is held); a busy app refuses the steal, changing nothing."""
+        try:
+            with AppLock(layout.lock_file, app, f"lease steal by {caller.actor}"):
+                ledger = Ledger(app, layout)
+                ledger.forget_head()
+                ledger.log(
+                    "lease.stolen",
+                    lease=new.id,
+                    rollout=new.rollout,
+                    owner=new.owner,
+                    actor=caller.actor,
+                    keyid=caller.keyid,
+                    replaced=replaced.holder(),
+                )
+        except LockedError as exc:
+            raise LockedError(
+                f"cannot take over the lease of rollout {replaced.rollout} now: {exc}",
+                holder=exc.holder,
+            ) from exc
+
     taken = await asyncio.to_thread(
         _table(request).acquire,
         app,
@@ -58,6 +86,7 @@ async def lease(request: web.Request) -> web.Response:
         ttl_s=body.ttl_s,
         steal=body.steal,
         renew=body.lease,
+        on_steal=journal_steal,
     )
     return web.json_response(taken.to_json())
 

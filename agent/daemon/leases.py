@@ -6,7 +6,8 @@ Rules this module enforces:
   a lease whose ``expires_at`` has passed is stale and counts as absent (it expires by itself:
   nothing has to clean it up, so a rollout whose controller died never locks the app for good);
 * acquiring while another live lease is held is refused (:class:`LockedError`, ``409`` naming the
-  holder) unless ``steal`` is asked; a steal is recorded with the actor and the lease it replaced;
+  holder) unless ``steal`` is asked; a steal is recorded with the actor and the lease it replaced,
+  in the lease audit trail and (by the daemon, agent/daemon/lease_routes.py) in the app's journal;
 * renewing needs the lease's id; a lease that expired or was stolen cannot be renewed (``409``);
 * an **activate** or **rollback** request must carry the id of the live lease when there is one
   (``lease`` in its body), else ``409`` naming the holder; without a live lease any request passes
@@ -110,8 +111,12 @@ class LeaseTable:
         ttl_s: float,
         steal: bool = False,
         renew: str | None = None,
+        on_steal: Callable[[Lease, Lease], None] | None = None,
     ) -> Lease:
         """Take, renew (``renew`` = its id) or steal the app's lease.
+
+        ``on_steal(new, replaced)`` runs before a steal is saved (the daemon journals it in the
+        app's journal); if it raises, nothing changed.
 
         Raises:
             LockedError: another live lease is held (and no ``steal``), or the lease to renew is
@@ -150,6 +155,8 @@ class LeaseTable:
                     expires_at=now + ttl_s,
                     ttl_s=ttl_s,
                 )
+            if current is not None and current.rollout != rollout and on_steal is not None:
+                on_steal(lease, current)
             self._save(app, lease)
             if current is not None and current.rollout != rollout:
                 self._record("lease.steal", lease, actor, replaced=current.holder())

@@ -258,6 +258,7 @@ async def get_app(request: web.Request) -> web.Response:
                 r.model_dump(mode="json")
                 for r in sorted(state.releases.values(), key=lambda r: -r.seq)
             ],
+            "frozen": ctx.frozen_releases(app, state),
         }
     )
     return web.json_response(body.to_json())

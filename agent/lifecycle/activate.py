@@ -165,6 +165,7 @@ class Activate:
         # it bad; a host-local hook or an unreachable dependency (inconclusive checks) marks it
         # failed, which a later activation may retry.
         blame = "release"
+        live_status: str | None = None  # the live phase's status when it did not pass
         # Everything from the flip to the commit is inside the try: whatever fails or is
         # cancelled there (a hook, a check, a full disk, SIGTERM) flips back.
         try:
@@ -189,6 +190,7 @@ class Activate:
             live = await self.health.run("live", spec.health, version, release_dir, offsets)
             result.details["health"] = live
             if live["status"] != "pass":
+                live_status = str(live["status"])
                 blame = "host" if live["status"] == "inconclusive" else "release"
                 raise HealthCheckError(f"live health checks failed: {health_summary(live)}")
             fault_point("activate.before_commit")
@@ -227,7 +229,8 @@ class Activate:
                 raise ActivationFailedError(
                     f"activation of {ctx.app} {version} failed after the flip and was reverted "
                     f"to {old or '(no release)'}: {str(exc).rstrip('.')}.{db_note}"
-                    f"{_verdict(rec.status, version)}"
+                    f"{_verdict(rec.status, version)}",
+                    health=live_status,
                 ) from exc
             raise
         fault_point("activate.committed")

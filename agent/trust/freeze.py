@@ -38,6 +38,7 @@ __all__ = [
     "WeeklyWindow",
     "check_freeze",
     "freeze_status",
+    "refusing_window",
     "status_lines",
 ]
 
@@ -251,3 +252,22 @@ def check_freeze(
             )
         )
     return overridden
+
+
+def refusing_window(
+    schedule: FreezeSchedule,
+    *,
+    release_type: str,
+    signers: Sequence[str],
+    key_roles: Mapping[str, frozenset[str]],
+    now: datetime,
+) -> FreezeHit | None:
+    """The window that would refuse activating such a release at ``now`` (None: none would).
+
+    The same rule as :func:`check_freeze`, asked ahead of time: ``GET /v1/apps/{app}`` reports
+    it for each staged release, so a rollout stops before a wave instead of meeting refusals.
+    """
+    for hit in sorted(_active(schedule, now, release_type), key=lambda h: h.ends_at):
+        if not any(key_roles.get(k, frozenset()) & set(hit.override_roles) for k in signers):
+            return hit
+    return None

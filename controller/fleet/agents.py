@@ -88,6 +88,7 @@ class AppView(_Tolerant):
     staged: list[str] = []
     busy: dict[str, Any] | None = None
     releases: list[ReleaseView] = []
+    frozen: dict[str, dict[str, Any]] = {}  # staged version -> the freeze window refusing it now
 
     def last_health(self) -> str | None:
         """``"live pass"`` of the current release's newest health phase, or None."""
@@ -115,6 +116,7 @@ class OpRecord(_Tolerant):
             str(err.get("message") or f"operation {self.id} {self.status}"),
             kind=err.get("kind"),
             in_operation=True,
+            health=err.get("health"),
         )
 
 
@@ -149,13 +151,14 @@ def error_from_code(
     kind: str | None = None,
     in_operation: bool = False,
     holder: Mapping[str, object] | None = None,
+    health: str | None = None,
 ) -> CutoverError:
     """The registry's error for a wire body (``error`` = ``code``, ``kind``; agent/errors.py).
 
     ``in_operation``: the body is a failed operation's; a ``transport`` failure there is the
     agent's own download failing (the agent answered), so it is an :class:`OperationalError`.
     """
-    exc = from_wire(code, message, kind=kind, holder=holder)
+    exc = from_wire(code, message, kind=kind, holder=holder, health=health)
     if in_operation and isinstance(exc, TransportError):
         return OperationalError(message, code=code)
     return exc

@@ -160,3 +160,17 @@ def test_no_raise_site_spells_a_subclass_as_a_code() -> None:
             if called and named and named is not called and issubclass(named, called):
                 wrong.append(f"{path.relative_to(REPO)}:{line}: {name}(code={code!r})")
     assert not wrong, "raise the registered subclass instead:\n" + "\n".join(wrong)
+
+
+def test_a_reverted_activation_says_typed_whether_its_live_checks_were_inconclusive() -> None:
+    """The rollout pauses on ``health == "inconclusive"``, never on a word of the message."""
+    exc = errors.ActivationFailedError(
+        "reverted: a dependency was unreachable", health="inconclusive"
+    )
+    body = ErrorBody.of(exc).to_json()
+    assert body["health"] == "inconclusive"
+    back = ErrorBody.model_validate(body).to_error()
+    assert isinstance(back, errors.ActivationFailedError) and back.health == "inconclusive"
+    plain = ErrorBody.of(errors.ActivationFailedError("reverted: hook failed")).to_json()
+    assert "health" not in plain
+    assert ErrorBody.model_validate(plain).to_error().health is None  # type: ignore[attr-defined]

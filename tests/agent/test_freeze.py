@@ -11,7 +11,13 @@ import pytest
 from cutover.agent.config import load_config
 from cutover.agent.errors import FrozenError
 from cutover.agent.lifecycle.manager import AppManager
-from cutover.agent.trust.freeze import FreezeSchedule, check_freeze, freeze_status, status_lines
+from cutover.agent.trust.freeze import (
+    FreezeSchedule,
+    check_freeze,
+    freeze_status,
+    refusing_window,
+    status_lines,
+)
 from tests.conftest import Host, PackageFactory
 
 SCHEDULE = FreezeSchedule.model_validate(
@@ -291,3 +297,34 @@ def test_activation_reads_the_injected_clock(host: Host, make_package: PackageFa
     assert asyncio.run(manager(thursday).activate("1.0.1")).current == "1.0.1"
     assert asyncio.run(manager(friday).rollback()).current == "1.0.0"
     assert host.current == "releases/1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("now", "release_type", "signers"),
+    [
+        pytest.param(datetime(2026, 3, 6, 20, 0, tzinfo=UTC), "minor", ("t" * 64,), id="frozen"),
+        pytest.param(
+            datetime(2026, 3, 6, 20, 0, tzinfo=UTC), "patch", ("t" * 64,), id="other-type"
+        ),
+        pytest.param(
+            datetime(2026, 3, 6, 20, 0, tzinfo=UTC), "minor", ("m" * 64,), id="overridden"
+        ),
+        pytest.param(
+            datetime(2026, 11, 28, 12, 0, tzinfo=UTC), "patch", ("m" * 64,), id="no-override"
+        ),
+        pytest.param(datetime(2026, 3, 5, 20, 0, tzinfo=UTC), "minor", ("t" * 64,), id="free"),
+    ],
+)
+def test_refusing_window_asks_ahead_what_activation_would_refuse(
+    now: datetime, release_type: str, signers: tuple[str, ...]
+) -> None:
+    """GET /v1/apps/{app} reports this per staged release; it must agree with check_freeze."""
+    hit = refusing_window(
+        SCHEDULE, release_type=release_type, signers=signers, key_roles=ROLES, now=now
+    )
+    try:
+        _check(now, release_type, signers)
+    except FrozenError as exc:
+        assert hit is not None and f"{hit.name!r} is in force until" in str(exc)
+    else:
+        assert hit is None
