@@ -101,7 +101,14 @@ def _deploy_rollout(args: argparse.Namespace, ctx: FleetContext, source: Source)
             ctx.reporter.step(pushed.model_copy(update={"action": "deploy"}), table_too=False)
             return pushed.exit_code
         rid = start_rollout(ctx, store, source.app, source.version, params)
-        summary = await run_rollout(ctx, store, rid, steal=args.steal, lease_ttl_s=args.lease_ttl)
+        summary = await run_rollout(
+            ctx,
+            store,
+            rid,
+            steal=args.steal,
+            lease_ttl_s=args.lease_ttl,
+            pause_lease_s=args.pause_lease,
+        )
         return summary.exit_code
 
     try:

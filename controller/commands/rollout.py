@@ -5,7 +5,8 @@ local state dir (``--state-dir``, else ``$CUTOVER_STATE_DIR``, else ``~/.local/s
 leases the app on every host, then runs the engine (controller/rollout/engine.py).
 ``--resume ID`` continues a rollout whose CLI died (the agents' records are the truth);
 ``promote ID`` continues a paused one past its pause; ``abort ID`` reverts every host a rollout
-touched; ``rollouts`` lists past and running rollouts. Exit codes: controller/rollout/report.py
+touched; ``rollouts`` lists past and running rollouts. A paused rollout keeps its leases for
+``--pause-lease`` (default 1 h). Exit codes: controller/rollout/report.py
 (0 rolled out, 8 partial, 7 reverted/aborted, 1 halted, 10 paused, 4 leased by another rollout).
 """
 
@@ -30,13 +31,15 @@ from cutover.controller.commands._rollout_view import RolloutView, rollouts_tabl
 from cutover.controller.fleet.agents import AgentPort, connect
 from cutover.controller.fleet.inventory import HostSpec
 from cutover.controller.rollout.engine import RolloutEngine
-from cutover.controller.rollout.leases import DEFAULT_TTL_S, LeaseKeeper
+from cutover.controller.rollout.leases import DEFAULT_TTL_S, PAUSE_LEASE_S, LeaseKeeper
 from cutover.controller.rollout.plan import RolloutParams, parse_amount, plan_waves
 from cutover.controller.rollout.report import RolloutSummary, summary_event, webhook_body
 from cutover.controller.rollout.store import RolloutStore, default_state_dir
 
 __all__ = [
+    "add_pause_lease_option",
     "add_rollout_options",
+    "check_pause_lease",
     "params_from",
     "register",
     "rollout",
@@ -72,7 +75,16 @@ def add_rollout_options(p: argparse.ArgumentParser) -> None:
         "--lease-ttl", type=float, default=DEFAULT_TTL_S, metavar="S",
         help=f"leases expire S after their last renewal (default {DEFAULT_TTL_S:g})",
     )  # fmt: skip
+    add_pause_lease_option(g)
     add_state_option(g)
+
+
+def add_pause_lease_option(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    g.add_argument(
+        "--pause-lease", type=float, default=PAUSE_LEASE_S, metavar="S",
+        help="a paused rollout keeps its leases S more, so no other rollout slips in "
+        f"(default {PAUSE_LEASE_S:g}, at most 3600)",
+    )  # fmt: skip
 
 
 def add_state_option(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -90,6 +102,7 @@ def params_from(args: argparse.Namespace, max_parallel: int) -> RolloutParams:
             raise ConfigError(f"--{name.replace('_', '-')} {value:g}: must be positive")
     if not 3 <= args.lease_ttl <= 3600:
         raise ConfigError("--lease-ttl must be from 3 to 3600 seconds")
+    check_pause_lease(args)
     return RolloutParams(
         canary=parse_amount("--canary", args.canary),
         batch=parse_amount("--batch", args.batch),
@@ -101,6 +114,14 @@ def params_from(args: argparse.Namespace, max_parallel: int) -> RolloutParams:
         auto_revert=args.auto_revert,
         pause_after_canary=args.pause_after_canary,
     )
+
+
+def check_pause_lease(args: argparse.Namespace) -> None:
+    if not 3 <= args.pause_lease <= 3600:
+        raise ConfigError(
+            f"--pause-lease {args.pause_lease:g}: must be from 3 to 3600 seconds "
+            "(an agent keeps a lease at most an hour)"
+        )
 
 
 def _owner() -> str:
@@ -130,6 +151,7 @@ async def run_rollout(
     *,
     steal: bool = False,
     lease_ttl_s: float = DEFAULT_TTL_S,
+    pause_lease_s: float = PAUSE_LEASE_S,
     promote: bool = False,
     abort: bool = False,
 ) -> RolloutSummary:
@@ -153,7 +175,7 @@ async def run_rollout(
         return connect(h, ctx.key, limits)
 
     keeper = LeaseKeeper(rec.app, rid, rec.owner, dial, sink, ttl_s=lease_ttl_s, steal=steal)
-    engine = RolloutEngine(hosts, dial, store, sink, keeper)
+    engine = RolloutEngine(hosts, dial, store, sink, keeper, pause_lease_s=pause_lease_s)
     try:
         summary = await (engine.abort(rid) if abort else engine.run(rid, promote=promote))
         final = summary_event(summary)
@@ -189,7 +211,14 @@ def rollout(args: argparse.Namespace) -> int:
             rid = args.resume
         else:
             rid = start_rollout(ctx, store, resolve_app(args, ctx.fleet), args.version, params)
-        summary = await run_rollout(ctx, store, rid, steal=args.steal, lease_ttl_s=args.lease_ttl)
+        summary = await run_rollout(
+            ctx,
+            store,
+            rid,
+            steal=args.steal,
+            lease_ttl_s=args.lease_ttl,
+            pause_lease_s=args.pause_lease,
+        )
         return summary.exit_code
 
     try:
@@ -200,12 +229,19 @@ def rollout(args: argparse.Namespace) -> int:
 
 def _continue(args: argparse.Namespace, *, promote: bool, abort: bool) -> int:
     args.group = args.hosts = None
+    check_pause_lease(args)
     ctx = open_context(args, stream=True)
     store = _store(args)
 
     async def go() -> int:
         summary = await run_rollout(
-            ctx, store, args.id, steal=args.steal, promote=promote, abort=abort
+            ctx,
+            store,
+            args.id,
+            steal=args.steal,
+            pause_lease_s=args.pause_lease,
+            promote=promote,
+            abort=abort,
         )
         return summary.exit_code
 
@@ -259,6 +295,7 @@ def register(
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("id", metavar="ID")
         p.add_argument("--steal", action="store_true", help="take over other leases")
+        add_pause_lease_option(p)
         add_state_option(p)
         add_fleet_options(p, app=False)
         p.set_defaults(fn=fn)

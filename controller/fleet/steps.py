@@ -19,10 +19,12 @@ from cutover.controller.fleet.agents import AgentPort, OpRecord
 from cutover.controller.fleet.results import HostStatus, classify, host_exit_code
 from cutover.controller.fleet.runner import Done, HostWork
 
-__all__ = ["activate_step", "rollback_step", "stage_step"]
+__all__ = ["activate_step", "record_done", "rollback_step", "stage_step"]
 
 
-def _done(record: OpRecord, unchanged_flag: str) -> Done:
+def record_done(record: OpRecord, unchanged_flag: str) -> Done:
+    """What a finished operation's record means for its host (``unchanged_flag``: the result
+    field that says nothing had to be done)."""
     result = record.result or {}
     failure = record.failure()
     if failure is not None:  # classified by the error's class, like any other error
@@ -80,14 +82,14 @@ def stage_step(
             record = await agent.upload(app, version, package, await digest.get(), on_event)
         elif url is not None:
             record = await agent.fetch(app, version, url, on_event)
-        return _done(record, "already_staged")
+        return record_done(record, "already_staged")
 
     return work
 
 
 def activate_step(app: str, version: str) -> HostWork:
     async def work(agent: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
-        return _done(await agent.activate(app, version, on_event), "already_active")
+        return record_done(await agent.activate(app, version, on_event), "already_active")
 
     return work
 
@@ -101,6 +103,6 @@ def rollback_step(app: str, to: str | None, *, accept_db_risk: bool = False) -> 
             record = await agent.rollback(app, to, on_event, accept_db_risk=True)
         else:
             record = await agent.rollback(app, to, on_event)
-        return _done(record, "already_active")
+        return record_done(record, "already_active")
 
     return work

@@ -1,15 +1,19 @@
 """The rollout engine: canary, waves, bakes, deadlines, the failure budget, leases, resume.
 
-Layers, top to bottom: :mod:`.engine` (runs a rollout; the only module that decides) →
-:mod:`.leases` (the agents' leases for it) → :mod:`.plan` (pure: parameters, waves, budget),
-:mod:`.report` (pure: summary, failure report, exit codes) and :mod:`.store` (the local SQLite
-state). The CLI commands are controller/commands/rollout.py; docs/rollouts.md explains it all.
+Layers, top to bottom: :mod:`.engine` (runs a rollout, wave after wave, and acts on each
+decision) → :mod:`.waves` (one wave: activate, bake, sort its hosts; the freeze check ahead of
+it) and :mod:`.revert` (isolate, revert all, abort) → :mod:`.deadlines` (every wait on one agent,
+with its deadline) and :mod:`.leases` (the agents' leases for it) → :mod:`.decision` (pure: the
+decision table), :mod:`.plan` (pure: parameters, waves, budget), :mod:`.report` (pure: summary,
+failure report, exit codes) and :mod:`.store` (the local SQLite state). The CLI commands are
+controller/commands/rollout.py; docs/rollouts.md explains it all.
 """
 
 from __future__ import annotations
 
-from cutover.controller.rollout.engine import Decision, RolloutEngine, decide
-from cutover.controller.rollout.leases import DEFAULT_TTL_S, LeaseKeeper
+from cutover.controller.rollout.decision import Decision, decide
+from cutover.controller.rollout.engine import RolloutEngine
+from cutover.controller.rollout.leases import DEFAULT_TTL_S, PAUSE_LEASE_S, LeaseKeeper
 from cutover.controller.rollout.plan import (
     Amount,
     RolloutParams,
@@ -38,6 +42,7 @@ from cutover.controller.rollout.store import (
 __all__ = [
     "DEFAULT_TTL_S",
     "EXIT_PAUSED",
+    "PAUSE_LEASE_S",
     "STATE_ENV",
     "Amount",
     "Decision",

@@ -6,8 +6,11 @@ the rollout stops with that agent's :class:`LockedError`, which names the holder
 owner, expiry). While the rollout runs, a background task renews every lease each third of the
 TTL, so the leases are held through post-activation hooks and bakes; a controller that dies
 simply stops renewing, and the leases expire by themselves after ``ttl_s``. ``steal`` takes
-over a live lease (the agent records it with the actor). Releasing happens when the rollout ends,
-paused or not: a paused rollout holds no lease (``promote`` takes them again).
+over a live lease (the agent journals it with the actor and the previous holder). A rollout
+that ends releases its leases; a **paused** one keeps them (:meth:`LeaseKeeper.hold`: renewed
+once for ``--pause-lease``, default 1 h, then no longer renewed), so another rollout is refused
+naming it while an operator decides; ``promote``, ``--resume`` and ``abort`` take them again
+(an agent renews a lease asked for by the rollout that holds it) and ``abort`` releases them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from cutover.controller.fleet.agents import AgentPort
 from cutover.controller.fleet.inventory import HostSpec
 from cutover.controller.fleet.runner import EventSink, now_iso
 
-__all__ = ["DEFAULT_TTL_S", "LeaseKeeper"]
+__all__ = ["DEFAULT_TTL_S", "PAUSE_LEASE_S", "LeaseKeeper"]
 
 DEFAULT_TTL_S = 30.0
+PAUSE_LEASE_S = 3600.0  # a paused rollout's leases (the agents' maximum TTL)
 RELEASE_WAIT_S = 5.0  # a host that does not answer this fast lets its lease expire instead
 
 
@@ -85,7 +89,10 @@ class LeaseKeeper:
             host, exc = problems[0]
             if isinstance(exc, LockedError):
                 raise LockedError(
-                    f"{host}: {exc}; no host was changed", code=exc.code, holder=exc.holder
+                    f"{host}: {exc}; no host was changed (a paused rollout keeps its leases "
+                    "until it is promoted, resumed or aborted on the machine that runs it)",
+                    code=exc.code,
+                    holder=exc.holder,
                 ) from exc
             if isinstance(exc, CutoverError):
                 raise type(exc)(f"{host}: cannot take the rollout's lease: {exc}") from exc
@@ -127,13 +134,46 @@ class LeaseKeeper:
             }
         )
 
-    async def release(self) -> None:
-        """Release every lease held (a host that does not answer lets it expire)."""
+    async def _stop_renewing(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
+
+    async def hold(self, ttl_s: float) -> None:
+        """Keep every lease for ``ttl_s`` more (a paused rollout), then stop renewing them."""
+        await self._stop_renewing()
+
+        async def one(name: str, lease_id: str) -> None:
+            port = self._connect(self._hosts[name])
+            try:
+                await asyncio.wait_for(
+                    port.lease(
+                        self.app, self.rollout, self.owner, ttl_s, steal=False, renew=lease_id
+                    ),
+                    RELEASE_WAIT_S,
+                )
+            except (CutoverError, TimeoutError) as exc:
+                self._note("lease.hold_failed", name, exc)
+            finally:
+                await port.close()
+
+        held, self._held = self._held, {}
+        await asyncio.gather(*(one(n, i) for n, i in held.items()))
+        self._sink(
+            {
+                "ts": now_iso(),
+                "event": "lease.held",
+                "rollout": self.rollout,
+                "hosts": sorted(held),
+                "ttl_s": ttl_s,
+            }
+        )
+
+    async def release(self) -> None:
+        """Release every lease held (a host that does not answer lets it expire)."""
+        await self._stop_renewing()
 
         async def one(name: str, lease_id: str) -> None:
             port = self._connect(self._hosts[name])

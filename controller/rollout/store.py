@@ -5,7 +5,10 @@ One file, ``<state dir>/rollouts.db`` (``--state-dir``, else ``$CUTOVER_STATE_DI
 parameters, waves, status and per-host states. It is the *plan*: on ``--resume`` the agents'
 records are the truth (what each host runs now), and the local state says what was intended and
 which hosts the rollout touched (so an abort reverts exactly those). Every write is one
-transaction, so a CLI killed at any instant leaves a consistent row.
+transaction, so a CLI killed at any instant leaves a consistent row. The database runs in WAL
+mode with ``synchronous=NORMAL``: a commit is an append to the log, not an fsync per write (a
+power cut may lose the last commits, never consistency; the agents' records are the truth on
+resume anyway), and the hosts of a wave change state in one transaction (:meth:`set_hosts`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     status TEXT NOT NULL,
     wave INTEGER NOT NULL DEFAULT 0,
     reason TEXT NOT NULL DEFAULT '',
+    promoted INTEGER NOT NULL DEFAULT 0,
     created TEXT NOT NULL,
     updated TEXT NOT NULL
 );
@@ -87,6 +91,7 @@ class RolloutRecord(BaseModel):
     status: RolloutStatus
     wave: int  # the next wave to start
     reason: str
+    promoted: bool = False  # `cutover promote` passed the pause after the canary
     created: str
     updated: str
     hosts: dict[str, str]  # host -> state (pending, active, failed, isolated, reverted)
@@ -117,7 +122,14 @@ class RolloutStore:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.path = state_dir / "rollouts.db"
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(rollouts)")}
+            if "promoted" not in columns:  # a state dir from before the column
+                self._db.execute(
+                    "ALTER TABLE rollouts ADD COLUMN promoted INTEGER NOT NULL DEFAULT 0"
+                )
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"rollout state {state_dir}: {exc}; pass --state-dir DIR or set ${STATE_ENV}"
@@ -181,16 +193,27 @@ class RolloutStore:
             )
 
     def set_host(self, rid: str, host: str, state: str, detail: str = "") -> None:
-        self._tx(
-            "UPDATE hosts SET state = ?, detail = ? WHERE rollout = ? AND host = ?",
-            (state, detail[:2000], rid, host),
-        )
+        self.set_hosts(rid, {host: (state, detail)})
+
+    def set_hosts(self, rid: str, states: dict[str, tuple[str, str]]) -> None:
+        """Several hosts' (state, detail) in one transaction (a wave's hosts at once)."""
+        if not states:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE hosts SET state = ?, detail = ? WHERE rollout = ? AND host = ?",
+                [(st, detail[:2000], rid, h) for h, (st, detail) in states.items()],
+            )
+
+    def set_promoted(self, rid: str) -> None:
+        self._tx("UPDATE rollouts SET promoted = 1, updated = ? WHERE id = ?", (_now(), rid))
 
     def get(self, rid: str) -> RolloutRecord:
         """Raises: NotFoundError: no rollout ``rid`` in this state dir."""
         row = self._db.execute(
             "SELECT id, app, version, fleet, owner, params, waves, status, wave, reason, "
-            "created, updated FROM rollouts WHERE id = ?",
+            "created, updated, promoted FROM rollouts WHERE id = ?",
             (rid,),
         ).fetchone()
         if row is None:
@@ -214,6 +237,7 @@ class RolloutStore:
             reason=row[9],
             created=row[10],
             updated=row[11],
+            promoted=bool(row[12]),
             hosts=hosts,
         )
 

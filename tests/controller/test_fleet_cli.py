@@ -106,11 +106,14 @@ def test_a_missing_package_file_exits_5_like_the_agent_cli(fleet_file: Path) -> 
         ["rollout", "1.0.0", "--max-failures", "many"],
         ["rollout", "1.0.0", "--progress-deadline", "0"],
         ["rollout", "1.0.0", "--lease-ttl", "1"],
+        ["rollout", "1.0.0", "--pause-lease", "7200"],
+        ["promote", "r-x", "--pause-lease", "1"],
         ["rollout", "../etc"],
     ],
     ids=[
         "no-version", "version-and-resume", "zero-canary", "percent-over-100", "bad-budget",
-        "zero-deadline", "lease-ttl-too-short", "bad-version",
+        "zero-deadline", "lease-ttl-too-short", "pause-lease-past-an-hour",
+        "promote-pause-lease-too-short", "bad-version",
     ],
 )  # fmt: skip
 def test_rollout_usage_errors_exit_2_before_any_host(

@@ -3,6 +3,7 @@ and the SQLite state store on a real file."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from cutover.controller.rollout import (
     plan_waves,
     rollout_exit_code,
 )
+from cutover.controller.rollout.store import _SCHEMA
 
 HOSTS = [f"h{i}" for i in range(1, 11)]
 
@@ -62,24 +64,38 @@ def test_bad_amounts_are_usage_errors(text: str, allow_zero: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("wave", "new", "total", "budget", "auto", "inconclusive", "decision"),
+    ("wave", "new", "total", "budget", "auto", "inconclusive", "frozen", "decision"),
     [
-        (0, 0, 0, 0, True, False, Decision.GO_ON),
-        (0, 1, 1, 5, True, False, Decision.REVERT_ALL),
-        (0, 1, 1, 5, False, False, Decision.HALT),
-        (1, 1, 1, 1, True, False, Decision.ISOLATE),
-        (2, 1, 2, 1, True, False, Decision.REVERT_ALL),
-        (1, 0, 0, 0, True, True, Decision.PAUSE),
-        (1, 1, 3, 1, True, True, Decision.REVERT_ALL),
+        (0, 0, 0, 0, True, False, False, Decision.GO_ON),
+        (0, 1, 1, 5, True, False, False, Decision.REVERT_ALL),
+        (0, 1, 1, 5, False, False, False, Decision.HALT),
+        (1, 1, 1, 1, True, False, False, Decision.ISOLATE),
+        (2, 1, 2, 1, True, False, False, Decision.REVERT_ALL),
+        (1, 0, 0, 0, True, True, False, Decision.PAUSE),
+        (0, 0, 0, 0, True, True, False, Decision.PAUSE),
+        (1, 1, 3, 1, True, True, False, Decision.REVERT_ALL),
+        (1, 0, 0, 0, True, False, True, Decision.PAUSE),
+        (0, 0, 0, 0, True, False, True, Decision.PAUSE),
+        (1, 1, 1, 1, True, False, True, Decision.PAUSE),
+        (2, 1, 2, 1, True, False, True, Decision.REVERT_ALL),
     ],
     ids=[
         "healthy", "canary-fails-reverts-whatever-the-budget", "canary-fails-no-auto-revert",
         "within-budget-isolates", "past-budget-reverts-all", "inconclusive-pauses",
-        "past-budget-beats-inconclusive",
+        "inconclusive-canary-pauses", "past-budget-beats-inconclusive", "frozen-pauses",
+        "frozen-canary-pauses", "frozen-with-failures-within-budget-pauses",
+        "past-budget-beats-frozen",
     ],
 )  # fmt: skip
 def test_decision_table(
-    wave: int, new: int, total: int, budget: int, auto: bool, inconclusive: bool, decision: Decision
+    wave: int,
+    new: int,
+    total: int,
+    budget: int,
+    auto: bool,
+    inconclusive: bool,
+    frozen: bool,
+    decision: Decision,
 ) -> None:
     got = decide(
         wave=wave,
@@ -88,6 +104,7 @@ def test_decision_table(
         budget=budget,
         auto_revert=auto,
         inconclusive=inconclusive,
+        frozen=frozen,
     )
     assert got == decision
 
@@ -109,14 +126,18 @@ def test_store_keeps_the_plan_and_host_states_across_connections(tmp_path: Path)
     store = RolloutStore(tmp_path / "state")
     rid = store.create("ame", "1.2.0", "fleet.toml", "ci@runner", params, [["a"], ["b", "c"]])
     store.set_host(rid, "a", "active")
+    store.set_hosts(rid, {"b": ("activating", ""), "c": ("failed", "health")})  # one transaction
     store.set_status(rid, RolloutStatus.PAUSED, "after the canary", wave=1)
+    assert store.get(rid).promoted is False
+    store.set_promoted(rid)
     store.close()
 
     again = RolloutStore(tmp_path / "state")
     rec = again.get(rid)
     assert rec.params == params and rec.waves == [["a"], ["b", "c"]]
     assert rec.status == RolloutStatus.PAUSED and rec.wave == 1 and rec.reason == "after the canary"
-    assert rec.hosts == {"a": "active", "b": "pending", "c": "pending"}
+    assert rec.hosts == {"a": "active", "b": "activating", "c": "failed"}
+    assert rec.promoted is True
     assert [r.id for r in again.list()] == [rid]
     with pytest.raises(NotFoundError) as err:
         again.get("r-nope")
@@ -127,3 +148,26 @@ def test_store_keeps_the_plan_and_host_states_across_connections(tmp_path: Path)
 def test_params_reject_unknown_fields() -> None:
     with pytest.raises(ValueError, match="extra"):
         RolloutParams.model_validate({"canary": {"value": 1}, "bake": 3})
+
+
+def test_store_from_before_the_promoted_column_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A state dir written by an older controller keeps its rollouts (promoted = false)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "rollouts.db")
+    old_schema = _SCHEMA.replace("    promoted INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_schema != _SCHEMA
+    db.executescript(old_schema)
+    db.execute(
+        "INSERT INTO rollouts (id, app, version, fleet, owner, params, waves, status, created, "
+        "updated) VALUES ('r-old', 'ame', '1.0', 'f', 'o', ?, '[[\"a\"]]', 'paused', 'x', 'x')",
+        (RolloutParams().model_dump_json(),),
+    )
+    db.commit()
+    db.close()
+    store = RolloutStore(state)
+    rec = store.get("r-old")
+    assert rec.status == RolloutStatus.PAUSED and rec.promoted is False
+    store.set_promoted("r-old")
+    assert store.get("r-old").promoted is True
+    store.close()

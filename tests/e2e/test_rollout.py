@@ -2,8 +2,9 @@
 
 One fleet for the module; tests run in file order, each on a new version (every release carries
 a live check that fails on a host whose shared dir holds ``broken-<version>``, so a test breaks
-exactly the hosts it names). With ``--canary 1 --batch 2`` the waves are
-``[h1] [h2 h3] [h4 h5]``.
+exactly the hosts it names, and a log check of ``shared/errors.log`` that is *inconclusive* on a
+host where that path is a directory: the agent cannot read it). With ``--canary 1 --batch 2``
+the waves are ``[h1] [h2 h3] [h4 h5]``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ healthy_deadline_s = 5
 type = "command"
 name = "not-broken"
 argv = ["sh", "-c", "test ! -e \\"$CUTOVER_SHARED_DIR/broken-$CUTOVER_VERSION\\" || { echo \\"broken marker for $CUTOVER_VERSION\\"; exit 1; }"]
+[[health.live.checks]]
+type = "log"
+name = "errors-log"
+path = "../../shared/errors.log"
+pattern = "FATAL"
 """
 
 SLOW = (
@@ -57,7 +63,7 @@ SLOW_HOOK = (
     f'argv = ["sh", "-c", {json.dumps(SLOW)}]\n'
     "timeout_s = 90\n"
 )
-VERSIONS = [f"3.{i}.0" for i in range(9)]
+VERSIONS = [f"3.{i}.0" for i in range(12)]
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +344,7 @@ def test_pause_after_canary_then_promote_and_abort(
     events = rollout(fleet, state, "3.6.0", *WAVES, *FAST, "--pause-after-canary", expect=10)
     rid = events[-1]["rollout"]
     assert events[-1]["status"] == "paused" and named(events, "rollout.paused")
+    assert {h: leases_file(fleet, h)[APP]["rollout"] for h in HOSTS} == dict.fromkeys(HOSTS, rid)
     start = currents(fleet)
     assert start["h1"] == on("3.6.0") and all(start[h] != on("3.6.0") for h in HOSTS[1:])
     proc = fleet.cutover("promote", rid, "--state-dir", str(state), "--json", timeout=180)
@@ -353,6 +360,7 @@ def test_pause_after_canary_then_promote_and_abort(
     assert proc.returncode == 7, proc.stdout + proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["status"] == "aborted"
     assert currents(fleet) == {h: on("3.6.0") for h in HOSTS}
+    assert all(leases_file(fleet, h) == {} for h in HOSTS)  # an abort releases the leases
     for h in HOSTS[1:]:
         assert activations(fleet, h, "3.7.0") == []
 
@@ -398,3 +406,150 @@ def test_deploy_with_rollout_pushes_then_rolls_out_and_webhooks_get_rollout_even
         received[-1]["status"] == "rolled_out" and received[-1]["rollout"] == events[-1]["rollout"]
     )
     assert all(b["text"] and b["fleet"] for b in received)
+
+
+def test_an_inconclusive_canary_pauses_with_the_reason_and_resume_retries_the_wave(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.9.0"])
+    probe = fleet.agents["h1"].root / "shared" / "errors.log"
+    probe.mkdir()  # the log check cannot read a directory: inconclusive (our side), not fail
+    try:
+        events = rollout(fleet, state, "3.9.0", *WAVES, *FAST, "--max-failures", "0", expect=10)
+    finally:
+        probe.rmdir()
+
+    summary = events[-1]
+    rid = summary["rollout"]
+    assert summary["status"] == "paused"
+    assert summary["failures"] == [] and summary["counts"]["failed"] == 0  # not a failure
+    (paused,) = named(events, "rollout.paused")
+    assert paused["wave"] == 0
+    assert "live health inconclusive" in paused["reason"] and "errors-log" in paused["reason"]
+    assert "not a regular file" in paused["reason"]
+    assert f"cutover rollout --resume {rid}" in paused["reason"]
+    assert paused["inconclusive"]["h1"]["check"] == "live:errors-log"
+    assert not named(events, "host.failed") and not named(events, "rollout.reverting")
+    assert len(named(events, "wave.start")) == 1
+    # the canary's agent reverted it; no other host was touched; the leases are kept
+    assert currents(fleet) == {h: on("3.8.0") for h in HOSTS}
+    assert [e["event"] for e in activations(fleet, "h1", "3.9.0")][-1] == "activate.reverted"
+    for h in HOSTS[1:]:
+        assert activations(fleet, h, "3.9.0") == []
+    assert {h: leases_file(fleet, h)[APP]["rollout"] for h in HOSTS} == dict.fromkeys(HOSTS, rid)
+
+    # the cause is gone: resuming retries the canary, then the waves
+    events = rollout(fleet, state, "--resume", rid, *FAST, expect=0)
+    assert events[-1]["status"] == "rolled_out"
+    assert [w["hosts"] for w in named(events, "wave.start")] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
+    assert currents(fleet) == {h: on("3.9.0") for h in HOSTS}
+    assert all(leases_file(fleet, h) == {} for h in HOSTS)
+
+
+def test_a_paused_rollout_keeps_its_leases_so_another_is_refused_and_a_steal_is_journaled(
+    fleet: Fleet, state: Path, tmp_path: Path, pkgs: dict[str, Path]
+) -> None:
+    push(fleet, pkgs["3.10.0"])
+    events = rollout(
+        fleet, state, "3.10.0", *WAVES, *FAST, "--pause-after-canary", "--pause-lease", "600",
+        expect=10,
+    )  # fmt: skip
+    rid = events[-1]["rollout"]
+    (held,) = named(events, "lease.held")
+    assert held["hosts"] == HOSTS and held["ttl_s"] == 600
+    leases = {h: leases_file(fleet, h)[APP] for h in HOSTS}
+    assert {h: (x["rollout"], x["ttl_s"]) for h, x in leases.items()} == dict.fromkeys(
+        HOSTS, (rid, 600)
+    )
+
+    # another controller (its own state dir) is refused, naming the paused rollout
+    before = {h: fleet.agents[h].snapshot() for h in HOSTS}
+    other = tmp_path / "other-state"
+    refused = fleet.cutover("rollout", "3.10.0", "--state-dir", str(other), "--json", *WAVES)
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    refusal = json.loads(refused.stdout.splitlines()[-1])
+    assert refusal["error"] == "locked" and rid in refusal["message"]
+    assert "paused rollout keeps its leases" in refusal["message"]
+    assert {h: fleet.agents[h].snapshot() for h in HOSTS} == before
+    assert {h: leases_file(fleet, h)[APP]["id"] for h in HOSTS} == {
+        h: x["id"] for h, x in leases.items()
+    }
+
+    # --steal takes over; every agent journals it in the app's journal, actor and previous holder
+    proc = fleet.cutover(
+        "rollout", "3.10.0", "--state-dir", str(other), "--json", *WAVES, *FAST, "--steal",
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    thief = json.loads(proc.stdout.splitlines()[-1])["rollout"]
+    for h in HOSTS:
+        (stolen,) = [e for e in fleet.agents[h].journal() if e["event"] == "lease.stolen"]
+        assert stolen["rollout"] == thief
+        assert (
+            stolen["replaced"]["rollout"] == rid and stolen["replaced"]["lease"] == leases[h]["id"]
+        )
+        assert (
+            stolen["actor"] == f"api:deploy/{stolen['keyid'][:16]}" and len(stolen["keyid"]) == 64
+        )
+    assert currents(fleet) == {h: on("3.10.0") for h in HOSTS}
+    assert all(leases_file(fleet, h) == {} for h in HOSTS)
+
+
+FREEZE = (
+    f'[[apps.{APP}.freeze.dated]]\nname = "year-end"\n'
+    "from = 2000-01-01T00:00:00Z\nto = 2100-01-01T00:00:00Z"
+)
+
+
+def _set_freeze(fleet: Fleet, keys: Keys, hosts: list[str], version: str, on: bool) -> None:
+    """(Un)freeze ``hosts`` by editing their config; returns once each agent reloaded it."""
+    for h in hosts:
+        agent = fleet.agents[h]
+        agent.settings["app_toml"] = FREEZE if on else ""
+        agent.write_config()
+
+    async def frozen(h: str) -> bool:
+        async with fleet.agents[h].client(keys.deploy) as client:
+            return version in (await client.app(APP)).frozen
+
+    for h in hosts:
+        while asyncio.run(frozen(h)) != on:
+            time.sleep(0.05)
+
+
+def test_a_freeze_met_between_waves_stops_before_the_next_wave_and_resume_continues(
+    fleet: Fleet, state: Path, pkgs: dict[str, Path], keys: Keys
+) -> None:
+    push(fleet, pkgs["3.11.0"])
+    events = rollout(fleet, state, "3.11.0", *WAVES, *FAST, "--pause-after-canary", expect=10)
+    rid = events[-1]["rollout"]
+    # while it is paused after the canary, a freeze window reaches the hosts of wave 2
+    _set_freeze(fleet, keys, ["h4", "h5"], "3.11.0", on=True)
+    try:
+        before = {h: fleet.agents[h].snapshot() for h in ("h4", "h5")}
+        proc = fleet.cutover("promote", rid, "--state-dir", str(state), "--json", timeout=180)
+        assert proc.returncode == 10, proc.stdout + proc.stderr
+        events = [json.loads(x) for x in proc.stdout.splitlines()]
+        summary = events[-1]
+        assert summary["status"] == "paused" and summary["failures"] == []
+        (paused,) = named(events, "rollout.paused")
+        assert paused["wave"] == 2 and sorted(paused["frozen"]) == ["h4", "h5"]
+        assert "'year-end'" in paused["reason"] and "2100-01-01" in paused["reason"]
+        assert f"cutover rollout --resume {rid}" in paused["reason"]
+        assert [w["hosts"] for w in named(events, "wave.start")] == [["h2", "h3"]]
+        assert not named(events, "host.failed") and not named(events, "rollout.reverting")
+        assert currents(fleet) == {
+            **{h: on("3.11.0") for h in ("h1", "h2", "h3")}, "h4": on("3.10.0"), "h5": on("3.10.0"),
+        }  # fmt: skip
+        assert {h: fleet.agents[h].snapshot() for h in ("h4", "h5")} == before
+        assert {h: leases_file(fleet, h)[APP]["rollout"] for h in HOSTS} == dict.fromkeys(
+            HOSTS, rid
+        )
+    finally:
+        _set_freeze(fleet, keys, ["h4", "h5"], "3.11.0", on=False)
+
+    events = rollout(fleet, state, "--resume", rid, *FAST, expect=0)
+    assert events[-1]["status"] == "rolled_out"
+    assert [w["hosts"] for w in named(events, "wave.start")] == [["h4", "h5"]]
+    assert currents(fleet) == {h: on("3.11.0") for h in HOSTS}
+    assert all(leases_file(fleet, h) == {} for h in HOSTS)
