@@ -3,43 +3,24 @@
 Each agent runs its pre/post-activate hooks and live health checks; a host whose activation fails
 after the flip reverts by itself and reports ``failed`` with reason ``reverted``. A host already
 running VERSION reports ``unchanged``. Canary waves are the rollout engine's job, not this one's.
+The command itself is controller/commands/_step.py (shared with ``rollback``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from cutover.agent.errors import ConfigError
-from cutover.agent.versions import VERSION_RE
-from cutover.controller.commands._context import (
-    FleetContext,
-    add_fleet_options,
-    open_context,
-    resolve_app,
-    run_command,
-)
-from cutover.controller.fleet.strategy import AllAtOnce
+from cutover.controller.commands._context import add_fleet_options
+from cutover.controller.commands._step import check_version, run_step
+from cutover.controller.fleet.steps import activate_step
 
 __all__ = ["activate", "register"]
 
 
-async def _activate(ctx: FleetContext, app: str, version: str) -> int:
-    notifier = ctx.notifier()
-    try:
-        result = await AllAtOnce().activate(ctx.runner(), app, version, ctx.hosts)
-        notifier.notify("activate", result)
-    finally:
-        await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
-        ctx.reporter.close()
-    ctx.reporter.step(result)
-    return result.exit_code
-
-
 def activate(args: argparse.Namespace) -> int:
-    if not VERSION_RE.fullmatch(args.release):
-        raise ConfigError(f"version {args.release!r}: use [A-Za-z0-9._+-], at most 128 characters")
-    ctx = open_context(args, stream=True)
-    return run_command(_activate(ctx, resolve_app(args, ctx.fleet), args.release))
+    check_version("version", args.release)
+    version: str = args.release
+    return run_step(args, "activate", version, lambda app: activate_step(app, version))
 
 
 def register(

@@ -6,44 +6,25 @@ Without ``--to`` each agent goes back to its own previous good release; with ``-
 An agent refuses (``invalid_state``, nothing changed) a rollback that crosses a release whose
 rollback plan says the database rollback is ``unsafe``, unless ``--accept-db-risk`` is given; the
 agent then journals ``rollback.db_risk_accepted`` with the controller key as actor.
+The command itself is controller/commands/_step.py (shared with ``activate``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from cutover.agent.errors import ConfigError
-from cutover.agent.versions import VERSION_RE
-from cutover.controller.commands._context import (
-    FleetContext,
-    add_fleet_options,
-    open_context,
-    resolve_app,
-    run_command,
-)
+from cutover.controller.commands._context import add_fleet_options
+from cutover.controller.commands._step import check_version, run_step
 from cutover.controller.fleet.steps import rollback_step
 
 __all__ = ["register", "rollback"]
 
 
-async def _rollback(ctx: FleetContext, app: str, to: str | None, accept_db_risk: bool) -> int:
-    notifier = ctx.notifier()
-    step = rollback_step(app, to, accept_db_risk=accept_db_risk)
-    try:
-        result = await ctx.runner().run("rollback", app, to, step)
-        notifier.notify("rollback", result)
-    finally:
-        await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
-        ctx.reporter.close()
-    ctx.reporter.step(result)
-    return result.exit_code
-
-
 def rollback(args: argparse.Namespace) -> int:
-    if args.to is not None and not VERSION_RE.fullmatch(args.to):
-        raise ConfigError(f"--to {args.to!r}: use [A-Za-z0-9._+-], at most 128 characters")
-    ctx = open_context(args, stream=True)
-    return run_command(_rollback(ctx, resolve_app(args, ctx.fleet), args.to, args.accept_db_risk))
+    check_version("--to", args.to)
+    to: str | None = args.to
+    accept: bool = args.accept_db_risk
+    return run_step(args, "rollback", to, lambda app: rollback_step(app, to, accept_db_risk=accept))
 
 
 def register(
