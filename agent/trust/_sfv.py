@@ -257,13 +257,16 @@ def parse_dictionary(text: str) -> list[tuple[str, Member]]:
     return _Parser(text).dictionary()
 
 
+_PRINTABLE = re.compile(r"[ -~]*")
+
+
 def serialize_string(value: str) -> str:
     """Serialise ``value`` as an sf-string (RFC 8941 §4.1.6).
 
     Raises:
         ValueError: ``value`` holds a character outside printable ASCII.
     """
-    if not all(" " <= c <= "~" for c in value):
+    if not _PRINTABLE.fullmatch(value):  # one regex, not a generator per character
         raise ValueError(f"{value!r} is not printable ASCII")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

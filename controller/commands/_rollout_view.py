@@ -96,10 +96,15 @@ class RolloutView:
             return f"reverting {', '.join(ev['hosts']) or 'nothing'}: {ev['reason']}"
         if name == "rollout.paused":
             return f"paused: {ev['reason']}"
-        if name in ("lease.renew_failed", "lease.release_failed"):
+        if name in ("lease.renew_failed", "lease.release_failed", "lease.hold_failed"):
             return f"  {ev['host']}: {name}: {ev['detail']}"
         if name == "lease.acquired":
             return f"leased {len(ev['hosts'])} host(s) for {ev['rollout']} (ttl {ev['ttl_s']:g}s)"
+        if name == "lease.held":
+            return (
+                f"paused: {len(ev['hosts'])} host(s) stay leased to {ev['rollout']} for "
+                f"{ev['ttl_s']:g}s (no other rollout until promote, --resume or abort)"
+            )
         return str(ev)
 
     def _fmt_counts(self) -> str:

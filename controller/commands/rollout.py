@@ -28,8 +28,7 @@ from cutover.controller.commands._context import (
     run_command,
 )
 from cutover.controller.commands._rollout_view import RolloutView, rollouts_table
-from cutover.controller.fleet.agents import AgentPort, connect
-from cutover.controller.fleet.inventory import HostSpec
+from cutover.controller.fleet.agents import AgentPool
 from cutover.controller.rollout.engine import RolloutEngine
 from cutover.controller.rollout.leases import DEFAULT_TTL_S, PAUSE_LEASE_S, LeaseKeeper
 from cutover.controller.rollout.plan import RolloutParams, parse_amount, plan_waves
@@ -171,9 +170,7 @@ async def run_rollout(
         if message is not None:
             notifier.post(message[0], failure=message[1])
 
-    def dial(h: HostSpec) -> AgentPort:
-        return connect(h, ctx.key, limits)
-
+    dial = AgentPool(ctx.key, limits)  # one client per host: keep-alive across the steps
     keeper = LeaseKeeper(rec.app, rid, rec.owner, dial, sink, ttl_s=lease_ttl_s, steal=steal)
     engine = RolloutEngine(hosts, dial, store, sink, keeper, pause_lease_s=pause_lease_s)
     try:
@@ -183,6 +180,7 @@ async def run_rollout(
         if message is not None:
             notifier.post(message[0], failure=message[1])
     finally:
+        await dial.aclose()
         await notifier.drain()  # bounded by each webhook's timeout; the summary stays last
         view.close()
     view.summary(summary)

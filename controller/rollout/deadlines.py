@@ -41,16 +41,20 @@ async def answer_within(question: Awaitable[_T], deadline_s: float, host: str, w
 
 
 async def heartbeat(port: AgentPort, app: str, deadline_s: float) -> None:
-    """Returns when the agent has not answered for ``deadline_s`` (never otherwise)."""
+    """Returns when the agent has not answered for ``deadline_s`` (never otherwise).
+
+    The first read waits one interval: the request that started the wait just proved the agent
+    answers (an activation that ends within a second costs no heartbeat at all).
+    """
     last_ok = time.monotonic()
     while True:
+        await asyncio.sleep(min(HEARTBEAT_S, deadline_s / 3))
         try:
             await asyncio.wait_for(port.app(app), timeout=deadline_s)
             last_ok = time.monotonic()
         except (CutoverError, TimeoutError):
             if time.monotonic() - last_ok >= deadline_s:
                 return
-        await asyncio.sleep(min(HEARTBEAT_S, deadline_s / 3))
 
 
 async def activate_within(

@@ -8,8 +8,11 @@ Order of a rollout (docs/rollouts.md has the timeline):
    separate from activating (``push`` / ``deploy --rollout`` stage first);
 3. **waves** (:mod:`.waves`): wave 0 is the canary. Before each wave its agents are asked
    whether a freeze window would refuse the version: if one would, the rollout **pauses before
-   the wave** (naming the window, its end and ``cutover rollout --resume ID``). Each wave's
-   hosts are activated in parallel under the deadlines of :mod:`.deadlines`, then the wave bakes;
+   the wave** (naming the window, its end and ``cutover rollout --resume ID``). That question
+   is asked while the previous wave runs (its answer is used if that wave took at most
+   ``FREEZE_FRESH_S``, else it is asked again); a window that starts in between makes the agents
+   refuse ``frozen``, which pauses the same way. Each wave's hosts are activated in parallel
+   under the deadlines of :mod:`.deadlines`, then the wave bakes;
 4. **decision** after each wave (pure, :mod:`.decision`): a canary failure, or more failures than
    the budget, reverts every host the rollout touched, all at once (:mod:`.revert`: no canary, no
    bake replayed); a failure within the budget isolates that host and the rollout goes on; an
@@ -27,7 +30,11 @@ to the :class:`RolloutStore` (so ``--resume`` continues after the CLI died).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cutover.agent.errors import CutoverError
@@ -45,6 +52,19 @@ from cutover.controller.rollout.waves import Tally, WaveOutcome, WaveRunner
 __all__ = ["RolloutEngine"]
 
 _RETRYABLE = ("staged", "failed")  # a release an activation may (re)try on that host
+FREEZE_FRESH_S = 5.0  # a freeze state read while the previous wave ran is used if that recent
+
+
+@dataclass
+class _Prefetch:
+    started: float
+    task: asyncio.Future[dict[str, Any]]
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, CutoverError):
+        await task
 
 
 class RolloutEngine:
@@ -105,10 +125,16 @@ class RolloutEngine:
             }
         )
         self._store.set_status(rid, RolloutStatus.RUNNING)
-        await self._lease(rid)
+        # the staged check's reads go out with the lease requests (reads change nothing)
+        reading = asyncio.ensure_future(self._waves.read_all(rec.app, list(self._hosts)))
+        try:
+            await self._lease(rid)
+        except BaseException:
+            await _cancel(reading)
+            raise
         summary: RolloutSummary | None = None
         try:
-            summary = await self._run_waves(rec, tally, budget)
+            summary = await self._run_waves(rec, tally, budget, await reading)
             return summary
         finally:
             await self._end_leases(summary)
@@ -131,9 +157,49 @@ class RolloutEngine:
         else:
             await self._leases.release()
 
-    async def _run_waves(self, rec: RolloutRecord, tally: Tally, budget: int) -> RolloutSummary:
+    async def _run_waves(
+        self,
+        rec: RolloutRecord,
+        tally: Tally,
+        budget: int,
+        views: dict[str, AppView | CutoverError],
+    ) -> RolloutSummary:
+        prefetch: list[_Prefetch] = []
+        try:
+            return await self._waves_in_order(rec, tally, budget, views, prefetch)
+        finally:
+            for ahead in prefetch:
+                await _cancel(ahead.task)
+
+    async def _freeze_before(
+        self,
+        rec: RolloutRecord,
+        i: int,
+        wave: list[str],
+        views: dict[str, AppView | CutoverError],
+        prefetch: list[_Prefetch],
+    ) -> dict[str, Any]:
+        """The wave's freeze state: the staged check's answers for the first wave of this run,
+        the read made while the previous wave ran if that wave took at most FREEZE_FRESH_S,
+        else a read now."""
+        ahead = prefetch.pop() if prefetch else None
+        if i == rec.wave:
+            return await self._waves.freeze_ahead(rec, wave, views)
+        if ahead is not None and time.monotonic() - ahead.started <= FREEZE_FRESH_S:
+            return await ahead.task
+        if ahead is not None:
+            await _cancel(ahead.task)
+        return await self._waves.freeze_ahead(rec, wave)
+
+    async def _waves_in_order(
+        self,
+        rec: RolloutRecord,
+        tally: Tally,
+        budget: int,
+        views: dict[str, AppView | CutoverError],
+        prefetch: list[_Prefetch],
+    ) -> RolloutSummary:
         p, rid = rec.params, rec.id
-        views = await self._waves.read_all(rec.app, list(self._hosts))
         missing = self._check_staged(rec, views, tally)
         if missing:
             reason = (
@@ -152,7 +218,7 @@ class RolloutEngine:
                 )
                 return self._pause(rec, tally, i, reason)
             wave = [h for h in rec.waves[i] if h not in tally.failed]  # activation is idempotent
-            frozen = await self._waves.freeze_ahead(rec, wave)
+            frozen = await self._freeze_before(rec, i, wave, views, prefetch)
             if frozen:
                 return self._pause(rec, tally, i, self._freeze_reason(rec, i, frozen), frozen)
             self.emit(
@@ -170,6 +236,10 @@ class RolloutEngine:
                     "counts": tally.counts(),
                 }
             )
+            if i + 1 < len(rec.waves):  # read the next wave's freeze state while this one runs
+                ahead = [h for h in rec.waves[i + 1] if h not in tally.failed]
+                task = asyncio.ensure_future(self._waves.freeze_ahead(rec, ahead))
+                prefetch.append(_Prefetch(time.monotonic(), task))
             out = await self._waves.run(rec, wave, tally)
             decision = decide(
                 wave=i,

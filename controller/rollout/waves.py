@@ -106,16 +106,23 @@ class WaveRunner:
         answers = await asyncio.gather(*(one(h) for h in hosts))
         return dict(zip(hosts, answers, strict=True))
 
-    async def freeze_ahead(self, rec: RolloutRecord, hosts: list[str]) -> dict[str, Any]:
+    async def freeze_ahead(
+        self,
+        rec: RolloutRecord,
+        hosts: list[str],
+        views: dict[str, AppView | CutoverError] | None = None,
+    ) -> dict[str, Any]:
         """host -> the freeze window that would refuse ``rec.version`` there now (empty: none).
 
+        ``views``: answers just read (the staged check's, for the first wave), else read now.
         An agent that does not answer is not frozen: the wave's deadlines deal with it.
         """
-        views = await self.read_all(rec.app, hosts)
+        if views is None:
+            views = await self.read_all(rec.app, hosts)
         return {
             h: v.frozen[rec.version]
             for h, v in views.items()
-            if isinstance(v, AppView) and rec.version in v.frozen
+            if h in hosts and isinstance(v, AppView) and rec.version in v.frozen
         }
 
     # ------------------------------------------------------------------ one wave

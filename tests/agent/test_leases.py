@@ -124,3 +124,29 @@ def test_leases_survive_a_restart_and_release_is_idempotent(tmp_path: Path, cloc
     assert table(tmp_path, clock).held("ame") is None
     assert [e["event"] for e in audit(tmp_path)] == ["lease.acquire", "lease.release"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_steal_the_daemon_cannot_journal_changes_nothing(tmp_path: Path, clock: Clock) -> None:
+    """The daemon journals a steal in the app's journal first (agent/daemon/lease_routes.py);
+    when it cannot (the app is busy), the steal is refused and the old lease stays."""
+    t = table(tmp_path, clock)
+    first = t.acquire("ame", rollout="r-1", owner="alice@ci", actor="api:ci", ttl_s=30)
+    saved = (tmp_path / "leases.json").read_bytes()
+    seen: list[tuple[str, str]] = []
+
+    def busy(new: object, replaced: object) -> None:
+        seen.append((new.rollout, replaced.rollout))  # type: ignore[attr-defined]
+        raise LockedError("app 'ame' is busy: activate by pid 7", holder={"pid": 7})
+
+    with pytest.raises(LockedError, match="busy"):
+        t.acquire(
+            "ame", rollout="r-2", owner="bob@ci", actor="api:bob", ttl_s=30, steal=True,
+            on_steal=busy,
+        )  # fmt: skip
+    assert seen == [("r-2", "r-1")]
+    assert t.held("ame") == first
+    assert (tmp_path / "leases.json").read_bytes() == saved
+    assert [e["event"] for e in audit(tmp_path)] == ["lease.acquire"]
+    # a plain renew or take by the holder never calls it
+    t.acquire("ame", rollout="r-1", owner="alice@ci", actor="api:ci", ttl_s=30, on_steal=busy)
+    assert len(seen) == 1
