@@ -8,7 +8,13 @@ Each size is printed as a ratio to the one-host rollout measured in the same run
 hosts <= 3x one host), with the controller's peak RSS (``ru_maxrss`` of the rollout process,
 from ``wait4``). Not part of ``make test``.
 
-    .venv/bin/python bench/fleet.py [--sizes 1,10,50,100] [--runs 1]
+Where the time goes is read from the rollout's own ``--json`` event stream (each event has a
+``ts``): interpreter start to the first event, leases, the staged check, each wave (activations,
+then the decision), and the end (releasing the leases, the summary). ``--profile DIR`` also runs
+each rollout under ``cProfile`` (one ``.prof`` per size in DIR; the top entries by cumulative
+time are printed).
+
+    .venv/bin/python bench/fleet.py [--sizes 1,10,50,100] [--runs 1] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import shutil
 import signal
 import socket
@@ -26,7 +33,9 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,11 +51,18 @@ APP = "bench"
 GOAL_RATIO = 3.0
 
 
+_TAKEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port, never one handed out before in this run (100 agents: collisions happen)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _TAKEN:
+            _TAKEN.add(port)
+            return port
 
 
 class Agent:
@@ -64,7 +80,8 @@ class Agent:
             f'[[controller_keys]]\nname = "bench"\npath = "{keys / "deploy.pub"}"\n\n'
             f'[apps.{APP}]\nroot = "{self.root}"\nrelease_keys = ["{keys / "release.pub"}"]\n'
         )
-        self.log = (base / "agent.log").open("wb")
+        self.log_path = base / "agent.log"
+        self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [str(AGENT), "--config", str(self.config), "serve"],
             stdout=self.log,
@@ -77,11 +94,25 @@ class Agent:
             try:
                 url = f"http://127.0.0.1:{self.port}/v1/health"
                 with urllib.request.urlopen(url, timeout=1):  # loopback
-                    return
+                    if self._listening():
+                        return
             except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"agent did not start: {self.config}") from None
-                time.sleep(0.05)
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"agent did not start: {self.log_path}")
+            time.sleep(0.05)
+
+    def _listening(self) -> bool:
+        """This agent logged ``listening``: the port is ours, not another process's (the
+        machine is shared; a 200 from someone else's agent would send it our requests)."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "listening" and e.get("pid") == self.proc.pid:
+                return True
+        return False
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -114,12 +145,59 @@ def fleet_toml(path: Path, agents: list[Agent], key: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_cli(args: list[str], fleet: Path, state: Path) -> tuple[float, float, int]:
-    """(seconds, peak RSS MiB, exit code) of one ``cutover`` run."""
+class Run:
+    """One ``cutover`` run: its wall time, peak RSS, exit code and ``--json`` events."""
+
+    def __init__(
+        self, started: float, seconds: float, rss_mib: float, code: int, events: list[Any]
+    ) -> None:
+        self.started, self.seconds, self.rss_mib = started, seconds, rss_mib
+        self.code, self.events = code, events
+        self.cpu_s = 0.0  # the controller's user + system CPU
+        self.agents_cpu_s = 0.0  # every agent's user + system CPU during the run
+
+    def failures(self) -> list[str]:
+        return [
+            f"{e.get('host')}: {e.get('error')}: {str(e.get('message', ''))[:200]}"
+            for e in self.events
+            if e.get("event") == "host.result" and e.get("status") not in ("ok", "unchanged")
+        ]
+
+    def phases(self) -> list[tuple[str, float]]:
+        """(phase, seconds) from the event stream's timestamps (the first from process start)."""
+
+        def at(e: dict[str, Any]) -> float:
+            return datetime.fromisoformat(str(e["ts"]).replace("Z", "+00:00")).timestamp()
+
+        sizes = {e["wave"]: len(e["hosts"]) for e in self.events if e.get("event") == "wave.start"}
+        marks: list[tuple[str, float]] = []
+        for e in self.events:
+            name = e.get("event")
+            if name == "rollout.start":
+                marks.append(("start", at(e)))
+            elif name == "lease.acquired":
+                marks.append(("leases", at(e)))
+            elif name == "wave.start" and e.get("wave") == 0:
+                marks.append(("staged check", at(e)))
+            elif name == "wave.done":
+                marks.append((f"wave {e['wave']} ({sizes.get(e['wave'], '?')})", at(e)))
+            elif name == "summary":
+                marks.append(("end", at(e)))
+        out, prev = [], self.started
+        for label, t in marks:
+            out.append((label, t - prev))
+            prev = t
+        return out
+
+
+def run_cli(args: list[str], fleet: Path, state: Path, profile: Path | None = None) -> Run:
+    """One ``cutover`` run (under cProfile into ``profile`` if given)."""
     env = {**os.environ, "CUTOVER_FLEET": str(fleet), "CUTOVER_STATE_DIR": str(state)}
+    prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else []
+    wall = time.time()
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [str(CUTOVER), *args, "--json"],
+        [*prefix, str(CUTOVER), *args, "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -129,11 +207,24 @@ def run_cli(args: list[str], fleet: Path, state: Path) -> tuple[float, float, in
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
-    last = json.loads(out.decode().splitlines()[-1])
-    return elapsed, usage.ru_maxrss / 1024, int(last.get("exit_code", proc.returncode))
+    events = [json.loads(x) for x in out.decode().splitlines() if x.startswith("{")]
+    code = int(events[-1].get("exit_code", proc.returncode)) if events else proc.returncode
+    run = Run(wall, elapsed, usage.ru_maxrss / 1024, code, events)
+    run.cpu_s = usage.ru_utime + usage.ru_stime
+    return run
 
 
-def measure(size: int, tmp: Path, keys: Path, pkgs: list[Path]) -> list[tuple[float, float]]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (from /proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
+def measure(size: int, tmp: Path, keys: Path, pkgs: list[Path], profile: Path | None) -> list[Run]:
     agents = [Agent(tmp / f"n{size}" / f"a{i}", keys) for i in range(size)]
     try:
         with ThreadPoolExecutor(16) as pool:
@@ -143,12 +234,17 @@ def measure(size: int, tmp: Path, keys: Path, pkgs: list[Path]) -> list[tuple[fl
         out = []
         for pkg in pkgs:
             version = pkg.name.removeprefix(f"{APP}-").removesuffix(".cutover")
-            _, _, code = run_cli(["push", str(pkg)], fleet, tmp / "state")
-            assert code == 0, f"push to {size} hosts exited {code}"
+            push = run_cli(["push", str(pkg)], fleet, tmp / "state")
+            if push.code != 0:
+                raise RuntimeError(f"push to {size} hosts exited {push.code}: {push.failures()}")
             args = ["rollout", version, "--canary", "1", "--batch", "25%", "--max-parallel", "100"]
-            seconds, rss, code = run_cli(args, fleet, tmp / "state")
-            assert code == 0, f"rollout to {size} hosts exited {code}"
-            out.append((seconds, rss))
+            prof = profile / f"rollout-{size:03d}-{version}.prof" if profile else None
+            before = cpu_seconds([a.proc.pid for a in agents])
+            run = run_cli(args, fleet, tmp / "state", prof)
+            run.agents_cpu_s = cpu_seconds([a.proc.pid for a in agents]) - before
+            if run.code != 0:
+                raise RuntimeError(f"rollout to {size} hosts exited {run.code}: {run.failures()}")
+            out.append(run)
         return out
     finally:
         for a in agents:
@@ -159,7 +255,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,10,50,100")
     ap.add_argument("--runs", type=int, default=1, help="rollouts per size (median)")
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="cProfile each rollout into DIR")
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="cutover-bench-fleet-"))
     try:
@@ -169,10 +268,23 @@ def main() -> int:
         generate_keypair(keys / "release")
         pkgs = [package(tmp, f"1.0.{i}", keys / "release") for i in range(args.runs)]
         rows = []
+        breakdown = []
         for n in sizes:
-            got = measure(n, tmp, keys, pkgs)
-            rows.append((n, statistics.median(s for s, _ in got), max(r for _, r in got)))
+            got = measure(n, tmp, keys, pkgs, args.profile)
+            rows.append((n, statistics.median(r.seconds for r in got), max(r.rss_mib for r in got)))
+            breakdown.append((n, got[-1].phases(), got[-1].cpu_s, got[-1].agents_cpu_s))
             print(f"  measured {n} host(s): {rows[-1][1]:.2f}s", file=sys.stderr, flush=True)
+        print("where the time goes (last rollout of each size, from its --json event timestamps)")
+        for n, phases, cpu, agents_cpu in breakdown:
+            print(f"  {n:>3} host(s): " + ", ".join(f"{label} {s:.2f}s" for label, s in phases))
+            print(
+                f"             CPU: controller {cpu:.2f}s, the {n} agent(s) {agents_cpu:.2f}s "
+                f"(on {os.cpu_count()} cores)"
+            )
+        if args.profile:
+            for prof in sorted(args.profile.glob("rollout-*.prof")):
+                print(f"cProfile {prof.name}: top 15 by cumulative time")
+                pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(15)
         base = rows[0][1]
         print(f"rollout of a small package (--canary 1 --batch 25%), median of {args.runs}")
         print(f"{'hosts':>6} {'seconds':>8} {'ratio':>6} {'peak RSS MiB':>13}")
