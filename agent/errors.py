@@ -376,13 +376,8 @@ class HealthCheckError(OperationalError):
 
 @_registered("reverted", 500, ExitCode.REVERTED)
 class ActivationFailedError(OperationalError):
-    """Activation failed after the flip and was reverted automatically.
-
-    ``health`` is the status of the live health phase when the checks are what failed
-    (``fail``, or ``inconclusive``: a check could not be carried out for a reason on the host's
-    side, e.g. a dependency it could not reach), else None; it crosses the wire typed
-    (``ErrorBody.health``), so a rollout pauses on ``inconclusive`` without reading the message.
-    """
+    """Activation failed after the flip and was reverted automatically; ``health``: the live
+    checks' status when they failed (``fail`` | ``inconclusive``), typed on the wire too."""
 
     def __init__(self, message: str, *, code: str | None = None, health: str | None = None) -> None:
         super().__init__(message, code=code)
