@@ -155,6 +155,7 @@ class Run:
         self.code, self.events = code, events
         self.cpu_s = 0.0  # the controller's user + system CPU
         self.agents_cpu_s = 0.0  # every agent's user + system CPU during the run
+        self.agents_idle_cpu_s = 0.0  # the same agents' CPU over as long a time, idle
 
     def failures(self) -> list[str]:
         return [
@@ -242,6 +243,9 @@ def measure(size: int, tmp: Path, keys: Path, pkgs: list[Path], profile: Path | 
             before = cpu_seconds([a.proc.pid for a in agents])
             run = run_cli(args, fleet, tmp / "state", prof)
             run.agents_cpu_s = cpu_seconds([a.proc.pid for a in agents]) - before
+            before = cpu_seconds([a.proc.pid for a in agents])
+            time.sleep(run.seconds)  # what the same agents burn doing nothing for as long
+            run.agents_idle_cpu_s = cpu_seconds([a.proc.pid for a in agents]) - before
             if run.code != 0:
                 raise RuntimeError(f"rollout to {size} hosts exited {run.code}: {run.failures()}")
             out.append(run)
@@ -272,14 +276,17 @@ def main() -> int:
         for n in sizes:
             got = measure(n, tmp, keys, pkgs, args.profile)
             rows.append((n, statistics.median(r.seconds for r in got), max(r.rss_mib for r in got)))
-            breakdown.append((n, got[-1].phases(), got[-1].cpu_s, got[-1].agents_cpu_s))
+            last = got[-1]
+            breakdown.append(
+                (n, last.phases(), last.cpu_s, last.agents_cpu_s, last.agents_idle_cpu_s)
+            )
             print(f"  measured {n} host(s): {rows[-1][1]:.2f}s", file=sys.stderr, flush=True)
         print("where the time goes (last rollout of each size, from its --json event timestamps)")
-        for n, phases, cpu, agents_cpu in breakdown:
+        for n, phases, cpu, agents_cpu, idle_cpu in breakdown:
             print(f"  {n:>3} host(s): " + ", ".join(f"{label} {s:.2f}s" for label, s in phases))
             print(
                 f"             CPU: controller {cpu:.2f}s, the {n} agent(s) {agents_cpu:.2f}s "
-                f"(on {os.cpu_count()} cores)"
+                f"(idle for as long: {idle_cpu:.2f}s) on {os.cpu_count()} cores"
             )
         if args.profile:
             for prof in sorted(args.profile.glob("rollout-*.prof")):

@@ -96,12 +96,41 @@ def push(fleet: Fleet, pkg: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+# The --json event schemas of docs/rollouts.md: exactly these fields (+ ts, event); optional ones
+# in the second set. Every rollout of this module is checked against them.
+SCHEMAS: dict[str, tuple[set[str], set[str]]] = {
+    "rollout.start": (
+        {"rollout", "app", "version", "waves", "next_wave", "budget", "params"},
+        set(),
+    ),
+    "lease.acquired": ({"rollout", "hosts", "ttl_s", "stolen"}, set()),
+    "lease.held": ({"rollout", "hosts", "ttl_s"}, set()),
+    "wave.start": ({"rollout", "wave", "canary", "hosts", "deadline", "counts"}, set()),
+    "wave.bake": ({"rollout", "hosts", "bake_s"}, set()),
+    "wave.done": ({"rollout", "wave", "canary", "decision", "counts"}, set()),
+    "host.failed": (
+        {"rollout", "host", "code", "message", "check", "check_output", "hook_tail", "decision"},
+        set(),
+    ),
+    "rollout.reverting": ({"rollout", "reason", "hosts"}, set()),
+    "rollout.paused": ({"rollout", "wave", "reason"}, {"frozen", "inconclusive"}),
+}
+
+
+def check_schemas(events: list[dict[str, Any]]) -> None:
+    for e in events:
+        if e["event"] in SCHEMAS:
+            required, optional = SCHEMAS[e["event"]]
+            assert required <= set(e) - {"ts", "event"} <= required | optional, e
+
+
 def rollout(fleet: Fleet, state: Path, *args: str, expect: int) -> list[dict[str, Any]]:
     proc = fleet.cutover("rollout", *args, "--state-dir", str(state), "--json", timeout=180)
     events = [json.loads(x) for x in proc.stdout.splitlines()]
     assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert events and events[-1]["event"] == "summary", proc.stdout
     assert events[-1]["exit_code"] == expect
+    check_schemas(events)
     return events
 
 
@@ -530,6 +559,7 @@ def test_a_freeze_met_between_waves_stops_before_the_next_wave_and_resume_contin
         proc = fleet.cutover("promote", rid, "--state-dir", str(state), "--json", timeout=180)
         assert proc.returncode == 10, proc.stdout + proc.stderr
         events = [json.loads(x) for x in proc.stdout.splitlines()]
+        check_schemas(events)
         summary = events[-1]
         assert summary["status"] == "paused" and summary["failures"] == []
         (paused,) = named(events, "rollout.paused")
