@@ -180,6 +180,7 @@ class ReleaseInfo(_Response):
     checkpoint_ref: str | None = None
     hooks: list[dict[str, Any]] = []
     health: list[dict[str, Any]] = []
+    content: dict[str, int] = {}  # files and bytes from the payload vs reused, by method
 
 
 class FreezeWindow(_Response):

@@ -183,6 +183,10 @@ class AppSection(_Strict):
     # prunable releases so that the root's filesystem keeps this much free; 0 = off.
     min_free_bytes: int = Field(default=0, ge=0)
     min_free_pct: float = Field(default=0.0, ge=0, lt=100)
+    # Where staging takes files the host already holds (docs/lifecycle.md, "Reusing files"):
+    # auto = reflink, else hardlink when no stage/pre_activate hook, else copy; hardlink = the
+    # operator asserts hooks never write in place; copy; off = every file from the payload.
+    reuse: Literal["auto", "hardlink", "copy", "off"] = "auto"
     allow_downgrade: bool = False
     checkpoint: list[str] | None = None
     checkpoint_timeout_s: float = Field(default=1800.0, gt=0)

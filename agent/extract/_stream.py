@@ -104,11 +104,14 @@ REBUILD: Final = (
 )
 
 
-def check_codec(parts: PackageParts, manifest: Manifest) -> None:
-    if parts.payload_compression != manifest.payload.compression:
+def check_codec(parts: PackageParts, manifest: Manifest, compression: str | None = None) -> None:
+    """The payload member's codec is the expected one (``compression``, default the manifest's)."""
+    expected = manifest.payload.compression if compression is None else compression
+    if parts.payload_compression != expected:
+        what = "the signed manifest's" if compression is None else "delta.json's"
         raise PackageFormatError(
-            f"package member {parts.payload_name!r} does not match the signed manifest's payload "
-            f"compression {manifest.payload.compression!r}; {REBUILD}",
+            f"package member {parts.payload_name!r} does not match {what} payload "
+            f"compression {expected!r}; {REBUILD}",
             code="payload_codec",
         )
 

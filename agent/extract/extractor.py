@@ -3,10 +3,8 @@
 The payload is untrusted until each of its bytes has been matched against the signed manifest, so
 the extractor trusts nothing in it and enforces, while streaming (docs/security-model.md):
 
-* **Signed bytes only.** The compressed payload's size and SHA-256 must equal ``manifest.payload``
-  before a single byte is decompressed (:func:`verify_payload_digest`). The codec comes from the
-  manifest; zstd windows are capped at 128 MiB (the zstd CLI default), so a frame cannot demand
-  unbounded memory.
+* **Signed bytes only.** The payload's codec, size and SHA-256 are checked before a single byte
+  is decompressed (:mod:`agent.extract.checks`); zstd windows are capped at 128 MiB.
 * **A small, strict tar dialect**, parsed by :mod:`agent.extract._stream` with the one tar codec,
   :mod:`agent.package.ustar` (never the standard library's extractor): POSIX ustar headers with
   valid checksums, each optionally preceded by one local pax header whose only effective keys
@@ -20,14 +18,18 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
   reported with the :func:`agent.package.manifest.check_relpath` rule it breaks (``..``,
   absolute, backslash, control character, NUL).
 * **Caps.** Members: at most ``len(manifest.files)`` and ``limits.max_entries``. Decompressed
-  bytes: exactly what the package writer emits for the manifest's entries, padded to a 10 KiB tar
-  record, plus ``limits.per_entry_allowance`` per entry (:func:`_byte_cap`). Path length and
-  depth: ``limits``. Pax headers: 64 KiB. Memory: bounded queues of at most 1 MiB chunks.
+  bytes: exactly what the package writer emits for the manifest (:func:`~agent.extract.checks.byte_cap`).
+  Path length and depth: ``limits``. Pax headers: 64 KiB. Memory: bounded 1 MiB chunks.
 * **Writing never follows a symlink.** ``dest`` is created fresh (0700) and everything beneath it
   is created relative to file descriptors of directories this run created, with
   ``O_NOFOLLOW | O_EXCL``. Files are created 0600 and get their manifest mode once written.
   Symlinks are created last, from the manifest; directories get their manifest modes last, and
   the release root becomes 0755 like every shipped directory.
+* **Thin payloads** (a delta upload's ``delta.json``, or a manifest ``payload.base``) hold only
+  regular files of the manifest: directories and symlinks come from the manifest, the other
+  files from releases on the host (:mod:`agent.extract.reuse`, re-hashed); one neither has fails
+  the extraction naming it (``base_missing``). With a reuser, a full payload's file the host
+  holds is placed from there too, its (signed) payload bytes skipped.
 * **All or nothing.** On any failure ``dest`` is removed (through directory fds, never following
   a symlink) before the error is raised: a caller sees a complete, verified tree or nothing.
 
@@ -51,7 +53,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, cast
 
@@ -60,7 +62,6 @@ from cutover.agent.errors import (
     CutoverError,
     DigestMismatchError,
     ManifestError,
-    StorageError,
     UnsafeArchiveError,
 )
 from cutover.agent.extract._io import (
@@ -85,7 +86,15 @@ from cutover.agent.extract._stream import (
 from cutover.agent.extract._stream import (
     open_decoder as _open_decoder,  # tests patch archive._open_decoder
 )
-from cutover.agent.package.container import PackageParts, hash_payload
+from cutover.agent.extract.checks import (
+    DEFAULT_LIMITS,
+    ExtractLimits,
+    byte_cap,
+    verify_payload_digest,
+)
+from cutover.agent.extract.reuse import Reuser, missing_error
+from cutover.agent.package.container import PackageParts
+from cutover.agent.package.delta import DeltaPayload
 from cutover.agent.package.manifest import (
     DirEntry,
     FileEntry,
@@ -95,7 +104,6 @@ from cutover.agent.package.manifest import (
     fold_key,
 )
 from cutover.agent.package.ustar import BLOCK, DIR, REG, SYM
-from cutover.agent.package.writer import tar_size
 
 __all__ = ["ExtractLimits", "ExtractStats", "extract_payload", "verify_payload_digest"]
 
@@ -106,77 +114,29 @@ WRITER_MIN_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True)
-class ExtractLimits:
-    """Caps applied while extracting, on top of what the manifest itself allows.
-
-    Attributes:
-        max_entries: most members a payload may hold.
-        per_entry_allowance: extra decompressed bytes tolerated per entry, beyond what the
-            package writer emits (e.g. 1024 for tar writers that add pax time records to every
-            entry); 0 fits ``cutover build`` and ``tar --format=ustar``.
-        max_depth: most path components.
-        max_path_bytes: longest path, in UTF-8 bytes.
-    """
-
-    max_entries: int = 1_000_000
-    per_entry_allowance: int = 0
-    max_depth: int = 128
-    max_path_bytes: int = 4096
-
-
-@dataclass(frozen=True)
 class ExtractStats:
-    """What an extraction wrote: counts, file bytes, and wall time in seconds."""
+    """What an extraction wrote: counts, file bytes, and wall time in seconds.
+
+    ``files``/``bytes`` count every regular file; ``reused`` maps a method (``reflink``,
+    ``hardlink``, ``copy``) to the files and bytes taken from releases already on the host; the
+    rest came from the payload.
+    """
 
     files: int
     dirs: int
     symlinks: int
     bytes: int
     seconds: float
+    reused: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-
-def verify_payload_digest(
-    fh: BinaryIO,
-    parts: PackageParts,
-    manifest: Manifest,
-    progress: Callable[[int], None] | None = None,
-) -> None:
-    """Check the compressed payload's codec, size and SHA-256 against the signed manifest.
-
-    Must run before any payload byte is decompressed: it is what makes the decompressor see only
-    signed bytes. :func:`extract_payload` calls it unless told it already ran.
-
-    Args:
-        fh: the package file, opened for binary reading.
-        parts: the container layout from :func:`agent.package.read_package`.
-        manifest: the verified manifest (from :func:`agent.trust.verify_release`).
-        progress: called with byte counts as the payload is hashed.
-
-    Raises:
-        PackageFormatError: the payload member's codec is not the manifest's, or the file ends early.
-        DigestMismatchError: size or SHA-256 differs from ``manifest.payload``.
-        StorageError: the package file cannot be read.
-    """
-    check_codec(parts, manifest)
-    expected = manifest.payload
-    if parts.payload_size != expected.size:
-        raise DigestMismatchError(
-            f"payload {parts.payload_name!r} is {parts.payload_size} bytes but the signed "
-            f"manifest says {expected.size}; {REBUILD}",
-            code="payload_size",
-        )
-    try:
-        actual = hash_payload(fh, parts, progress)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot read the package payload: {exc.strerror or exc}; check the file and retry"
-        ) from exc
-    if actual != expected.sha256:
-        raise DigestMismatchError(
-            f"payload {parts.payload_name!r} has sha256 {actual[:16]}… but the signed manifest "
-            f"says {expected.sha256[:16]}…; {REBUILD}",
-            code="payload_digest",
-        )
+    def content(self) -> dict[str, int]:
+        """Where the files came from, flat (for the stage record and result)."""
+        out = {"payload_files": self.files, "payload_bytes": self.bytes}
+        for method, (files, size) in self.reused.items():
+            out[f"{method}_files"], out[f"{method}_bytes"] = files, size
+            out["payload_files"] -= files
+            out["payload_bytes"] -= size
+        return out
 
 
 def extract_payload(
@@ -186,8 +146,10 @@ def extract_payload(
     dest: Path,
     *,
     progress: Callable[[int], None] | None = None,
-    limits: ExtractLimits = ExtractLimits(),
+    limits: ExtractLimits = DEFAULT_LIMITS,
     already_verified: bool = False,
+    delta: DeltaPayload | None = None,
+    reuse: Reuser | None = None,
 ) -> ExtractStats:
     """Extract the payload into the new directory ``dest``, verifying it against ``manifest``.
 
@@ -205,6 +167,9 @@ def extract_payload(
             ``total_file_bytes()``, or just the latter when ``already_verified``).
         limits: caps on top of the manifest's.
         already_verified: skip the payload digest check (the caller just ran it).
+        delta: a delta upload's ``delta.json`` payload description: the payload is thin.
+        reuse: where to take files the host already holds (required by a thin payload, or
+            every file it lacks is missing).
 
     Returns:
         Counts of what was written and the elapsed time.
@@ -218,13 +183,15 @@ def extract_payload(
         StorageError: ``dest`` exists or cannot be written (disk full, permissions).
     """
     started = time.monotonic()
-    check_codec(parts, manifest)
-    cap = _byte_cap(manifest, limits)
+    compression = manifest.payload.compression if delta is None else delta.compression
+    check_codec(parts, manifest, compression)
+    thin = delta is not None or manifest.payload.base is not None
+    cap = byte_cap(manifest, limits, thin)
     if not already_verified:
-        verify_payload_digest(fh, parts, manifest, progress)
-    producer = Producer(_open_decoder(fh, parts, manifest.payload.compression))
+        verify_payload_digest(fh, parts, manifest, progress, delta=delta)
+    producer = Producer(_open_decoder(fh, parts, compression))
     parent_fd, root_fd = make_dest(dest)
-    job = _Extraction(manifest, limits, root_fd, dest, progress)
+    job = _Extraction(manifest, limits, root_fd, dest, progress, thin, reuse)
     try:
         producer.start()
         job.run(Stream(producer.next, cap, job.where))
@@ -240,30 +207,9 @@ def extract_payload(
     producer.stop()
     job.close()
     os.close(parent_fd)
-    return ExtractStats(job.files, job.dirs, job.symlinks, job.bytes, time.monotonic() - started)
-
-
-def _byte_cap(manifest: Manifest, limits: ExtractLimits) -> int:
-    """Most decompressed bytes a payload for ``manifest`` may hold; checks the limits on it.
-
-    Exactly the tar bytes the package writer emits for these entries
-    (:func:`agent.package.writer.tar_size`), plus ``limits.per_entry_allowance`` per entry for
-    chattier tar writers.
-    """
-    if len(manifest.files) > limits.max_entries:
-        raise ArchiveLimitError(
-            f"manifest lists {len(manifest.files)} entries; this host allows at most "
-            f"{limits.max_entries}: split the release or raise the limit",
-            code="too_many_entries",
-        )
-    for e in manifest.files:
-        if len(e.path.encode()) > limits.max_path_bytes or e.path.count("/") >= limits.max_depth:
-            raise ArchiveLimitError(
-                f"manifest entry {e.path[:80]!r} exceeds this host's limits of "
-                f"{limits.max_path_bytes} bytes and {limits.max_depth} levels per path",
-                code="path_limit",
-            )
-    return tar_size(manifest.files, limits.per_entry_allowance)
+    reused = {} if reuse is None else {m: (n, b) for m, (n, b) in reuse.counts.items() if n}
+    seconds = time.monotonic() - started
+    return ExtractStats(job.files, job.dirs, job.symlinks, job.bytes, seconds, reused)
 
 
 def _escapes(link: str, target: str) -> bool:
@@ -283,9 +229,14 @@ class _Extraction(TarParser):
         root_fd: int,
         dest: Path,
         progress: Callable[[int], None] | None,
+        thin: bool = False,
+        reuse: Reuser | None = None,
     ) -> None:
         super().__init__(len(manifest.files))
+        self._base = manifest.payload.base
         self._entries = manifest.entries_by_path()
+        self._thin = thin
+        self._reuse = reuse
         self._limits = limits
         self._progress = progress
         self._unreported = 0
@@ -298,6 +249,15 @@ class _Extraction(TarParser):
 
     def run(self, stream: Stream) -> None:
         """Parse and extract members up to the end-of-archive marker."""
+        if self._thin:  # directories and symlinks come from the manifest, parents first
+            entries = self._entries.values()
+            for entry in sorted(entries, key=lambda e: e.path.count("/")):
+                if isinstance(entry, DirEntry):
+                    self.member = entry.path
+                    self._dir(entry, entry.mode)
+                    self._seen.add(entry.path)
+            self._seen.update(e.path for e in entries if isinstance(e, SymlinkEntry))
+            self.member = ""
         self._writer.start()
         super().run(stream)
 
@@ -309,6 +269,13 @@ class _Extraction(TarParser):
             raise self._error(
                 UnsafeArchiveError,
                 f"{raw[:80]!r} is {what}; only regular files, directories and symlinks are allowed",
+                "bad_type",
+            )
+        if self._thin and kind != REG:
+            raise self._error(
+                UnsafeArchiveError,
+                f"{raw[:80]!r} is {KINDS.get(kind, 'not a regular file')} in a thin payload, "
+                "which holds regular files only",
                 "bad_type",
             )
         if kind == DIR and raw.endswith(b"/"):
@@ -399,6 +366,16 @@ class _Extraction(TarParser):
         dir_fd = self._fds.get(parent)
         if dir_fd is None:
             dir_fd = self._dir_fd(parent)
+        reuse = self._reuse
+        if (
+            reuse is not None
+            and not self._thin
+            and reuse.knows(entry.sha256)
+            and reuse.place(entry, dir_fd, leaf) is not None
+        ):
+            stream.skip(size + (-size % BLOCK))  # signed bytes, not needed: the host has them
+            self._count(size)
+            return
         fd = self._open_fd = os.open(leaf, FILE_FLAGS, 0o600, dir_fd=dir_fd)
         writer = self._writer
         left = size
@@ -425,6 +402,9 @@ class _Extraction(TarParser):
         self._open_fd = -1
         if size % BLOCK:
             stream.skip(BLOCK - size % BLOCK)
+        self._count(size)
+
+    def _count(self, size: int) -> None:
         self.files += 1
         self.bytes += size
         if self._progress is not None:
@@ -458,6 +438,24 @@ class _Extraction(TarParser):
             "symlink_mismatch",
         )
 
+    def _take_from_host(self) -> None:
+        """Place every file the thin payload did not carry from the host, or name what lacks."""
+        missing: list[str] = []
+        reuse = self._reuse
+        for entry in self._entries.values():
+            if type(entry) is not FileEntry or entry.path in self._seen:
+                continue
+            self.member = entry.path
+            parent, _, leaf = entry.path.rpartition("/")
+            if reuse is None or reuse.place(entry, self._dir_fd(parent), leaf) is None:
+                missing.append(entry.path)
+                continue
+            self._seen.add(entry.path)
+            self._count(entry.size)
+        self.member = ""
+        if missing:
+            raise missing_error(missing, self._base)
+
     def _dir_fd(self, path: str) -> int:
         """An fd of directory ``path`` created by this run, opened without following links."""
         fd = self._fds.get(path)
@@ -481,6 +479,8 @@ class _Extraction(TarParser):
         """Wait for the writer, check completeness, create symlinks, set directory modes."""
         self.index, self.member = 0, ""
         self._writer.finish()  # its errors concern earlier members: report them first
+        if self._thin:
+            self._take_from_host()
         if len(self._seen) != len(self._entries):
             missing = [p for p in self._entries if p not in self._seen]
             raise DigestMismatchError(

@@ -2,7 +2,8 @@
 manifest, rename the whole tree into ``releases/``, normalise its modes (read-only, readable by all),
 make it durable.
 
-Nothing is ever extracted under ``releases/``: payloads go to ``.cutover/incoming/<random>/``
+Files the host already holds may be taken from its other releases (``reuse``,
+:func:`reuser_for`). Nothing is ever extracted under ``releases/``: payloads go to ``.cutover/incoming/<random>/``
 and are renamed in whole, so a crash leaves a partial tree only in ``incoming/`` (which recovery
 empties) and never a half-extracted release.
 """
@@ -20,10 +21,16 @@ from cutover.agent._util.faults import fault_point
 from cutover.agent._util.fsutil import fsync_dir, random_suffix, syncfs
 from cutover.agent.errors import StorageError
 from cutover.agent.extract import extractor
+from cutover.agent.extract.extractor import ExtractStats
+from cutover.agent.extract.reuse import Reuser
+from cutover.agent.host.content import ContentIndex
 from cutover.agent.host.kept import keep_manifest
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.shared import link_shared
+from cutover.agent.host.state import AppState
 from cutover.agent.package.container import PackageParts
+from cutover.agent.package.delta import parse_delta
+from cutover.agent.package.manifest import Manifest
 from cutover.agent.trust.policy import VerifiedRelease
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "make_durable",
     "make_readonly",
     "release_mode",
+    "reuser_for",
 ]
 
 
@@ -42,17 +50,59 @@ def extract_to_incoming(
     parts: PackageParts,
     verified: VerifiedRelease,
     progress: Callable[[int], None] | None = None,
-) -> Path:
+    *,
+    state: AppState | None = None,
+    reuse: str = "off",
+) -> tuple[Path, ExtractStats]:
     """Check the payload digest, then extract it into a fresh ``incoming/`` directory.
 
-    The extractor removes its partial tree on any failure.
+    A delta upload's payload is checked against its ``delta.json`` (:mod:`agent.package.delta`),
+    any other against the signed manifest. With ``reuse`` other than ``off`` and the app's
+    ``state``, files the host already holds are taken from its releases (the content index,
+    :mod:`agent.host.content`; how: :func:`reuser_for`). The extractor removes its partial tree
+    on any failure.
+
+    Returns:
+        The staging directory and what the extraction wrote (and reused, by method).
     """
-    dest = layout.incoming / f"{verified.manifest.version}.{random_suffix()}"
-    extractor.verify_payload_digest(fh, parts, verified.manifest)
-    extractor.extract_payload(
-        fh, parts, verified.manifest, dest, progress=progress, already_verified=True
-    )
-    return dest
+    manifest = verified.manifest
+    dest = layout.incoming / f"{manifest.version}.{random_suffix()}"
+    delta = None if parts.delta_bytes is None else parse_delta(parts.delta_bytes).payload
+    extractor.verify_payload_digest(fh, parts, manifest, delta=delta)
+    reuser = None if state is None else reuser_for(layout, state, manifest, reuse)
+    try:
+        stats = extractor.extract_payload(
+            fh,
+            parts,
+            manifest,
+            dest,
+            progress=progress,
+            already_verified=True,
+            delta=delta,
+            reuse=reuser,
+        )
+    finally:
+        if reuser is not None:
+            reuser.close()
+    return dest, stats
+
+
+def reuser_for(layout: Layout, state: AppState, manifest: Manifest, mode: str) -> Reuser | None:
+    """The reuser of a staging of ``manifest`` under the app's ``reuse`` setting (None: off).
+
+    ``auto`` clones when the filesystem can, else hardlinks only when the release declares no
+    hook that runs inside the new tree before it is sealed (``stage``, ``pre_activate``: hooks run
+    as the owner of release files, so nothing stops one writing in place into a shared inode),
+    else copies. ``hardlink`` is the operator's assertion that hooks never write in place.
+    """
+    if mode == "off":
+        return None
+    index = ContentIndex.build(layout, state, exclude=manifest.version)
+    if not len(index):
+        return None
+    hooks = manifest.hooks
+    hardlink = mode == "hardlink" or (mode == "auto" and not (hooks.stage or hooks.pre_activate))
+    return Reuser(layout.releases, index.sources, reflink=mode == "auto", hardlink=hardlink)
 
 
 def install(

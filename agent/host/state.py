@@ -102,6 +102,9 @@ class ReleaseRecord(_Model):
     checkpoint_ref: str | None = None
     hooks: list[dict[str, Any]] = []  # every phase's hook results, oldest first (bounded tails)
     health: list[dict[str, Any]] = []  # every health phase's result, oldest first
+    # where the staged files came from: payload_files/_bytes, and per reuse method
+    # (reflink, hardlink, copy) <method>_files/_bytes (agent/extract/reuse.py)
+    content: dict[str, int] = {}
 
     def add_results(
         self, hooks: list[dict[str, Any]], health: list[dict[str, Any]] | None = None

@@ -3,8 +3,9 @@
 ::
 
     verify (signatures, policy, immutability, downgrade) → make room (retention by disk:
-    prune, or refuse before writing) → extract into incoming/ (payload
-    digest first) → link shared paths, keep the manifest, rename into releases/ → stage hooks
+    prune, or refuse before writing) → extract into incoming/ (payload digest first; files the
+    host holds taken from its releases, docs/lifecycle.md) → link shared paths, keep the
+    manifest, rename into releases/ → stage hooks
     → record their files → read-only → staged health checks → syncfs → recorded STAGED
 
 Any failure after verification removes the tree and records the release ``failed`` (its digest
@@ -14,6 +15,7 @@ is remembered: the same package can be staged again, a different one with that v
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,8 +144,17 @@ class Stage:
                     progress("extract", done, total)
 
             try:
-                staging = await asyncio.to_thread(
-                    installer.extract_to_incoming, ctx.layout, fh, parts, verified, on_bytes
+                staging, stats = await asyncio.to_thread(
+                    functools.partial(
+                        installer.extract_to_incoming,
+                        ctx.layout,
+                        fh,
+                        parts,
+                        verified,
+                        on_bytes,
+                        state=state,
+                        reuse=ctx.section.reuse,
+                    )
                 )
             except BaseException as exc:  # the extractor already removed its partial tree
                 await asyncio.shield(
@@ -156,7 +167,8 @@ class Stage:
                 )
                 raise
         fault_point("stage.extracted")
-        uow.emit("extract.done", version=version, bytes=total)
+        content = stats.content()
+        uow.emit("extract.done", version=version, bytes=total, content=content)
         created_shared: list[Path] = []  # removed again if the staging fails
         try:
             release_dir, runtime_digest = await asyncio.to_thread(
@@ -203,6 +215,7 @@ class Stage:
             staged_by=ctx.actor,
             hooks=hook_results,
             health=[staged_health],
+            content=content,
         )
         state.next_seq += 1
         state.known_digests[version] = verified.digest
@@ -219,6 +232,7 @@ class Stage:
             branch=manifest.branch,
             signers=list(verified.signers),
             notes=manifest.notes[:NOTES_CAP],
+            content=content,
         )
         await uow.save()
         await asyncio.to_thread(installer.forget_install_marker, ctx.layout, version)
@@ -226,6 +240,7 @@ class Stage:
         uow.emit("stage.done", version=version)
         result.current, result.previous = state.current, state.previous
         result.message = f"staged {ctx.app} {version}"
+        result.details["content"] = content
         return result
 
     async def _abort(

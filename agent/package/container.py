@@ -2,8 +2,10 @@
 
 An uncompressed POSIX ustar archive holding exactly three regular members, in this order:
 ``manifest.json``, ``signatures.json``, ``payload.tar.zst`` (or ``.tar.gz`` / ``.tar``), then the
-end-of-archive marker. This reader accepts nothing else (no pax or GNU headers, no other types,
-no extra members), so there is no ambiguity about which bytes were signed. Sizes use octal, or the
+end-of-archive marker. A *delta upload* (docs/package-format.md) has one more member between the
+signatures and the payload, ``delta.json`` (:mod:`agent.package.delta`), describing a thin
+payload. This reader accepts nothing else (no pax or GNU headers, no other types, no extra
+members), so there is no ambiguity about which bytes were signed. Sizes use octal, or the
 base-256 form for payloads over 8 GiB. Headers are encoded and decoded by the one tar codec,
 :mod:`agent.package.ustar`; this module adds the container's rules on top.
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cutover.agent.errors import NotFoundError, PackageFormatError
+from cutover.agent.package.delta import DELTA_NAME, MAX_DELTA_BYTES
 from cutover.agent.package.manifest import MAX_MANIFEST_BYTES
 from cutover.agent.package.signatures import MAX_SIGNATURES_BYTES
 from cutover.agent.package.ustar import (
@@ -61,12 +64,13 @@ class PackageParts:
     payload_compression: str
     payload_offset: int
     payload_size: int
+    delta_bytes: bytes | None = None  # ``delta.json`` of a delta upload, else None
 
 
 def _read_header(fh: BinaryIO, index: int) -> tuple[str, int]:
     raw = fh.read(BLOCK)
     if len(raw) < BLOCK:
-        raise PackageFormatError(f"package is truncated: member {index + 1} of 3 is missing")
+        raise PackageFormatError(f"package is truncated: member {index + 1} is missing")
     try:
         header = decode_header(raw)
     except HeaderError as exc:
@@ -90,39 +94,35 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
     """Parse the container from an open file positioned at 0.
 
     Raises:
-        PackageFormatError: anything but the exact three-member layout, or truncation.
+        PackageFormatError: anything but the exact three-member layout (four with ``delta.json``), or truncation.
     """
-    parts: list[tuple[str, int, int]] = []
     small: list[bytes] = []
     expected = ("manifest.json", "signatures.json")
     caps = (MAX_MANIFEST_BYTES, MAX_SIGNATURES_BYTES)
-    for i in range(3):
+    for i in range(2):
         name, size = _read_header(fh, i)
-        offset = fh.tell()
-        if i < 2:
-            if name != expected[i]:
-                raise PackageFormatError(
-                    f"package member {i + 1} is {name!r}; expected {expected[i]!r} (order matters)"
-                )
-            if size > caps[i]:
-                raise PackageFormatError(f"package: {name} is {size} bytes; limit {caps[i]}")
-            data = fh.read(size)
-            if len(data) != size:
-                raise PackageFormatError(f"package is truncated inside {name}")
-            small.append(data)
-            fh.seek(padding(size), os.SEEK_CUR)
-        else:
-            if name not in _PAYLOAD_BY_NAME:
-                raise PackageFormatError(
-                    f"package member 3 is {name!r}; expected one of {sorted(_PAYLOAD_BY_NAME)}"
-                )
-            if offset + size > file_size:
-                raise PackageFormatError(
-                    f"package is truncated: {name} declares {size} bytes but the file ends "
-                    f"{file_size - offset} bytes in"
-                )
-            fh.seek(size + padding(size), os.SEEK_CUR)
-        parts.append((name, offset, size))
+        if name != expected[i]:
+            raise PackageFormatError(
+                f"package member {i + 1} is {name!r}; expected {expected[i]!r} (order matters)"
+            )
+        small.append(_read_small(fh, name, size, caps[i]))
+    name, size = _read_header(fh, 2)
+    delta: bytes | None = None
+    if name == DELTA_NAME:
+        delta = _read_small(fh, name, size, MAX_DELTA_BYTES)
+        name, size = _read_header(fh, 3)
+    count = 3 if delta is None else 4
+    if name not in _PAYLOAD_BY_NAME:
+        raise PackageFormatError(
+            f"package member {count} is {name!r}; expected one of {sorted(_PAYLOAD_BY_NAME)}"
+        )
+    offset = fh.tell()
+    if offset + size > file_size:
+        raise PackageFormatError(
+            f"package is truncated: {name} declares {size} bytes but the file ends "
+            f"{file_size - offset} bytes in"
+        )
+    fh.seek(size + padding(size), os.SEEK_CUR)
     trailer = fh.read(2 * BLOCK)
     # tar pads to its record size (GNU: 10 KiB): allow zero padding, nothing else, after the marker.
     rest = fh.read(_MAX_PADDING + 1)
@@ -133,11 +133,20 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
         or len(rest) > _MAX_PADDING
     ):
         raise PackageFormatError(
-            "package does not end with the end-of-archive marker after its third member "
+            "package does not end with the end-of-archive marker after its payload "
             "(truncated, or extra data appended)"
         )
-    name, offset, size = parts[2]
-    return PackageParts(small[0], small[1], name, _PAYLOAD_BY_NAME[name], offset, size)
+    return PackageParts(small[0], small[1], name, _PAYLOAD_BY_NAME[name], offset, size, delta)
+
+
+def _read_small(fh: BinaryIO, name: str, size: int, cap: int) -> bytes:
+    if size > cap:
+        raise PackageFormatError(f"package: {name} is {size} bytes; limit {cap}")
+    data = fh.read(size)
+    if len(data) != size:
+        raise PackageFormatError(f"package is truncated inside {name}")
+    fh.seek(padding(size), os.SEEK_CUR)
+    return data
 
 
 def open_package(path: Path) -> tuple[PackageParts, BinaryIO]:
@@ -218,9 +227,14 @@ def write_package(
     payload: BinaryIO,
     payload_size: int,
     compression: str,
+    delta_bytes: bytes | None = None,
 ) -> None:
-    """Write the container to ``out``, streaming ``payload_size`` bytes from ``payload``."""
-    for name, data in (("manifest.json", manifest_bytes), ("signatures.json", signatures_bytes)):
+    """Write the container to ``out``, streaming ``payload_size`` bytes from ``payload``
+    (``delta_bytes``: a delta upload's ``delta.json``, written before the payload)."""
+    members = [("manifest.json", manifest_bytes), ("signatures.json", signatures_bytes)]
+    if delta_bytes is not None:
+        members.append((DELTA_NAME, delta_bytes))
+    for name, data in members:
         out.write(encode_header(name.encode(), REG, len(data)))
         out.write(data + bytes(padding(len(data))))
     out.write(encode_header(PAYLOAD_NAMES[compression].encode(), REG, payload_size))

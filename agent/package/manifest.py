@@ -300,15 +300,33 @@ class SharedPaths(_Model):
 
 
 class Payload(_Model):
+    """The payload member as shipped: compressed size, SHA-256 and codec.
+
+    ``base``: set by ``cutover build --base`` on a *thin package*, whose payload holds only the
+    regular files that the base version's package did not; the agent takes the others from the
+    releases on the host (docs/package-format.md, "Thin packages"). None (omitted) otherwise.
+    """
+
     sha256: str
     size: int = Field(ge=0)
     compression: Literal["zstd", "gzip", "none"]
+    base: str | None = None
 
     @field_validator("sha256")
     @classmethod
     def _hex(cls, v: str) -> str:
         if not _HEX64.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
+        return v
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                validate_version(v)
+            except ManifestError as exc:
+                raise ValueError(f"base: {exc}") from exc
         return v
 
 

@@ -19,6 +19,7 @@ from cutover.agent.errors import (
     StorageError,
     UnsafeArchiveError,
 )
+from cutover.agent.extract import checks
 from cutover.agent.extract import extractor as archive
 from cutover.agent.extract.extractor import ExtractLimits, extract_payload, verify_payload_digest
 from cutover.agent.package.container import open_package
@@ -107,7 +108,7 @@ def test_already_verified_skips_the_second_digest_pass(
         raise AssertionError("payload hashed twice")
 
     pkg = kit.evil(TREE)
-    monkeypatch.setattr(archive, "hash_payload", refuse)
+    monkeypatch.setattr(checks, "hash_payload", refuse)  # the digest pass: agent/extract/checks.py
     assert _extract(kit, pkg, already_verified=True).files == 5
 
 

@@ -1,0 +1,123 @@
+"""What is checked before the extractor decompresses a single payload byte.
+
+* :func:`verify_payload_digest`: the payload member's codec, size and SHA-256 are the signed
+  manifest's (or, for a delta upload, its ``delta.json``'s: transfer integrity; the files are
+  still each checked against the signed manifest while extracting). This is what makes the
+  decompressor see only signed (or announced and signed-request-covered) bytes.
+* :func:`byte_cap`: the manifest fits the host's :class:`ExtractLimits` (entries, path length and
+  depth), and how many decompressed bytes its payload may hold: exactly the tar size the package
+  writer emits for it (:func:`agent.package.writer.tar_size`); for a thin payload, for the
+  regular files only.
+
+Pure apart from reading the package file: no tree is touched here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Final
+
+from cutover.agent.errors import ArchiveLimitError, DigestMismatchError, StorageError
+from cutover.agent.extract._stream import REBUILD, check_codec
+from cutover.agent.package.container import PackageParts, hash_payload
+from cutover.agent.package.delta import DeltaPayload
+from cutover.agent.package.manifest import FileEntry, Manifest, Payload
+from cutover.agent.package.writer import tar_size
+
+__all__ = ["DEFAULT_LIMITS", "ExtractLimits", "byte_cap", "verify_payload_digest"]
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps applied while extracting, on top of what the manifest itself allows.
+
+    Attributes:
+        max_entries: most members a payload may hold.
+        per_entry_allowance: extra decompressed bytes tolerated per entry, beyond what the
+            package writer emits (e.g. 1024 for tar writers that add pax time records to every
+            entry); 0 fits ``cutover build`` and ``tar --format=ustar``.
+        max_depth: most path components.
+        max_path_bytes: longest path, in UTF-8 bytes.
+    """
+
+    max_entries: int = 1_000_000
+    per_entry_allowance: int = 0
+    max_depth: int = 128
+    max_path_bytes: int = 4096
+
+
+DEFAULT_LIMITS: Final = ExtractLimits()
+
+
+def verify_payload_digest(
+    fh: BinaryIO,
+    parts: PackageParts,
+    manifest: Manifest,
+    progress: Callable[[int], None] | None = None,
+    *,
+    delta: DeltaPayload | None = None,
+) -> None:
+    """Check the compressed payload's codec, size and SHA-256 against the signed manifest.
+
+    Must run before any payload byte is decompressed: it is what makes the decompressor see only
+    signed bytes. :func:`extract_payload` calls it unless told it already ran. For a delta upload
+    (``delta``: its ``delta.json`` description) the thin payload is checked against that instead:
+    transfer integrity only, since every file is still checked against the signed manifest.
+
+    Args:
+        fh: the package file, opened for binary reading.
+        parts: the container layout from :func:`agent.package.read_package`.
+        manifest: the verified manifest (from :func:`agent.trust.verify_release`).
+        progress: called with byte counts as the payload is hashed.
+
+    Raises:
+        PackageFormatError: the payload member's codec is not the manifest's, or the file ends early.
+        DigestMismatchError: size or SHA-256 differs from ``manifest.payload``.
+        StorageError: the package file cannot be read.
+    """
+    expected: DeltaPayload | Payload = manifest.payload if delta is None else delta
+    check_codec(parts, manifest, expected.compression)
+    says = "the signed manifest says" if delta is None else "its delta.json says"
+    if parts.payload_size != expected.size:
+        raise DigestMismatchError(
+            f"payload {parts.payload_name!r} is {parts.payload_size} bytes but {says} "
+            f"{expected.size}; {REBUILD}",
+            code="payload_size",
+        )
+    try:
+        actual = hash_payload(fh, parts, progress)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot read the package payload: {exc.strerror or exc}; check the file and retry"
+        ) from exc
+    if actual != expected.sha256:
+        raise DigestMismatchError(
+            f"payload {parts.payload_name!r} has sha256 {actual[:16]}… but {says} "
+            f"{expected.sha256[:16]}…; {REBUILD}",
+            code="payload_digest",
+        )
+
+
+def byte_cap(manifest: Manifest, limits: ExtractLimits, thin: bool = False) -> int:
+    """Most decompressed bytes a payload for ``manifest`` may hold; checks the limits on it.
+
+    Exactly the tar bytes the package writer emits for these entries
+    (:func:`agent.package.writer.tar_size`), plus ``limits.per_entry_allowance`` per entry for
+    chattier tar writers; for a thin payload, for the regular files only (the most it may claim).
+    """
+    if len(manifest.files) > limits.max_entries:
+        raise ArchiveLimitError(
+            f"manifest lists {len(manifest.files)} entries; this host allows at most "
+            f"{limits.max_entries}: split the release or raise the limit",
+            code="too_many_entries",
+        )
+    for e in manifest.files:
+        if len(e.path.encode()) > limits.max_path_bytes or e.path.count("/") >= limits.max_depth:
+            raise ArchiveLimitError(
+                f"manifest entry {e.path[:80]!r} exceeds this host's limits of "
+                f"{limits.max_path_bytes} bytes and {limits.max_depth} levels per path",
+                code="path_limit",
+            )
+    entries = [e for e in manifest.files if isinstance(e, FileEntry)] if thin else manifest.files
+    return tar_size(entries, limits.per_entry_allowance)

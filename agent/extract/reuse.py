@@ -1,0 +1,270 @@
+"""Reuse: take a release file from a release already on the host instead of from the payload.
+
+While a release is staged, a regular file whose SHA-256 the host already holds (the content
+index, :mod:`agent.host.content`) is placed from that older release: cloned, hardlinked or copied
+(docs/lifecycle.md, "Reusing files already on the host"). Rules enforced here:
+
+* **Never through a link, never outside the app root.** The source is opened relative to an fd of
+  ``releases/``, one component at a time, with ``O_NOFOLLOW`` (directories with ``O_DIRECTORY``),
+  so a symlink planted in an older release fails the open instead of being followed. The file
+  itself is opened ``O_NONBLOCK`` (a FIFO swapped in cannot hang the stage).
+* **The source is checked, not believed.** It must be a regular file whose size is the one both
+  manifests give; its content is hashed and must equal the new manifest's SHA-256 (a drifted
+  older release is never copied into a new one). A candidate that fails is skipped (the next one
+  is tried, then the payload; a thin payload then fails naming the file).
+* **The method is chosen for safety** (``reuse`` in the app's agent config):
+
+  - *reflink* (``FICLONE``): tried first in ``auto`` mode; a copy-on-write clone shares no
+    writable data with the source, so nothing written later reaches the older release. If the
+    filesystem refuses (``EOPNOTSUPP``, ``EXDEV``, ``EINVAL``, ``ENOTTY``), it is not tried again
+    in this run.
+  - *hardlink*: shares the inode, its data and its mode with the older release. Hooks run as the
+    user owning release files (root), so mode bits cannot stop a hook writing in place into it:
+    ``auto`` hardlinks only when the release declares no hook that runs inside the new tree
+    before it is sealed (``stage``, ``pre_activate``), ``hardlink`` is the operator asserting
+    hooks never write in place. Both also need an identical manifest mode and a sealed
+    (write-protected) source; the link is checked to be the inode that was verified.
+  - *copy*: an in-kernel copy (``copy_file_range``, else ``sendfile``), given the manifest mode.
+
+Counts per method (files and bytes) are kept for the stage record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from cutover.agent._util.fsutil import start_writeback
+from cutover.agent.errors import DigestMismatchError
+from cutover.agent.extract._io import DIR_FLAGS, FILE_FLAGS
+from cutover.agent.package.manifest import FileEntry
+
+__all__ = ["METHODS", "Candidate", "Reuser", "missing_error"]
+
+FICLONE: Final = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
+METHODS: Final = ("reflink", "hardlink", "copy")
+_SOURCE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NO_REFLINK: Final = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY})
+_NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
+_MAX_DIR_FDS: Final = 64
+
+
+class Candidate(NamedTuple):
+    """An installed file with the wanted content, per its release's manifest."""
+
+    version: str
+    path: str
+    size: int
+    mode: int
+
+
+class Reuser:
+    """Places files from older releases into a tree being extracted; one per extraction.
+
+    Args:
+        releases: the app's ``releases/`` directory.
+        candidates: SHA-256 → installed files with that content (the content index).
+        reflink: try ``FICLONE`` first.
+        hardlink: hardlinks are allowed (see the module docstring for when).
+    """
+
+    def __init__(
+        self,
+        releases: Path,
+        candidates: Callable[[str], Sequence[Candidate]],
+        *,
+        reflink: bool,
+        hardlink: bool,
+    ) -> None:
+        self._candidates = candidates
+        self._reflink = reflink
+        self._hardlink = hardlink
+        self._root_fd = os.open(releases, DIR_FLAGS)
+        self._dir_fds: dict[str, int] = {}
+        self.counts: dict[str, list[int]] = {m: [0, 0] for m in METHODS}
+        self.refused: list[str] = []  # candidates that failed their check, for the log
+
+    def knows(self, digest: str) -> bool:
+        """The host holds (per its manifests) a file with this content."""
+        return bool(self._candidates(digest))
+
+    def place(self, entry: FileEntry, dir_fd: int, leaf: str) -> str | None:
+        """Create ``leaf`` in ``dir_fd`` with ``entry``'s content from an older release.
+
+        Returns:
+            The method used, or None if no candidate passed its checks (nothing was created).
+
+        Raises:
+            OSError: creating the new file failed (the caller maps it to a StorageError).
+        """
+        for cand in self._candidates(entry.sha256):
+            src = self._open_source(cand, entry)
+            if src is None:
+                continue
+            fd, st = src
+            try:
+                method = self._put(fd, st, cand, entry, dir_fd, leaf)
+            finally:
+                os.close(fd)
+            counts = self.counts[method]
+            counts[0] += 1
+            counts[1] += entry.size
+            return method
+        return None
+
+    def _open_source(self, cand: Candidate, entry: FileEntry) -> tuple[int, os.stat_result] | None:
+        where = f"{cand.version}/{cand.path}"
+        if cand.size != entry.size:
+            self.refused.append(f"{where}: manifest size {cand.size}, wanted {entry.size}")
+            return None
+        parent, _, leaf = cand.path.rpartition("/")
+        try:
+            dir_fd = self._dir_fd(cand.version, parent)
+            fd = os.open(leaf, _SOURCE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            self.refused.append(f"{where}: {exc.strerror}")
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+                self.refused.append(f"{where}: not a regular file of {entry.size} bytes")
+                os.close(fd)
+                return None
+            with open(fd, "rb", closefd=False) as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            if actual != entry.sha256:
+                self.refused.append(f"{where}: content differs from its manifest (drift)")
+                os.close(fd)
+                return None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return fd, st
+
+    def _dir_fd(self, version: str, parent: str) -> int:
+        """An fd of ``releases/<version>/<parent>``, each component opened without following."""
+        key = f"{version}/{parent}" if parent else version
+        fd = self._dir_fds.get(key)
+        if fd is not None:
+            return fd
+        if len(self._dir_fds) >= _MAX_DIR_FDS:
+            self.close_dirs()
+        fd = os.open(version, DIR_FLAGS, dir_fd=self._root_fd)
+        try:
+            for part in parent.split("/") if parent else ():
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        self._dir_fds[key] = fd
+        return fd
+
+    def _put(
+        self,
+        src: int,
+        st: os.stat_result,
+        cand: Candidate,
+        entry: FileEntry,
+        dir_fd: int,
+        leaf: str,
+    ) -> str:
+        if self._reflink:
+            dst = os.open(leaf, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            try:
+                fcntl.ioctl(dst, FICLONE, src)
+            except OSError as exc:
+                os.close(dst)
+                os.unlink(leaf, dir_fd=dir_fd)
+                if exc.errno not in _NO_REFLINK:
+                    raise
+                self._reflink = False  # this filesystem has none: do not try 20,000 times
+            else:
+                self._seal(dst, entry)
+                return "reflink"
+        if self._hardlink and cand.mode == entry.mode and not st.st_mode & 0o222:
+            parent, _, name = cand.path.rpartition("/")
+            try:
+                src_dir = self._dir_fd(cand.version, parent)
+                os.link(name, leaf, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                    raise
+            else:
+                linked = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
+                if (linked.st_dev, linked.st_ino) == (st.st_dev, st.st_ino):
+                    return "hardlink"
+                os.unlink(leaf, dir_fd=dir_fd)  # the name was swapped since it was checked
+        dst = os.open(leaf, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            _copy(src, dst, entry.size)
+        except BaseException:
+            os.close(dst)
+            raise
+        self._seal(dst, entry)
+        return "copy"
+
+    @staticmethod
+    def _seal(fd: int, entry: FileEntry) -> None:
+        try:
+            os.fchmod(fd, entry.mode)
+            start_writeback(fd)
+        finally:
+            os.close(fd)
+
+    def close_dirs(self) -> None:
+        for fd in self._dir_fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._dir_fds.clear()
+
+    def close(self) -> None:
+        """Release every fd (idempotent)."""
+        self.close_dirs()
+        if self._root_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._root_fd)
+            self._root_fd = -1
+
+
+def _copy(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes in the kernel: ``copy_file_range``, else ``sendfile``, else read/write."""
+    offset = 0
+    use_range = True
+    while offset < size:
+        if use_range:
+            try:
+                n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                use_range = False
+                continue
+        else:
+            os.lseek(dst, offset, os.SEEK_SET)
+            n = os.sendfile(dst, src, offset, size - offset)
+        if n == 0:
+            raise OSError(errno.EIO, "the source file ended early while it was copied")
+        offset += n
+
+
+def missing_error(missing: list[str], base: str | None) -> DigestMismatchError:
+    """A thin payload lacks files the host does not hold: name them (first 20) and what to do."""
+    shown = ", ".join(repr(p) for p in missing[:20])
+    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+    where = f"base {base}" if base else "releases on this host"
+    return DigestMismatchError(
+        f"the thin payload lacks {len(missing)} files that this host does not hold (from "
+        f"{where}, per their manifests and contents): {shown}{more}; push the full package "
+        "instead (`cutover push --no-delta`, or a package built without --base)",
+        code="base_missing",
+    )
