@@ -40,6 +40,7 @@ __all__ = [
     "JournalPage",
     "LeaseInfo",
     "LeaseReleased",
+    "MissingAnswer",
     "OperationLinks",
     "OperationRecord",
     "OperationResult",
@@ -349,6 +350,14 @@ class LeaseInfo(_Response):
     expires_at: float
     ttl_s: float
     expires: str = ""
+
+
+class MissingAnswer(_Response):
+    """``POST /v1/apps/{app}/releases/{version}/missing``: the digests no installed release
+    holds (in the order asked) and how many of the others it does."""
+
+    missing: list[str]
+    present: int
 
 
 class LeaseReleased(_Response):

@@ -11,6 +11,8 @@ the agent's own verification code. ``created_at`` comes from ``--created-at``, e
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 import tempfile
@@ -55,6 +57,7 @@ from cutover.agent.package.writer import (
     COMPRESSIONS,
     PayloadWriter,
     add_signature,
+    file_mode,
     write_package_file,
 )
 from cutover.agent.trust.policy import SignatureVerdict, manifest_digest, signature_verdict
@@ -254,8 +257,14 @@ def build_package(
     on_total: Callable[[int], None] | None = None,
     requirements: Requirements | None = None,
     changes: list[str] | None = None,
+    base: Path | None = None,
 ) -> BuildResult:
     """Build an unsigned package of ``app_dir`` at ``output``.
+
+    With ``base`` (the previous release's package), a *thin package*: the manifest lists the
+    whole tree as always, but its payload holds only the regular files whose SHA-256 the base
+    package's manifest does not list, and ``payload.base`` names the base version
+    (docs/package-format.md, "Thin packages"). Hosts must hold the base files to stage it.
 
     ``on_total`` is told the bytes of regular files to pack once the tree is walked, before any
     ``progress`` call (so a progress bar knows its total).
@@ -276,6 +285,7 @@ def build_package(
         raise ConfigError(f"{output} exists already; choose another -o path or remove it")
     _refuse_output_in_tree(app_dir, output, _exclude_spec(cfg))
     walked = _walk(app_dir, cfg)
+    base_version, base_digests = _base_contents(base, cfg.app) if base is not None else (None, None)
     if on_total is not None:
         on_total(
             sum(st.st_size for _, st, link in walked if link is None and stat.S_ISREG(st.st_mode))
@@ -286,18 +296,26 @@ def build_package(
         files: list[FileEntry | SymlinkEntry | DirEntry] = []
         total = 0
         for rel, st, link in walked:
-            if link is not None:
+            if base_digests is not None and (link is not None or stat.S_ISDIR(st.st_mode)):
+                files.append(_entry_only(rel, link))  # a thin payload holds regular files only
+            elif link is not None:
                 files.append(writer.add_symlink(rel, link))
             elif stat.S_ISDIR(st.st_mode):
                 files.append(writer.add_dir(rel))
             else:
+                executable = bool(st.st_mode & stat.S_IXUSR)
                 with (app_dir / rel).open("rb") as fh:
-                    executable = bool(st.st_mode & stat.S_IXUSR)
-                    files.append(writer.add_file(rel, fh, st.st_size, executable=executable))
+                    known = None if base_digests is None else _known(fh, rel, st, base_digests)
+                    if known is not None:
+                        files.append(known)
+                    else:
+                        files.append(writer.add_file(rel, fh, st.st_size, executable=executable))
                 total += st.st_size
                 if progress is not None:
                     progress(st.st_size)
         payload = writer.finish()
+        if base_version is not None:
+            payload = payload.model_copy(update={"base": base_version})
         try:
             manifest = Manifest(
                 format=FORMAT_VERSION,
@@ -344,6 +362,44 @@ def build_package(
         payload_file.seek(0)
         manifest_bytes = write_package_file(output, manifest, [], payload_file)
     return BuildResult(output, manifest, manifest_bytes, len(files), total, payload.size)
+
+
+def _base_contents(base: Path, app: str) -> tuple[str, set[str]]:
+    """The version and file digests of the base package of a thin build.
+
+    Raises:
+        ConfigError: the base package is for another app.
+    """
+    parts, fh = open_package(base)
+    fh.close()
+    manifest = parse_manifest(parts.manifest_bytes)
+    if manifest.app != app:
+        raise ConfigError(
+            f"--base {base} is a package of {manifest.app!r}, not {app!r}; give a previous "
+            f"release of {app}"
+        )
+    return manifest.version, {e.sha256 for e in manifest.files if isinstance(e, FileEntry)}
+
+
+def _entry_only(rel: str, link: str | None) -> SymlinkEntry | DirEntry:
+    if link is not None:
+        return SymlinkEntry(path=rel, symlink=link)
+    return DirEntry(path=rel, dir=True, mode=0o755)
+
+
+def _known(
+    fh: io.BufferedReader, rel: str, st: os.stat_result, digests: set[str]
+) -> FileEntry | None:
+    """The entry of a file whose content the base holds (then left out of the payload), or
+    None (``fh`` rewound: the writer packs it)."""
+    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    fh.seek(0)
+    if digest not in digests or fh.seek(0, os.SEEK_END) != st.st_size:
+        fh.seek(0)
+        return None
+    return FileEntry(
+        path=rel, size=st.st_size, sha256=digest, mode=file_mode(bool(st.st_mode & stat.S_IXUSR))
+    )
 
 
 def sign_package(path: Path, key: PrivateKey) -> list[str]:

@@ -127,6 +127,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             changes=changes_from_git(Path(args.app_dir), args.changes_from_git)
             if args.changes_from_git
             else None,
+            base=Path(args.base) if args.base else None,
         )
     finally:
         if bar is not None:
@@ -139,14 +140,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         "bytes": res.total_bytes,
         "payload_bytes": res.payload_size,
         "payload_sha256": res.manifest.payload.sha256,
+        "base": res.manifest.payload.base,
     }
     _emit(
         args.json,
         data,
         lambda: print(
             f"built {res.path}: {res.manifest.app} {res.manifest.version}, {res.files} entries, "
-            f"{human_size(res.total_bytes)} -> {human_size(res.payload_size)} payload "
-            "(unsigned: run `cutover sign`)"
+            f"{human_size(res.total_bytes)} -> {human_size(res.payload_size)} payload"
+            + (f" (thin: base {res.manifest.payload.base})" if res.manifest.payload.base else "")
+            + " (unsigned: run `cutover sign`)"
         ),
     )
     return ExitCode.OK
@@ -386,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.toml",
         help="fields the hosts require (as in the agent config's [apps.NAME.require]): refuse "
         "to build a package that lacks one",
+    )
+    sp.add_argument(
+        "--base",
+        default=None,
+        metavar="PREVIOUS.cutover",
+        help="build a thin package: its payload holds only the files PREVIOUS's manifest does "
+        "not list (hosts must hold PREVIOUS's files; for fleets that pull from a store)",
     )
     sp.set_defaults(fn=cmd_build)
 

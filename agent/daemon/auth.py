@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CTX_KEY",
+    "JSON_BODY_CAPS",
     "MAX_JSON_BYTES",
     "PUBLIC_ROUTES",
     "STREAMING_ROUTES",
@@ -86,6 +87,9 @@ log = structlog.get_logger(__name__)
 
 CTX_KEY: web.AppKey[AgentContext] = web.AppKey("cutover_ctx")
 MAX_JSON_BYTES = 64 * 1024
+# Routes whose JSON body may be larger than MAX_JSON_BYTES, with their own cap (docs/protocol.md):
+# ``missing`` carries up to MAX_DIGESTS SHA-256 digests (agent/daemon/content_routes.py).
+JSON_BODY_CAPS = {"missing": 16 * 1024 * 1024}
 PUBLIC_ROUTES = frozenset({"health", "metrics"})
 UNMATCHED_ROUTE = "unmatched"  # the catch-all route's name (agent/daemon/routes.py)
 STREAMING_ROUTES = frozenset({"upload"})
@@ -320,7 +324,9 @@ async def _authenticate(ctx: AgentContext, request: web.Request) -> Caller:
     return Caller(verified.keyid, key.name, key.role, verified.content_digest)
 
 
-async def _read_small_body(ctx: AgentContext, request: web.Request, caller: Caller) -> bytes:
+async def _read_small_body(
+    ctx: AgentContext, request: web.Request, caller: Caller, name: str | None
+) -> bytes:
     parts: list[bytes] = []
 
     async def keep(data: bytes) -> None:
@@ -328,7 +334,7 @@ async def _read_small_body(ctx: AgentContext, request: web.Request, caller: Call
 
     _, actual = await stream_body(
         request,
-        max_bytes=MAX_JSON_BYTES,
+        max_bytes=JSON_BODY_CAPS.get(name or "", MAX_JSON_BYTES),
         idle_timeout_s=ctx.holder.current.agent.upload_idle_timeout_s,
         total_timeout_s=ctx.holder.current.agent.json_body_timeout_s,
         write=keep,
@@ -377,7 +383,7 @@ async def auth_middleware(
                 guard.authenticated(request)
         check_request_shape(request)
         if caller is not None and name not in STREAMING_ROUTES:
-            request["body"] = await _read_small_body(ctx, request, caller)
+            request["body"] = await _read_small_body(ctx, request, caller, name)
         response = await handler(request)
     except web.HTTPException as exc:
         error = _http_error(exc)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cutover.agent._util.strict_json import strict_json_loads
 from cutover.agent.errors import RequestError, UnsupportedMediaTypeError
@@ -23,9 +23,11 @@ from cutover.agent.versions import VERSION_RE
 
 __all__ = [
     "LEASE_ID_PATTERN",
+    "MAX_DIGESTS",
     "ActivateBody",
     "FetchBody",
     "LeaseBody",
+    "MissingBody",
     "RollbackBody",
     "check_query",
     "parse_json_body",
@@ -65,6 +67,28 @@ class LeaseBody(_Body):
 
 class FetchBody(_Body):
     url: str = Field(min_length=1, max_length=8192)
+
+
+MAX_DIGESTS = 200_000  # per `missing` request; fits auth.JSON_BODY_CAPS["missing"] (16 MiB)
+
+
+class MissingBody(_Body):
+    """``POST /v1/apps/{app}/releases/{version}/missing``: which of these contents the host lacks.
+
+    ``digests``: SHA-256 hex digests, lowercase, each at most once, at most :data:`MAX_DIGESTS`.
+    """
+
+    digests: list[str] = Field(max_length=MAX_DIGESTS)
+
+    @field_validator("digests")
+    @classmethod
+    def _digests(cls, v: list[str]) -> list[str]:
+        bad = next((d for d in v if len(d) != 64 or d.strip("0123456789abcdef")), None)
+        if bad is not None:
+            raise ValueError(f"{bad[:70]!r} is not a lowercase SHA-256 hex digest")
+        if len(set(v)) != len(v):
+            raise ValueError("a digest is listed more than once")
+        return v
 
 
 _M = TypeVar("_M", bound=_Body)

@@ -52,6 +52,7 @@ from cutover.agent.daemon.connections import (
     Limits,
     effective_max_connections,
 )
+from cutover.agent.daemon.content_routes import content_routes
 from cutover.agent.daemon.context import AgentContext
 from cutover.agent.daemon.lease_routes import lease_routes
 from cutover.agent.daemon.leases import LeaseTable
@@ -113,6 +114,7 @@ def build_app(ctx: AgentContext, guard: ConnectionGuard) -> web.Application:
     app.add_routes(lease_routes)  # before routes: its last route is the catch-all
     app.add_routes(upload_routes)
     app.add_routes(mark_routes)
+    app.add_routes(content_routes)
     app.add_routes(routes)
     app.on_response_prepare.append(_server_header)
     return app

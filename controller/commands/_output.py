@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from cutover.controller.fleet.results import FleetResult, HostStatus
+from cutover.controller.fleet.results import FleetResult, HostStatus, Transfer
 from cutover.controller.fleet.runner import now_iso
 
 __all__ = ["STATUS_STYLE", "Reporter"]
@@ -154,14 +154,16 @@ class Reporter:
             title=f"{result.action} {result.app} {result.version or ''}".rstrip(),
             title_justify="left",
         )
-        for col in ("host", "result", "current", "reason"):
+        sent = any(h.transfer is not None and h.transfer.mode != "fetch" for h in result.hosts)
+        for col in ("host", "result", "current", *(("sent",) if sent else ()), "reason"):
             table.add_column(col, overflow="fold")
         for h in result.hosts:
             style = STATUS_STYLE[h.status]
             code = f"{h.error}: " if h.error else ""
-            table.add_row(
-                h.host, f"[{style}]{h.status.value}[/]", h.current or "-", escape(code + h.message)
-            )
+            row = [h.host, f"[{style}]{h.status.value}[/]", h.current or "-"]
+            if sent:
+                row.append(_sent(h.transfer))
+            table.add_row(*row, escape(code + h.message))
         return table
 
     def document(self, data: dict[str, Any], human: Callable[[], None]) -> None:
@@ -171,3 +173,21 @@ class Reporter:
             print(json.dumps(data, indent=2, default=str))
         else:
             human()
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024**2:
+        return f"{n / 1024:.1f} KiB"
+    if n < 1024**3:
+        return f"{n / 1024**2:.1f} MiB"
+    return f"{n / 1024**3:.1f} GiB"
+
+
+def _sent(transfer: Transfer | None) -> str:
+    """``1.2 MiB delta (saved 248.8 MiB)``, ``250.0 MiB full``, or ``-``."""
+    if transfer is None or transfer.mode == "fetch":
+        return "-"
+    text = f"{_size(transfer.sent_bytes)} {transfer.mode}"
+    return f"{text} (saved {_size(transfer.saved_bytes)})" if transfer.saved_bytes else text

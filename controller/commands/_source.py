@@ -31,6 +31,7 @@ class Source:
     version: str
     package: Path | None = None
     url: str | None = None
+    delta: bool = True  # upload to each host only what it lacks (controller/delta.py)
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,13 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
         dest="release_version",
         metavar="V",
         help="with --package-url: the version at the URL (default: from its file name)",
+    )
+    p.add_argument(
+        "--no-delta",
+        dest="delta",
+        action="store_false",
+        help="upload the full package to every host (default: ask each host which files it "
+        "lacks and send only those)",
     )
 
 
@@ -77,7 +85,8 @@ def resolve_source(args: argparse.Namespace, fleet: Fleet) -> Source:
         fh.close()
         manifest = parse_manifest(parts.manifest_bytes)
         app = resolve_app(args, fleet, manifest.app)
-        return Source(app=app, version=manifest.version, package=args.package)
+        delta = getattr(args, "delta", True)
+        return Source(app=app, version=manifest.version, package=args.package, delta=delta)
     url = str(args.package_url)
     if urlsplit(url).scheme not in ("http", "https"):
         raise ConfigError(f"--package-url {url!r}: use an http:// or https:// URL")

@@ -37,6 +37,7 @@ from cutover.agent.errors import (
 )
 from cutover.agent.keys import PrivateKey
 from cutover.controller.client import AgentClient
+from cutover.controller.delta import ask_missing
 from cutover.controller.fleet.inventory import Concurrency, HostSpec
 
 __all__ = [
@@ -174,6 +175,7 @@ class AgentPort(Protocol):
         self, app: str, version: str, package: Path, sha256: bytes, on_event: AgentEvent
     ) -> OpRecord: ...
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord: ...
+    async def missing(self, app: str, version: str, digests: list[str]) -> list[str] | None: ...
     async def activate(
         self,
         app: str,
@@ -286,6 +288,9 @@ class ClientAgent:
 
     async def fetch(self, app: str, version: str, url: str, on_event: AgentEvent) -> OpRecord:
         return await self._follow(await self._client.fetch(app, version, url), on_event)
+
+    async def missing(self, app: str, version: str, digests: list[str]) -> list[str] | None:
+        return await ask_missing(self._client, app, version, digests)
 
     async def activate(
         self,

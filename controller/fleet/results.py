@@ -32,6 +32,7 @@ __all__ = [
     "FleetResult",
     "HostResult",
     "HostStatus",
+    "Transfer",
     "classify",
     "exit_code_of",
     "fleet_exit_code",
@@ -73,6 +74,23 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Transfer(_Out):
+    """What a stage moved to one host (docs/controller.md, "Delta push").
+
+    ``mode``: ``delta`` (a thin payload of the contents the host lacked), ``full`` (the whole
+    package: ``--no-delta``, an agent without the ``missing`` endpoint, or nothing to reuse) or
+    ``fetch`` (the agent downloaded it; nothing sent). ``saved_bytes`` = ``package_bytes`` -
+    ``sent_bytes``.
+    """
+
+    mode: str
+    sent_bytes: int
+    package_bytes: int
+    saved_bytes: int
+    files_sent: int | None = None  # regular files in a thin payload
+    reason: str = ""  # why not delta, when delta was asked
+
+
 class HostResult(_Out):
     """One host's result: the ``host.result`` event and a row of the results table."""
 
@@ -88,6 +106,7 @@ class HostResult(_Out):
     current: str | None = None
     previous: str | None = None
     duration_s: float = 0.0
+    transfer: Transfer | None = None  # stage steps only
 
 
 class FleetResult(_Out):

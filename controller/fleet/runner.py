@@ -31,6 +31,7 @@ from cutover.controller.fleet.results import (
     FleetResult,
     HostResult,
     HostStatus,
+    Transfer,
     classify,
     host_exit_code,
 )
@@ -58,6 +59,7 @@ class Done:
     version: str | None = None
     current: str | None = None
     previous: str | None = None
+    transfer: Transfer | None = None  # a stage step's bytes on the wire
 
 
 HostWork = Callable[[AgentPort, Callable[[dict[str, Any]], None]], Awaitable[Done]]
@@ -233,6 +235,7 @@ class FleetRunner:
             current=done.current if done else None,
             previous=done.previous if done else None,
             duration_s=round(time.monotonic() - started, 3),
+            transfer=done.transfer if done else None,
         )
         self.emit({"event": "host.result", **res.model_dump(mode="json")})
         return res

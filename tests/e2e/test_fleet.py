@@ -35,7 +35,7 @@ GROUPS = {
 }
 HOST_RESULT_KEYS = {
     "host", "url", "action", "status", "exit_code", "error", "message", "operation",
-    "version", "current", "previous", "duration_s",
+    "version", "current", "previous", "duration_s", "transfer",
 }  # fmt: skip
 SUMMARY_KEYS = {
     "ts",
@@ -94,6 +94,16 @@ def test_push_to_a_group_reports_the_refusing_host_and_stages_the_others(
         "failed": 0,
     }
     assert all(set(h) == HOST_RESULT_KEYS for h in summary["hosts"])
+    # fresh hosts hold none of the files: the delta push sends them the full package
+    size = packages["1.0.0"].stat().st_size
+    assert by_host["web-1"]["transfer"] == {
+        "mode": "full",
+        "sent_bytes": size,
+        "package_bytes": size,
+        "saved_bytes": 0,
+        "files_sent": None,
+        "reason": "the host holds none of it",
+    }
     names = [e["event"] for e in events]
     assert names.count("host.start") == names.count("host.result") == 3
     uploads = [e for e in events if e["event"] == "host.progress" and e["step"] == "upload"]
