@@ -187,3 +187,38 @@ def test_build_output_inside_the_app_tree_is_refused_unless_excluded(tmp_path: P
     paths = _shipped(out)
     assert "public/index.php" in paths
     assert not {p for p in paths if p.startswith("dist")}
+
+
+def test_build_base_makes_a_thin_package(tmp_path: Path) -> None:
+    """``cutover build --base PREVIOUS``: the manifest lists the whole tree and names the base;
+    the payload holds only the files the base lacks; ``inspect`` still checks its digest."""
+    app = _tree(tmp_path)
+    (app / "public" / "style.css").write_text("body { color: red; }\n" * 200)
+    base = tmp_path / "ame-1.0.0.cutover"
+    assert cutover("build", str(app), "--version", "1.0.0", "-o", str(base)).returncode == 0
+    (app / "public" / "index.php").write_text("<?php echo 'hello';\n")
+    thin = tmp_path / "ame-1.1.0.cutover"
+    proc = cutover(
+        "build", str(app), "--version", "1.1.0", "-o", str(thin), "--base", str(base), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["base"] == "1.0.0" and out["entries"] == 4  # public/, 2 files, cutover.toml
+    human = cutover("build", str(app), "--version", "1.1.0", "-o", str(tmp_path / "h.cutover"),
+                    "--base", str(base))  # fmt: skip
+    assert "(thin: base 1.0.0)" in human.stdout
+    info = json.loads(cutover("inspect", str(thin), "--json").stdout)
+    assert info["payload_matches"] is True and info["payload"]["base"] == "1.0.0"
+    parts, fh = open_package(thin)
+    fh.close()
+    full_parts, fh = open_package(base)
+    fh.close()
+    assert parts.payload_size < full_parts.payload_size
+
+    other = tmp_path / "other"
+    (other / "x").mkdir(parents=True)
+    (other / "cutover.toml").write_text('app = "zzz"\n')
+    refused = cutover("build", str(other), "--version", "1.0.0", "-o", str(tmp_path / "z.cutover"),
+                      "--base", str(base))  # fmt: skip
+    assert refused.returncode == 2 and "is a package of 'ame', not 'zzz'" in refused.stderr
+    assert not (tmp_path / "z.cutover").exists()
