@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench bench-extract bench-flip bench-api clean
+.PHONY: test lint typecheck unit demo bench bench-extract bench-flip bench-api bench-delta clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null || { echo "error: Python 3.11+ is needed (found: $(PYTHON)); run make PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -43,6 +43,9 @@ bench-flip: $(STAMP)
 
 bench-api: $(STAMP)
 	$(BIN)/python bench/api.py
+
+bench-delta: $(STAMP)
+	$(BIN)/python bench/delta.py
 
 clean:
 	rm -rf $(VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache

@@ -4,6 +4,8 @@
   manifest's (or, for a delta upload, its ``delta.json``'s: transfer integrity; the files are
   still each checked against the signed manifest while extracting). This is what makes the
   decompressor see only signed (or announced and signed-request-covered) bytes.
+* :func:`link_escapes`: a symlink target that is absolute or climbs out of the release (named
+  as such when a member's target differs from the manifest's).
 * :func:`byte_cap`: the manifest fits the host's :class:`ExtractLimits` (entries, path length and
   depth), and how many decompressed bytes its payload may hold: exactly the tar size the package
   writer emits for it (:func:`agent.package.writer.tar_size`); for a thin payload, for the
@@ -14,6 +16,7 @@ Pure apart from reading the package file: no tree is touched here.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Final
@@ -25,7 +28,13 @@ from cutover.agent.package.delta import DeltaPayload
 from cutover.agent.package.manifest import FileEntry, Manifest, Payload
 from cutover.agent.package.writer import tar_size
 
-__all__ = ["DEFAULT_LIMITS", "ExtractLimits", "byte_cap", "verify_payload_digest"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ExtractLimits",
+    "byte_cap",
+    "link_escapes",
+    "verify_payload_digest",
+]
 
 
 @dataclass(frozen=True)
@@ -121,3 +130,11 @@ def byte_cap(manifest: Manifest, limits: ExtractLimits, thin: bool = False) -> i
             )
     entries = [e for e in manifest.files if isinstance(e, FileEntry)] if thin else manifest.files
     return tar_size(entries, limits.per_entry_allowance)
+
+
+def link_escapes(link: str, target: str) -> bool:
+    """True if symlink ``link`` -> ``target`` is absolute or resolves outside the release."""
+    if not target or target.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link), target))
+    return resolved == ".." or resolved.startswith("../")

@@ -5,26 +5,19 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
 
 * **Signed bytes only.** The payload's codec, size and SHA-256 are checked before a single byte
   is decompressed (:mod:`agent.extract.checks`); zstd windows are capped at 128 MiB.
-* **A small, strict tar dialect**, parsed by :mod:`agent.extract._stream` with the one tar codec,
-  :mod:`agent.package.ustar` (never the standard library's extractor): POSIX ustar headers with
-  valid checksums, each optionally preceded by one local pax header whose only effective keys
-  are ``path``, ``linkpath`` and ``size``. Members are regular files, directories or symlinks.
-  Hardlinks, devices, FIFOs, GNU long names and sparse files, global pax headers, unknown or
-  repeated pax keys, non-UTF-8 names, setuid/setgid/sticky modes and data on non-files are refused.
-* **The payload is exactly the manifest.** Every member is listed in the manifest with the same
-  type, mode, size and SHA-256 (hashed while writing) or symlink target; it appears once (also
-  under case-folding and Unicode normalisation, :func:`agent.package.manifest.fold_key`) and
-  after its parent directory; every manifest entry appears. A name the manifest does not list is
-  reported with the :func:`agent.package.manifest.check_relpath` rule it breaks (``..``,
-  absolute, backslash, control character, NUL).
+* **A small, strict tar dialect** (:mod:`agent.extract._stream`, through the one tar codec
+  :mod:`agent.package.ustar`, never the standard library's extractor): regular files,
+  directories and symlinks only; every other type, unknown pax keys and non-UTF-8 names refused.
+* **The payload is exactly the manifest.** Every member is listed with the same type, mode, size
+  and SHA-256 (hashed while writing) or link target, once (also under case-folding and Unicode
+  normalisation), after its parent; every entry appears. An unlisted name is reported with the
+  :func:`agent.package.manifest.check_relpath` rule it breaks.
 * **Caps.** Members: at most ``len(manifest.files)`` and ``limits.max_entries``. Decompressed
   bytes: exactly what the package writer emits for the manifest (:func:`~agent.extract.checks.byte_cap`).
   Path length and depth: ``limits``. Pax headers: 64 KiB. Memory: bounded 1 MiB chunks.
-* **Writing never follows a symlink.** ``dest`` is created fresh (0700) and everything beneath it
-  is created relative to file descriptors of directories this run created, with
-  ``O_NOFOLLOW | O_EXCL``. Files are created 0600 and get their manifest mode once written.
-  Symlinks are created last, from the manifest; directories get their manifest modes last, and
-  the release root becomes 0755 like every shipped directory.
+* **Writing never follows a symlink.** ``dest`` is created fresh (0700); everything beneath it
+  relative to fds of directories this run created, ``O_NOFOLLOW | O_EXCL``; files 0600 until
+  written; symlinks and directory modes last, from the manifest; the root becomes 0755.
 * **Thin payloads** (a delta upload's ``delta.json``, or a manifest ``payload.base``) hold only
   regular files of the manifest: directories and symlinks come from the manifest, the other
   files from releases on the host (:mod:`agent.extract.reuse`, re-hashed); one neither has fails
@@ -36,13 +29,11 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
 Ownership, times and ustar names overridden by pax are never applied. Durability is the caller's
 job: one :func:`agent._util.fsutil.syncfs` after extraction instead of an fsync per file.
 
-Here are the public API and the orchestration (:class:`_Extraction`); the tar parser, codec check,
-decompressor thread and byte stream are in :mod:`agent.extract._stream`; the destination, writer
+Here: the public API and the orchestration (:class:`_Extraction`); the parser, codec check,
+decompressor thread and byte stream in :mod:`agent.extract._stream`; the destination, writer
 thread, removal and storage errors in :mod:`agent.extract._io`. Three threads share the work: one
-decompresses (the codecs release the GIL); the caller's parses headers, checks names, creates
-files and directories, and writes and hashes small files; one writes, hashes and closes large
-files (``os.write`` and ``hashlib`` release the GIL for long stretches there), so the page-cache
-copy of the bulk of the bytes overlaps parsing.
+decompresses; the caller's parses, checks, creates, and writes small files; one writes, hashes and
+closes large files (``os.write`` and ``hashlib`` release the GIL), overlapping the parsing.
 """
 
 from __future__ import annotations
@@ -50,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +80,7 @@ from cutover.agent.extract.checks import (
     DEFAULT_LIMITS,
     ExtractLimits,
     byte_cap,
+    link_escapes,
     verify_payload_digest,
 )
 from cutover.agent.extract.reuse import Reuser, missing_error
@@ -210,13 +201,6 @@ def extract_payload(
     reused = {} if reuse is None else {m: (n, b) for m, (n, b) in reuse.counts.items() if n}
     seconds = time.monotonic() - started
     return ExtractStats(job.files, job.dirs, job.symlinks, job.bytes, seconds, reused)
-
-
-def _escapes(link: str, target: str) -> bool:
-    if not target or target.startswith("/"):
-        return True
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link), target))
-    return resolved == ".." or resolved.startswith("../")
 
 
 class _Extraction(TarParser):
@@ -425,7 +409,7 @@ class _Extraction(TarParser):
         target = raw_target.decode("utf-8", "replace")
         if target == entry.symlink:
             return
-        if _escapes(entry.path, target):
+        if link_escapes(entry.path, target):
             raise self._error(
                 UnsafeArchiveError,
                 f"symlink to {target[:80]!r} points outside the release (the manifest says "

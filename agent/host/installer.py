@@ -164,7 +164,9 @@ def make_readonly(release_dir: Path) -> None:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-                os.chmod(p, release_mode(st.st_mode))
+                mode = release_mode(st.st_mode)
+                if stat.S_IMODE(st.st_mode) != mode:  # a reused (hardlinked) file already is
+                    os.chmod(p, mode)
     os.chmod(release_dir, release_mode(os.lstat(release_dir).st_mode))
 
 
