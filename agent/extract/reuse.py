@@ -23,7 +23,8 @@ index, :mod:`agent.host.content`) is placed from that older release: cloned, har
     ``auto`` hardlinks only when the release declares no hook that runs inside the new tree
     before it is sealed (``stage``, ``pre_activate``), ``hardlink`` is the operator asserting
     hooks never write in place. Both also need an identical manifest mode and a sealed
-    (write-protected) source; the link is checked to be the inode that was verified.
+    (write-protected) source. The verified open file itself is linked (``/proc/self/fd``);
+    without ``/proc`` the name is, then checked to be the verified inode.
   - *copy*: an in-kernel copy (``copy_file_range``, else ``sendfile``), given the manifest mode.
 
 Counts per method (files and bytes) are kept for the stage record.
@@ -54,6 +55,7 @@ _SOURCE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXE
 _NO_REFLINK: Final = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY})
 _NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 _MAX_DIR_FDS: Final = 64
+_READ: Final = 1 << 20  # bytes per read while hashing a source
 
 
 class Candidate(NamedTuple):
@@ -89,6 +91,7 @@ class Reuser:
         self._root_fd = os.open(releases, DIR_FLAGS)
         self._dir_fds: dict[str, int] = {}
         self.counts: dict[str, list[int]] = {m: [0, 0] for m in METHODS}
+        self._proc_links = os.path.isdir("/proc/self/fd")
         self.refused: list[str] = []  # candidates that failed their check, for the log
 
     def knows(self, digest: str) -> bool:
@@ -137,9 +140,8 @@ class Reuser:
                 self.refused.append(f"{where}: not a regular file of {entry.size} bytes")
                 os.close(fd)
                 return None
-            with open(fd, "rb", closefd=False) as fh:
-                actual = hashlib.file_digest(fh, "sha256").hexdigest()
-            if actual != entry.sha256:
+            actual, length = _sha256(fd, entry.size)
+            if length != entry.size or actual != entry.sha256:
                 self.refused.append(f"{where}: content differs from its manifest (drift)")
                 os.close(fd)
                 return None
@@ -191,19 +193,14 @@ class Reuser:
             else:
                 self._seal(dst, entry)
                 return "reflink"
-        if self._hardlink and cand.mode == entry.mode and not st.st_mode & 0o222:
-            parent, _, name = cand.path.rpartition("/")
-            try:
-                src_dir = self._dir_fd(cand.version, parent)
-                os.link(name, leaf, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
-                    raise
-            else:
-                linked = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
-                if (linked.st_dev, linked.st_ino) == (st.st_dev, st.st_ino):
-                    return "hardlink"
-                os.unlink(leaf, dir_fd=dir_fd)  # the name was swapped since it was checked
+        sealed = not st.st_mode & 0o222  # the inode's mode is shared: it must stay as sealed
+        if (
+            self._hardlink
+            and cand.mode == entry.mode
+            and sealed
+            and self._link_fd(src, st, cand, dir_fd, leaf)
+        ):
+            return "hardlink"
         dst = os.open(leaf, FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             _copy(src, dst, entry.size)
@@ -212,6 +209,32 @@ class Reuser:
             raise
         self._seal(dst, entry)
         return "copy"
+
+    def _link_fd(
+        self, src: int, st: os.stat_result, cand: Candidate, dir_fd: int, leaf: str
+    ) -> bool:
+        """Hardlink the verified inode itself as ``leaf``: through ``/proc/self/fd`` (linkat
+        with AT_SYMLINK_FOLLOW links the open file, not a name that could be swapped), else by
+        name, then checked to be that inode. False: this filesystem cannot (copy instead)."""
+        try:
+            if self._proc_links:
+                try:
+                    os.link(f"/proc/self/fd/{src}", leaf, dst_dir_fd=dir_fd, follow_symlinks=True)
+                    return True
+                except FileNotFoundError:  # no /proc: link by name below
+                    self._proc_links = False
+            parent, _, name = cand.path.rpartition("/")
+            src_dir = self._dir_fd(cand.version, parent)
+            os.link(name, leaf, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                raise
+            return False
+        linked = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
+        if (linked.st_dev, linked.st_ino) == (st.st_dev, st.st_ino):
+            return True
+        os.unlink(leaf, dir_fd=dir_fd)  # the name was swapped since it was checked
+        return False
 
     @staticmethod
     def _seal(fd: int, entry: FileEntry) -> None:
@@ -234,6 +257,20 @@ class Reuser:
             with contextlib.suppress(OSError):
                 os.close(self._root_fd)
             self._root_fd = -1
+
+
+def _sha256(fd: int, size: int) -> tuple[str, int]:
+    """SHA-256 and length of the file behind ``fd``, read with ``pread`` (no file object; one
+    read for a file under 1 MiB: asking one byte more than ``size`` shows the end at once)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        want = min(size - offset + 1, _READ) if offset <= size else 1
+        chunk = os.pread(fd, want, offset)
+        digest.update(chunk)
+        offset += len(chunk)
+        if len(chunk) < want or offset > size:
+            return digest.hexdigest(), offset
 
 
 def _copy(src: int, dst: int, size: int) -> None:
