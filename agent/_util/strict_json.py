@@ -30,11 +30,13 @@ def strict_json_loads(
     """
 
     def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise error(f"{what}: duplicate JSON key {k[:64]!r}")
-            out[k] = v
+        out = dict(pairs)  # in C; only a short dict means a repeated key, then find which
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise error(f"{what}: duplicate JSON key {k[:64]!r}")
+                seen.add(k)
         return out
 
     def reject_constant(name: str) -> Any:
