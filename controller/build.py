@@ -253,6 +253,7 @@ def build_package(
     created_at: datetime | None = None,
     expires_after: timedelta | None = None,
     compression: str = "zstd",
+    chunks: bool = True,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     requirements: Requirements | None = None,
@@ -265,6 +266,8 @@ def build_package(
     whole tree as always, but its payload holds only the regular files whose SHA-256 the base
     package's manifest does not list, and ``payload.base`` names the base version
     (docs/package-format.md, "Thin packages"). Hosts must hold the base files to stage it.
+    ``chunks=False`` leaves ``payload.chunks`` out of the manifest (agents older than it refuse
+    the field; docs/package-format.md).
 
     ``on_total`` is told the bytes of regular files to pack once the tree is walked, before any
     ``progress`` call (so a progress bar knows its total).
@@ -292,7 +295,7 @@ def build_package(
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=output.parent) as payload_file:
-        writer = PayloadWriter(payload_file, compression)
+        writer = PayloadWriter(payload_file, compression, chunks=chunks)
         files: list[FileEntry | SymlinkEntry | DirEntry] = []
         total = 0
         for rel, st, link in walked:

@@ -119,6 +119,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             created_at=_parse_time(args.created_at) if args.created_at else None,
             expires_after=expires,
             compression=args.compression,
+            chunks=not args.no_chunks,
             progress=progress,
             on_total=on_total if bar is not None else None,
             requirements=_load_toml_model(args.require, "require", Requirements)
@@ -377,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--expires-days", type=int, default=None, help="manifest expires N days after created_at"
     )
     sp.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
+    sp.add_argument(
+        "--no-chunks",
+        action="store_true",
+        help="leave payload.chunks out of the manifest: for agents that predate it, or to "
+        "reproduce the bytes of a build made before it (docs/package-format.md)",
+    )
     sp.add_argument(
         "--changes-from-git",
         default=None,

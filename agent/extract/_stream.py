@@ -1,7 +1,12 @@
 """Strict tar stream parsing and decompression, for the extractor (:mod:`agent.extract`).
 
-Everything here reads untrusted bytes (the compressed payload already matched the signed digest)
-and enforces, while streaming:
+Everything here reads untrusted bytes and enforces, while streaming:
+
+* **Signed bytes only reach the decompressor.** Either the whole compressed payload matched the
+  signed digest before decompression began (packages without chunks), or :class:`ChunkedSource`
+  hands it out chunk by chunk, each only after all of its bytes matched its signed digest
+  (``payload.chunks``, code ``chunk_digest``): a tampered chunk is refused before the decompressor
+  sees any byte of it, and the payload is read once.
 
 * **Bounded decompression.** The codec must be the manifest's (:func:`check_codec`); zstd
   windows are capped at 128 MiB (the zstd CLI default), so a frame cannot demand unbounded
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import queue
 import threading
 import zlib
@@ -45,12 +51,13 @@ import zstandard
 from cutover.agent.errors import (
     ArchiveLimitError,
     CutoverError,
+    DigestMismatchError,
     PackageFormatError,
     StorageError,
     UnsafeArchiveError,
 )
 from cutover.agent.package.container import PackageParts
-from cutover.agent.package.manifest import Manifest
+from cutover.agent.package.manifest import Manifest, PayloadChunks
 from cutover.agent.package.ustar import (
     BLOCK,
     DIR,
@@ -68,11 +75,15 @@ __all__ = [
     "KINDS",
     "REBUILD",
     "REFUSED",
+    "ChunkedSource",
+    "PayloadSource",
     "Producer",
+    "Source",
     "Stream",
     "TarParser",
     "check_codec",
     "open_decoder",
+    "payload_source",
 ]
 
 CHUNK: Final = 1 << 20  # decompressed bytes per queue item, and the largest single write
@@ -116,7 +127,7 @@ def check_codec(parts: PackageParts, manifest: Manifest, compression: str | None
         )
 
 
-class _PayloadSource:
+class PayloadSource:
     """The payload member's bytes, read from the package file; a short read means truncation."""
 
     def __init__(self, fh: BinaryIO, parts: PackageParts) -> None:
@@ -140,8 +151,73 @@ class _PayloadSource:
         return data
 
 
-def open_decoder(fh: BinaryIO, parts: PackageParts, compression: str) -> Callable[[int], bytes]:
-    source = _PayloadSource(fh, parts)
+class ChunkedSource:
+    """Hands the payload to the decompressor only in whole chunks that matched their signed
+    digests (``manifest.payload.chunks``): no byte of a chunk is handed out before all of it
+    was read and hashed, so the decompressor never sees an unsigned byte.
+
+    Args:
+        read: returns exactly the number of payload bytes asked for (or raises ``truncated``).
+        size: the payload's size (already checked against the manifest).
+        chunks: the signed chunk size and digests.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], size: int, chunks: PayloadChunks) -> None:
+        self._read = read
+        self._left = size
+        self._size = chunks.size
+        self._digests = chunks.sha256
+        self._index = 0
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> None:
+        n = min(self._size, self._left)
+        data = self._read(n)
+        actual = hashlib.sha256(data).hexdigest()
+        expected = self._digests[self._index]
+        if actual != expected:
+            start = self._index * self._size
+            raise DigestMismatchError(
+                f"payload chunk {self._index + 1} of {len(self._digests)} (bytes {start}-"
+                f"{start + n - 1}) has sha256 {actual[:16]}… but the signed manifest says "
+                f"{expected[:16]}…; {REBUILD}",
+                code="chunk_digest",
+            )
+        self._index += 1
+        self._left -= n
+        self._buf, self._pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pos >= len(self._buf):
+            if not self._left:
+                return b""
+            self._next_chunk()
+        if self._pos == 0 and (size < 0 or size >= len(self._buf)):
+            self._pos = len(self._buf)
+            return self._buf
+        end = len(self._buf) if size < 0 else self._pos + size
+        data = self._buf[self._pos : end]
+        self._pos += len(data)
+        return data
+
+
+Source = PayloadSource | ChunkedSource
+
+
+def payload_source(fh: BinaryIO, parts: PackageParts, chunks: PayloadChunks | None) -> Source:
+    """What the decompressor reads: chunk-verified with the signed ``chunks``, else the raw
+    payload (whose whole digest the caller checked first)."""
+    raw = PayloadSource(fh, parts)
+    if chunks is None:
+        return raw
+    return ChunkedSource(raw.read, parts.payload_size, chunks)
+
+
+def open_decoder(source: Source, compression: str) -> Callable[[int], bytes]:
     if compression == "zstd":
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         reader = dctx.stream_reader(

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "ExtractLimits",
     "byte_cap",
+    "check_payload_size",
     "link_escapes",
     "verify_payload_digest",
 ]
@@ -57,6 +58,24 @@ class ExtractLimits:
 
 
 DEFAULT_LIMITS: Final = ExtractLimits()
+
+
+def check_payload_size(
+    parts: PackageParts, manifest: Manifest, delta: DeltaPayload | None = None
+) -> None:
+    """The payload member's size is the signed manifest's (or a delta upload's ``delta.json``'s).
+
+    Raises:
+        DigestMismatchError: ``payload_size``.
+    """
+    expected: DeltaPayload | Payload = manifest.payload if delta is None else delta
+    if parts.payload_size != expected.size:
+        says = "the signed manifest says" if delta is None else "its delta.json says"
+        raise DigestMismatchError(
+            f"payload {parts.payload_name!r} is {parts.payload_size} bytes but {says} "
+            f"{expected.size}; {REBUILD}",
+            code="payload_size",
+        )
 
 
 def verify_payload_digest(
@@ -87,13 +106,8 @@ def verify_payload_digest(
     """
     expected: DeltaPayload | Payload = manifest.payload if delta is None else delta
     check_codec(parts, manifest, expected.compression)
+    check_payload_size(parts, manifest, delta)
     says = "the signed manifest says" if delta is None else "its delta.json says"
-    if parts.payload_size != expected.size:
-        raise DigestMismatchError(
-            f"payload {parts.payload_name!r} is {parts.payload_size} bytes but {says} "
-            f"{expected.size}; {REBUILD}",
-            code="payload_size",
-        )
     try:
         actual = hash_payload(fh, parts, progress)
     except OSError as exc:

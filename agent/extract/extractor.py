@@ -3,8 +3,11 @@
 The payload is untrusted until each of its bytes has been matched against the signed manifest, so
 the extractor trusts nothing in it and enforces, while streaming (docs/security-model.md):
 
-* **Signed bytes only.** The payload's codec, size and SHA-256 are checked before a single byte
-  is decompressed (:mod:`agent.extract.checks`); zstd windows are capped at 128 MiB.
+* **Signed bytes only.** The payload's codec and size are checked first, and no byte reaches the
+  decompressor before it matched a signed digest: with ``payload.chunks`` each chunk as it is read
+  (:class:`agent.extract._stream.ChunkedSource`), so the payload is read once; without chunks (older
+  packages, or a delta upload, described by its ``delta.json``) the whole payload's SHA-256 first
+  (:mod:`agent.extract.checks`). zstd windows are capped at 128 MiB.
 * **A small, strict tar dialect** (:mod:`agent.extract._stream`, through the one tar codec
   :mod:`agent.package.ustar`, never the standard library's extractor): regular files,
   directories and symlinks only; every other type, unknown pax keys and non-UTF-8 names refused.
@@ -72,6 +75,7 @@ from cutover.agent.extract._stream import (
     Stream,
     TarParser,
     check_codec,
+    payload_source,
 )
 from cutover.agent.extract._stream import (
     open_decoder as _open_decoder,  # tests patch archive._open_decoder
@@ -80,6 +84,7 @@ from cutover.agent.extract.checks import (
     DEFAULT_LIMITS,
     ExtractLimits,
     byte_cap,
+    check_payload_size,
     link_escapes,
     verify_payload_digest,
 )
@@ -178,9 +183,13 @@ def extract_payload(
     check_codec(parts, manifest, compression)
     thin = delta is not None or manifest.payload.base is not None
     cap = byte_cap(manifest, limits, thin)
-    if not already_verified:
+    # A delta upload's payload is described by its delta.json, not by the manifest's chunks.
+    chunks = manifest.payload.chunks if delta is None else None
+    if chunks is not None:
+        check_payload_size(parts, manifest)  # each chunk is checked as it is read
+    elif not already_verified:
         verify_payload_digest(fh, parts, manifest, progress, delta=delta)
-    producer = Producer(_open_decoder(fh, parts, compression))
+    producer = Producer(_open_decoder(payload_source(fh, parts, chunks), compression))
     parent_fd, root_fd = make_dest(dest)
     job = _Extraction(manifest, limits, root_fd, dest, progress, thin, reuse)
     try:

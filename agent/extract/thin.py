@@ -26,6 +26,7 @@ from cutover.agent.extract._stream import (
     Stream,
     TarParser,
     open_decoder,
+    payload_source,
 )
 from cutover.agent.extract.checks import DEFAULT_LIMITS, byte_cap, verify_payload_digest
 from cutover.agent.package.container import PackageParts
@@ -132,7 +133,8 @@ def write_thin_payload(
     verify_payload_digest(fh, parts, manifest)
     writer = PayloadWriter(out, compression or manifest.payload.compression)
     job = _Thinner(manifest, wanted, writer)
-    producer = Producer(open_decoder(fh, parts, manifest.payload.compression))
+    source = payload_source(fh, parts, None)  # the whole digest matched just above
+    producer = Producer(open_decoder(source, manifest.payload.compression))
     producer.start()
     try:
         job.run(Stream(producer.next, byte_cap(manifest, DEFAULT_LIMITS), job.where))

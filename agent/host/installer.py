@@ -68,7 +68,8 @@ def extract_to_incoming(
     manifest = verified.manifest
     dest = layout.incoming / f"{manifest.version}.{random_suffix()}"
     delta = None if parts.delta_bytes is None else parse_delta(parts.delta_bytes).payload
-    extractor.verify_payload_digest(fh, parts, manifest, delta=delta)
+    if delta is not None or manifest.payload.chunks is None:  # else: chunk by chunk, in one pass
+        extractor.verify_payload_digest(fh, parts, manifest, delta=delta)
     reuser = None if state is None else reuser_for(layout, state, manifest, reuse)
     try:
         stats = extractor.extract_payload(

@@ -8,7 +8,9 @@ reads. What it writes is deterministic, so the same tree and metadata give the s
   uid/gid 0, mtime 0, no owner names; files ``0755`` if executable else ``0644``, directories
   ``0755``, symlinks ``0777`` (never applied: links are created from the manifest). It hashes each
   file while copying it and returns the manifest entry that describes it, then the
-  :class:`~agent.package.manifest.Payload` (size and SHA-256 of the compressed stream).
+  :class:`~agent.package.manifest.Payload`: size and SHA-256 of the compressed stream, and the
+  SHA-256 of each 4 MiB run of it (``payload.chunks``, :data:`CHUNK_BYTES`), which lets the
+  extractor check each chunk before decompressing it and skip the separate digest pass.
   Compression: zstd level 3 with frame checksums, gzip level 6 with mtime 0, or none.
 * :func:`write_package_file` renders the manifest and signature models (their formats' only
   writers, :func:`~agent.package.manifest.render_manifest` and
@@ -37,6 +39,7 @@ from cutover.agent.package.manifest import (
     FileEntry,
     Manifest,
     Payload,
+    PayloadChunks,
     SymlinkEntry,
     render_manifest,
 )
@@ -58,6 +61,7 @@ from cutover.agent.package.ustar import (
 )
 
 __all__ = [
+    "CHUNK_BYTES",
     "COMPRESSIONS",
     "PayloadWriter",
     "add_signature",
@@ -71,6 +75,7 @@ ZSTD_LEVEL: Final = 3
 GZIP_LEVEL: Final = 6
 _FLUSH_BYTES: Final = 1 << 20  # small members are gathered into writes of about this size
 _COPY_BYTES: Final = 1 << 20
+CHUNK_BYTES: Final = 4 << 20  # compressed bytes per payload.chunks digest
 
 
 def file_mode(executable: bool) -> int:
@@ -100,37 +105,60 @@ def tar_size(
 
 
 class _HashingSink(io.RawIOBase):
-    """Counts and hashes the compressed bytes on their way to the payload file."""
+    """Counts and hashes the compressed bytes on their way to the payload file: as a whole, and
+    per :data:`CHUNK_BYTES` run (the manifest's ``payload.chunks``)."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.chunks: list[str] = []
+        self._chunk = hashlib.sha256()
+        self._chunk_left = CHUNK_BYTES
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
-        self.sha256.update(b)
-        self.size += len(b)
+        view = memoryview(b).cast("B")
+        n = len(view)
+        self.sha256.update(view)
+        self.size += n
+        while view:
+            part = view[: self._chunk_left]
+            self._chunk.update(part)
+            self._chunk_left -= len(part)
+            view = view[len(part) :]
+            if not self._chunk_left:
+                self.chunks.append(self._chunk.hexdigest())
+                self._chunk, self._chunk_left = hashlib.sha256(), CHUNK_BYTES
         self._out.write(b)
-        return len(b)
+        return n
+
+    def chunk_digests(self) -> list[str]:
+        """Every chunk's digest, the last (shorter) one included; call once, at the end."""
+        if self._chunk_left != CHUNK_BYTES:
+            self.chunks.append(self._chunk.hexdigest())
+            self._chunk_left = CHUNK_BYTES
+        return self.chunks
 
 
 class PayloadWriter:
     """Writes a payload tar stream, compressed, to ``out``; returns the manifest entries.
 
     Call :meth:`add_dir`, :meth:`add_symlink` and :meth:`add_file` in strictly increasing path
-    order, then :meth:`finish` once.
+    order, then :meth:`finish` once. ``chunks=False`` leaves ``payload.chunks`` out, for agents
+    that predate it (they refuse unknown manifest fields) or to reproduce an earlier build's bytes.
 
     Raises (from every method):
         ManifestError: a path out of order, or a file whose size differs from the one announced.
         ConfigError: an unknown compression.
     """
 
-    def __init__(self, out: BinaryIO, compression: str) -> None:
+    def __init__(self, out: BinaryIO, compression: str, *, chunks: bool = True) -> None:
         self._sink = _HashingSink(out)
         self._compression = compression
+        self._chunks = chunks
         self._raw: Any
         if compression == "zstd":
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
@@ -229,6 +257,11 @@ class PayloadWriter:
             sha256=self._sink.sha256.hexdigest(),
             size=self._sink.size,
             compression=cast(Any, self._compression),
+            chunks=(
+                PayloadChunks(size=CHUNK_BYTES, sha256=self._sink.chunk_digests())
+                if self._chunks
+                else None
+            ),
         )
 
 

@@ -172,6 +172,9 @@ class Kit:
         (outside / "sentinel.txt").write_text("do not touch\n")
         (outside / "subdir").mkdir()
         self._n = 0
+        # payload.chunks of this many compressed bytes in every package made (None: no chunks,
+        # the whole-payload digest path of packages built before chunks existed)
+        self.chunk_size: int | None = None
 
     def package(
         self,
@@ -199,6 +202,14 @@ class Kit:
             },
             "files": entries,
         }
+        if self.chunk_size is not None:
+            doc["payload"]["chunks"] = {
+                "size": self.chunk_size,
+                "sha256": [
+                    hashlib.sha256(payload[i : i + self.chunk_size]).hexdigest()
+                    for i in range(0, len(payload), self.chunk_size)
+                ],
+            }
         doc.update(fields)
         manifest = canonical_json(doc)
         self._n += 1

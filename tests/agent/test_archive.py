@@ -112,6 +112,70 @@ def test_already_verified_skips_the_second_digest_pass(
     assert _extract(kit, pkg, already_verified=True).files == 5
 
 
+class _Recording:
+    """A decoder input that records every byte the decompressor was fed."""
+
+    def __init__(self, source: Any, fed: list[bytes]) -> None:
+        self._source = source
+        self._fed = fed
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        self._fed.append(bytes(data))
+        return data
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_a_tampered_chunk_is_refused_before_any_byte_of_it_is_decompressed(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    kit.chunk_size = 65536
+    blob = os.urandom(400_000)  # incompressible: the payload spans 7 chunks
+    pkg = kit.evil([*TREE, reg("zz.bin", blob)], compression=compression)
+    parts, fh = open_package(pkg)
+    fh.close()
+    data = bytearray(pkg.read_bytes())
+    tampered = 3  # the fourth chunk
+    data[parts.payload_offset + tampered * 65536 + 100] ^= 1
+    pkg.write_bytes(bytes(data))
+    payload = bytes(data[parts.payload_offset : parts.payload_offset + parts.payload_size])
+    fed: list[bytes] = []
+    real = archive._open_decoder
+    monkeypatch.setattr(
+        archive, "_open_decoder", lambda source, codec: real(_Recording(source, fed), codec)
+    )
+    before = snapshot(kit.tmp)
+
+    with pytest.raises(DigestMismatchError) as info:
+        _extract(kit, pkg)
+
+    assert info.value.code == "chunk_digest" and "chunk 4 of 7" in str(info.value)
+    got = b"".join(fed)
+    assert got == payload[: len(got)]  # only signed bytes, in order
+    assert len(got) <= tampered * 65536  # not one byte of the tampered chunk
+    assert len(got) >= 65536  # earlier chunks were decoded: checked per chunk, no pre-pass
+    assert not kit.dest.exists() and list(kit.incoming.iterdir()) == []
+    assert snapshot(kit.tmp) == before
+
+
+def test_chunked_payload_is_read_once_without_the_digest_pass(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: object, **__: object) -> str:
+        raise AssertionError("the whole payload was hashed although it has chunks")
+
+    kit.chunk_size = 65536
+    pkg = kit.evil([*TREE, reg("zz.bin", os.urandom(200_000))])
+    monkeypatch.setattr(archive, "hash_payload", refuse)
+    seen: list[int] = []
+    stats = _extract(kit, pkg, progress=seen.append)
+    assert stats.files == 6 and (kit.dest / "zz.bin").stat().st_size == 200_000
+    assert sum(seen) == stats.bytes  # file bytes only: no compressed bytes hashed first
+
+
 def test_existing_dest_is_refused_and_left_alone(kit: Kit) -> None:
     kit.dest.mkdir()
     (kit.dest / "keep.txt").write_text("mine")

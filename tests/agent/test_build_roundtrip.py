@@ -150,6 +150,8 @@ def test_other_codecs_round_trip(tmp_path: Path, key: PrivateKey, compression: s
 # sha256 of this tree's package as built by the earlier builder (stdlib tar in pax format, the
 # layout agent/package/ustar.py reproduces). Uncompressed, so no codec version is involved.
 GOLDEN_UNCOMPRESSED = "88ab530c5e507003894e2932ebfecefbd39bc4cdbb76c82c8687f19c99e5414d"
+# The same with payload.chunks (the default since the builder records chunk digests).
+GOLDEN_CHUNKED = "26f4ab240fa3ac2d68ec9aab05dd46241123b90176bb53b58c60e576dacdd0fe"
 
 
 def test_package_bytes_are_stable_across_builder_versions(tmp_path: Path) -> None:
@@ -170,5 +172,8 @@ def test_package_bytes_are_stable_across_builder_versions(tmp_path: Path) -> Non
     (src / ("p" * 99)).mkdir()  # with its trailing slash, exactly 100 bytes: no pax record
     (src / "cutover.toml").write_text('app = "ame"\n')
     pkg = tmp_path / "p.cutover"
-    build_package(src, pkg, version="1.0.0", created_at=CREATED, compression="none")
+    build_package(src, pkg, version="1.0.0", created_at=CREATED, compression="none", chunks=False)
     assert hashlib.sha256(pkg.read_bytes()).hexdigest() == GOLDEN_UNCOMPRESSED
+    chunked = tmp_path / "chunked.cutover"
+    build_package(src, chunked, version="1.0.0", created_at=CREATED, compression="none")
+    assert hashlib.sha256(chunked.read_bytes()).hexdigest() == GOLDEN_CHUNKED

@@ -22,6 +22,7 @@ from cutover.agent.package.manifest import (
     FileEntry,
     Manifest,
     Payload,
+    PayloadChunks,
     SymlinkEntry,
     parse_manifest,
     render_manifest,
@@ -32,6 +33,7 @@ from cutover.agent.package.signatures import (
     render_signatures,
 )
 from cutover.agent.package.writer import (
+    CHUNK_BYTES,
     PayloadWriter,
     add_signature,
     tar_size,
@@ -61,6 +63,10 @@ TREE: list[tuple[str, str, str, bool]] = sorted(
         (LONG_DIR + "/autoload.php", "file", "<?php\n", False),
     ]
 )
+
+
+def _chunk_digests(data: bytes, size: int) -> list[str]:
+    return [hashlib.sha256(data[i : i + size]).hexdigest() for i in range(0, len(data), size)]
 
 
 def _payload(
@@ -107,7 +113,10 @@ def test_every_entry_kind_reads_back_through_the_agent(
 ) -> None:
     payload, entries, described = _payload(compression)
     assert described == Payload(
-        sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), compression=compression
+        sha256=hashlib.sha256(payload).hexdigest(),
+        size=len(payload),
+        compression=compression,
+        chunks=PayloadChunks(size=CHUNK_BYTES, sha256=_chunk_digests(payload, CHUNK_BYTES)),
     )
     manifest = _manifest(entries, described)
     pkg = tmp_path / "ame-1.0.0.cutover"
@@ -250,3 +259,32 @@ def test_signatures_render_sorted_and_refuse_a_key_twice(key: PrivateKey) -> Non
     assert a.signature() == b"\x01" * 64
     with pytest.raises(ManifestError):
         render_signatures([a, a])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(0, id="one-short-chunk"),
+        pytest.param(CHUNK_BYTES, id="several-chunks"),
+        pytest.param(3 * CHUNK_BYTES - 3 * 512 - 10240, id="near-a-boundary"),
+    ],
+)
+def test_chunk_digests_cover_the_compressed_payload_exactly(extra: int) -> None:
+    """payload.chunks: one SHA-256 per CHUNK_BYTES of the compressed bytes, the last shorter."""
+    blob = os.urandom(extra)  # incompressible, so the payload spans several chunks
+    tree = [*TREE, ("zz.bin", "file", "", False)]
+    out = io.BytesIO()
+    writer = PayloadWriter(out, "none")
+    for path, kind, data, executable in tree:
+        if kind == "dir":
+            writer.add_dir(path)
+        elif kind == "link":
+            writer.add_symlink(path, data)
+        else:
+            raw = blob if path == "zz.bin" else data.encode()
+            writer.add_file(path, io.BytesIO(raw), len(raw), executable=executable)
+    described = writer.finish()
+    payload = out.getvalue()
+    assert described.chunks is not None and described.chunks.size == CHUNK_BYTES
+    assert described.chunks.sha256 == _chunk_digests(payload, CHUNK_BYTES)
+    assert len(described.chunks.sha256) == -(-len(payload) // CHUNK_BYTES)
