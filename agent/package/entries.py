@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -117,7 +117,8 @@ class SymlinkEntry(_Model):
 
 class DirEntry(_Model):
     path: _Path
-    dir: Literal[True]
+    # Must be true (check_tree). A strict bool, not Literal[True], which pydantic lets 1 match.
+    dir: bool
     mode: int = 0o755
 
 
@@ -259,6 +260,8 @@ def check_tree(files: Sequence[FileEntry | SymlinkEntry | DirEntry]) -> EntryInd
             bad = next(e for e in files if isinstance(e, FileEntry) and e.mode == mode)
             _check_mode(mode, f"file {bad.path!r}")
     for d in dirs:
+        if d.dir is not True:
+            raise ManifestError(f'directory {d.path!r}: "dir" must be true')
         _check_dir_mode(d.mode, f"directory {d.path!r}")
     for link in links:
         _check_symlink_target(link)

@@ -12,13 +12,15 @@ Rules enforced on every manifest, before any signature is even looked at:
 * shared paths are safe, distinct, not listed as entries, and their parent is the root or a listed
   directory.
 
-Cheap for 20,000 entries: one ``validate_json`` of the whole document in pydantic-core (the entry
-models carry no Python validators), then the tree rules as whole-list operations
-(:func:`agent.package.entries.check_tree`). Python words the message only when something failed.
+Cheap for 20,000 entries, and never a long hold of the GIL (:func:`parse_manifest`): the entry
+models carry no Python validators, pydantic-core validates the file list in batches, and the tree
+rules run as whole-list operations (:func:`agent.package.entries.check_tree`). Python words the
+message only when something failed.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +32,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -93,6 +96,9 @@ APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Payload chunk sizes a manifest may declare: the extractor holds one chunk in memory.
 MIN_CHUNK_BYTES: Final = 64 * 1024
 MAX_CHUNK_BYTES: Final = 64 * 1024 * 1024
+
+
+_FILES_LATER: Final = "files_checked_by_parse_manifest"  # a validation context key
 
 
 class _Model(BaseModel):
@@ -373,25 +379,9 @@ class Manifest(_Model):
         return v
 
     @model_validator(mode="after")
-    def _tree(self) -> Manifest:
-        index = check_tree(self.files)
-        seen: set[str] = set()
-        for what, paths in (("shared dir", self.shared.dirs), ("shared file", self.shared.files)):
-            for p in paths:
-                check_relpath(p, what)
-                if fold_key(p) in seen:
-                    raise ManifestError(f"{what} {p!r} is declared twice")
-                seen.add(fold_key(p))
-                if fold_key(p) in index.folded:
-                    raise ManifestError(
-                        f"{what} {p!r} is also shipped in the package; exclude it from the build "
-                        "(shared paths come from the host's shared/ directory)"
-                    )
-                parent = p.rpartition("/")[0]
-                if parent and parent not in index.dirs:
-                    raise ManifestError(
-                        f"{what} {p!r}: its parent {parent!r} is not a directory in the release"
-                    )
+    def _tree(self, info: ValidationInfo) -> Manifest:
+        if not (info.context or {}).get(_FILES_LATER):  # parse_manifest checks them itself
+            _check_files(self)
         return self
 
     def entries_by_path(self) -> dict[str, FileEntry | SymlinkEntry | DirEntry]:
@@ -411,57 +401,98 @@ def explain_validation(exc: ValidationError, what: str) -> str:
     return f"{what} is invalid: " + "; ".join(lines) + more
 
 
+def _check_files(m: Manifest) -> None:
+    """The file list's tree rules (agent.package.entries.check_tree) and the shared paths'."""
+    index = check_tree(m.files)
+    seen: set[str] = set()
+    for what, paths in (("shared dir", m.shared.dirs), ("shared file", m.shared.files)):
+        for p in paths:
+            check_relpath(p, what)
+            if fold_key(p) in seen:
+                raise ManifestError(f"{what} {p!r} is declared twice")
+            seen.add(fold_key(p))
+            if fold_key(p) in index.folded:
+                raise ManifestError(
+                    f"{what} {p!r} is also shipped in the package; exclude it from the build "
+                    "(shared paths come from the host's shared/ directory)"
+                )
+            parent = p.rpartition("/")[0]
+            if parent and parent not in index.dirs:
+                raise ManifestError(
+                    f"{what} {p!r}: its parent {parent!r} is not a directory in the release"
+                )
+
+
 _KEYED_ENTRY: TypeAdapter[FileEntry | SymlinkEntry | DirEntry] = TypeAdapter(KeyedEntry)
 
 
-def _entry_problem(obj: Any, exc: ValidationError) -> str | None:
-    """Word the first refused file entry as the keyed union (and :func:`check_relpath`) would.
+_FILES: TypeAdapter[list[FileEntry | SymlinkEntry | DirEntry]] = TypeAdapter(list[Entry])
+# Entries validated per call into pydantic-core. A call holds the GIL throughout (one call over
+# 20,000 entries: ~45 ms, during which the daemon's event loop cannot run); between batches
+# other threads get their turn, so a stage's parse never stalls the API for long.
+FILES_BATCH: Final = 1024
+
+
+def _entry_problem(raw: Any, index: int) -> str:
+    """Word why file entry ``index`` was refused, as the keyed union (and check_relpath) would.
 
     The manifest's union tries each entry type in turn, so its own errors list all three; this
     re-validates just the refused entry against the one type its keys name.
     """
+    try:
+        _KEYED_ENTRY.validate_python(raw, strict=True)
+    except ValidationError as exc:
+        for e in exc.errors():
+            field = e["loc"][-1] if e["loc"] else ""
+            if field == "path" and isinstance(e["input"], str):
+                check_relpath(e["input"])  # raises the rule's own message
+            if e["type"] == "string_pattern_mismatch" and e["ctx"]["pattern"] == HEX64_PATTERN:
+                return f"manifest.json files.{index}.{field}: must be 64 lowercase hex digits"
+        return explain_validation(exc, f"manifest.json files.{index}")
+    return f"manifest.json files.{index} is invalid"
+
+
+def _validation_error(exc: ValidationError) -> ManifestError:
+    # ManifestError raised inside a model validator arrives wrapped; unwrap it for a clean message.
     for err in exc.errors():
-        loc = err["loc"]
-        if len(loc) < 2 or loc[0] != "files" or not isinstance(loc[1], int):
-            continue
-        try:
-            raw = obj["files"][loc[1]]
-            _KEYED_ENTRY.validate_python(raw, strict=True)
-        except ValidationError as inner:
-            for e in inner.errors():
-                if e["type"] == "string_pattern_mismatch":
-                    field = e["loc"][-1]
-                    if field == "path" and isinstance(e["input"], str):
-                        check_relpath(e["input"])  # raises the rule's own message
-                    if e["ctx"].get("pattern") == HEX64_PATTERN:
-                        return f"files.{loc[1]}.{field}: must be 64 lowercase hex digits"
-            return explain_validation(inner, f"manifest.json files.{loc[1]}")
-        except (KeyError, IndexError, TypeError):
-            return None
-        return None
-    return None
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ManifestError):
+            return ManifestError(str(cause))
+    return ManifestError(explain_validation(exc, "manifest.json"))
 
 
 def parse_manifest(data: bytes) -> Manifest:
     """Parse and validate ``manifest.json`` bytes.
 
+    The strict JSON parse comes first (it is the only one that sees duplicate keys). Then
+    pydantic-core validates everything but the file list as one small JSON document, and the
+    file list in batches of :data:`FILES_BATCH` (no Python per entry), and the tree rules run
+    once over the whole list (:func:`agent.package.entries.check_tree`).
+
     Raises:
         ManifestError: anything in the module docstring's rules is broken.
     """
     obj = strict_json_loads(data, "manifest.json", MAX_MANIFEST_BYTES)  # BOM, duplicates, NaN
+    files = obj.get("files") if isinstance(obj, dict) else None
     try:
+        if not isinstance(files, list):  # not the shape of a manifest: pydantic says why
+            return Manifest.model_validate_json(data, strict=True)
         # JSON mode keeps strict types (no "1" for 1) while reading ISO timestamps from strings.
-        return Manifest.model_validate_json(data, strict=True)
-    except ManifestError:
-        raise
+        head = Manifest.model_validate_json(
+            json.dumps({**obj, "files": []}), strict=True, context={_FILES_LATER: True}
+        )
     except ValidationError as exc:
-        # ManifestError raised inside a model validator arrives wrapped; unwrap it for a clean message.
-        for err in exc.errors():
-            cause = (err.get("ctx") or {}).get("error")
-            if isinstance(cause, ManifestError):
-                raise ManifestError(str(cause)) from exc
-        problem = _entry_problem(obj, exc)
-        raise ManifestError(problem or explain_validation(exc, "manifest.json")) from exc
+        raise _validation_error(exc) from exc
+    entries: list[FileEntry | SymlinkEntry | DirEntry] = []
+    for start in range(0, len(files), FILES_BATCH):
+        try:
+            entries += _FILES.validate_python(files[start : start + FILES_BATCH], strict=True)
+        except ValidationError as exc:
+            index = start + int(exc.errors()[0]["loc"][0])
+            raise ManifestError(_entry_problem(files[index], index)) from exc
+    manifest = head.model_copy(update={"files": entries})
+    _check_files(manifest)
+    return manifest
 
 
 def render_manifest(manifest: Manifest) -> bytes:

@@ -60,7 +60,7 @@ BASE = [dir_entry("app"), file_entry("app/a.php", "x")]
             "deeper than 128 levels",
             id="too-deep",
         ),
-        pytest.param([file_entry("\udce9.php", "x")], "surrogate", id="lone-surrogate"),
+        pytest.param([file_entry("\udce9.php", "x")], "UTF-8", id="lone-surrogate"),
         pytest.param([*BASE, file_entry("app/a.php", "y")], "listed twice", id="duplicate"),
         pytest.param([*BASE, file_entry("APP", "y")], "collide", id="case-fold"),
         pytest.param(
@@ -91,6 +91,9 @@ BASE = [dir_entry("app"), file_entry("app/a.php", "x")]
         pytest.param([{**file_entry("a", "x"), "size": "1"}], "size", id="coerced-size"),
         pytest.param([{**file_entry("a", "x"), "mode": True}], "mode", id="bool-mode"),
         pytest.param([{"path": "d", "dir": False}], "dir", id="dir-false"),
+        pytest.param([{"path": "d", "dir": 1}], "dir", id="dir-one"),
+        pytest.param([{**file_entry("a", "x"), "size": 1.0}], "size", id="float-size"),
+        pytest.param([{**file_entry("a", "x"), "size": -1}], "size", id="negative-size"),
         pytest.param([{"path": "l", "symlink": "a", "dir": True}], "dir", id="link-and-dir"),
         pytest.param(["a.php"], "files.0", id="not-an-object"),
     ],
