@@ -103,6 +103,7 @@ def make_package(tmp_path: Path, release_key: PrivateKey) -> PackageFactory:
         app: str = "demo",
         key: PrivateKey | None = None,
         sign: bool = True,
+        chunks: bool = True,
     ) -> Path:
         counter[0] += 1
         src = tmp_path / "src" / f"{app}-{version}-{counter[0]}"
@@ -127,7 +128,7 @@ def make_package(tmp_path: Path, release_key: PrivateKey) -> PackageFactory:
         out = tmp_path / "packages" / f"{app}-{version}.cutover"
         if out.exists():
             out = tmp_path / "packages" / str(counter[0]) / out.name
-        build_package(src, out, version=version)
+        build_package(src, out, version=version, chunks=chunks)
         if sign:
             sign_package(out, key or release_key)
         return out

@@ -41,6 +41,7 @@ __all__ = [
     "PackageParts",
     "hash_payload",
     "open_package",
+    "read_head",
     "read_package",
     "write_package",
 ]
@@ -90,11 +91,15 @@ def _read_header(fh: BinaryIO, index: int) -> tuple[str, int]:
     return header.name.decode("ascii", "replace"), header.size
 
 
-def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
-    """Parse the container from an open file positioned at 0.
+def read_head(fh: BinaryIO) -> PackageParts:
+    """Parse the container's headers and its small members (manifest, signatures, a delta
+    upload's ``delta.json``), from an open file positioned at 0, leaving it at the payload's
+    first byte. The end is not checked: this is what can be decided before the payload has
+    arrived (a streaming stage, docs/operations.md); :func:`read_package` checks the rest once the
+    whole file is there.
 
     Raises:
-        PackageFormatError: anything but the exact three-member layout (four with ``delta.json``), or truncation.
+        PackageFormatError: the members are not the expected ones, in order, within their caps.
     """
     small: list[bytes] = []
     expected = ("manifest.json", "signatures.json")
@@ -117,6 +122,17 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
             f"package member {count} is {name!r}; expected one of {sorted(_PAYLOAD_BY_NAME)}"
         )
     offset = fh.tell()
+    return PackageParts(small[0], small[1], name, _PAYLOAD_BY_NAME[name], offset, size, delta)
+
+
+def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
+    """Parse the container from an open file positioned at 0.
+
+    Raises:
+        PackageFormatError: anything but the exact three-member layout (four with ``delta.json``), or truncation.
+    """
+    parts = read_head(fh)
+    name, offset, size = parts.payload_name, parts.payload_offset, parts.payload_size
     if offset + size > file_size:
         raise PackageFormatError(
             f"package is truncated: {name} declares {size} bytes but the file ends "
@@ -136,7 +152,7 @@ def read_package(fh: BinaryIO, file_size: int) -> PackageParts:
             "package does not end with the end-of-archive marker after its payload "
             "(truncated, or extra data appended)"
         )
-    return PackageParts(small[0], small[1], name, _PAYLOAD_BY_NAME[name], offset, size, delta)
+    return parts
 
 
 def _read_small(fh: BinaryIO, name: str, size: int, cap: int) -> bytes:

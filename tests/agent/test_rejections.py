@@ -41,15 +41,22 @@ def active_host(host: Host, make_package: PackageFactory) -> Host:
     return host
 
 
-def test_tampered_payload_is_rejected(active_host: Host, make_package: PackageFactory) -> None:
-    pkg = make_package("1.1.0")
+@pytest.mark.parametrize(
+    ("chunks", "code"),
+    [(True, "chunk_digest"), (False, "payload_digest")],
+    ids=["chunked", "whole"],
+)
+def test_tampered_payload_is_rejected(
+    active_host: Host, make_package: PackageFactory, chunks: bool, code: str
+) -> None:
+    pkg = make_package("1.1.0", chunks=chunks)
     _flip_payload_byte(pkg)
     before, outside = active_host.snapshot(), _outside_listing(active_host)
     proc = active_host.cli("stage", str(pkg))
-    assert proc.returncode == 3 and "payload_digest" in proc.stdout
+    assert proc.returncode == 3 and code in proc.stdout
     assert active_host.snapshot() == before and _outside_listing(active_host) == outside
     failed = [e for e in active_host.journal() if e["event"] == "stage.failed"]
-    assert failed and failed[-1]["version"] == "1.1.0" and failed[-1]["code"] == "payload_digest"
+    assert failed and failed[-1]["version"] == "1.1.0" and failed[-1]["code"] == code
 
 
 def test_unsigned_package_is_rejected(active_host: Host, make_package: PackageFactory) -> None:

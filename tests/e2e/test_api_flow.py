@@ -267,10 +267,10 @@ async def test_fetch_from_a_tampering_store_is_rejected(
     before = agent.snapshot()
     async with server, agent.client() as c:
         record = await c.wait((await c.fetch(APP, "1.1.0", f"http://127.0.0.1:{port}/p")).operation)
-    assert record.status == "failed" and record.error and record.error.error == "payload_digest"
+    assert record.status == "failed" and record.error and record.error.error == "chunk_digest"
     with pytest.raises(DigestMismatchError) as refused:
         record.raise_for_error()
-    assert refused.value.code == "payload_digest", record
+    assert refused.value.code == "chunk_digest", record
     after = agent.snapshot()
     assert after["current"] == before["current"] and after["releases"] == before["releases"]
     assert after["incoming"] == [] and after["uploads"] == []

@@ -423,7 +423,8 @@ CASES: dict[str, Case] = {
     ),
     "unsafe_archive": Case("unsafe_path", _escaping_member, unchanged="releases"),
     "archive_limit": Case("too_many_bytes", _bomb, unchanged="releases"),
-    "digest_mismatch": Case("payload_digest", _flipped_payload, unchanged="releases"),
+    # the package has payload.chunks: the flipped byte's chunk is refused before decompression
+    "digest_mismatch": Case("chunk_digest", _flipped_payload, unchanged="releases"),
     "drift": Case(
         "drift",
         _tampered_runtime_spec,
