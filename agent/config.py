@@ -86,6 +86,8 @@ class AgentSection(_Strict):
     max_upload_bytes: int = Field(default=8 * 1024**3, gt=0)
     upload_timeout_s: float = Field(default=900.0, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
+    # Extract a chunked upload while it arrives (agent/daemon/streaming.py, docs/operations.md).
+    stream_uploads: bool = True
     fetch_timeout_s: float = Field(default=3600.0, gt=0)
     # Interrupted uploads kept for resuming (agent/daemon/uploads.py); 0 partials: never kept.
     upload_resume_ttl_s: float = Field(default=3600.0, gt=0)

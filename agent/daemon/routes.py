@@ -56,6 +56,7 @@ from cutover.agent.daemon.fetch import download, redact, validate_url
 from cutover.agent.daemon.fetch_policy import FetchPolicy
 from cutover.agent.daemon.metrics import CONTENT_TYPE
 from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
+from cutover.agent.daemon.streaming import StreamingStage
 from cutover.agent.daemon.uploads import RESUMABLE, UploadKey
 from cutover.agent.errors import (
     LockedError,
@@ -142,12 +143,19 @@ async def _stage_spooled(
     actor: str,
     path: Path,
     version: str,
+    stream: StreamingStage | None = None,
 ) -> OpResult:
-    """Stage a package the daemon received (upload) or downloaded (fetch) into its spool."""
+    """Stage a package the daemon received (upload) or downloaded (fetch) into its spool
+    (with the tree ``stream`` extracted while it arrived, if the stage takes it)."""
     op.phase = "run"
     mgr = ctx.manager(app, actor, sink)
     progress = ctx.progress_sink(sink, "extract")
-    return await mgr.stage(path, expected_version=version, progress=lambda _s, d, t: progress(d, t))
+    return await mgr.stage(
+        path,
+        expected_version=version,
+        progress=lambda _s, d, t: progress(d, t),
+        prestaged=stream,
+    )
 
 
 def _start_staging(
@@ -159,8 +167,10 @@ def _start_staging(
     run: Runner,
     op_id: str,
     path: Path,
+    stream: StreamingStage | None = None,
 ) -> Operation:
-    """Register a staging operation whose spooled package is removed when it ends."""
+    """Register a staging operation whose spooled package (and streamed tree, unless the stage
+    took it) is removed when it ends."""
     return ctx.registry.start(
         kind,
         app,
@@ -168,13 +178,15 @@ def _start_staging(
         actor,
         run,
         op_id=op_id,
-        cleanup=_remove(path),
+        cleanup=_remove(path, stream),
         on_done=lambda o: ctx.refresh_app(o.app),
     )
 
 
-def _remove(path: Path) -> Callable[[], Awaitable[None]]:
+def _remove(path: Path, stream: StreamingStage | None = None) -> Callable[[], Awaitable[None]]:
     async def cleanup() -> None:
+        if stream is not None:
+            await stream.discard()
         await asyncio.to_thread(path.unlink, missing_ok=True)
 
     return cleanup
@@ -304,14 +316,21 @@ async def upload(request: web.Request) -> web.Response:
     spool = await ctx.spool.open(key, offset, op_id)  # 409 upload_offset / upload_busy
     path = spool.path
     started = False
+    stream: StreamingStage | None = None
     task = asyncio.current_task()
     try:
+        # Extract while the bytes arrive; it holds no lock (agent/daemon/streaming.py).
+        stream = StreamingStage.start(ctx.config, app, version, op_id, path)
+        if stream is not None and offset:
+            stream.feed.advance(offset)  # a resume: the bytes already held
         if task is not None:
             ctx.uploads.add(task)
         try:
 
             async def write(data: bytes) -> None:
                 await spool.write(data)
+                if stream is not None:
+                    stream.feed.advance(len(data))
                 ctx.metrics.received_bytes.labels("upload").inc(len(data))
 
             size, actual = await stream_body(
@@ -328,6 +347,8 @@ async def upload(request: web.Request) -> web.Response:
         finally:
             if task is not None:
                 ctx.uploads.discard(task)
+        if stream is not None:
+            stream.feed.finish()
         check_digest(caller, actual)
         ctx.spool.check_complete(spool)
         await ctx.spool.complete(spool)
@@ -339,16 +360,16 @@ async def upload(request: web.Request) -> web.Response:
         )
 
         async def run(op: Operation, sink: EventSink) -> OpResult:
-            return await _stage_spooled(ctx, op, sink, app, caller.actor, path, version)
+            return await _stage_spooled(ctx, op, sink, app, caller.actor, path, version, stream)
 
         # no await since the check above: start() re-checks this process's operations itself;
         # the stage re-reads the app's state under its lock (version, downgrade, pending)
-        op = _start_staging(ctx, "stage", app, version, caller.actor, run, op_id, path)
+        op = _start_staging(ctx, "stage", app, version, caller.actor, run, op_id, path, stream)
         started = True
     finally:
         if not started:
             await asyncio.shield(ctx.spool.discard(spool))
-            await asyncio.shield(_remove(path)())
+            await asyncio.shield(_remove(path, stream)())
     return _accepted(op)
 
 

@@ -62,6 +62,7 @@ from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
 from cutover.agent.daemon.reload import ConfigHolder, ConfigReloader
 from cutover.agent.daemon.routes import routes
+from cutover.agent.daemon.streaming import clear_stale
 from cutover.agent.daemon.upload_routes import upload_routes
 from cutover.agent.daemon.uploads import ResumeLimits, UploadSpool
 from cutover.agent.errors import (
@@ -292,6 +293,7 @@ class Server:
         self.reloader = ConfigReloader(holder, metrics, on_reload=self._on_reload)
         await self._recover_all(cfg)
         for app in cfg.apps:
+            await asyncio.to_thread(clear_stale, ctx.layout(app))  # a crashed daemon's uploads
             await ctx.refresh_app(app)
 
         limits = _limits(cfg)

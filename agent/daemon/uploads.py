@@ -156,6 +156,7 @@ class SpoolFile:
 
     def _append(self, data: bytes) -> None:
         self._fh.write(data)
+        self._fh.flush()  # in the file, not a buffer: a streaming stage reads it as it grows
         self._digest.update(data)
         self.size += len(data)
 

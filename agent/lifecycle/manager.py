@@ -34,7 +34,7 @@ from cutover.agent.lifecycle.housekeeping import Housekeeping
 from cutover.agent.lifecycle.recovery import Recovery
 from cutover.agent.lifecycle.rollback import Rollback
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner
-from cutover.agent.lifecycle.stage import Stage, StageProgress
+from cutover.agent.lifecycle.stage import Prestaged, Stage, StageProgress
 from cutover.agent.lifecycle.unit import UnitOfWork, unit_of_work
 from cutover.agent.trust.policy import TrustPolicy
 
@@ -85,8 +85,10 @@ class AppManager:
         expected_version: str | None = None,
         allow_downgrade: bool = False,
         progress: StageProgress | None = None,
+        prestaged: Prestaged | None = None,
     ) -> OpResult:
-        """Verify a package, install it as a staged release, run stage hooks and staged checks."""
+        """Verify a package, install it as a staged release, run stage hooks and staged checks
+        (taking ``prestaged``'s tree if it was extracted from the same manifest)."""
         async with self._unit("stage", f"stage {expected_version or package.name}") as uow:
             return await self._stage.run(
                 uow,
@@ -94,6 +96,7 @@ class AppManager:
                 expected_version=expected_version,
                 allow_downgrade=allow_downgrade,
                 progress=progress,
+                prestaged=prestaged,
             )
 
     async def activate(self, version: str, *, run_once: bool = True) -> OpResult:

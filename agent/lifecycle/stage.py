@@ -19,11 +19,14 @@ import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from cutover.agent._util.faults import fault_point
+from cutover.agent._util.fsutil import random_suffix
 from cutover.agent.errors import CutoverError, HealthCheckError
+from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host import installer
 from cutover.agent.host.diskspace import space_needed
 from cutover.agent.host.drift import record_inventory
@@ -36,12 +39,22 @@ from cutover.agent.package.container import PackageParts, open_package
 from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
 from cutover.agent.versions import Incomparable, is_older
 
-__all__ = ["Stage", "StageProgress"]
+__all__ = ["Prestaged", "Stage", "StageProgress"]
 
 log = structlog.get_logger(__name__)
 
 StageProgress = Callable[[str, int, int], None]  # (step, done, total)
 MakeRoom = Callable[[UnitOfWork, int, str], Awaitable[list[str]]]  # Housekeeping.make_room
+
+
+class Prestaged(Protocol):
+    """A tree extracted while the package arrived (agent.daemon.streaming), offered to the stage."""
+
+    async def claim(self, digest: str, dest: Path) -> ExtractStats | None:
+        """Move the tree to ``dest`` if it was completely extracted from the manifest with
+        ``digest`` (returning what was extracted); else discard it and return None (the stage
+        then extracts as usual)."""
+        ...
 
 
 class Stage:
@@ -91,6 +104,7 @@ class Stage:
         expected_version: str | None = None,
         allow_downgrade: bool = False,
         progress: StageProgress | None = None,
+        prestaged: Prestaged | None = None,
     ) -> OpResult:
         ctx, state = self.ctx, uow.state
         parts, fh = await asyncio.to_thread(open_package, package)
@@ -144,18 +158,26 @@ class Stage:
                     progress("extract", done, total)
 
             try:
-                staging, stats = await asyncio.to_thread(
-                    functools.partial(
-                        installer.extract_to_incoming,
-                        ctx.layout,
-                        fh,
-                        parts,
-                        verified,
-                        on_bytes,
-                        state=state,
-                        reuse=ctx.section.reuse,
-                    )
+                staging = ctx.layout.incoming / f"{version}.{random_suffix()}"
+                # Taken under the lock, only if extracted from this very manifest; else as usual.
+                claimed = (
+                    None if prestaged is None else await prestaged.claim(verified.digest, staging)
                 )
+                if claimed is not None:
+                    stats = claimed
+                else:
+                    staging, stats = await asyncio.to_thread(
+                        functools.partial(
+                            installer.extract_to_incoming,
+                            ctx.layout,
+                            fh,
+                            parts,
+                            verified,
+                            on_bytes,
+                            state=state,
+                            reuse=ctx.section.reuse,
+                        )
+                    )
             except BaseException as exc:  # the extractor already removed its partial tree
                 await asyncio.shield(
                     ctx.log_quietly(
