@@ -10,10 +10,16 @@ interleaved round by round, it times:
 * ``tar --zstd -xf corpus.tar.zst -C fresh_dir``, then ``sync`` (timed separately, so both the
   plain and the durable figure come from the same run);
 * ``tar -xf corpus.tar -C fresh_dir``, then ``sync``;
-* ours, durable, in a fresh Python process: open the package, ``verify_release``,
-  ``verify_payload_digest``, ``extract_payload``, ``syncfs``. Reported twice: the whole process
-  (includes interpreter start-up and imports) and the in-process time the child measures itself;
-* ``python -c pass``, for the start-up cost alone.
+* ours, durable, in a fresh Python process: open the package, ``verify_release``, (only for a
+  package without ``payload.chunks``) ``verify_payload_digest``, ``extract_payload``,
+  ``syncfs``. Reported twice: the whole process (includes interpreter start-up and imports) and
+  the in-process time the child measures itself; and once more for the same tree packaged
+  without chunks (``--no-chunks``: the whole-payload pre-hash path);
+* ``python -c pass``, for the start-up cost alone;
+* a real ``cutover-agent serve`` on 127.0.0.1 (fresh app root each round): upload+stage of the
+  package over loopback (``AgentClient.upload`` then waiting for the operation), with the
+  streaming stage on (the default) and off; against ``cutover-agent stage PACKAGE`` from the
+  local file (the on-host CLI, a fresh process, so it also pays start-up and imports).
 
 An untimed ``sync`` precedes every step so none pays for another's dirty pages. Extracted trees
 are kept until the end of the run (deleting a large tree slows file creation on this disk for
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -79,7 +86,23 @@ def prepare() -> dict[str, Path]:
     tzst = OUT / "corpus.tar.zst"
     if not tzst.exists():
         _run(["zstd", "-3", "-q", "-f", str(tar), "-o", str(tzst)])
-    return {"package": package, "pub": Path(f"{key}.pub"), "tar": tar, "tzst": tzst}
+    whole = OUT / f"ame-{VERSION}-nochunks.cutover"
+    if not whole.exists():
+        from cutover.agent.keys import load_private_key
+
+        build_package(corpus, whole, version=VERSION, created_at=CREATED_AT, chunks=False)
+        sign_package(whole, load_private_key(key))
+    deploy = OUT / "deploy.key"
+    if not deploy.exists():
+        generate_keypair(deploy)
+    return {
+        "package": package,
+        "whole": whole,
+        "pub": Path(f"{key}.pub"),
+        "deploy": deploy,
+        "tar": tar,
+        "tzst": tzst,
+    }
 
 
 def child(package: Path, pub: Path, dest: Path) -> None:
@@ -105,7 +128,8 @@ def child(package: Path, pub: Path, dest: Path) -> None:
             now=datetime.now(UTC),
         )
         t2 = time.perf_counter()
-        verify_payload_digest(fh, parts, verified.manifest)
+        if verified.manifest.payload.chunks is None:  # as agent/host/installer.py does
+            verify_payload_digest(fh, parts, verified.manifest)
         t3 = time.perf_counter()
         extract_payload(fh, parts, verified.manifest, dest, already_verified=True)
         t4 = time.perf_counter()
@@ -122,6 +146,76 @@ def child(package: Path, pub: Path, dest: Path) -> None:
     print(json.dumps(phases))
 
 
+AGENT = Path(sys.executable).parent / "cutover-agent"
+
+
+def _agent_files(base: Path, files: dict[str, Path], stream: bool) -> tuple[Path, int]:
+    """A fresh app root and agent config under ``base``; returns (config, port)."""
+    sys.path.insert(0, str(ROOT))
+    from cutover.agent.host.layout import Layout
+
+    root = base / "srv" / "ame"
+    for d in Layout(root).dirs():
+        d.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = base / "agent.toml"
+    config.write_text(
+        f'[agent]\nname = "127.0.0.1:{port}"\nlisten = "127.0.0.1:{port}"\n'
+        f'state_dir = "{base / "state"}"\nmax_upload_bytes = 2147483648\nlog_format = "json"\n'
+        f"stream_uploads = {'true' if stream else 'false'}\n\n"
+        f'[[controller_keys]]\nname = "bench"\npath = "{files["deploy"]}.pub"\n\n'
+        f'[apps.ame]\nroot = "{root}"\nrelease_keys = ["{files["pub"]}"]\n'
+    )
+    return config, port
+
+
+def _upload_stage(base: Path, files: dict[str, Path], stream: bool) -> float:
+    """Seconds from the first upload byte to the staged release, against a running agent."""
+    import asyncio
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT))
+    from cutover.agent.keys import load_private_key
+    from cutover.controller.client import AgentClient
+
+    config, port = _agent_files(base, files, stream)
+    log = (base / "agent.log").open("wb")
+    proc = subprocess.Popen([str(AGENT), "--config", str(config), "serve"], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(400):
+            try:
+                with urllib.request.urlopen(f"{url}/v1/health", timeout=1):  # noqa: S310  # loopback
+                    break
+            except OSError:
+                time.sleep(0.05)
+
+        async def go() -> float:
+            key = load_private_key(files["deploy"])
+            async with AgentClient(url, key, upload_timeout_s=3600) as client:
+                t0 = time.perf_counter()
+                accepted = await client.upload("ame", VERSION, files["package"])
+                record = await client.wait(accepted.operation)
+                elapsed = time.perf_counter() - t0
+            if not record.succeeded:
+                raise RuntimeError(f"upload+stage failed: {record.error}")
+            return elapsed
+
+        return asyncio.run(go())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def _local_stage(base: Path, files: dict[str, Path]) -> float:
+    config, _ = _agent_files(base, files, True)
+    cmd = [str(AGENT), "--config", str(config), "--json", "stage", str(files["package"])]
+    return _timed(cmd)[0]
+
+
 def _timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
@@ -135,6 +229,7 @@ def _row(name: str, values: list[float], base: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(os.umask(0o022) | 0o022)  # agents refuse group/world-writable configs and roots
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--child", nargs=3, metavar=("PACKAGE", "PUB", "DEST"), help=argparse.SUPPRESS)
@@ -175,6 +270,22 @@ def main(argv: list[str] | None = None) -> int:
             )
             add("ours", wall)
             phases.append(json.loads(out))
+            _run(["sync"])
+            whole_cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(files["whole"]),
+                str(files["pub"]),
+            ]
+            add("ours-whole", _timed([*whole_cmd, str(runs_dir / f"whole-{i}")])[0])
+            for name, stream in (("upload", True), ("upload-nostream", False)):
+                _run(["sync"])
+                (runs_dir / f"{name}-{i}").mkdir()
+                add(name, _upload_stage(runs_dir / f"{name}-{i}", files, stream))
+            _run(["sync"])
+            (runs_dir / f"local-{i}").mkdir()
+            add("local", _local_stage(runs_dir / f"local-{i}", files))
             add("pass", _timed([sys.executable, "-c", "pass"])[0])
             print(f"round {i + 1}/{args.runs} done", file=sys.stderr, flush=True)
     finally:
@@ -193,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("  python -c pass", t["pass"], None))
     for name in ("imports", "verify_release", "payload_digest", "extract", "syncfs"):
         print(_row(f"  ours: {name}", ph[name], None))
+    print(_row("ours, whole process, package without chunks", t["ours-whole"], base))
+    local = statistics.median(t["local"])
+    print(f"\nupload+stage over loopback vs stage from the local file = {local:.3f} s\n")
+    print(_row("cutover-agent stage PACKAGE (local file, CLI)   [baseline]", t["local"], local))
+    print(_row("upload+stage over loopback (streaming stage)", t["upload"], local))
+    print(_row("upload+stage over loopback (stream_uploads off)", t["upload-nostream"], local))
     return 0
 
 

@@ -9,6 +9,7 @@ long-lived manager would chain new entries onto a stale head after the CLI appen
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class AgentContext:
     leases: LeaseTable | None = None  # agent/daemon/leases.py; None: leases not offered
     shutting_down: bool = False
     uploads: set[asyncio.Task[Any]] = field(default_factory=set)
+    # state file -> ((inode, mtime, size) when read, the state read): GET /v1/apps from memory
+    _states: dict[Path, tuple[tuple[int, int, int], AppState]] = field(default_factory=dict)
 
     @property
     def config(self) -> LoadedConfig:
@@ -83,7 +86,22 @@ class AgentContext:
 
     def read_state(self, app: str) -> AppState:
         """``app``'s state, without the lock (the file is replaced atomically). Blocking."""
-        return StateFile(self.layout(app).state_file, app).load()
+        path = self.layout(app).state_file
+        key = _file_key(path)  # taken before reading: a replace meanwhile only costs a re-read
+        state = StateFile(path, app).load()
+        if key is not None:
+            self._states[path] = (key, state)
+        return state
+
+    async def state(self, app: str) -> AppState:
+        """``app``'s state for a read-only answer: from memory while its file is unchanged (one
+        ``stat``, no worker thread: under a stage's load every hand-off to a thread waits for
+        the GIL, bench/api.py), else read in a thread. Callers must not modify it."""
+        path = self.layout(app).state_file
+        hit = self._states.get(path)
+        if hit is not None and hit[0] == _file_key(path):
+            return hit[1]
+        return await asyncio.to_thread(self.read_state, app)
 
     def frozen_releases(self, app: str, state: AppState) -> dict[str, dict[str, object]]:
         """Staged version -> the freeze window that refuses activating it now
@@ -159,3 +177,12 @@ class AgentContext:
                 sink({"event": "progress", "step": step, "done": done, "total": total})
 
         return progress
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever the state file is replaced (atomically, so a new inode) or written."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

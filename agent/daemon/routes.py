@@ -78,6 +78,9 @@ __all__ = ["routes"]
 log = structlog.get_logger(__name__)
 
 MAX_JOURNAL_LIMIT = 10_000
+# Body bytes per worker-thread hand-off while an upload is spooled: each hand-off waits for the
+# GIL, which a streaming stage's extraction threads hold much of the time (bench/extract.py).
+UPLOAD_BATCH_BYTES = 4 << 20
 
 
 # ---------------------------------------------------------------------- helpers
@@ -244,7 +247,7 @@ async def list_apps(request: web.Request) -> web.Response:
     out: list[AppSummary] = []
     for app, section in sorted(cfg.apps.items()):
         try:
-            state = await asyncio.to_thread(ctx.read_state, app)
+            state = await ctx.state(app)
         except Exception as exc:
             out.append(AppSummary(app=app, root=str(section.root), error=str(exc)))
             continue
@@ -260,7 +263,7 @@ async def get_app(request: web.Request) -> web.Response:
     app = _app(request)
     ctx = _ctx(request)
     layout = ctx.layout(app)
-    state = await asyncio.to_thread(ctx.read_state, app)
+    state = await ctx.state(app)
     body = AppDetail.model_validate(
         {
             **_app_summary(app, layout.root, state),
@@ -340,6 +343,7 @@ async def upload(request: web.Request) -> web.Response:
                 total_timeout_s=agent.upload_timeout_s,
                 write=write,
                 flush_on_error=True,
+                batch_bytes=UPLOAD_BATCH_BYTES,
             )
         except RESUMABLE:
             await asyncio.shield(ctx.spool.keep(spool))  # resumable: GET .../upload/{sha256}
