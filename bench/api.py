@@ -66,7 +66,7 @@ def key(name: str) -> PrivateKey:
 
 def _package(name: str, make_tree: Callable[[Path], None], version: str, compression: str) -> Path:
     out = OUT / f"{name}-{version}.cutover"
-    stamp = out.with_suffix(".signed")
+    stamp = out.with_suffix(".chunked.signed")  # built since payload.chunks existed
     if out.exists() and stamp.exists():
         return out
     tree = OUT / f"tree-{name}"

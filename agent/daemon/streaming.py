@@ -187,7 +187,11 @@ class StreamingStage:
             return None
         stream = cls(cfg, app, version, op_id, spool)
         _active.add(root)
-        stream._thread.start()
+        try:
+            stream._thread.start()
+        except BaseException:
+            _active.discard(root)
+            raise
         return stream
 
     def _run(self) -> None:
