@@ -33,7 +33,6 @@ import asyncio
 import os
 import signal
 import ssl
-import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -81,7 +80,6 @@ log = structlog.get_logger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CONNECTION_CLOSE_TIMEOUT_S = 5.0
-GIL_SWITCH_INTERVAL_S = 0.001  # see serve()
 
 _SignalHandler = int | signal.Handlers | Any | None  # what signal.getsignal returns
 
@@ -100,10 +98,6 @@ def serve(config_path: Path) -> int:
         StorageError: the state directory cannot be prepared.
         OperationalError: the listen address cannot be bound (``listen_failed``).
     """
-    # The event loop shares the GIL with the extraction and parsing threads of a stage; a thread
-    # that wants it waits up to one switch interval per hand-off (5 ms by default), and a request
-    # makes several. 1 ms keeps the API's latency under a stage low (bench/api.py).
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return asyncio.run(Server(config_path).run())
 
 
