@@ -60,6 +60,7 @@ from cutover.agent.daemon.mark_routes import mark_routes
 from cutover.agent.daemon.metrics import Metrics
 from cutover.agent.daemon.nonces import NonceStore
 from cutover.agent.daemon.operations import OperationRegistry
+from cutover.agent.daemon.package_routes import package_routes
 from cutover.agent.daemon.reload import ConfigHolder, ConfigReloader
 from cutover.agent.daemon.routes import routes
 from cutover.agent.daemon.streaming import clear_stale
@@ -114,6 +115,7 @@ def build_app(ctx: AgentContext, guard: ConnectionGuard) -> web.Application:
     app[GUARD_KEY] = guard
     app.add_routes(lease_routes)  # before routes: its last route is the catch-all
     app.add_routes(upload_routes)
+    app.add_routes(package_routes)
     app.add_routes(mark_routes)
     app.add_routes(content_routes)
     app.add_routes(routes)

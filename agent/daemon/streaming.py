@@ -27,6 +27,10 @@ An upload+stage then costs about max(transfer, extraction) instead of their sum
   (``payload.base``), or an app whose releases the stage could take unchanged files from
   (``reuse`` other than ``off`` and a release installed: agent/extract/reuse.py) stages as usual:
   the streaming extraction writes every file from the payload.
+* **Retention by disk first.** It extracts only a release that fits above the app's
+  ``min_free_bytes`` / ``min_free_pct`` without pruning; one that needs room is left to the
+  stage, which prunes under the lock before writing (agent/host/diskspace.py). A claimed tree
+  already holds its space, so the stage does not make room for it again.
 * **Bounded.** One streaming extraction per app at a time (another upload stages as usual);
   it runs on its own thread (never the shared worker pool, whose threads write the upload).
 """
@@ -44,7 +48,9 @@ from typing import Final
 import structlog
 
 from cutover.agent.config import LoadedConfig
+from cutover.agent.errors import StorageError
 from cutover.agent.extract.extractor import ExtractStats, extract_payload
+from cutover.agent.host.diskspace import DiskRule, space_needed, statvfs_probe
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import StateFile
 from cutover.agent.host.trash import remove_tree
@@ -166,6 +172,7 @@ class StreamingStage:
         self._policy = cfg.policies[app]
         self._allow_downgrade = section.allow_downgrade
         self._reuse = section.reuse
+        self._min_free_bytes, self._min_free_pct = section.min_free_bytes, section.min_free_pct
         self._app, self._version = app, version
         self.feed = SpoolFeed(spool)
         self.tree = streaming_dir(self._layout) / op_id
@@ -218,6 +225,11 @@ class StreamingStage:
             payload = verified.manifest.payload
             if verified.already_known or payload.chunks is None or payload.base is not None:
                 return  # nothing to gain, or nothing to check chunks against: stage as usual
+            rule = DiskRule(self._min_free_bytes, self._min_free_pct)
+            need = space_needed(verified.manifest)
+            if rule.active and rule.shortfall(statvfs_probe(self._layout.root), need):
+                # retention by disk must prune first, under the lock: the stage does that
+                raise StorageError("the release fits only after pruning", code="insufficient_space")
             self.tree.parent.mkdir(mode=0o700, exist_ok=True)
             self.stats = extract_payload(self.feed, parts, verified.manifest, self.tree)  # type: ignore[arg-type]
             self.digest = verified.digest

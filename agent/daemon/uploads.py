@@ -29,7 +29,7 @@ Rules this module enforces (docs/protocol.md §Resumable uploads, docs/operation
   folder under ``resume/``) are ever removed; anything else there is left alone.
 
 :class:`SpoolFile` is the seam where an upload's file is opened and appended to: the upload
-handler (agent/daemon/routes.py) only calls :meth:`UploadSpool.open`, :meth:`SpoolFile.write`
+handler (agent/daemon/package_routes.py) only calls :meth:`UploadSpool.open`, :meth:`SpoolFile.write`
 and one of :meth:`UploadSpool.complete` / :meth:`UploadSpool.keep` / :meth:`UploadSpool.discard`.
 """
 

@@ -137,7 +137,13 @@ class Stage:
                 result.details["already_staged"] = True
                 return result
             uow.emit("verify.done", version=version, signers=list(verified.signers))
-            if self.make_room is not None:  # before anything of this release is written
+            # A tree extracted while the package arrived, taken under the lock only if it came
+            # from this very manifest (its writer checked it fit without pruning); else as usual.
+            streamed = ctx.layout.incoming / f"{version}.{random_suffix()}"
+            claimed = (
+                None if prestaged is None else await prestaged.claim(verified.digest, streamed)
+            )
+            if self.make_room is not None and claimed is None:  # before anything is written
                 pruned = await self.make_room(uow, space_needed(manifest), version)
                 if pruned:
                     result.details["pruned_for_space"] = pruned
@@ -158,13 +164,8 @@ class Stage:
                     progress("extract", done, total)
 
             try:
-                staging = ctx.layout.incoming / f"{version}.{random_suffix()}"
-                # Taken under the lock, only if extracted from this very manifest; else as usual.
-                claimed = (
-                    None if prestaged is None else await prestaged.claim(verified.digest, staging)
-                )
                 if claimed is not None:
-                    stats = claimed
+                    staging, stats = streamed, claimed
                 else:
                     staging, stats = await asyncio.to_thread(
                         functools.partial(
