@@ -25,7 +25,7 @@ from cutover.agent.errors import ArchiveLimitError, DigestMismatchError, Storage
 from cutover.agent.extract._stream import REBUILD, check_codec
 from cutover.agent.package.container import PackageParts, hash_payload
 from cutover.agent.package.delta import DeltaPayload
-from cutover.agent.package.manifest import FileEntry, Manifest, Payload
+from cutover.agent.package.manifest import FileEntry, Manifest, Payload, PayloadChunks
 from cutover.agent.package.writer import tar_size
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "byte_cap",
     "check_payload_size",
     "link_escapes",
+    "payload_checks",
     "verify_payload_digest",
 ]
 
@@ -76,6 +77,31 @@ def check_payload_size(
             f"{expected.size}; {REBUILD}",
             code="payload_size",
         )
+
+
+def payload_checks(
+    fh: BinaryIO,
+    parts: PackageParts,
+    manifest: Manifest,
+    progress: Callable[[int], None] | None = None,
+    delta: DeltaPayload | None = None,
+    already_verified: bool = False,
+) -> PayloadChunks | None:
+    """What must hold before decompression starts. With the manifest's ``payload.chunks`` (and
+    not a delta upload, whose payload its ``delta.json`` describes): the size only, and the chunks
+    are returned, to be checked each as it is read (:class:`agent.extract._stream.ChunkedSource`:
+    one pass over the payload). Otherwise the whole payload's digest (unless ``already_verified``
+    on this same, privately held file), and None.
+
+    Raises:
+        DigestMismatchError, PackageFormatError, StorageError: as :func:`verify_payload_digest`.
+    """
+    chunks = manifest.payload.chunks if delta is None else None
+    if chunks is not None:
+        check_payload_size(parts, manifest)
+    elif not already_verified:
+        verify_payload_digest(fh, parts, manifest, progress, delta=delta)
+    return chunks
 
 
 def verify_payload_digest(

@@ -3,11 +3,8 @@
 The payload is untrusted until each of its bytes has been matched against the signed manifest, so
 the extractor trusts nothing in it and enforces, while streaming (docs/security-model.md):
 
-* **Signed bytes only.** The payload's codec and size are checked first, and no byte reaches the
-  decompressor before it matched a signed digest: with ``payload.chunks`` each chunk as it is read
-  (:class:`agent.extract._stream.ChunkedSource`), so the payload is read once; without chunks (older
-  packages, or a delta upload, described by its ``delta.json``) the whole payload's SHA-256 first
-  (:mod:`agent.extract.checks`). zstd windows are capped at 128 MiB.
+* **Signed bytes only.** No byte is decompressed before it matched a signed digest, per chunk or
+  whole (:func:`agent.extract.checks.payload_checks`); zstd windows are capped at 128 MiB.
 * **A small, strict tar dialect** (:mod:`agent.extract._stream`, through the one tar codec
   :mod:`agent.package.ustar`, never the standard library's extractor): regular files,
   directories and symlinks only; every other type, unknown pax keys and non-UTF-8 names refused.
@@ -84,8 +81,8 @@ from cutover.agent.extract.checks import (
     DEFAULT_LIMITS,
     ExtractLimits,
     byte_cap,
-    check_payload_size,
     link_escapes,
+    payload_checks,
     verify_payload_digest,
 )
 from cutover.agent.extract.reuse import Reuser, missing_error
@@ -149,9 +146,9 @@ def extract_payload(
 ) -> ExtractStats:
     """Extract the payload into the new directory ``dest``, verifying it against ``manifest``.
 
-    The rules are in the module docstring. The payload digest is checked first
-    (:func:`verify_payload_digest`) unless ``already_verified`` says the caller just did so on
-    this same, privately held file. Nothing is fsynced: call :func:`agent.fsutil.syncfs` once.
+    The rules are in the module docstring; the payload's chunks are checked as they are read,
+    or (no chunks) its whole digest first unless ``already_verified`` says the caller just did so
+    on this same, privately held file. Nothing is fsynced: call :func:`agent.fsutil.syncfs` once.
 
     Args:
         fh: the package file, opened for binary reading.
@@ -160,9 +157,9 @@ def extract_payload(
         dest: a path that does not exist yet, in an existing private directory.
         progress: called with byte counts: compressed bytes while the digest is checked, then
             file bytes as they are extracted (so the total is ``payload.size`` +
-            ``total_file_bytes()``, or just the latter when ``already_verified``).
+            ``total_file_bytes()``, or the latter alone with chunks or ``already_verified``).
         limits: caps on top of the manifest's.
-        already_verified: skip the payload digest check (the caller just ran it).
+        already_verified: skip a whole-payload digest check (chunks are always checked).
         delta: a delta upload's ``delta.json`` payload description: the payload is thin.
         reuse: where to take files the host already holds (required by a thin payload, or
             every file it lacks is missing).
@@ -183,12 +180,7 @@ def extract_payload(
     check_codec(parts, manifest, compression)
     thin = delta is not None or manifest.payload.base is not None
     cap = byte_cap(manifest, limits, thin)
-    # A delta upload's payload is described by its delta.json, not by the manifest's chunks.
-    chunks = manifest.payload.chunks if delta is None else None
-    if chunks is not None:
-        check_payload_size(parts, manifest)  # each chunk is checked as it is read
-    elif not already_verified:
-        verify_payload_digest(fh, parts, manifest, progress, delta=delta)
+    chunks = payload_checks(fh, parts, manifest, progress, delta, already_verified)
     producer = Producer(_open_decoder(payload_source(fh, parts, chunks), compression))
     parent_fd, root_fd = make_dest(dest)
     job = _Extraction(manifest, limits, root_fd, dest, progress, thin, reuse)

@@ -169,7 +169,7 @@ def test_chunked_payload_is_read_once_without_the_digest_pass(
 
     kit.chunk_size = 65536
     pkg = kit.evil([*TREE, reg("zz.bin", os.urandom(200_000))])
-    monkeypatch.setattr(archive, "hash_payload", refuse)
+    monkeypatch.setattr(checks, "hash_payload", refuse)
     seen: list[int] = []
     stats = _extract(kit, pkg, progress=seen.append)
     assert stats.files == 6 and (kit.dest / "zz.bin").stat().st_size == 200_000
