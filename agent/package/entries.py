@@ -60,6 +60,11 @@ _COMPONENT: Final = rf"(?:{_C}{{3,}}|{_C_NO_DOT}{_C}?|\.{_C_NO_DOT})"  # not "",
 # The shape check_relpath demands, without its byte and depth limits. An ASCII path this short
 # cannot reach those limits (128 levels need 255 characters), so for it the pattern is the rule.
 PATH_PATTERN: Final = rf"^{_COMPONENT}(?:/{_COMPONENT})*$"
+# The same over the newline-joined list (no component can hold a newline): one pass in C, so the
+# tree check does not depend on how the entries were made (model_construct skips the pattern).
+_PATHS_SHAPE: Final = re.compile(
+    rf"{_COMPONENT}(?:/{_COMPONENT})*(?:\n{_COMPONENT}(?:/{_COMPONENT})*)*"
+)
 _SHORT: Final = MAX_NAME_BYTES - 1  # below every limit check_relpath counts in bytes or levels
 
 
@@ -222,6 +227,10 @@ def check_tree(files: Sequence[FileEntry | SymlinkEntry | DirEntry]) -> EntryInd
     """
     paths = list(map(_path, files))
     joined = "\n".join(paths)
+    if paths and not _PATHS_SHAPE.fullmatch(joined):
+        for p in paths:
+            check_relpath(p)  # raises for the first path of the wrong shape
+        raise ManifestError("a path in the file list is not a safe relative path")
     if not joined.isascii() or max(map(len, paths), default=0) > _SHORT:
         for p in paths:  # what the pattern cannot judge alone (bytes, levels, UTF-8)
             if len(p) > _SHORT or not p.isascii():

@@ -207,13 +207,13 @@ class PayloadWriter:
         """Add directory ``path`` (mode 0755)."""
         self._next(path)
         self._emit(encode_member(path, DIR, mode=0o755))
-        return DirEntry(path=path, dir=True, mode=0o755)
+        return DirEntry.model_construct(path=path, dir=True, mode=0o755)
 
     def add_symlink(self, path: str, target: str) -> SymlinkEntry:
         """Add symlink ``path`` -> ``target`` (a canonical relative target)."""
         self._next(path)
         self._emit(encode_member(path, SYM, mode=0o777, link=target))
-        return SymlinkEntry(path=path, symlink=target)
+        return SymlinkEntry.model_construct(path=path, symlink=target)
 
     def add_file(self, path: str, src: BinaryIO, size: int, *, executable: bool) -> FileEntry:
         """Add regular file ``path``: exactly ``size`` bytes read from ``src``, hashed on the way.
@@ -237,7 +237,9 @@ class PayloadWriter:
         if left or src.read(1):
             raise ManifestError(f"{path} changed size while it was being packed; retry the build")
         self._emit(bytes(padding(size)))
-        return FileEntry(path=path, size=size, sha256=digest.hexdigest(), mode=mode)
+        # Not validated here (a tamperer's test payload may need any name): the manifest's tree
+        # check (agent/package/entries.py) and the agent's parse judge every path.
+        return FileEntry.model_construct(path=path, size=size, sha256=digest.hexdigest(), mode=mode)
 
     def finish(self) -> Payload:
         """End the tar stream (end-of-archive marker, record padding), close the compressor.

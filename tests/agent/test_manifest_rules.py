@@ -207,3 +207,13 @@ def test_duplicate_json_keys_are_refused_naming_the_key() -> None:
     data = _bytes(_doc(BASE)).replace(b'"mode": 420', b'"mode": 420, "mode": 493', 1)
     with pytest.raises(ManifestError, match="duplicate JSON key 'mode'"):
         parse_manifest(data)
+
+
+def test_the_tree_check_judges_paths_however_the_entries_were_made() -> None:
+    """The writer builds entries without validation (model_construct); the manifest built
+    from them still refuses an unsafe path (defence in depth for builders)."""
+    from cutover.agent.package.entries import FileEntry, check_tree
+
+    bad = FileEntry.model_construct(path="../evil.php", size=1, sha256=HEX, mode=0o644)
+    with pytest.raises(ManifestError, match=r"'\.' or '\.\.' component"):
+        check_tree([bad])

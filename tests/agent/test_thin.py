@@ -175,7 +175,9 @@ def _delta_with(pkg: Path, out: Path, members: list[tuple[str, bytes, int]]) -> 
             with src.open("rb") as f:
                 writer.add_file(path, f, len(data), executable=bool(mode & 0o100))
         payload = writer.finish()
-        spec = DeltaSpec(format=1, payload=DeltaPayload(**payload.model_dump(exclude={"base"})))
+        spec = DeltaSpec(
+            format=1, payload=DeltaPayload(**payload.model_dump(exclude={"base", "chunks"}))
+        )
         thin.seek(0)
         with out.open("wb") as dst:
             write_package(
