@@ -24,6 +24,7 @@ from cutover.controller.commands._source import Source, add_source_options, reso
 from cutover.controller.commands.push import run_push
 from cutover.controller.commands.rollout import (
     add_rollout_options,
+    lease_options,
     params_from,
     run_rollout,
     start_rollout,
@@ -101,14 +102,7 @@ def _deploy_rollout(args: argparse.Namespace, ctx: FleetContext, source: Source)
             ctx.reporter.step(pushed.model_copy(update={"action": "deploy"}), table_too=False)
             return pushed.exit_code
         rid = start_rollout(ctx, store, source.app, source.version, params)
-        summary = await run_rollout(
-            ctx,
-            store,
-            rid,
-            steal=args.steal,
-            lease_ttl_s=args.lease_ttl,
-            pause_lease_s=args.pause_lease,
-        )
+        summary = await run_rollout(ctx, store, rid, **lease_options(args))
         return summary.exit_code
 
     try:

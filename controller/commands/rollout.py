@@ -39,6 +39,7 @@ __all__ = [
     "add_pause_lease_option",
     "add_rollout_options",
     "check_pause_lease",
+    "lease_options",
     "params_from",
     "register",
     "rollout",
@@ -143,6 +144,15 @@ def start_rollout(
     return store.create(app, version, str(ctx.fleet.path), _owner(), params, waves)
 
 
+def lease_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``run_rollout``'s lease keywords from the command line (promote/abort have no --lease-ttl)."""
+    return {
+        "steal": args.steal,
+        "lease_ttl_s": getattr(args, "lease_ttl", DEFAULT_TTL_S),
+        "pause_lease_s": args.pause_lease,
+    }
+
+
 async def run_rollout(
     ctx: FleetContext,
     store: RolloutStore,
@@ -209,14 +219,7 @@ def rollout(args: argparse.Namespace) -> int:
             rid = args.resume
         else:
             rid = start_rollout(ctx, store, resolve_app(args, ctx.fleet), args.version, params)
-        summary = await run_rollout(
-            ctx,
-            store,
-            rid,
-            steal=args.steal,
-            lease_ttl_s=args.lease_ttl,
-            pause_lease_s=args.pause_lease,
-        )
+        summary = await run_rollout(ctx, store, rid, **lease_options(args))
         return summary.exit_code
 
     try:
@@ -233,13 +236,7 @@ def _continue(args: argparse.Namespace, *, promote: bool, abort: bool) -> int:
 
     async def go() -> int:
         summary = await run_rollout(
-            ctx,
-            store,
-            args.id,
-            steal=args.steal,
-            pause_lease_s=args.pause_lease,
-            promote=promote,
-            abort=abort,
+            ctx, store, args.id, promote=promote, abort=abort, **lease_options(args)
         )
         return summary.exit_code
 
