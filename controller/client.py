@@ -332,14 +332,9 @@ class AgentClient:
     ) -> Accepted:
         """Stream a package file to the agent; returns the ``202`` (the operation's id).
 
-        ``sha256``: the file's digest when the caller already has it (a fleet push hashes the
-        package once for every host); the agent still checks the body against it.
-
-        The file is streamed with its (signed) digest; from :data:`EXPECT_CONTINUE_MIN_BYTES` on
-        with ``Expect: 100-continue``, so that a refusal instead of ``100 Continue`` is raised
-        with no byte sent. An interrupted upload resumes from the bytes the agent kept, at most
-        ``attempts`` PUTs in all (``on_resume`` is told of each): controller/upload.py. The file
-        is closed on return.
+        The arguments and the protocol (the signed digest, ``Expect: 100-continue`` from
+        :data:`EXPECT_CONTINUE_MIN_BYTES` on, resuming an interrupted upload at most
+        ``attempts`` PUTs in all) are :func:`controller.upload.upload_package`'s.
 
         Raises:
             UnreachableError, TransportError, or the registry's class of the agent's answer

@@ -6,8 +6,10 @@ restarts, a proxy times out), the agent keeps what it received (agent/daemon/upl
 module then asks how much (``GET .../upload/{sha256}``) and sends only the rest with
 ``?sha256=HEX&offset=N``, which the signature covers. It retries at most ``attempts`` times in
 all, with backoff (:func:`backoff_s`), and says so through ``on_resume``. A ``409 upload_offset``
-answer carries the offset the agent holds and is resumed from there; a ``422 package_digest``
-(the held bytes were not the package's) starts once more from offset 0; any other refusal is
+answer carries the offset the agent holds and is resumed from there (an offset outside the
+package's size is not trusted: the upload starts once more from offset 0); a ``422 package_digest``
+(the held bytes were not the package's) starts once more from offset 0; an agent without the
+resume query (``404``/``405``: an older one) gets the whole file again; any other refusal is
 raised at once, as the registry's class (agent/errors.py), as is a first attempt that could not
 connect at all (the host is down: there is nothing to resume).
 
@@ -32,6 +34,8 @@ from cutover.agent.api_models import Accepted, UploadStatus
 from cutover.agent.errors import (
     DigestMismatchError,
     LockedError,
+    MethodNotAllowedError,
+    NotFoundError,
     TransportError,
     UnreachableError,
     UploadOffsetError,
@@ -111,6 +115,10 @@ async def upload_package(
                 if attempt >= attempts:
                     raise
                 why, offset = "offset", exc.offset
+                if not 0 <= offset <= size:  # not bytes of this package: start afresh, once
+                    if restarted:
+                        raise
+                    why, offset, restarted = f"held offset {exc.offset} out of range", 0, True
             except DigestMismatchError as exc:
                 if exc.code != "package_digest" or restarted or not offset or attempt >= attempts:
                     raise
@@ -125,6 +133,8 @@ async def upload_package(
                 why = str(exc)
                 await asyncio.sleep(backoff_s(attempt + 1))
                 offset = await _held(client, app, version, digest, fallback=offset)
+                if not 0 <= offset <= size:  # not bytes of this package: a plain upload
+                    offset = 0
             attempt += 1
             log.info(
                 "upload_resuming", app=app, version=version, attempt=attempt, offset=offset, why=why
@@ -146,6 +156,8 @@ async def _held(client: AgentClient, app: str, version: str, digest: bytes, fall
             status = await client.parse(resp, UploadStatus, f"GET {path}")
         except TransportError:
             return fallback
+        except (NotFoundError, MethodNotAllowedError):  # an agent without resumable uploads
+            return 0
         if not status.busy:
             return status.offset
         # the agent still reads the broken-off body: its bytes are final once it notices

@@ -296,3 +296,40 @@ async def test_default_transport_says_unreachable_for_a_closed_port(key: Private
             with pytest.raises(UnreachableError) as info:
                 await client.apps()
     assert info.value.code == "unreachable" and f"127.0.0.1:{port}" in str(info.value)
+
+
+@pytest.mark.parametrize(("status", "error"), [(404, "not_found"), (405, "method_not_allowed")])
+async def test_an_agent_without_the_resume_query_gets_the_whole_file_again(
+    peer: Any, tmp_path: Path, status: int, error: str
+) -> None:
+    """An older agent (no GET .../upload/{sha256}): the next attempt is a full PUT, and the
+    reason the first one ended is the one told."""
+    package = tmp_path / "ame-1.cutover"
+    package.write_bytes(b"y" * 5000)
+    sha = hashlib.sha256(package.read_bytes()).hexdigest()
+    accepted = {
+        "operation": "0fefcd7c1eddeb51",
+        "op": "stage",
+        "app": "ame",
+        "version": "1",
+        "status": "running",
+        "links": {"self": "/v1/operations/x", "events": "/v1/operations/x/events"},
+    }
+    refusal = _json(status, {"error": error, "kind": error, "message": "no such route"})
+    fake, client = peer(
+        {
+            ("PUT", "/v1/apps/ame/releases/1"): [
+                TransportError("connection reset mid-body"),
+                _json(202, accepted),
+            ],
+            ("GET", f"/v1/apps/ame/releases/1/upload/{sha}"): [refusal],
+        }
+    )
+    resumed: list[tuple[int, int, str]] = []
+    async with client:
+        got = await client.upload("ame", "1", package, on_resume=lambda *a: resumed.append(a))
+    assert got.operation == "0fefcd7c1eddeb51"
+    assert resumed == [(2, 0, "connection reset mid-body")]
+    puts = [(r, b) for r, b in fake.seen if r.method == "PUT"]
+    assert len(puts) == 2 and puts[1][1] == package.read_bytes()
+    assert puts[1][0].url.raw_query_string == ""  # a plain upload, as the old agent knows
