@@ -34,8 +34,14 @@ from cutover.agent.daemon.fetch import download, redact, validate_url
 from cutover.agent.daemon.fetch_policy import FetchPolicy
 from cutover.agent.daemon.operations import Operation, Runner, new_operation_id
 from cutover.agent.daemon.streaming import StreamingStage
-from cutover.agent.daemon.uploads import RESUMABLE, UploadKey
-from cutover.agent.errors import LockedError, PayloadTooLargeError, UnsupportedMediaTypeError
+from cutover.agent.daemon.uploads import RESUMABLE, UploadKey, owner_of
+from cutover.agent.errors import (
+    AuthError,
+    DigestMismatchError,
+    LockedError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from cutover.agent.lifecycle.manager import EventSink, OpResult
 
 __all__ = ["UPLOAD_BATCH_BYTES", "package_routes"]
@@ -106,20 +112,18 @@ def _remove(path: Path, stream: StreamingStage | None = None) -> Callable[[], Aw
     return cleanup
 
 
-async def _ensure_free_after_upload(ctx: AgentContext, app: str, size: int) -> None:
-    """The app may have been taken while the body arrived: refuse, saying what happened.
-
-    Raises:
-        LockedError: an operation of this process, or another process, holds the app now.
-    """
-    try:
-        await ctx.ensure_free(app)
-    except LockedError as exc:
-        raise LockedError(
-            f"the package was received ({size} bytes, digest checked) but app {app!r} became "
-            f"busy while it arrived, so it was not staged and was deleted: {exc}",
-            holder=exc.holder,
-        ) from exc
+def _busy_after_upload(app: str, size: int, kept: int, exc: LockedError) -> LockedError:
+    """The app was taken while the body arrived: the refusal, saying what happened."""
+    then = (
+        f"it is kept: once the app is free, resume at offset {size} (an empty body)"
+        if kept
+        else "it was not kept (agent.upload_resume_* limits): upload it again once the app is free"
+    )
+    return LockedError(
+        f"the package was received ({size} bytes, digest checked) but app {app!r} became busy "
+        f"while it arrived, so it was not staged; {then}: {exc}",
+        holder=exc.holder,
+    )
 
 
 @package_routes.put("/v1/apps/{app}/releases/{version}", name="upload", expect_handler=defer_expect)
@@ -147,7 +151,8 @@ async def upload(request: web.Request) -> web.Response:
     # the package is spooled and its digest checked, by starting the stage operation.
     await ctx.ensure_free(app)
     op_id = new_operation_id()
-    spool = await ctx.spool.open(key, offset, op_id)  # 409 upload_offset / upload_busy
+    owner = owner_of(caller.keyid)
+    spool = await ctx.spool.open(key, offset, op_id, owner)  # 409 upload_offset / upload_busy
     path = spool.path
     started = False
     stream: StreamingStage | None = None
@@ -184,12 +189,20 @@ async def upload(request: web.Request) -> web.Response:
                 ctx.uploads.discard(task)
         if stream is not None:
             stream.feed.finish()
-        check_digest(caller, actual)
-        ctx.spool.check_complete(spool)
-        await ctx.spool.complete(spool)
+        try:
+            check_digest(caller, actual)
+            ctx.spool.check_complete(spool)
+        except (AuthError, DigestMismatchError):  # a corrupted tail, or not the package
+            await asyncio.shield(ctx.spool.rewind(spool))  # the bytes held before it stay
+            raise
         ctx.accepting()
         app_param(request)  # still configured after a reload?
-        await _ensure_free_after_upload(ctx, app, spool.size)
+        try:
+            await ctx.ensure_free(app)
+        except LockedError as exc:  # the package is whole and correct: kept for a resume
+            kept = await asyncio.shield(ctx.spool.keep(spool))
+            raise _busy_after_upload(app, spool.size, kept, exc) from exc
+        await ctx.spool.complete(spool)
         log.info(
             "upload_received", app=app, version=version, bytes=size, offset=offset, operation=op_id
         )

@@ -2,8 +2,9 @@
 
 ``GET /v1/apps/{app}/releases/{version}/upload/{sha256}`` answers how many bytes of the package
 with that SHA-256 the agent holds (``{"offset": N}``; 0: none), so a controller resumes its
-``PUT`` at ``?sha256=HEX&offset=N``. Signed like every request (a ``read`` key may ask); the rules
-of the spool are agent/daemon/uploads.py.
+``PUT`` at ``?sha256=HEX&offset=N``. Signed like every request; the offset is that of the bytes the
+asking key sent (another key's partial answers 0: it cannot resume it). The rules of the spool are
+agent/daemon/uploads.py.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import asyncio
 from aiohttp import web
 
 from cutover.agent.api_models import UploadStatus
-from cutover.agent.daemon.auth import CTX_KEY
+from cutover.agent.daemon._handlers import app_param, version_param
+from cutover.agent.daemon.auth import CTX_KEY, Caller
 from cutover.agent.daemon.bodies import check_query
-from cutover.agent.daemon.uploads import SHA256_RE, UploadKey
-from cutover.agent.errors import NotFoundError, RequestError
-from cutover.agent.package.manifest import APP_RE
-from cutover.agent.versions import VERSION_RE
+from cutover.agent.daemon.uploads import SHA256_RE, UploadKey, owner_of
+from cutover.agent.errors import RequestError
 
 __all__ = ["upload_routes"]
 
@@ -37,14 +37,11 @@ async def _defer_expect(request: web.Request) -> None:
 async def upload_status(request: web.Request) -> web.Response:
     check_query(request)
     ctx = request.app[CTX_KEY]
-    app, version, sha = (request.match_info[k] for k in ("app", "version", "sha256"))
-    if not APP_RE.fullmatch(app) or app not in ctx.config.apps:
-        raise NotFoundError(f"app {app!r} is not configured on this agent")
-    if not VERSION_RE.fullmatch(version):
-        raise RequestError(f"invalid version {version!r}: use [A-Za-z0-9._+-], at most 128")
+    app, version, sha = app_param(request), version_param(request), request.match_info["sha256"]
     if not SHA256_RE.fullmatch(sha):
         raise RequestError("the package's SHA-256 must be 64 lowercase hex digits")
     key = UploadKey(app, version, sha)
-    held = await asyncio.to_thread(ctx.spool.held, key)
+    caller: Caller = request["caller"]  # the bytes it may resume from: those it sent
+    held = await asyncio.to_thread(ctx.spool.held, key, owner_of(caller.keyid))
     body = UploadStatus(app=app, version=version, sha256=sha, offset=held, busy=ctx.spool.busy(key))
     return web.json_response(body.to_json())

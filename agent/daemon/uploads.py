@@ -16,21 +16,31 @@ Rules this module enforces (docs/protocol.md §Resumable uploads, docs/operation
   and it is then verified like any upload (signatures, manifest, payload digest).
 * **Where bytes go.** While they arrive, an upload is ``<state_dir>/uploads/<op id>.cutover``
   (as before this module). When the body breaks off (the client went away, it stalled or took too
-  long, the agent is stopping), the file moves to ``<state_dir>/resume/<app>/<sha256>_<version>.part``;
-  a resume moves it back and appends. An offset other than the bytes held is ``409 upload_offset``
-  with the held offset (nothing changed); offset ``0`` always starts afresh (the held bytes are
+  long, the agent is stopping), the file is fsynced and moves to
+  ``<state_dir>/resume/<app>/<sha256>_<version>.<owner>.part`` (:func:`owner_of` the sending key).
+  A resume appends *in place* (``uploads/<op id>.cutover`` is a hard link to the held file): a
+  ``kill -9`` mid-resume leaves the held bytes and what arrived under the resume name, which goes
+  only when the upload completes or is discarded. An offset other than the bytes held is
+  ``409 upload_offset`` with the held offset (nothing changed); a resume by another key than the
+  one that sent the held bytes is ``409 upload_offset`` with offset 0 (its bytes are never
+  appended to another key's partial). Offset ``0`` always starts afresh (the held bytes are
   dropped), so a client that knows nothing of resuming still uploads. One upload per key at a
   time: a second one is ``409 locked`` (reason ``upload_busy``).
+* **Kept on a refusal.** A whole, hash-correct package whose app became busy meanwhile is kept
+  (:meth:`UploadSpool.keep`); a resumed tail that is wrong (``401``/``422``) is cut off again,
+  keeping the bytes held before it (:meth:`UploadSpool.rewind`).
 * **Bounded.** At most ``agent.upload_resume_per_app`` partials per app and
   ``agent.upload_resume_max_bytes`` in all (the oldest are dropped first; a partial larger than
   the cap alone is not kept); each expires ``agent.upload_resume_ttl_s`` after its last byte. The
   sweep runs at start, periodically while serving, and whenever a partial is kept.
-* **Only its own files.** Only names this module writes (``<64 hex>_<version>.part`` in an app's
-  folder under ``resume/``) are ever removed; anything else there is left alone.
+* **Only its own files.** Only names this module writes (``<64 hex>_<version>.<16 hex>.part`` in an
+  app's folder under ``resume/``) are ever removed; anything else there is left alone, and a
+  symlink there (an app's folder or a partial) is never followed.
 
 :class:`SpoolFile` is the seam where an upload's file is opened and appended to: the upload
 handler (agent/daemon/package_routes.py) only calls :meth:`UploadSpool.open`, :meth:`SpoolFile.write`
-and one of :meth:`UploadSpool.complete` / :meth:`UploadSpool.keep` / :meth:`UploadSpool.discard`.
+and one of :meth:`UploadSpool.complete` / :meth:`UploadSpool.keep` / :meth:`UploadSpool.rewind` /
+:meth:`UploadSpool.discard`.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import asyncio
 import hashlib
 import hmac
 import os
-import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -49,16 +59,21 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from cutover.agent._util.fsutil import fsync_dir
 from cutover.agent.config import AgentSection
+from cutover.agent.daemon.upload_keys import (
+    PART_RE,
+    SHA256_RE,
+    UploadKey,
+    offset_error,
+    owner_of,
+)
 from cutover.agent.errors import (
     BodyTimeoutError,
     DigestMismatchError,
     LockedError,
-    RequestError,
-    UploadOffsetError,
 )
 from cutover.agent.package.manifest import APP_RE
-from cutover.agent.versions import VERSION_RE
 
 __all__ = [
     "PART_RE",
@@ -68,58 +83,14 @@ __all__ = [
     "SpoolFile",
     "UploadKey",
     "UploadSpool",
+    "owner_of",
 ]
 
 log = structlog.get_logger(__name__)
 
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_VERSION = VERSION_RE.pattern.removeprefix("^").removesuffix("$")
-PART_RE = re.compile(rf"(?P<sha256>[0-9a-f]{{64}})_(?P<version>{_VERSION})\.part")
 # What ends a body early without it being wrong (the client went away, stalled or was too slow;
 # the agent is stopping): the bytes so far are kept for a resume.
 RESUMABLE = (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, BodyTimeoutError)
-_OFFSET_DIGITS = 20
-
-
-@dataclass(frozen=True)
-class UploadKey:
-    """What names an upload: app, version and the SHA-256 (hex) of the whole package file."""
-
-    app: str
-    version: str
-    sha256: str
-
-    @property
-    def filename(self) -> str:
-        return f"{self.sha256}_{self.version}.part"
-
-    @classmethod
-    def of_request(
-        cls, app: str, version: str, query: Any, content_digest: bytes
-    ) -> tuple[UploadKey, int]:
-        """The key and offset a (signed) upload request names.
-
-        Args:
-            query: the request's query (``sha256``, ``offset``; already checked for unknown or
-                repeated names).
-            content_digest: the request's signed body digest: the package's for a plain upload.
-
-        Raises:
-            RequestError: a malformed ``sha256`` or ``offset``, or an offset without ``sha256``.
-        """
-        sha = query.get("sha256")
-        raw = query.get("offset")
-        if sha is None:
-            if raw is not None:
-                raise RequestError("offset needs sha256: the digest of the whole package")
-            return cls(app, version, content_digest.hex()), 0
-        if not SHA256_RE.fullmatch(sha):
-            raise RequestError("sha256 must be the package's SHA-256 as 64 lowercase hex digits")
-        if raw is None:
-            return cls(app, version, sha), 0
-        if not raw.isascii() or not raw.isdigit() or len(raw) > _OFFSET_DIGITS:
-            raise RequestError("offset must be a non-negative integer (bytes already sent)")
-        return cls(app, version, sha), int(raw)
 
 
 @dataclass(frozen=True)
@@ -144,8 +115,10 @@ class SpoolFile:
     key: UploadKey
     path: Path
     offset: int
+    owner: str
     _fh: BinaryIO
     _digest: Any
+    held: Path | None = None  # a resume: the held file ``path`` is a hard link to
     size: int = 0
     settled: bool = False  # completed, kept or discarded: the key is free again
     _closed: bool = field(default=False, repr=False)
@@ -160,11 +133,16 @@ class SpoolFile:
         self._digest.update(data)
         self.size += len(data)
 
-    def close(self) -> None:
-        """Close the file (blocking; idempotent)."""
+    def close(self, fsync: bool = False) -> None:
+        """Close the file, fsynced first if ``fsync`` (blocking; idempotent)."""
         if not self._closed:
             self._closed = True
-            self._fh.close()
+            try:
+                if fsync:
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()
 
     def sha256(self) -> str:
         return str(self._digest.hexdigest())
@@ -186,27 +164,48 @@ class UploadSpool:
         self._lock = threading.Lock()  # resume/ is changed from worker threads
 
     # ------------------------------------------------------------------ queries
-    def _held_path(self, key: UploadKey) -> Path:
-        return self.resume_dir / key.app / key.filename
-
-    def held(self, key: UploadKey) -> int:
-        """Bytes held for ``key`` (0: none). Blocking."""
+    def _app_dir(self, app: str) -> Path | None:
+        """``resume/<app>`` if it is a real directory (never a symlink's target)."""
+        folder = self.resume_dir / app
         try:
-            return self._held_path(key).stat().st_size
+            return folder if stat.S_ISDIR(folder.lstat().st_mode) else None
         except FileNotFoundError:
-            return 0
+            return None
+
+    def _find(self, key: UploadKey) -> tuple[Path, str, int] | None:
+        """The partial of ``key`` (path, owner, size), whichever key sent it (at most one)."""
+        folder = self._app_dir(key.app)
+        if folder is None:
+            return None
+        for entry in sorted(folder.glob(f"{key.sha256}_*.part")):
+            match = PART_RE.fullmatch(entry.name)
+            if match is None or match["version"] != key.version:
+                continue
+            st = entry.lstat()
+            if stat.S_ISREG(st.st_mode):
+                return entry, match["owner"], st.st_size
+        return None
+
+    def held(self, key: UploadKey, owner: str) -> int:
+        """Bytes held for ``key`` that the key ``owner`` may resume from (0: none). Blocking."""
+        found = self._find(key)
+        return found[2] if found is not None and found[1] == owner else 0
 
     def busy(self, key: UploadKey) -> bool:
         """An upload of ``key`` is being received now."""
         return key in self._busy
 
     # ------------------------------------------------------------------ one upload
-    async def open(self, key: UploadKey, offset: int, op_id: str) -> SpoolFile:
+    async def open(self, key: UploadKey, offset: int, op_id: str, owner: str) -> SpoolFile:
         """Start receiving ``key`` at ``offset`` into ``uploads/<op_id>.cutover``.
+
+        Args:
+            owner: :func:`owner_of` the key that signed the request.
 
         Raises:
             LockedError: ``upload_busy``, another upload of the same key is being received.
-            UploadOffsetError: ``offset`` is neither 0 nor the bytes held (``offset``: those).
+            UploadOffsetError: ``offset`` is neither 0 nor the bytes held (``offset``: those),
+                or the bytes held were sent by another key (``offset``: 0).
         """
         if key in self._busy:
             raise LockedError(
@@ -217,37 +216,33 @@ class UploadSpool:
             )
         self._busy.add(key)
         try:
-            return await asyncio.to_thread(self._open, key, offset, op_id)
+            return await asyncio.to_thread(self._open, key, offset, op_id, owner)
         except BaseException:
             self._busy.discard(key)
             raise
 
-    def _open(self, key: UploadKey, offset: int, op_id: str) -> SpoolFile:
+    def _open(self, key: UploadKey, offset: int, op_id: str, owner: str) -> SpoolFile:
         dest = self.uploads_dir / f"{op_id}.cutover"
-        held_path = self._held_path(key)
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         with self._lock:
-            held = self.held(key)
-            if offset and offset != held:
-                raise UploadOffsetError(
-                    f"{key.app} {key.version}: the agent holds {held} bytes of this package, not "
-                    f"{offset}; resume at offset {held}",
-                    offset=held,
-                )
-            if offset:
-                os.replace(held_path, dest)
-            elif held:
-                held_path.unlink()
-                log.info("upload_restarted", app=key.app, version=key.version, discarded=held)
-        if offset:
-            fd = os.open(dest, flags | os.O_APPEND)
-            with open(dest, "rb") as prefix:  # the bytes held, hashed once
-                digest = hashlib.file_digest(prefix, "sha256")
-            log.info("upload_resumed", app=key.app, version=key.version, offset=offset)
-        else:
-            fd = os.open(dest, flags | os.O_CREAT | os.O_EXCL, 0o600)
-            digest = hashlib.sha256()
-        return SpoolFile(key, dest, offset, os.fdopen(fd, "wb"), digest, size=offset)
+            found = self._find(key)
+            if not offset:
+                if found is not None:
+                    found[0].unlink()
+                    log.info(
+                        "upload_restarted", app=key.app, version=key.version, discarded=found[2]
+                    )
+                fd = os.open(dest, flags | os.O_CREAT | os.O_EXCL, 0o600)
+                return SpoolFile(key, dest, 0, owner, os.fdopen(fd, "wb"), hashlib.sha256())
+            if found is None or found[1] != owner or found[2] != offset:
+                raise offset_error(key, offset, found, owner)
+            os.link(found[0], dest, follow_symlinks=False)  # appended in place
+        fd = os.open(dest, flags | os.O_APPEND)
+        with open(dest, "rb") as prefix:  # the bytes held, hashed once
+            digest = hashlib.file_digest(prefix, "sha256")
+        log.info("upload_resumed", app=key.app, version=key.version, offset=offset)
+        fh = os.fdopen(fd, "wb")
+        return SpoolFile(key, dest, offset, owner, fh, digest, held=found[0], size=offset)
 
     def check_complete(self, spool: SpoolFile) -> None:
         """The whole file is the package the key names.
@@ -256,17 +251,49 @@ class UploadSpool:
             DigestMismatchError: ``package_digest``; the caller discards the upload.
         """
         if not hmac.compare_digest(spool.sha256(), spool.key.sha256):
+            done = (
+                f"the {spool.offset} bytes held before this request were kept: resume at offset "
+                f"{spool.offset} with the package's own bytes, or upload it again from offset 0"
+                if spool.offset
+                else "nothing was kept: upload the package again"
+            )
             raise DigestMismatchError(
                 f"the uploaded package ({spool.size} bytes) does not have the SHA-256 the "
-                f"request named ({spool.key.sha256[:16]}…); the held bytes were discarded: "
-                "upload the package again from offset 0",
+                f"request named ({spool.key.sha256[:16]}…); {done}",
                 code="package_digest",
             )
 
     async def complete(self, spool: SpoolFile) -> None:
-        """The body arrived whole: close the file; it now belongs to the stage operation."""
-        await asyncio.to_thread(spool.close)
+        """The body arrived whole: close the file; it now belongs to the stage operation (the
+        resume name of a resumed upload goes)."""
+
+        def close() -> None:
+            spool.close()
+            if spool.held is not None:
+                spool.held.unlink(missing_ok=True)
+
+        await asyncio.to_thread(close)
         self._settle(spool)
+
+    async def rewind(self, spool: SpoolFile) -> int:
+        """The body does not complete the package: cut it off, keep what was held before it.
+
+        Returns:
+            The bytes kept (0 for an upload from offset 0: its file is removed).
+        """
+        if spool.settled:
+            return 0
+        if not spool.offset:
+            await self.discard(spool)
+            return 0
+
+        def cut() -> None:
+            spool.close()
+            os.truncate(spool.path, spool.offset)
+            spool.size = spool.offset
+
+        await asyncio.to_thread(cut)
+        return await self.keep(spool)
 
     async def discard(self, spool: SpoolFile) -> None:
         """Remove the upload's file (a refusal, or the end of its operation). Idempotent."""
@@ -276,12 +303,15 @@ class UploadSpool:
         def remove() -> None:
             spool.close()
             spool.path.unlink(missing_ok=True)
+            if spool.held is not None:
+                spool.held.unlink(missing_ok=True)
 
         await asyncio.to_thread(remove)
         self._settle(spool)
 
     async def keep(self, spool: SpoolFile) -> int:
-        """The body broke off: keep what arrived for a resume (within the limits).
+        """Keep what arrived for a resume (within the limits): the body broke off, or the whole
+        package arrived but could not be staged now (its app became busy).
 
         Returns:
             The bytes kept (0: nothing was, the limits do not allow it).
@@ -289,21 +319,39 @@ class UploadSpool:
         if spool.settled:
             return 0
         try:
-            return await asyncio.to_thread(self._keep, spool)
+            kept = await asyncio.to_thread(self._keep, spool)
         finally:
             self._settle(spool)
+        if kept:  # once settled: the sweep leaves partials being received alone
+            await asyncio.to_thread(self.sweep)
+        return kept
 
     def _keep(self, spool: SpoolFile) -> int:
-        spool.close()
+        spool.close(fsync=True)
         limits = self._limits()
         key = spool.key
-        if not limits.per_app or not spool.size or spool.size > limits.max_bytes:
-            spool.path.unlink(missing_ok=True)
-            log.info("upload_not_kept", app=key.app, version=key.version, bytes=spool.size)
-            return 0
+        folder = self.resume_dir / key.app
         with self._lock:
-            (self.resume_dir / key.app).mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.replace(spool.path, self._held_path(key))
+            if spool.held is None:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            refused = self._app_dir(key.app) is None  # a symlink there: never followed
+            if refused or not limits.per_app or not spool.size or spool.size > limits.max_bytes:
+                spool.path.unlink(missing_ok=True)
+                if spool.held is not None:
+                    spool.held.unlink(missing_ok=True)
+                log.info(
+                    "upload_not_kept",
+                    app=key.app,
+                    version=key.version,
+                    bytes=spool.size,
+                    reason="not_a_directory" if refused else "limits",
+                )
+                return 0
+            if spool.held is not None and spool.held.exists():  # appended in place
+                spool.path.unlink()
+            else:
+                os.replace(spool.path, folder / key.filename(spool.owner))
+            fsync_dir(folder)
         log.info(
             "upload_kept",
             app=key.app,
@@ -312,7 +360,6 @@ class UploadSpool:
             bytes=spool.size,
             expires_in_s=limits.ttl_s,
         )
-        self.sweep()
         return spool.size
 
     def _settle(self, spool: SpoolFile) -> None:
@@ -333,13 +380,13 @@ class UploadSpool:
         except FileNotFoundError:
             return []
         for folder in apps:
-            if not APP_RE.fullmatch(folder.name) or not folder.is_dir() or folder.is_symlink():
+            if not APP_RE.fullmatch(folder.name) or self._app_dir(folder.name) is None:
                 continue
             for entry in sorted(folder.iterdir()):
                 if not PART_RE.fullmatch(entry.name):
                     continue
                 st = entry.lstat()
-                if entry.is_symlink() or not entry.is_file():
+                if not stat.S_ISREG(st.st_mode):
                     continue
                 found.append((st.st_mtime, st.st_size, entry, folder.name))
         found.sort(key=lambda p: (p[0], str(p[2])))
@@ -355,7 +402,9 @@ class UploadSpool:
         now = time.time() if now is None else now
         removed: list[str] = []
         with self._lock:
-            partials = self._partials()
+            busy = {f"{k.app}/{k.sha256}_{k.version}" for k in self._busy.copy()}
+            # a partial being resumed is appended in place: not expired, not dropped
+            partials = [p for p in self._partials() if f"{p[3]}/{p[2].name[:-22]}" not in busy]
             keep: list[tuple[float, int, Path, str]] = []
             for mtime, size, path, app in partials:
                 if now - mtime > limits.ttl_s:

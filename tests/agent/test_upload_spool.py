@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cutover.agent.daemon.uploads import ResumeLimits, UploadKey, UploadSpool
+from cutover.agent.daemon.uploads import ResumeLimits, UploadKey, UploadSpool, owner_of
 from cutover.agent.errors import DigestMismatchError, LockedError, UploadOffsetError
 
 APP = "ame"
+
+OWNER, OTHER = owner_of("deploy-key"), owner_of("another-deploy-key")
 
 
 def _spool(tmp_path: Path, **limits: float) -> UploadSpool:
@@ -35,7 +37,7 @@ def _key(n: int, app: str = APP, version: str = "1.0.0") -> UploadKey:
 
 
 async def _interrupted(spool: UploadSpool, key: UploadKey, data: bytes, op: str) -> int:
-    f = await spool.open(key, 0, op)
+    f = await spool.open(key, 0, op, OWNER)
     await f.write(data)
     return await spool.keep(f)
 
@@ -51,9 +53,11 @@ async def test_per_app_cap_drops_the_oldest_partial_of_that_app_only(tmp_path: P
     a, b, other = _key(1), _key(2), _key(3, app="web")
     assert await _interrupted(spool, a, b"a" * 10, "op-a") == 10
     assert await _interrupted(spool, other, b"o" * 10, "op-o") == 10
-    os.utime(spool.resume_dir / APP / a.filename, (1, 1))  # a is older than b
+    os.utime(spool.resume_dir / APP / a.filename(OWNER), (1, 1))  # a is older than b
     assert await _interrupted(spool, b, b"b" * 10, "op-b") == 10
-    assert spool.held(a) == 0 and spool.held(b) == 10 and spool.held(other) == 10
+    assert (
+        spool.held(a, OWNER) == 0 and spool.held(b, OWNER) == 10 and spool.held(other, OWNER) == 10
+    )
     assert list(spool.uploads_dir.iterdir()) == []
 
 
@@ -63,11 +67,11 @@ async def test_total_bytes_cap_drops_the_oldest_and_never_keeps_one_larger_than_
     spool = _spool(tmp_path, per_app=4, max_bytes=100)
     first, second, big = _key(1), _key(2, app="web"), _key(3)
     await _interrupted(spool, first, b"1" * 60, "op-1")
-    os.utime(spool.resume_dir / APP / first.filename, (1, 1))
+    os.utime(spool.resume_dir / APP / first.filename(OWNER), (1, 1))
     await _interrupted(spool, second, b"2" * 60, "op-2")  # 120 > 100: the oldest goes
-    assert spool.held(first) == 0 and spool.held(second) == 60
+    assert spool.held(first, OWNER) == 0 and spool.held(second, OWNER) == 60
     assert await _interrupted(spool, big, b"3" * 101, "op-3") == 0  # alone over the cap
-    assert spool.held(big) == 0 and spool.held(second) == 60
+    assert spool.held(big, OWNER) == 0 and spool.held(second, OWNER) == 60
     assert list(spool.uploads_dir.iterdir()) == []
 
 
@@ -81,18 +85,18 @@ async def test_sweep_expires_by_last_byte_and_removes_only_its_own_files(tmp_pat
     spool = _spool(tmp_path, ttl_s=100.0)
     key = _key(1)
     await _interrupted(spool, key, b"x" * 10, "op")
-    part = spool.resume_dir / APP / key.filename
+    part = spool.resume_dir / APP / key.filename(OWNER)
     foreign = [
         spool.resume_dir / APP / "notes.txt",
-        spool.resume_dir / APP / f"{'0' * 64}_1.0.0.part.bak",
-        spool.resume_dir / "Not-An-App" / f"{'0' * 64}_1.0.0.part",
+        spool.resume_dir / APP / f"{'0' * 64}_1.0.0.{OWNER}.part.bak",
+        spool.resume_dir / "Not-An-App" / f"{'0' * 64}_1.0.0.{OWNER}.part",
     ]
     for f in foreign:
         f.parent.mkdir(exist_ok=True)
         f.write_bytes(b"mine")
     mtime = part.stat().st_mtime
     assert spool.sweep(now=mtime + 100) == []  # not yet: 100 s is the limit
-    assert spool.sweep(now=mtime + 101) == [f"{APP}/{key.filename}"]
+    assert spool.sweep(now=mtime + 101) == [f"{APP}/{key.filename(OWNER)}"]
     assert not part.exists() and all(f.read_bytes() == b"mine" for f in foreign)
 
 
@@ -102,22 +106,68 @@ async def test_a_resume_appends_and_the_whole_file_must_hash_to_the_key(tmp_path
     key = UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest())
     await _interrupted(spool, key, data[:100], "op-1")
     with pytest.raises(UploadOffsetError) as wrong:
-        await spool.open(key, 99, "op-2")
-    assert wrong.value.offset == 100 and spool.held(key) == 100
-    f = await spool.open(key, 100, "op-3")
+        await spool.open(key, 99, "op-2", OWNER)
+    assert wrong.value.offset == 100 and spool.held(key, OWNER) == 100
+    f = await spool.open(key, 100, "op-3", OWNER)
     with pytest.raises(LockedError) as busy:
-        await spool.open(key, 100, "op-4")
+        await spool.open(key, 100, "op-4", OWNER)
     assert busy.value.code == "upload_busy" and spool.busy(key)
     await f.write(data[100:])
     spool.check_complete(f)  # no error: the prefix held + the tail is the package
     await spool.complete(f)
-    assert f.path.read_bytes() == data and not spool.busy(key) and spool.held(key) == 0
+    assert f.path.read_bytes() == data and not spool.busy(key) and spool.held(key, OWNER) == 0
 
     await _interrupted(spool, key, data[:50], "op-5")
-    g = await spool.open(key, 50, "op-6")
+    g = await spool.open(key, 50, "op-6", OWNER)
     await g.write(b"X" * (len(data) - 50))
     with pytest.raises(DigestMismatchError) as bad:
         spool.check_complete(g)
     assert bad.value.code == "package_digest"
     await spool.discard(g)
-    assert not g.path.exists() and spool.held(key) == 0 and not spool.busy(key)
+    assert not g.path.exists() and spool.held(key, OWNER) == 0 and not spool.busy(key)
+
+
+async def test_a_bad_tail_is_cut_off_and_the_bytes_held_before_it_are_kept(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    data = b"package bytes " * 20
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest())
+    await _interrupted(spool, key, data[:50], "op-1")
+    g = await spool.open(key, 50, "op-2", OWNER)
+    await g.write(b"X" * (len(data) - 50))
+    with pytest.raises(DigestMismatchError):
+        spool.check_complete(g)
+    assert await spool.rewind(g) == 50
+    assert spool.held(key, OWNER) == 50 and not spool.busy(key)
+    (part,) = spool.resume_dir.rglob("*.part")
+    assert part.read_bytes() == data[:50] and list(spool.uploads_dir.iterdir()) == []
+    h = await spool.open(key, 50, "op-3", OWNER)  # and it still resumes
+    await h.write(data[50:])
+    spool.check_complete(h)
+    await spool.complete(h)
+    assert h.path.read_bytes() == data and spool.held(key, OWNER) == 0
+
+
+async def test_a_resume_by_another_key_is_refused_and_the_partial_is_unchanged(
+    tmp_path: Path,
+) -> None:
+    spool = _spool(tmp_path)
+    data = b"package bytes " * 20
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest())
+    await _interrupted(spool, key, data[:100], "op-1")
+    assert spool.held(key, OTHER) == 0  # it cannot resume what it did not send
+    with pytest.raises(UploadOffsetError) as refused:
+        await spool.open(key, 100, "op-2", OTHER)
+    assert refused.value.offset == 0 and "another key" in str(refused.value)
+    assert spool.held(key, OWNER) == 100 and not spool.busy(key)
+    assert list(spool.uploads_dir.iterdir()) == []
+
+
+async def test_a_symlinked_app_folder_is_never_followed(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (spool.resume_dir / APP).symlink_to(elsewhere)
+    key = _key(1)
+    assert await _interrupted(spool, key, b"x" * 10, "op") == 0
+    assert list(elsewhere.iterdir()) == [] and spool.held(key, OWNER) == 0
+    assert list(spool.uploads_dir.iterdir()) == []

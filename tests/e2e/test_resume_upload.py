@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 import pytest
 
 from cutover.agent.api_models import UploadStatus
+from cutover.agent.daemon.uploads import owner_of
 from cutover.agent.errors import TransportError, UnreachableError, UploadOffsetError
 from cutover.controller.client import AgentClient, signed_headers
 from tests.e2e.conftest import APP, Agent, Keys, RawResponse, free_port, send_raw
@@ -107,7 +109,8 @@ async def test_an_upload_cut_mid_body_resumes_from_the_held_offset_and_stages(
     await _cut_upload(agent, data, half)
     assert agent.snapshot() == before  # kept aside: no app state, no spool file
     (partial,) = _partials(agent)
-    assert partial.name == f"{sha}_{VERSION}.part" and partial.read_bytes() == data[:half]
+    assert partial.name == f"{sha}_{VERSION}.{owner_of(agent.keys.deploy.keyid)}.part"
+    assert partial.read_bytes() == data[:half]
     held = await _held(agent, sha)
     assert (held.offset, held.busy, held.version) == (half, False, VERSION)
     assert (await _held(agent, "0" * 64)).offset == 0  # another package: nothing held
@@ -152,7 +155,7 @@ async def test_a_wrong_offset_is_refused_with_the_held_offset_and_changes_nothin
     assert agent.snapshot() == before
 
 
-async def test_a_tampered_resumed_tail_is_refused_the_partial_removed_nothing_staged(
+async def test_a_tampered_resumed_tail_is_refused_the_held_prefix_kept_nothing_staged(
     agent: Agent, packages: dict[str, Path]
 ) -> None:
     data = packages[VERSION].read_bytes()
@@ -165,9 +168,84 @@ async def test_a_tampered_resumed_tail_is_refused_the_partial_removed_nothing_st
     answer = await _resume(agent, bytes(tail), sha, half)
     assert answer.status == 422, answer.body
     assert answer.code == "package_digest" and answer.json["kind"] == "digest_mismatch"
+    assert f"resume at offset {half}" in answer.json["message"]
     assert agent.snapshot() == before
-    assert _partials(agent) == []
-    assert (await _held(agent, sha)).offset == 0
+    (partial,) = _partials(agent)
+    assert partial.read_bytes() == data[:half]  # cut back to the bytes held before
+    assert (await _held(agent, sha)).offset == half
+    # a tail corrupted in transit (its Content-Digest does not match): the same
+    target = _target(sha256=sha, offset=half)
+    answer = await send_raw(agent.port, "PUT", target, _headers(agent, target, data[half:]), tail)
+    assert answer.status == 401 and answer.code == "digest_mismatch", answer.body
+    assert agent.snapshot() == before and partial.read_bytes() == data[:half]
+    assert (await _held(agent, sha)).offset == half
+    answer = await _resume(agent, data[half:], sha, half)  # and the right tail completes it
+    assert answer.status == 202, answer.body
+
+
+async def test_a_resume_signed_by_another_key_is_refused_and_the_partial_unchanged(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    """One deploy key cannot append to (poison) the bytes another key sent."""
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    half = len(data) // 2
+    await _cut_upload(agent, data, half)
+    before = agent.snapshot()
+    other = agent.keys.other_deploy
+    async with agent.client(other) as c:
+        resp = await c.request("GET", f"/v1/apps/{APP}/releases/{VERSION}/upload/{sha}")
+        assert UploadStatus.model_validate_json(await resp.aread(65536)).offset == 0
+    junk = b"J" * (len(data) - half)
+    target = _target(sha256=sha, offset=half)
+    head = signed_headers(
+        other,
+        "PUT",
+        agent.name,
+        _target(),
+        target.partition("?")[2],
+        content_type="application/octet-stream",
+        body_sha256=hashlib.sha256(junk).digest(),
+    )
+    answer = await send_raw(agent.port, "PUT", target, list(head.items()), junk)
+    assert answer.status == 409 and answer.code == "upload_offset", answer.body
+    assert answer.json["offset"] == 0 and "another key" in answer.json["message"]
+    assert agent.snapshot() == before
+    (partial,) = _partials(agent)
+    assert partial.read_bytes() == data[:half] and (await _held(agent, sha)).offset == half
+
+
+async def test_a_kill_9_mid_resume_keeps_the_held_bytes(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    data = packages[VERSION].read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    half = len(data) // 2
+    await _cut_upload(agent, data, half)
+    tail = data[half:]
+    target = _target(sha256=sha, offset=half)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
+    lines = [f"PUT {target} HTTP/1.1", f"Host: {agent.name}"]
+    lines += [f"{k}: {v}" for k, v in _headers(agent, target, tail)]
+    lines.append(f"Content-Length: {len(tail)}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    await _admitted(agent)
+    writer.write(tail[:100])
+    await writer.drain()
+    await _wait_for(lambda: [p.stat().st_size for p in _partials(agent)] == [half + 100])
+    agent.stop(signal.SIGKILL)
+    writer.close()
+    agent.start()
+    held = (await _held(agent, sha)).offset
+    assert held == half + 100  # appended in place: nothing lost, not even the tail so far
+    (partial,) = _partials(agent)
+    assert partial.read_bytes() == data[:held]
+    answer = await _resume(agent, data[held:], sha, held)
+    assert answer.status == 202, answer.body
+    async with agent.client() as c:
+        assert (await c.wait(answer.json["operation"])).status == "succeeded"
+    assert _partials(agent) == [] and (agent.root / "releases" / VERSION).is_dir()
 
 
 async def test_offset_zero_restarts_and_a_plain_reupload_replaces_the_partial(
@@ -323,6 +401,8 @@ async def test_the_client_gives_up_after_its_attempts_and_the_agent_keeps_the_by
     assert proxy.cut == 3 and [a for a, _, _ in resumed] == [2, 3]
     assert [o for _, o, _ in resumed] == [100, 200]  # each attempt added 100 bytes
     await _wait_for(lambda: [p.stat().st_size for p in _partials(agent)] == [300])
+    # appended in place: the partial has its bytes before the upload's link in uploads/ goes
+    await _wait_for(lambda: list((agent.state_dir / "uploads").iterdir()) == [])
     assert agent.snapshot() == before and len(data) > 300
 
 
@@ -338,7 +418,8 @@ async def test_the_caps_hold_on_a_real_daemon(make_agent: Any, packages: dict[st
     os.utime(_partials(agent)[0], (older, older))
     await _cut_upload(agent, second, 1500, target=_target("1.1.0"))
     (kept,) = _partials(agent)
-    assert kept.name == f"{hashlib.sha256(second).hexdigest()}_1.1.0.part"
+    owner = owner_of(agent.keys.deploy.keyid)
+    assert kept.name == f"{hashlib.sha256(second).hexdigest()}_1.1.0.{owner}.part"
     assert (await _held(agent, hashlib.sha256(first).hexdigest())).offset == 0
     removed = [e for e in agent.log_events() if e.get("event") == "upload_partial_removed"]
     assert [e["reason"] for e in removed] == ["over_limit"]
@@ -393,3 +474,54 @@ async def test_a_host_that_never_answered_is_not_retried(
         with pytest.raises(UnreachableError):
             await c.upload(APP, VERSION, packages[VERSION], on_resume=resumed.append)
     assert resumed == []
+
+
+class PoisoningProxy(CuttingProxy):
+    """Cuts the first PUT, then (before the client resumes) grows the agent's partial past the
+    package's size with a signed junk resume: the agent then answers an offset beyond it."""
+
+    def __init__(self, agent: Agent, data: bytes) -> None:
+        super().__init__(agent, len(data) // 2)
+        self.data, self.poisoned = data, False
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await super()._handle(reader, writer)
+        if self.cut == 1 and not self.poisoned:
+            self.poisoned = True
+            await _wait_for(
+                lambda: [p.stat().st_size for p in _partials(self.agent)] == [self.body]
+            )
+            sha = hashlib.sha256(self.data).hexdigest()
+            junk = b"J" * (len(self.data) * 2)
+            target = _target(sha256=sha, offset=self.body)
+            _r, w = await asyncio.open_connection("127.0.0.1", self.agent.port)
+            lines = [f"PUT {target} HTTP/1.1", f"Host: {self.agent.name}"]
+            lines += [f"{k}: {v}" for k, v in _headers(self.agent, target, junk)]
+            lines.append(f"Content-Length: {len(junk)}")
+            w.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            await w.drain()
+            await _admitted(self.agent)
+            w.write(junk[: len(self.data) + 10])
+            await w.drain()
+            w.close()
+            want = self.body + len(self.data) + 10
+            await _wait_for(lambda: [p.stat().st_size for p in _partials(self.agent)] == [want])
+
+
+async def test_an_offset_beyond_the_package_restarts_the_upload_from_zero(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    """The client never trusts the agent's offset past the file: it starts afresh, once."""
+    data = packages[VERSION].read_bytes()
+    resumed: list[tuple[int, int, str]] = []
+    async with PoisoningProxy(agent, data) as proxy:
+        client = agent.client(authority=agent.name)
+        client.base_url = f"http://127.0.0.1:{proxy.port}"
+        async with client as c:
+            accepted = await c.upload(
+                APP, VERSION, packages[VERSION], on_resume=lambda *a: resumed.append(a)
+            )
+            record = await c.wait(accepted.operation)
+    assert proxy.poisoned and record.status == "succeeded", record
+    assert [(attempt, offset) for attempt, offset, _ in resumed] == [(2, 0)]
+    assert (agent.root / "releases" / VERSION).is_dir() and _partials(agent) == []

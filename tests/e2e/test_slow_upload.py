@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover.controller.client import AgentClient, signed_headers
-from tests.e2e.conftest import APP, SLOW_VERSION, Agent, RawResponse
+from tests.e2e.conftest import APP, SLOW_VERSION, Agent, RawResponse, send_raw
 
 SLOW = {"upload_idle_timeout_s": 30.0}
 
@@ -132,7 +132,31 @@ async def test_an_upload_that_no_longer_applies_or_finds_the_app_busy_is_refused
             assert "was received" in answer.json["message"]
             assert "became busy while it arrived" in answer.json["message"]
             assert agent.snapshot() == {**before, "uploads": []}
+            # the whole, hash-correct package is kept as a partial, not deleted
+            whole = packages["1.1.0"].read_bytes()
+            (kept,) = (agent.state_dir / "resume" / APP).iterdir()
+            assert kept.read_bytes() == whole
+            assert f"resume at offset {len(whole)}" in answer.json["message"]
         (shared / "hook-release").touch()
         assert (await c.wait(slow.operation)).status == "succeeded"
         (demo,) = (await c.apps()).apps
         assert "1.1.0" not in demo.staged and demo.current == SLOW_VERSION
+        # once the app is free, an empty resume at the package's size reaches the stage (which
+        # refuses it as a downgrade of the 1.2.0 staged above: the whole package was there)
+        path = f"/v1/apps/{APP}/releases/1.1.0"
+        query = f"sha256={hashlib.sha256(whole).hexdigest()}&offset={len(whole)}"
+        head = signed_headers(
+            agent.keys.deploy,
+            "PUT",
+            agent.name,
+            path,
+            query,
+            content_type="application/octet-stream",
+            body_sha256=hashlib.sha256(b"").digest(),
+        )
+        done = await send_raw(agent.port, "PUT", f"{path}?{query}", list(head.items()), b"")
+        assert done.status == 202, done.body
+        staged = await c.wait(done.json["operation"])
+        assert staged.status == "failed" and staged.error is not None
+        assert staged.error.error == "downgrade", staged.error
+        assert list((agent.state_dir / "resume" / APP).iterdir()) == []
