@@ -111,21 +111,39 @@ class Rollback:
             for v in crossed(state, target)
             if v in state.releases and state.releases[v].requires_migration
         ]
-        unsafe = [
-            v
+        # rollback.database: "unsafe" and "needs-confirmation" both need the operator's word;
+        # a --restore that really restores (a crossed migration's checkpoint) makes it safe.
+        risky = {
+            v: state.releases[v].db_rollback
             for v in crossed(state, target)
-            if v in state.releases and state.releases[v].db_rollback == "unsafe"
-        ]
-        if unsafe and not accept_db_risk:
+            if v in state.releases
+            and state.releases[v].db_rollback in ("unsafe", "needs-confirmation")
+        }
+        if risky and not accept_db_risk and not (restore and migrated):
+            plans = ", ".join(f"{v} ({plan})" for v, plan in risky.items())
+            if migrated:
+                how = (
+                    f"Repeat with --restore to restore the database from the checkpoint taken "
+                    f"before {migrated[0].version} (what was written since is lost), or with "
+                    "--accept-db-risk to roll back on the current schema (journaled)"
+                )
+            else:
+                how = (
+                    "No migration checkpoint covers it, so Cutover cannot restore the database: "
+                    "bring the database to what the old release expects by hand if needed, "
+                    "then repeat with --accept-db-risk (journaled)"
+                )
             raise StateError(
-                f"rolling {ctx.app} back to {target} crosses {', '.join(unsafe)}, whose rollback "
-                "plan says the database rollback is unsafe: the old release may not run on the "
-                "new schema. Nothing was changed. Restore the database first (--restore), or "
-                "repeat with --accept-db-risk to roll back anyway (journaled)"
+                f"rolling {ctx.app} back to {target} crosses {plans}: the rollback plan says the "
+                "database rollback is not safe (the old release may not run on the new schema). "
+                f"Nothing was changed. {how}"
             )
-        if unsafe:
+        if risky and not (restore and migrated):
             await uow.log(
-                "rollback.db_risk_accepted", version=target, crossed=unsafe, actor=ctx.actor
+                "rollback.db_risk_accepted",
+                version=target,
+                crossed=list(risky),
+                actor=ctx.actor,
             )
         warnings: list[str] = []
         if migrated and restore:

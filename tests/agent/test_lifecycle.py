@@ -699,3 +699,24 @@ def test_in_process_activation_failure_raises_activation_failed(
     with pytest.raises(StateError, match="requires a migration"):
         op(host, "activate", C)
     assert host.current == f"releases/{A}"
+
+
+def test_an_unsafe_database_rollback_is_made_safe_by_restore(
+    host: Host, make_package: PackageFactory
+) -> None:
+    """A migrating release whose rollback plan says the database rollback is ``unsafe``: a plain
+    rollback is refused (nothing changed) and its advice names --restore, because a checkpoint
+    exists; ``--restore`` restores from it and rolls back without --accept-db-risk."""
+    configure(host, keys={"checkpoint": ["sh", "-c", CHECKPOINT], "restore": ["sh", "-c", RESTORE]})
+    deploy(host, make_package(A), A)
+    deploy(host, make_package(B, toml=MIGRATING + '[rollback]\ndatabase = "unsafe"\n'), B)
+    before = host.snapshot()
+
+    out = host.cli_json("rollback", expect=ExitCode.FAILED)
+
+    assert out["error"] == "invalid_state" and f"{B} (unsafe)" in out["message"]
+    assert "--restore" in out["message"] and "--accept-db-risk" in out["message"]
+    assert host.snapshot() == before
+    out = host.cli_json("rollback", "--restore")
+    assert out["current"] == A and lines(shared(host) / "restored") == [f"dump-ref-123 {A}"]
+    assert not any(e["event"] == "rollback.db_risk_accepted" for e in host.journal())

@@ -90,20 +90,29 @@ def test_a_missing_required_field_is_refused_at_build_and_again_at_stage(gov: Go
     assert table[1].split()[:4] == ["1.0.0", "staged", "patch", "alice"]
 
 
-def test_rollback_across_an_unsafe_database_rollback_needs_accept_db_risk(gov: Gov) -> None:
-    """Refused (nothing changed) without --accept-db-risk; with it, rolled back and journaled."""
+@pytest.mark.parametrize("plan", ["unsafe", "needs-confirmation"])
+def test_rollback_across_an_unsafe_database_rollback_needs_accept_db_risk(
+    gov: Gov, plan: str
+) -> None:
+    """Refused (nothing changed) without --accept-db-risk, also with --restore alone when no
+    migration's checkpoint can restore the database (the advice must not send the operator to
+    --restore then); with it, rolled back and journaled. ``needs-confirmation`` is the same gate:
+    the operator confirms with --accept-db-risk."""
     gov.configure(extra="")
     host = gov.host
     host.cli_json("stage", str(gov.package("1.0.0", "patch", ("technical",))))
     host.cli_json("activate", "1.0.0")
-    host.cli_json("stage", str(gov.package("1.0.1", "patch", ("technical",), toml=GOVERNED)))
+    toml = GOVERNED.replace('database = "unsafe"', f'database = "{plan}"')
+    host.cli_json("stage", str(gov.package("1.0.1", "patch", ("technical",), toml=toml)))
     host.cli_json("activate", "1.0.1")
     before = host.snapshot()
-    proc = host.cli("rollback")
-    body = json.loads(proc.stdout)
-    assert proc.returncode == 1 and body["error"] == "invalid_state", proc.stdout
-    assert "1.0.1" in body["message"] and "--accept-db-risk" in body["message"]
-    assert host.snapshot() == before
+    for extra in ([], ["--restore"]):
+        proc = host.cli("rollback", *extra)
+        body = json.loads(proc.stdout)
+        assert proc.returncode == 1 and body["error"] == "invalid_state", proc.stdout
+        assert f"1.0.1 ({plan})" in body["message"] and "--accept-db-risk" in body["message"]
+        assert "--restore" not in body["message"], body["message"]
+        assert host.snapshot() == before
     assert host.cli_json("rollback", "--accept-db-risk")["current"] == "1.0.0"
     accepted = [e for e in host.journal() if e["event"] == "rollback.db_risk_accepted"]
     assert [(e["version"], e["crossed"]) for e in accepted] == [("1.0.0", ["1.0.1"])]
