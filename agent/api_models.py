@@ -174,6 +174,8 @@ class ReleaseInfo(_Response):
     staged_by: str = ""
     activated_at: str | None = None
     activated_by: str | None = None
+    first_activated_at: str | None = None
+    left_by: str = ""
     pinned: bool = False
     adopted: bool = False  # recorded by `cutover-agent adopt`: unsigned, rollback target only
     installed: bool = True

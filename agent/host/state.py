@@ -91,8 +91,10 @@ class ReleaseRecord(_Model):
     db_rollback: str = ""  # manifest rollback.database: safe | unsafe | needs-confirmation
     staged_at: str = ""
     staged_by: str = ""
-    activated_at: str | None = None
+    activated_at: str | None = None  # the latest activation (or rollback onto it)
     activated_by: str | None = None
+    first_activated_at: str | None = None  # never overwritten: the release log's Date
+    left_by: str = ""  # how ``current`` last left this release: "activate" | "rollback"
     pinned: bool = False
     # recorded by ``adopt`` from an earlier deploy tool (Capistrano, Deployer): unsigned, no
     # manifest, never activated or pruned by Cutover, only a rollback target
@@ -231,10 +233,15 @@ def record_rollback(state: AppState, target: str, actor: str, *, stamp: bool = T
 
     ``stamp`` records ``actor`` as its activator if it never had one (not for a hand flip).
     """
+    left = state.releases.get(state.current or "")
+    if left is not None and state.current != target:
+        left.left_by = "rollback"
     state.current = target
     rec = state.releases.get(target)
     if stamp and rec is not None and rec.activated_at is None:
         rec.activated_at, rec.activated_by = utcnow(), actor
+    if rec is not None and rec.activated_at is not None and rec.first_activated_at is None:
+        rec.first_activated_at = rec.activated_at
     if target in state.activations:
         while state.activations and state.activations[-1] != target:
             state.activations.pop()

@@ -199,6 +199,10 @@ class Activate:
             if rec.status == ReleaseStatus.FAILED:  # a retried activation clears the verdict
                 rec.status, rec.reason = ReleaseStatus.STAGED, ""
             rec.add_results(hooks_out, [live])
+            rec.first_activated_at = rec.first_activated_at or rec.activated_at
+            left = state.releases.get(state.current or "")
+            if left is not None and state.current != version:
+                left.left_by = "activate"
             state.current = version
             state.activations = [v for v in state.activations if v != version] + [version]
             state.pending = None

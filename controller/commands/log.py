@@ -108,9 +108,9 @@ def _releases_table(app: str, releases: list[ReleaseRow]) -> Table:
             status = f"[bold red]INTEGRITY FAILURE[/], {status}"
         notes = r.notes if len(r.notes) <= NOTES_WIDTH else r.notes[: NOTES_WIDTH - 1] + "…"
         t.add_row(
-            r.version,
+            escape(r.version),
             display_date(r.date),
-            r.release_type or "-",
+            escape(r.release_type or "-"),
             escape(r.owner or "-"),
             status,
             escape(notes or "-"),
@@ -123,14 +123,15 @@ def _history_table(app: str, rows: list[LogRow]) -> Table:
     for col in ("when (UTC)", "host", "result", "version", "from", "who", "checkpoint", "detail"):
         t.add_column(col, overflow="fold")
     for r in rows:
+        result = escape(r.result)  # every cell from an agent is text, never rich markup
         t.add_row(
-            r.ts,
-            r.host,
-            f"[red]{r.result}[/]" if r.event in _FAILED else r.result,
-            r.version or "-",
-            r.previous or "-",
+            escape(r.ts),
+            escape(r.host),
+            f"[red]{result}[/]" if r.event in _FAILED else result,
+            escape(r.version or "-"),
+            escape(r.previous or "-"),
             escape(r.actor or "-"),
-            r.checkpoint_ref or "-",
+            escape(r.checkpoint_ref or "-"),
             escape(r.detail or ""),
         )
     return t

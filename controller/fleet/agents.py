@@ -81,6 +81,8 @@ class ReleaseView(_Tolerant):
     adopted: bool = False
     staged_at: str = ""
     activated_at: str | None = None
+    first_activated_at: str | None = None  # absent from agents before it: None
+    left_by: str = ""  # how current last left it: "activate" | "rollback" ("" from older agents)
 
 
 class AppView(_Tolerant):

@@ -3,13 +3,14 @@ journal (pure: no I/O).
 
 ``cutover log`` prints Version | Date | Type | Owner | Status | Notes, newest first:
 
-* **Date**: the version's first activation on any host (the journals' ``activate.done``, else the
-  records' ``activated_at``), else when a host first staged it;
+* **Date**: the version's first activation on any host (the records' ``first_activated_at``,
+  never overwritten; from older agents the journals' ``activate.done`` and the records'
+  ``activated_at``), else when a host first staged it; compared as instants;
 * **Type**, **Owner**, **Notes**: from the signed manifest as each host recorded it (Notes: the
   structured notes' summary, else the first line of the free-text notes);
 * **Status**: each host's state of the version, counted (``active 2, rolled back 1``):
   ``active``, ``staged`` (never activated), ``superseded`` (a newer activation replaced it),
-  ``rolled back`` (a rollback left it), ``reverted`` (its activation failed and was undone: marked
+  ``rolled back`` (a rollback left it: the record's ``left_by``, else the journal), ``reverted`` (its activation failed and was undone: marked
   bad), ``activation failed``, ``stage failed``, ``adopted``; ``, pruned`` when its files are gone;
 * **Integrity**: a version is one release everywhere. Each agent refuses a second build of a
   version it holds, but two hosts can each have taken a different build under the same name; only
@@ -20,6 +21,7 @@ journal (pure: no I/O).
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -83,7 +85,8 @@ def _host_status(rec: ReleaseView, left: dict[str, str]) -> str:
     elif rec.activated_at is None:
         word = "staged"
     else:
-        word = "rolled back" if left.get(rec.version) == "rollback" else "superseded"
+        how = rec.left_by or left.get(rec.version)  # the record's, else the journal window's
+        word = "rolled back" if how == "rollback" else "superseded"
     return word if rec.installed or rec.status == "failed" else f"{word}, pruned"
 
 
@@ -97,20 +100,34 @@ def _one(values: list[str]) -> str:
     return " / ".join(dict.fromkeys(v for v in values if v))
 
 
+def _instant(text: str) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _earliest(stamps: list[str]) -> str | None:
+    """The earliest of ISO 8601 instants (compared as instants, not as text)."""
+    parsed = [(t, s) for s in stamps if (t := _instant(s)) is not None]
+    return min(parsed)[1] if parsed else None
+
+
 def _date(
     version: str, recs: list[ReleaseView], journals: dict[str, list[JournalEntry]]
 ) -> str | None:
-    activated = [
+    first = _earliest([r.first_activated_at for r in recs if r.first_activated_at])
+    if first is not None:  # the records keep it: no dependence on the journal window
+        return first
+    activated = [  # agents from before first_activated_at: the journal window and the record
         e.ts
         for entries in journals.values()
         for e in entries
         if e.event == "activate.done" and e.version == version
     ]
     activated += [r.activated_at for r in recs if r.activated_at]
-    if activated:
-        return min(activated)
-    staged = [r.staged_at for r in recs if r.staged_at]
-    return min(staged) if staged else None
+    return _earliest(activated) or _earliest([r.staged_at for r in recs if r.staged_at])
 
 
 def release_log(

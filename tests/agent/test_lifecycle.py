@@ -720,3 +720,22 @@ def test_an_unsafe_database_rollback_is_made_safe_by_restore(
     out = host.cli_json("rollback", "--restore")
     assert out["current"] == A and lines(shared(host) / "restored") == [f"dump-ref-123 {A}"]
     assert not any(e["event"] == "rollback.db_risk_accepted" for e in host.journal())
+
+
+def test_first_activation_is_kept_and_how_current_left_a_release_is_recorded(
+    host: Host, make_package: PackageFactory
+) -> None:
+    """``first_activated_at`` is never overwritten by a later activation; ``left_by`` says whether
+    an activation or a rollback took ``current`` away from a release (the fleet's release log)."""
+    deploy(host, make_package(A), A)
+    deploy(host, make_package(B), B)
+    first = host.state()["releases"][B]["first_activated_at"]
+    assert first is not None and host.state()["releases"][A]["left_by"] == "activate"
+
+    host.cli_json("rollback")
+    assert host.state()["releases"][B]["left_by"] == "rollback"
+    host.cli_json("activate", B)
+
+    releases = host.state()["releases"]
+    assert releases[B]["first_activated_at"] == first <= releases[B]["activated_at"]
+    assert releases[A]["left_by"] == "activate"

@@ -132,3 +132,22 @@ def test_markdown_table_escapes_cells_and_lists_failures_and_silent_hosts() -> N
     assert lines[5] == ""
     assert lines[6].startswith("- INTEGRITY FAILURE: ame 1 is not the same release on every host")
     assert lines[7] == "- web-3: no history: unreachable: refused"
+
+
+def test_date_and_status_come_from_the_records_whatever_the_journal_window() -> None:
+    """Agents that keep ``first_activated_at`` and ``left_by`` give the same row with the whole
+    journal, a truncated one or none: the log of a fleet does not depend on ``--limit``."""
+    views = {
+        "web-1": _view(
+            _rec("1", "staged", activated_at="2026-03-09T09:00:00Z", left_by="rollback",
+                 first_activated_at="2026-03-05T10:00:00+02:00"),
+        ),
+        "web-2": _view(_rec("1", "previous", activated_at="2026-03-07T09:00:00Z",
+                            first_activated_at="2026-03-05T09:00:00Z", left_by="activate")),
+    }  # fmt: skip
+    full = {"web-1": _journal(("activate.done", "1", None), ("rollback.done", "0", "1"))}
+    rows = [release_log(views, journals) for journals in (full, {"web-1": full["web-1"][1:]}, {})]
+    assert rows[0] == rows[1] == rows[2]
+    [row] = rows[0]
+    assert row.date == "2026-03-05T10:00:00+02:00"  # 08:00 UTC: compared as instants, not text
+    assert row.status == "rolled back 1, superseded 1"
