@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -86,12 +87,25 @@ def _activate_in_turn(fleet: Fleet, packages: dict[str, Path], *versions: str) -
 
 
 def _first_activation(fleet: Fleet, version: str) -> str:
-    return min(
+    """The earliest ``first_activated_at`` the hosts' records keep (on disk, not through the API),
+    which is no later than the hosts' first ``activate.done`` in their journals."""
+    records = [
+        json.loads((fleet.agents[name].meta / "state.json").read_text())["releases"][version]
+        for name in WEB
+    ]
+    first = min(r["first_activated_at"] for r in records)
+    journal = min(
         e["ts"]
         for name in WEB
         for e in fleet.agents[name].journal()
         if e["event"] == "activate.done" and e["version"] == version
     )
+
+    def instant(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    assert instant(first) <= instant(journal)  # seconds precision, the journal's milliseconds
+    return str(first)
 
 
 def test_log_prints_version_date_type_owner_status_notes(
