@@ -729,13 +729,18 @@ def test_first_activation_is_kept_and_how_current_left_a_release_is_recorded(
     an activation or a rollback took ``current`` away from a release (the fleet's release log)."""
     deploy(host, make_package(A), A)
     deploy(host, make_package(B), B)
-    first = host.state()["releases"][B]["first_activated_at"]
-    assert first is not None and host.state()["releases"][A]["left_by"] == "activate"
+    state = host.state()
+    assert state["releases"][B]["first_activated_at"] == state["releases"][B]["activated_at"]
+    assert state["releases"][A]["left_by"] == "activate"
+    # as if B was first activated long ago: a later activation must keep that date
+    long_ago = "2000-01-01T00:00:00Z"
+    state["releases"][B]["first_activated_at"] = long_ago
+    (host.root / ".cutover" / "state.json").write_text(json.dumps(state))
 
     host.cli_json("rollback")
     assert host.state()["releases"][B]["left_by"] == "rollback"
     host.cli_json("activate", B)
 
     releases = host.state()["releases"]
-    assert releases[B]["first_activated_at"] == first <= releases[B]["activated_at"]
+    assert releases[B]["first_activated_at"] == long_ago != releases[B]["activated_at"]
     assert releases[A]["left_by"] == "activate"
