@@ -28,28 +28,25 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cutover.agent.host.layout import Layout  # noqa: E402
+from _agents import Agent  # noqa: E402
+
 from cutover.agent.keys import PrivateKey, generate_keypair, load_private_key  # noqa: E402
 from cutover.controller.build import build_package, sign_package  # noqa: E402
 from cutover.controller.client import AgentClient  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_corpus.py"
-AGENT = Path(os.environ.get("CUTOVER_AGENT_BIN", Path(sys.executable).parent / "cutover-agent"))
 MiB = 1 << 20
 GOAL_P99_MS = 50.0
 GOAL_RSS_MIB = 100.0
@@ -114,57 +111,17 @@ def big_tree(tree: Path) -> None:
 
 
 # ---------------------------------------------------------------------- agent process
-class Agent:
-    def __init__(self, base: Path, app: str) -> None:
-        base.mkdir(parents=True)
-        self.base = base
-        self.app = app
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.root = base / "srv" / app
-        for d in Layout(self.root).dirs():
-            d.mkdir(parents=True, exist_ok=True)
-        self.config = base / "agent.toml"
-        self.config.write_text(
-            "[agent]\n"
-            f'name = "127.0.0.1:{self.port}"\nlisten = "127.0.0.1:{self.port}"\n'
-            f'state_dir = "{base / "state"}"\nlog_format = "json"\n'
-            "max_upload_bytes = 2147483648\n\n"
-            f'[[controller_keys]]\nname = "bench"\npath = "{OUT / "keys" / "deploy.pub"}"\n\n'
-            f'[apps.{app}]\nroot = "{self.root}"\nrelease_keys = ["{OUT / "keys" / "release.pub"}"]\n'
-        )
-        self.log = (base / "agent.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(AGENT), "--config", str(self.config), "serve"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1):  # noqa: S310  # loopback
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"agent did not start; see {base / 'agent.log'}") from None
-                time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def status(self, field: str) -> float:
-        """A /proc/PID/status field in MiB (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-        raise KeyError(field)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        self.log.close()
+def start_agent(base: Path, app: str) -> Agent:
+    """A ready agent serving ``app`` (bench/_agents.py), taking packages up to 2 GiB."""
+    agent = Agent(
+        base,
+        app,
+        deploy_pub=OUT / "keys" / "deploy.pub",
+        release_pub=OUT / "keys" / "release.pub",
+        agent_settings="max_upload_bytes = 2147483648\n",
+    )
+    agent.wait_ready(20)
+    return agent
 
 
 # ---------------------------------------------------------------------- measurements
@@ -241,7 +198,7 @@ def child_result(proc: subprocess.Popen[bytes]) -> dict[str, object]:
 
 async def latency_bench(base: Path, package: Path, rate: float, idle_s: float) -> dict[str, object]:
     """One repetition on a fresh agent: idle baseline, then the same probe during upload+stage."""
-    agent = Agent(base, "bench")
+    agent = start_agent(base, "bench")
     try:
         idle = await probe(agent.url, rate, _set(asyncio.Event()), idle_s)
         stop = asyncio.Event()
@@ -261,7 +218,7 @@ def _set(ev: asyncio.Event) -> asyncio.Event:
 
 
 async def rss_bench(base: Path, package: Path) -> dict[str, float]:
-    agent = Agent(base, "big")
+    agent = start_agent(base, "big")
     try:
         await asyncio.sleep(0.5)
         idle_rss = agent.status("VmRSS")

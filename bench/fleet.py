@@ -24,14 +24,11 @@ import json
 import os
 import pstats
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -40,84 +37,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cutover.agent.host.layout import Layout  # noqa: E402
+from _agents import Agent  # noqa: E402
+
 from cutover.agent.keys import generate_keypair  # noqa: E402
 from cutover.controller.build import build_package, sign_package  # noqa: E402
 
 BIN = Path(sys.executable).parent
-AGENT = BIN / "cutover-agent"
 CUTOVER = BIN / "cutover"
 APP = "bench"
 GOAL_RATIO = 3.0
-
-
-_TAKEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port, never one handed out before in this run (100 agents: collisions happen)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port not in _TAKEN:
-            _TAKEN.add(port)
-            return port
-
-
-class Agent:
-    def __init__(self, base: Path, keys: Path) -> None:
-        base.mkdir(parents=True)
-        self.port = free_port()
-        self.root = base / "srv" / APP
-        for d in Layout(self.root).dirs():
-            d.mkdir(parents=True, exist_ok=True)
-        self.config = base / "agent.toml"
-        self.config.write_text(
-            "[agent]\n"
-            f'name = "127.0.0.1:{self.port}"\nlisten = "127.0.0.1:{self.port}"\n'
-            f'state_dir = "{base / "state"}"\nlog_format = "json"\n\n'
-            f'[[controller_keys]]\nname = "bench"\npath = "{keys / "deploy.pub"}"\n\n'
-            f'[apps.{APP}]\nroot = "{self.root}"\nrelease_keys = ["{keys / "release.pub"}"]\n'
-        )
-        self.log_path = base / "agent.log"
-        self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [str(AGENT), "--config", str(self.config), "serve"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 900  # 100 interpreters starting on 2 cores
-        while True:
-            try:
-                url = f"http://127.0.0.1:{self.port}/v1/health"
-                with urllib.request.urlopen(url, timeout=1):  # loopback
-                    if self._listening():
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"agent did not start: {self.log_path}")
-            time.sleep(0.05)
-
-    def _listening(self) -> bool:
-        """This agent logged ``listening``: the port is ours, not another process's (the
-        machine is shared; a 200 from someone else's agent would send it our requests)."""
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if e.get("event") == "listening" and e.get("pid") == self.proc.pid:
-                return True
-        return False
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 def package(tmp: Path, version: str, release_key: Path) -> Path:
@@ -226,10 +154,18 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def measure(size: int, tmp: Path, keys: Path, pkgs: list[Path], profile: Path | None) -> list[Run]:
-    agents = [Agent(tmp / f"n{size}" / f"a{i}", keys) for i in range(size)]
+    agents = [
+        Agent(
+            tmp / f"n{size}" / f"a{i}",
+            APP,
+            deploy_pub=keys / "deploy.pub",
+            release_pub=keys / "release.pub",
+        )
+        for i in range(size)
+    ]
     try:
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(Agent.wait_ready, agents))
+        with ThreadPoolExecutor(16) as pool:  # 100 interpreters starting on 2 cores
+            list(pool.map(lambda a: a.wait_ready(900), agents))
         fleet = tmp / f"fleet-{size}.toml"
         fleet_toml(fleet, agents, keys / "deploy")
         out = []
