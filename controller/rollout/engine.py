@@ -41,6 +41,7 @@ from cutover.agent.errors import CutoverError
 from cutover.controller.fleet.agents import AgentPort, AppView
 from cutover.controller.fleet.inventory import HostSpec
 from cutover.controller.fleet.runner import EventSink, now_iso
+from cutover.controller.rollout.context import RolloutContext
 from cutover.controller.rollout.decision import Decision, decide
 from cutover.controller.rollout.leases import PAUSE_LEASE_S, LeaseKeeper
 from cutover.controller.rollout.plan import failure_budget
@@ -97,8 +98,9 @@ class RolloutEngine:
         self._sink = sink
         self._leases = leases
         self._pause_lease_s = pause_lease_s
-        self._waves = WaveRunner(by_name, connect, store, sink, leases)
-        self._revert = Reverter(by_name, connect, store, sink, leases)
+        ctx = RolloutContext(by_name, connect, store, sink, leases)
+        self._waves = WaveRunner(ctx)
+        self._revert = Reverter(ctx)
 
     def emit(self, event: dict[str, Any]) -> None:
         self._sink({"ts": now_iso(), **event})

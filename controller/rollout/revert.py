@@ -17,14 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from cutover.controller.fleet.agents import AgentPort
-from cutover.controller.fleet.inventory import HostSpec
 from cutover.controller.fleet.results import HostStatus
-from cutover.controller.fleet.runner import Done, EventSink, FleetRunner
+from cutover.controller.fleet.runner import Done, FleetRunner
 from cutover.controller.fleet.steps import record_done
+from cutover.controller.rollout.context import RolloutContext
 from cutover.controller.rollout.deadlines import answer_within
-from cutover.controller.rollout.leases import LeaseKeeper
 from cutover.controller.rollout.report import HostFailure
-from cutover.controller.rollout.store import RolloutRecord, RolloutStore
+from cutover.controller.rollout.store import RolloutRecord
 
 __all__ = ["Reverter", "needs_revert"]
 
@@ -39,19 +38,8 @@ def needs_revert(f: HostFailure) -> bool:
 class Reverter:
     """Rolls hosts of one rollout back to the release they ran before."""
 
-    def __init__(
-        self,
-        hosts: dict[str, HostSpec],
-        connect: Callable[[HostSpec], AgentPort],
-        store: RolloutStore,
-        sink: EventSink,
-        leases: LeaseKeeper | None,
-    ) -> None:
-        self._hosts = hosts
-        self._connect = connect
-        self._store = store
-        self._sink = sink
-        self._leases = leases
+    def __init__(self, ctx: RolloutContext) -> None:
+        self._ctx = ctx
 
     async def rollback(
         self, rec: RolloutRecord, hosts: list[str], *, parallel: bool = False
@@ -59,14 +47,14 @@ class Reverter:
         """Roll ``hosts`` back to their previous release; host -> it worked."""
         if not hosts:
             return {}
-        specs = [self._hosts[h] for h in hosts]
+        ctx = self._ctx
+        specs = [ctx.hosts[h] for h in hosts]
         runner = FleetRunner(
             specs,
-            self._connect,
+            ctx.connect,
             max_parallel=len(specs) if parallel else rec.params.max_parallel,
-            sink=self._sink,
+            sink=ctx.sink,
         )
-        leases = self._leases
         wait = rec.params.progress_deadline_s
 
         async def work(port: AgentPort, on_event: Callable[[dict[str, Any]], None]) -> Done:
@@ -74,9 +62,8 @@ class Reverter:
             view = await answer_within(port.app(rec.app), wait, name, "reading the app")
             if view.current != rec.version:  # not (or no longer) on this release: nothing to undo
                 return Done(status=HostStatus.UNCHANGED, message=f"runs {view.current}")
-            lease = leases.lease_id(name) if leases is not None else None
             return record_done(
-                await port.rollback(rec.app, None, on_event, lease), "already_active"
+                await port.rollback(rec.app, None, on_event, ctx.lease_for(name)), "already_active"
             )
 
         result = await runner.run("revert", rec.app, rec.version, work)
@@ -91,12 +78,12 @@ class Reverter:
             f.decision = (
                 "isolated (reverted)" if ok else "isolated (not reverted: agent unreachable)"
             )
-        self._store.set_hosts(rec.id, {f.host: ("isolated", f.message) for f in failures})
+        self._ctx.store.set_hosts(rec.id, {f.host: ("isolated", f.message) for f in failures})
 
     async def revert_all(self, rec: RolloutRecord, hosts: list[str]) -> dict[str, bool]:
         """Every host in ``hosts`` at once; their states recorded (reverted / revert_failed)."""
         reverted = await self.rollback(rec, hosts, parallel=True)
-        self._store.set_hosts(
+        self._ctx.store.set_hosts(
             rec.id, {h: ("reverted" if ok else "revert_failed", "") for h, ok in reverted.items()}
         )
         return reverted

@@ -29,13 +29,12 @@ from typing import Any
 
 from cutover.agent.errors import ActivationFailedError, CutoverError
 from cutover.controller.fleet.agents import AgentPort, AppView, JournalEntry
-from cutover.controller.fleet.inventory import HostSpec
-from cutover.controller.fleet.runner import Done, EventSink, FleetRunner, now_iso
+from cutover.controller.fleet.runner import Done, FleetRunner
 from cutover.controller.fleet.steps import record_done
+from cutover.controller.rollout.context import RolloutContext
 from cutover.controller.rollout.deadlines import activate_within, bake
-from cutover.controller.rollout.leases import LeaseKeeper
 from cutover.controller.rollout.report import Evidence, HostFailure, failure_from
-from cutover.controller.rollout.store import RolloutRecord, RolloutStore
+from cutover.controller.rollout.store import RolloutRecord
 
 __all__ = ["Tally", "WaveOutcome", "WaveRunner"]
 
@@ -70,32 +69,15 @@ class WaveOutcome:
 class WaveRunner:
     """Runs the waves of one rollout (one instance per engine run)."""
 
-    def __init__(
-        self,
-        hosts: dict[str, HostSpec],
-        connect: Callable[[HostSpec], AgentPort],
-        store: RolloutStore,
-        sink: EventSink,
-        leases: LeaseKeeper | None,
-    ) -> None:
-        self._hosts = hosts
-        self._connect = connect
-        self._store = store
-        self._sink = sink
-        self._leases = leases
+    def __init__(self, ctx: RolloutContext) -> None:
+        self._ctx = ctx
         self._evidence: dict[str, Evidence] = {}  # host -> what its agent streamed
-
-    def emit(self, event: dict[str, Any]) -> None:
-        self._sink({"ts": now_iso(), **event})
-
-    def lease_for(self, host: str) -> str | None:
-        return self._leases.lease_id(host) if self._leases is not None else None
 
     async def read_all(self, app: str, hosts: list[str]) -> dict[str, AppView | CutoverError]:
         """Every host's view of ``app`` (or the error asking it gave)."""
 
         async def one(h: str) -> AppView | CutoverError:
-            port = self._connect(self._hosts[h])
+            port = self._ctx.port(h)
             try:
                 return await port.app(app)
             except CutoverError as exc:
@@ -132,12 +114,12 @@ class WaveRunner:
         out = WaveOutcome()
         inconclusive: set[str] = set()
         runner = FleetRunner(
-            [self._hosts[h] for h in wave],
-            self._connect,
+            [self._ctx.hosts[h] for h in wave],
+            self._ctx.connect,
             max_parallel=p.max_parallel,
-            sink=self._sink,
+            sink=self._ctx.sink,
         )
-        self._store.set_hosts(rec.id, dict.fromkeys(wave, ("activating", "")))
+        self._ctx.store.set_hosts(rec.id, dict.fromkeys(wave, ("activating", "")))
         result = await runner.run(
             "activate", rec.app, rec.version, self._activate_work(rec, inconclusive)
         )
@@ -156,14 +138,16 @@ class WaveRunner:
                     states[res.host] = ("inconclusive", res.message)
                 else:
                     out.failures.append(failure)
-        self._store.set_hosts(rec.id, states)
+        self._ctx.store.set_hosts(rec.id, states)
         good = [h for h in wave if h in tally.activated and h not in {f.host for f in out.failures}]
         if p.bake_s > 0 and good:
-            self.emit({"event": "wave.bake", "rollout": rec.id, "hosts": good, "bake_s": p.bake_s})
+            self._ctx.emit(
+                {"event": "wave.bake", "rollout": rec.id, "hosts": good, "bake_s": p.bake_s}
+            )
             baked = await asyncio.gather(
                 *(
                     bake(
-                        partial(self._connect, self._hosts[h]),
+                        partial(self._ctx.port, h),
                         h,
                         rec.app,
                         rec.version,
@@ -179,7 +163,7 @@ class WaveRunner:
         for f in out.failures:
             tally.failed[f.host] = f
             tally.healthy.discard(f.host)
-        self._store.set_hosts(rec.id, {f.host: ("failed", f.message) for f in out.failures})
+        self._ctx.store.set_hosts(rec.id, {f.host: ("failed", f.message) for f in out.failures})
         tally.healthy.update(h for h in good if h not in tally.failed)
         return out
 
@@ -200,7 +184,11 @@ class WaveRunner:
             record = await activate_within(
                 port,
                 port.activate(
-                    rec.app, rec.version, watch_events, self.lease_for(name), name == first_canary
+                    rec.app,
+                    rec.version,
+                    watch_events,
+                    self._ctx.lease_for(name),
+                    name == first_canary,
                 ),
                 rec.app,
                 healthy_deadline_s=p.healthy_deadline_s,
@@ -215,7 +203,7 @@ class WaveRunner:
 
     async def explain(self, rec: RolloutRecord, host: str, code: str, message: str) -> HostFailure:
         """The failure report of one host: its error plus the agent's journal tail (if it answers)."""
-        port = self._connect(self._hosts[host])
+        port = self._ctx.port(host)
         wait = rec.params.progress_deadline_s
         entries: list[JournalEntry] | None = None
         view: AppView | None = None
