@@ -378,3 +378,6 @@ class UploadStatus(_Response):
     sha256: str
     offset: int  # resume a PUT at this byte (0: nothing held)
     busy: bool = False  # an upload of this package is being received now
+    # the asking key's upload of this package completed and this operation took it (its 202,
+    # status as of now): a sender cut off before the 202 follows it instead of uploading again
+    operation: Accepted | None = None

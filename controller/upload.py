@@ -1,10 +1,15 @@
 """Uploading a package to one agent, resuming after an interruption (docs/controller.md).
 
-The first attempt is a plain signed ``PUT /v1/apps/{app}/releases/{version}`` of the whole file
-(so it works with any agent). When the exchange breaks (the connection is cut, the agent
-restarts, a proxy times out), the agent keeps what it received (agent/daemon/uploads.py); this
-module then asks how much (``GET .../upload/{sha256}``) and sends only the rest with
-``?sha256=HEX&offset=N``, which the signature covers. It retries at most ``attempts`` times in
+Before the first attempt it asks the agent what it holds of this package (``GET
+.../upload/{sha256}``): bytes an earlier, interrupted upload left (even one by a controller
+process that was killed) are resumed instead of sent again, a complete package the agent kept is
+staged by an empty-body resume, and an upload an operation already took (its ``202`` was lost)
+is followed rather than repeated. An agent without the query (``404``/``405``: an older one) gets
+a plain signed ``PUT /v1/apps/{app}/releases/{version}`` of the whole file. When the exchange
+breaks (the connection is cut, the agent restarts, a proxy times out), the agent keeps what it
+received (agent/daemon/uploads.py); this module then asks again and sends only the rest with
+``?sha256=HEX&offset=N``, which the signature covers, or returns the operation that took the
+upload when the body had arrived whole and only the answer was lost. It retries at most ``attempts`` times in
 all, with backoff (:func:`backoff_s`), and says so through ``on_resume``. A ``409 upload_offset``
 answer carries the offset the agent holds and is resumed from there (an offset outside the
 package's size is not trusted: the upload starts once more from offset 0); a ``422 package_digest``
@@ -108,6 +113,15 @@ async def upload_package(
     try:
         size, digest = await asyncio.to_thread(_size_and_sha256, fh, sha256)
         offset, attempt, restarted = 0, 1, False
+        held, taken = await _held(client, app, version, digest, fallback=0, first=True)
+        if taken is not None:  # an earlier sender's upload was taken; its 202 was lost
+            log.info("upload_already_taken", app=app, version=version, operation=taken.operation)
+            return taken
+        if 0 < held <= size:  # bytes (or the whole package) an earlier upload left
+            offset = held
+            log.info("upload_resuming", app=app, version=version, attempt=1, offset=offset)
+            if on_resume is not None:
+                on_resume(1, offset, f"the agent holds {held} bytes from an earlier upload")
         while True:
             try:
                 return await _put(client, fh, app, version, size, digest, offset, progress)
@@ -132,7 +146,16 @@ async def upload_package(
                     raise
                 why = str(exc)
                 await asyncio.sleep(backoff_s(attempt + 1))
-                offset = await _held(client, app, version, digest, fallback=offset)
+                offset, taken = await _held(client, app, version, digest, fallback=offset)
+                if taken is not None:  # the body arrived whole, only the answer was lost
+                    log.info(
+                        "upload_already_taken",
+                        app=app,
+                        version=version,
+                        operation=taken.operation,
+                        why=why,
+                    )
+                    return taken
                 if not 0 <= offset <= size:  # not bytes of this package: a plain upload
                     offset = 0
             attempt += 1
@@ -146,23 +169,40 @@ async def upload_package(
         await asyncio.shield(asyncio.to_thread(fh.close))
 
 
-async def _held(client: AgentClient, app: str, version: str, digest: bytes, fallback: int) -> int:
+async def _held(
+    client: AgentClient,
+    app: str,
+    version: str,
+    digest: bytes,
+    fallback: int,
+    *,
+    first: bool = False,
+) -> tuple[int, Accepted | None]:
     """The bytes the agent holds of this package (``fallback`` if it cannot say now: the next
-    PUT then learns it from a ``409 upload_offset``)."""
+    PUT then learns it from a ``409 upload_offset``), and the operation that took this key's
+    completed upload of it, if one did.
+
+    Raises:
+        UnreachableError: ``first`` and the agent could not be reached (the host is down).
+    """
     path = f"/v1/apps/{_seg(app)}/releases/{_seg(version)}/upload/{digest.hex()}"
     for _ in range(BUSY_POLLS):
         try:
             resp = await client.request("GET", path)
             status = await client.parse(resp, UploadStatus, f"GET {path}")
+        except UnreachableError:
+            if first:
+                raise  # never connected: the PUT would not either
+            return fallback, None
         except TransportError:
-            return fallback
+            return fallback, None
         except (NotFoundError, MethodNotAllowedError):  # an agent without resumable uploads
-            return 0
+            return 0, None
         if not status.busy:
-            return status.offset
+            return status.offset, status.operation
         # the agent still reads the broken-off body: its bytes are final once it notices
         await asyncio.sleep(BUSY_POLL_S)
-    return fallback
+    return fallback, None
 
 
 async def _put(

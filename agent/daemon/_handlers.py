@@ -18,6 +18,7 @@ from cutover.agent.versions import VERSION_RE
 
 __all__ = [
     "accepted",
+    "accepted_body",
     "app_param",
     "caller_of",
     "ctx_of",
@@ -68,7 +69,12 @@ async def defer_expect(request: web.Request) -> None:
 
 
 def accepted(op: Operation) -> web.Response:
-    body = Accepted.model_validate(
+    return web.json_response(accepted_body(op).to_json(), status=202)
+
+
+def accepted_body(op: Operation) -> Accepted:
+    """The ``202`` body of ``op`` (its status as of now)."""
+    return Accepted.model_validate(
         {
             "operation": op.id,
             "op": op.op,
@@ -81,4 +87,3 @@ def accepted(op: Operation) -> web.Response:
             },
         }
     )
-    return web.json_response(body.to_json(), status=202)

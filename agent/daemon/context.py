@@ -29,6 +29,7 @@ from cutover.agent.daemon.uploads import UploadSpool
 from cutover.agent.errors import NotFoundError, UnavailableError
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.lock import AppLock
+from cutover.agent.host.room import Room
 from cutover.agent.host.state import AppState, ReleaseStatus, StateFile
 from cutover.agent.lifecycle.manager import AppManager, EventSink
 from cutover.agent.trust.freeze import refusing_window
@@ -69,9 +70,13 @@ class AgentContext:
         cfg = self.config
         if app not in cfg.apps:
             raise NotFoundError(f"app {app!r} is not configured on this agent")
+        # retention by disk drops this daemon's resume partials before releases, and counts
+        room = Room(holders=(self.spool.partials,), on_pruned=self.metrics.disk_pruned)
         if events is None:
-            return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor)
-        return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor, events=events)
+            return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor, room=room)
+        return AppManager(
+            app, cfg.apps[app], cfg.policies[app], actor=actor, events=events, room=room
+        )
 
     def layout(self, app: str) -> Layout:
         """The layout of ``app`` under the config in force.

@@ -174,6 +174,26 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.upload_resumes = Counter(
+            "cutover_upload_resumes_total",
+            "Resumed uploads (PUT with ?sha256=&offset=N, N > 0) by app and result (accepted: "
+            "appended to the held bytes; refused: 409 upload_offset).",
+            ["app", "result"],
+            registry=r,
+        )
+        self.partials_removed = Counter(
+            "cutover_upload_partials_removed_total",
+            "Kept partial uploads removed from <state_dir>/resume, by app and reason (expired, "
+            "over_limit, disk: dropped to make room for a stage of that app).",
+            ["app", "reason"],
+            registry=r,
+        )
+        self.disk_prunes = Counter(
+            "cutover_disk_prunes_total",
+            "Releases pruned by retention by disk (min_free_bytes / min_free_pct), by app.",
+            ["app"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "cutover_config_reloads_total",
             "Config reload attempts by result (ok, failed).",
@@ -211,6 +231,15 @@ class Metrics:
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
+
+    def upload_resume(self, app: str, result: str) -> None:
+        self.upload_resumes.labels(app, result).inc()
+
+    def partial_removed(self, app: str, reason: str) -> None:
+        self.partials_removed.labels(app, reason).inc()
+
+    def disk_pruned(self, app: str, versions: list[str]) -> None:
+        self.disk_prunes.labels(app).inc(len(versions))
 
     def set_app(self, app: str, releases: AppReleases | None) -> None:
         """Replace the release snapshot of ``app`` (None: forget the app)."""

@@ -278,10 +278,12 @@ class Server:
         ssl_context = _ssl_context(cfg)
         uploads = await asyncio.to_thread(_prepare_state_dir, cfg.agent.state_dir)
         holder = ConfigHolder(cfg)
-        spool = UploadSpool(cfg.agent.state_dir, lambda: ResumeLimits.of(holder.current.agent))
+        metrics = Metrics()
+        spool = UploadSpool(
+            cfg.agent.state_dir, lambda: ResumeLimits.of(holder.current.agent), metrics
+        )
         await asyncio.to_thread(spool.prepare)
         nonces = await asyncio.to_thread(NonceStore, cfg.agent.state_dir / "nonces.log")
-        metrics = Metrics()
         metrics.config_loaded.set_to_current_time()
         self.ctx = ctx = AgentContext(
             holder=holder,

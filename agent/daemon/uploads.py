@@ -33,6 +33,14 @@ Rules this module enforces (docs/protocol.md §Resumable uploads, docs/operation
   ``agent.upload_resume_max_bytes`` in all (the oldest are dropped first; a partial larger than
   the cap alone is not kept); each expires ``agent.upload_resume_ttl_s`` after its last byte. The
   sweep runs at start, periodically while serving, and whenever a partial is kept.
+* **Room for a stage.** The spool is a :class:`agent.host.room.SpaceHolder`: retention by disk
+  drops expired partials before it prunes a release and, when a stage still needs room, the
+  partials of that app on that filesystem that nobody is appending to (reason ``disk``); an
+  ``insufficient_space`` refusal names ``resume/`` and the bytes it still holds.
+* **Who took it.** The operation that took a completed upload is remembered (the last
+  :data:`TAKEN_KEEP`, in memory) for the key that sent it, so a sender whose connection broke
+  after the whole body but before the ``202`` learns from the resume query which operation
+  stages its package (:meth:`UploadSpool.taken`).
 * **Only its own files.** Only names this module writes (``<64 hex>_<version>.<16 hex>.part`` in an
   app's folder under ``resume/``) are ever removed; anything else there is left alone, and a
   symlink there (an app's folder or a partial) is never followed.
@@ -49,9 +57,7 @@ import asyncio
 import hashlib
 import hmac
 import os
-import stat
-import threading
-import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +66,6 @@ from typing import Any, BinaryIO
 import structlog
 
 from cutover.agent._util.fsutil import fsync_dir
-from cutover.agent.config import AgentSection
 from cutover.agent.daemon.upload_keys import (
     PART_RE,
     SHA256_RE,
@@ -68,18 +73,21 @@ from cutover.agent.daemon.upload_keys import (
     offset_error,
     owner_of,
 )
+from cutover.agent.daemon.upload_partials import ResumeLimits, ResumeStore, SpoolCounters
 from cutover.agent.errors import (
     BodyTimeoutError,
     DigestMismatchError,
     LockedError,
+    UploadOffsetError,
 )
-from cutover.agent.package.manifest import APP_RE
 
 __all__ = [
     "PART_RE",
     "RESUMABLE",
     "SHA256_RE",
+    "TAKEN_KEEP",
     "ResumeLimits",
+    "SpoolCounters",
     "SpoolFile",
     "UploadKey",
     "UploadSpool",
@@ -91,21 +99,7 @@ log = structlog.get_logger(__name__)
 # What ends a body early without it being wrong (the client went away, stalled or was too slow;
 # the agent is stopping): the bytes so far are kept for a resume.
 RESUMABLE = (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, BodyTimeoutError)
-
-
-@dataclass(frozen=True)
-class ResumeLimits:
-    """How much of interrupted uploads is kept (agent.upload_resume_*)."""
-
-    ttl_s: float
-    per_app: int
-    max_bytes: int
-
-    @classmethod
-    def of(cls, agent: AgentSection) -> ResumeLimits:
-        return cls(
-            agent.upload_resume_ttl_s, agent.upload_resume_per_app, agent.upload_resume_max_bytes
-        )
+TAKEN_KEEP = 256  # completed uploads whose operation the resume query can name
 
 
 @dataclass(eq=False)
@@ -119,6 +113,7 @@ class SpoolFile:
     _fh: BinaryIO
     _digest: Any
     held: Path | None = None  # a resume: the held file ``path`` is a hard link to
+    op_id: str = ""  # the operation the upload was received for
     size: int = 0
     settled: bool = False  # completed, kept or discarded: the key is free again
     _closed: bool = field(default=False, repr=False)
@@ -156,44 +151,35 @@ class UploadSpool:
         limits: the limits in force (read at each use: a reload applies to the next one).
     """
 
-    def __init__(self, state_dir: Path, limits: Callable[[], ResumeLimits]) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        limits: Callable[[], ResumeLimits],
+        counters: SpoolCounters | None = None,
+    ) -> None:
         self.uploads_dir = state_dir / "uploads"
         self.resume_dir = state_dir / "resume"
         self._limits = limits
+        self._counters = counters
         self._busy: set[UploadKey] = set()
-        self._lock = threading.Lock()  # resume/ is changed from worker threads
+        self._taken: OrderedDict[tuple[UploadKey, str], str] = OrderedDict()
+        self.partials = ResumeStore(self.resume_dir, limits, self._busy.copy, counters)
+        self._lock = self.partials.lock
 
     # ------------------------------------------------------------------ queries
-    def _app_dir(self, app: str) -> Path | None:
-        """``resume/<app>`` if it is a real directory (never a symlink's target)."""
-        folder = self.resume_dir / app
-        try:
-            return folder if stat.S_ISDIR(folder.lstat().st_mode) else None
-        except FileNotFoundError:
-            return None
-
-    def _find(self, key: UploadKey) -> tuple[Path, str, int] | None:
-        """The partial of ``key`` (path, owner, size), whichever key sent it (at most one)."""
-        folder = self._app_dir(key.app)
-        if folder is None:
-            return None
-        for entry in sorted(folder.glob(f"{key.sha256}_*.part")):
-            match = PART_RE.fullmatch(entry.name)
-            if match is None or match["version"] != key.version:
-                continue
-            st = entry.lstat()
-            if stat.S_ISREG(st.st_mode):
-                return entry, match["owner"], st.st_size
-        return None
-
     def held(self, key: UploadKey, owner: str) -> int:
         """Bytes held for ``key`` that the key ``owner`` may resume from (0: none). Blocking."""
-        found = self._find(key)
+        found = self.partials.find(key)
         return found[2] if found is not None and found[1] == owner else 0
 
     def busy(self, key: UploadKey) -> bool:
         """An upload of ``key`` is being received now."""
         return key in self._busy
+
+    def taken(self, key: UploadKey, owner: str) -> str | None:
+        """The operation that took the completed upload of ``key`` sent by ``owner`` (None:
+        none remembered)."""
+        return self._taken.get((key, owner))
 
     # ------------------------------------------------------------------ one upload
     async def open(self, key: UploadKey, offset: int, op_id: str, owner: str) -> SpoolFile:
@@ -216,16 +202,25 @@ class UploadSpool:
             )
         self._busy.add(key)
         try:
-            return await asyncio.to_thread(self._open, key, offset, op_id, owner)
-        except BaseException:
+            spool = await asyncio.to_thread(self._open, key, offset, op_id, owner)
+        except BaseException as exc:
             self._busy.discard(key)
+            if offset and isinstance(exc, UploadOffsetError):
+                self._count_resume(key.app, "refused")
             raise
+        if offset:
+            self._count_resume(key.app, "accepted")
+        return spool
+
+    def _count_resume(self, app: str, result: str) -> None:
+        if self._counters is not None:
+            self._counters.upload_resume(app, result)
 
     def _open(self, key: UploadKey, offset: int, op_id: str, owner: str) -> SpoolFile:
         dest = self.uploads_dir / f"{op_id}.cutover"
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         with self._lock:
-            found = self._find(key)
+            found = self.partials.find(key)
             if not offset:
                 if found is not None:
                     found[0].unlink()
@@ -233,7 +228,8 @@ class UploadSpool:
                         "upload_restarted", app=key.app, version=key.version, discarded=found[2]
                     )
                 fd = os.open(dest, flags | os.O_CREAT | os.O_EXCL, 0o600)
-                return SpoolFile(key, dest, 0, owner, os.fdopen(fd, "wb"), hashlib.sha256())
+                fh = os.fdopen(fd, "wb")
+                return SpoolFile(key, dest, 0, owner, fh, hashlib.sha256(), op_id=op_id)
             if found is None or found[1] != owner or found[2] != offset:
                 raise offset_error(key, offset, found, owner)
             os.link(found[0], dest, follow_symlinks=False)  # appended in place
@@ -242,7 +238,9 @@ class UploadSpool:
             digest = hashlib.file_digest(prefix, "sha256")
         log.info("upload_resumed", app=key.app, version=key.version, offset=offset)
         fh = os.fdopen(fd, "wb")
-        return SpoolFile(key, dest, offset, owner, fh, digest, held=found[0], size=offset)
+        return SpoolFile(
+            key, dest, offset, owner, fh, digest, held=found[0], size=offset, op_id=op_id
+        )
 
     def check_complete(self, spool: SpoolFile) -> None:
         """The whole file is the package the key names.
@@ -273,6 +271,11 @@ class UploadSpool:
                 spool.held.unlink(missing_ok=True)
 
         await asyncio.to_thread(close)
+        taken = (spool.key, spool.owner)
+        self._taken[taken] = spool.op_id  # before the key is free: a probe never sees a gap
+        self._taken.move_to_end(taken)
+        while len(self._taken) > TAKEN_KEEP:
+            self._taken.popitem(last=False)
         self._settle(spool)
 
     async def rewind(self, spool: SpoolFile) -> int:
@@ -334,7 +337,7 @@ class UploadSpool:
         with self._lock:
             if spool.held is None:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            refused = self._app_dir(key.app) is None  # a symlink there: never followed
+            refused = self.partials.app_dir(key.app) is None  # a symlink there: never followed
             if refused or not limits.per_app or not spool.size or spool.size > limits.max_bytes:
                 spool.path.unlink(missing_ok=True)
                 if spool.held is not None:
@@ -366,76 +369,14 @@ class UploadSpool:
         spool.settled = True
         self._busy.discard(spool.key)
 
-    # ------------------------------------------------------------------ limits
+    # ------------------------------------------------------------------ resume/ (the store's)
     def prepare(self) -> None:
         """Create ``resume/`` (mode 0700) and sweep it. Blocking."""
-        self.resume_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.sweep()
-
-    def _partials(self) -> list[tuple[float, int, Path, str]]:
-        """(mtime, size, path, app) of every partial this module wrote, oldest first."""
-        found = []
-        try:
-            apps = sorted(self.resume_dir.iterdir())
-        except FileNotFoundError:
-            return []
-        for folder in apps:
-            if not APP_RE.fullmatch(folder.name) or self._app_dir(folder.name) is None:
-                continue
-            for entry in sorted(folder.iterdir()):
-                if not PART_RE.fullmatch(entry.name):
-                    continue
-                st = entry.lstat()
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                found.append((st.st_mtime, st.st_size, entry, folder.name))
-        found.sort(key=lambda p: (p[0], str(p[2])))
-        return found
+        self.partials.prepare()
 
     def sweep(self, now: float | None = None) -> list[str]:
-        """Remove expired partials, then the oldest beyond the limits. Blocking.
-
-        Returns:
-            ``app/name`` of each partial removed.
-        """
-        limits = self._limits()
-        now = time.time() if now is None else now
-        removed: list[str] = []
-        with self._lock:
-            busy = {f"{k.app}/{k.sha256}_{k.version}" for k in self._busy.copy()}
-            # a partial being resumed is appended in place: not expired, not dropped
-            partials = [p for p in self._partials() if f"{p[3]}/{p[2].name[:-22]}" not in busy]
-            keep: list[tuple[float, int, Path, str]] = []
-            for mtime, size, path, app in partials:
-                if now - mtime > limits.ttl_s:
-                    self._drop(path, app, "expired", removed)
-                else:
-                    keep.append((mtime, size, path, app))
-            per_app: dict[str, int] = {}
-            for _, _, _, app in keep:
-                per_app[app] = per_app.get(app, 0) + 1
-            total = sum(size for _, size, _, _ in keep)
-            for _, size, path, app in keep:  # oldest first
-                if per_app[app] > limits.per_app or total > limits.max_bytes:
-                    per_app[app] -= 1
-                    total -= size
-                    self._drop(path, app, "over_limit", removed)
-        return removed
-
-    @staticmethod
-    def _drop(path: Path, app: str, reason: str, removed: list[str]) -> None:
-        path.unlink(missing_ok=True)
-        removed.append(f"{app}/{path.name}")
-        log.info("upload_partial_removed", app=app, partial=path.name, reason=reason)
+        """:meth:`ResumeStore.sweep` (blocking)."""
+        return self.partials.sweep(now)
 
     async def sweep_loop(self, stop: asyncio.Event) -> None:
-        """Sweep every ``min(ttl / 4, 60 s)`` until ``stop`` is set."""
-        while not stop.is_set():
-            interval = min(self._limits().ttl_s / 4, 60.0)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                try:
-                    await asyncio.to_thread(self.sweep)
-                except OSError as exc:
-                    log.warning("upload_sweep_failed", error=str(exc))
+        await self.partials.sweep_loop(stop)

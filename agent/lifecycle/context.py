@@ -15,6 +15,7 @@ from cutover.agent.errors import CutoverError, NotFoundError
 from cutover.agent.host.diskspace import DiskProbe, statvfs_probe
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
+from cutover.agent.host.room import Room
 from cutover.agent.host.state import AppState, ReleaseRecord
 
 __all__ = ["AppContext", "EventSink", "OpResult", "installed_names", "installed_record"]
@@ -67,6 +68,9 @@ class AppContext:
     actor: str = "local"
     events: EventSink = no_events
     disk: DiskProbe = statvfs_probe  # retention by disk (agent/host/diskspace.py); tests inject
+    room: Room = field(
+        default_factory=Room
+    )  # reservations and other holders of space (agent/host/room.py)
 
     def emit(self, event: str, **fields: Any) -> None:
         self.events({"event": event, "app": self.app, **fields})

@@ -5,15 +5,19 @@ Retention (docs/operations.md §6): keep the ``keep`` newest installed good rele
 order (never by mtime; bad and failed ones take no slot), plus everything pinned, ``current``, ``previous`` and whatever a pending
 operation uses. Deleting is a rename into ``.cutover/trash/`` under the lock, then removal.
 
-Retention by disk (:meth:`Housekeeping.make_room`, rules in agent/host/diskspace.py): before a
-stage writes, releases beyond those same protections go, oldest first, until the stage fits
-above ``min_free_bytes`` / ``min_free_pct``; when even all of them would not make it fit,
-nothing is pruned and the stage is refused.
+Retention by disk (:meth:`Housekeeping.make_room`, rules in agent/host/diskspace.py and
+agent/host/room.py): before a stage writes, expired resume partials go, then (if it still does
+not fit) this app's idle partials, then releases beyond those same protections, oldest first,
+until the stage fits above ``min_free_bytes`` / ``min_free_pct`` net of what other running
+stages on that filesystem have reserved; when even all of them would not make it fit, nothing is
+pruned and the stage is refused, naming what else holds space there. The stage's bytes are
+reserved until :meth:`Housekeeping.release_room`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from cutover.agent._util.faults import fault_point
 from cutover.agent.errors import DriftError, NotFoundError, StateError, StorageError
@@ -24,6 +28,7 @@ from cutover.agent.host.diskspace import (
     prunable_oldest_first,
 )
 from cutover.agent.host.drift import find_drift
+from cutover.agent.host.room import Reservation, device_of
 from cutover.agent.host.state import AppState, ReleaseStatus
 from cutover.agent.host.trash import empty_trash, trash_release
 from cutover.agent.lifecycle.context import AppContext, OpResult, installed_record
@@ -51,6 +56,8 @@ class Housekeeping:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self.reservation: Reservation | None = None  # make_room's, until release_room
+        self._seen = DiskUsage(0, 0)  # the usage the last check saw (net of reservations)
 
     async def prune_now(self, uow: UnitOfWork) -> list[str]:
         """Apply retention inside an operation that holds the unit (also after activations)."""
@@ -69,33 +76,53 @@ class Housekeeping:
         return doomed
 
     async def make_room(self, uow: UnitOfWork, need: int, version: str) -> list[str]:
-        """Prune for space before staging ``version``, which needs ``need`` bytes.
+        """Make room before staging ``version``, which needs ``need`` bytes, and reserve them
+        until :meth:`release_room` (agent/host/room.py), so other stages count them.
+
+        Order: expired resume partials go; if it does not fit (free space net of other stages'
+        reservations), this app's partials nobody is appending to go; then releases.
 
         Returns:
             The versions pruned (each journaled as ``prune`` with ``reason: "disk"``).
 
         Raises:
             StorageError: ``insufficient_space``, it cannot fit even with every prunable
-                release gone (then nothing was pruned), or still does not after pruning.
+                release and partial gone (then nothing was pruned or dropped), or still does
+                not after pruning.
         """
-        ctx, state = self.ctx, uow.state
+        ctx, state, room = self.ctx, uow.state, self.ctx.room
         rule = DiskRule(ctx.section.min_free_bytes, ctx.section.min_free_pct)
-        if not rule.active:
+        if rule.active:
+            for holder in room.holders:
+                await asyncio.to_thread(holder.expire)
+        if await self._reserve(need, rule):
             return []
         root = ctx.layout.root
-        usage = await asyncio.to_thread(ctx.disk, root)
-        if not rule.shortfall(usage, need):
-            return []
+        device = await asyncio.to_thread(device_of, root)
+        usage = self._seen
         candidates = prunable_oldest_first(state, retained(state, 0))
 
-        def estimate() -> int:
-            return sum(freeable_bytes(ctx.layout.release(v)) for v in candidates)
+        def estimate() -> tuple[int, int]:
+            partials = sum(h.reclaimable(ctx.app, device) for h in room.holders)
+            return partials, sum(freeable_bytes(ctx.layout.release(v)) for v in candidates)
 
-        if rule.shortfall(usage, need) > await asyncio.to_thread(estimate):
-            raise self._no_room(version, need, usage, rule, candidates, pruned=[])
+        partials, releases = await asyncio.to_thread(estimate)
+        if rule.shortfall(usage, need) > partials + releases:
+            raise await self._no_room(version, need, rule, device, candidates, pruned=[])
+        if partials:
+
+            def reclaim() -> int:
+                return sum(h.reclaim(ctx.app, device) for h in room.holders)
+
+            freed = await asyncio.to_thread(reclaim)
+            fault_point("prune.disk.partials")
+            uow.emit("resume.reclaimed", bytes=freed, for_version=version)
+            if await self._reserve(need, rule):
+                return []
         removed: list[str] = []
         for v in candidates:
             await asyncio.to_thread(trash_release, ctx.layout, v)
+            fault_point("prune.disk.trashed")
             state.releases[v].installed = False
             removed.append(v)
             await uow.log(
@@ -105,38 +132,72 @@ class Housekeeping:
                 reason="disk",
                 for_version=version,
                 need_bytes=need,
-                free_bytes=usage.free_bytes,
-                threshold_bytes=rule.threshold(usage),
+                free_bytes=self._seen.free_bytes,
+                threshold_bytes=rule.threshold(self._seen),
             )
+            fault_point("prune.disk.logged")
             await uow.save()
+            fault_point("prune.disk.saved")
+            room.on_pruned(ctx.app, [v])
             await asyncio.to_thread(empty_trash, ctx.layout)
-            usage = await asyncio.to_thread(ctx.disk, root)
-            if not rule.shortfall(usage, need):
+            if await self._reserve(need, rule):
                 return removed
-        raise self._no_room(version, need, usage, rule, [], pruned=removed)
+        raise await self._no_room(version, need, rule, device, [], pruned=removed)
 
-    def _no_room(
+    async def _reserve(self, need: int, rule: DiskRule) -> bool:
+        """Reserve ``need`` if it fits (``self._seen``: the usage the check saw)."""
+        held, self._seen = await asyncio.to_thread(
+            self.ctx.room.reservations.try_reserve, self.ctx.layout.root, need, rule, self.ctx.disk
+        )
+        if held is None:
+            return False
+        self.release_room()
+        self.reservation = held
+        return True
+
+    def release_room(self) -> None:
+        """The stage ended: its reservation goes (idempotent)."""
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
+
+    async def _no_room(
         self,
         version: str,
         need: int,
-        usage: DiskUsage,
         rule: DiskRule,
+        device: int,
         candidates: list[str],
         pruned: list[str],
     ) -> StorageError:
-        ctx = self.ctx
+        ctx, usage = self.ctx, self._seen
+
+        def holdings() -> list[tuple[Path, int]]:
+            return [h for holder in ctx.room.holders for h in holder.holdings(device)]
+
+        held = await asyncio.to_thread(holdings)
+        reserved = await asyncio.to_thread(ctx.room.reservations.outstanding, device)
         what = (
             f"pruned {', '.join(pruned)} and it still does not fit"
             if pruned
             else f"pruning every prunable release ({', '.join(candidates) or 'none'}) would not "
             "free enough, so nothing was pruned"
         )
+        others = "".join(
+            f"; {path} holds {size} bytes of interrupted uploads (of other apps, or being "
+            f"resumed now): they expire after agent.upload_resume_ttl_s, or remove them"
+            for path, size in held
+            if size
+        )
+        if reserved:
+            others += f"; other stages running on that filesystem will still write {reserved} bytes"
         return StorageError(
             f"not enough disk space to stage {ctx.app} {version} under {ctx.layout.root}: it "
             f"needs {need} bytes, {usage.free_bytes} are free and {rule.threshold(usage)} must "
             f"stay free (min_free_bytes={rule.min_free_bytes}, min_free_pct={rule.min_free_pct:g}"
-            f" of {usage.total_bytes}); {what}. Nothing of {version} was written. Free space on "
-            "that filesystem, unpin or delete releases you no longer need, or lower the threshold",
+            f" of {usage.total_bytes}); {what}{others}. Nothing of {version} was written. Free "
+            "space on that filesystem, unpin or delete releases you no longer need, or lower the "
+            "threshold",
             code="insufficient_space",
         )
 

@@ -27,6 +27,7 @@ from cutover.agent.config import AppSection
 from cutover.agent.host.diskspace import DiskProbe, statvfs_probe
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
+from cutover.agent.host.room import Room
 from cutover.agent.host.state import AppState
 from cutover.agent.lifecycle.activate import Activate
 from cutover.agent.lifecycle.context import AppContext, EventSink, OpResult, no_events
@@ -54,9 +55,11 @@ class AppManager:
         events: EventSink = no_events,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         disk: DiskProbe = statvfs_probe,
+        room: Room | None = None,
     ) -> None:
         layout = Layout(section.root)
-        self.ctx = AppContext(app, section, layout, Ledger(app, layout), actor, events, disk)
+        ledger = Ledger(app, layout)
+        self.ctx = AppContext(app, section, layout, ledger, actor, events, disk, room or Room())
         hooks = HookRunner(self.ctx)
         health = HealthRunner(self.ctx, hooks)
         self._recovery = Recovery(self.ctx, hooks)
@@ -88,16 +91,28 @@ class AppManager:
         prestaged: Prestaged | None = None,
     ) -> OpResult:
         """Verify a package, install it as a staged release, run stage hooks and staged checks
-        (taking ``prestaged``'s tree if it was extracted from the same manifest)."""
-        async with self._unit("stage", f"stage {expected_version or package.name}") as uow:
-            return await self._stage.run(
-                uow,
-                package,
-                expected_version=expected_version,
-                allow_downgrade=allow_downgrade,
-                progress=progress,
-                prestaged=prestaged,
-            )
+        (taking ``prestaged``'s tree if it was extracted from the same manifest). The space it
+        reserved (agent/host/room.py) is counted down as it writes and released at its end."""
+        room = self._housekeeping
+
+        def counted(step: str, done: int, total: int) -> None:
+            if step == "extract" and room.reservation is not None:
+                room.reservation.written = done
+            if progress is not None:
+                progress(step, done, total)
+
+        try:
+            async with self._unit("stage", f"stage {expected_version or package.name}") as uow:
+                return await self._stage.run(
+                    uow,
+                    package,
+                    expected_version=expected_version,
+                    allow_downgrade=allow_downgrade,
+                    progress=counted,
+                    prestaged=prestaged,
+                )
+        finally:
+            room.release_room()
 
     async def activate(self, version: str, *, run_once: bool = True) -> OpResult:
         """Checkpoint if needed, pre_activate hooks, flip, post_activate hooks, live checks

@@ -252,13 +252,22 @@ async def test_upload_streams_the_file_with_its_signed_digest(peer: Any, tmp_pat
         "status": "running",
         "links": {"self": "/v1/operations/x", "events": "/v1/operations/x/events"},
     }
-    fake, client = peer({("PUT", "/v1/apps/ame/releases/1"): [_json(202, accepted)]})
+    sha = hashlib.sha256(package.read_bytes()).hexdigest()
+    nothing_held = {"app": "ame", "version": "1", "sha256": sha, "offset": 0, "busy": False}
+    fake, client = peer(
+        {
+            ("GET", f"/v1/apps/ame/releases/1/upload/{sha}"): [_json(200, nothing_held)],
+            ("PUT", "/v1/apps/ame/releases/1"): [_json(202, accepted)],
+        }
+    )
     progress: list[int] = []
     async with client:
         got = await client.upload(
             "ame", "1", package, progress=lambda sent, _: progress.append(sent)
         )
-    ((request, body),) = fake.seen
+    (probe, probe_body), (request, body) = fake.seen  # it asks what the agent holds first
+    assert (probe.method, probe_body) == ("GET", b"")
+    assert request.method == "PUT" and request.url.raw_query_string == ""
     assert body == package.read_bytes()  # the fake peer checked its digest against the signature
     assert request.headers["Content-Length"] == str(len(body))
     assert request.headers["Content-Type"] == "application/octet-stream"
@@ -322,7 +331,7 @@ async def test_an_agent_without_the_resume_query_gets_the_whole_file_again(
                 TransportError("connection reset mid-body"),
                 _json(202, accepted),
             ],
-            ("GET", f"/v1/apps/ame/releases/1/upload/{sha}"): [refusal],
+            ("GET", f"/v1/apps/ame/releases/1/upload/{sha}"): [refusal, refusal],
         }
     )
     resumed: list[tuple[int, int, str]] = []

@@ -51,8 +51,9 @@ def _answer(status: int, body: dict[str, Any]) -> bytes:
 
 @dataclass
 class RawPeer:
-    """An HTTP/1.1 peer, one request per connection: headers in, a scripted answer out, body
-    bytes counted (``head``: the last request's headers).
+    """An HTTP/1.1 peer, one upload per connection: headers in, a scripted answer out, body
+    bytes counted (``head``: the last upload's headers). The client's resume query before an
+    upload (``GET .../upload/{sha256}``) is answered "nothing held" on the same connection.
 
     Modes: ``refuse`` answers ``refusal`` to the headers alone; ``continue`` answers ``100
     Continue``, reads the body, then ``202``; ``silent`` says nothing until it has read the body
@@ -69,6 +70,7 @@ class RawPeer:
     head: bytes = b""
     body_bytes: int = 0
     connections: int = 0
+    probes: int = 0  # GET .../upload/{sha256} answered "nothing held" (not counted as body)
     port: int = 0
     _server: asyncio.Server | None = None
     _handlers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -85,6 +87,13 @@ class RawPeer:
         self._handlers.append(task)
         try:
             self.head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+            while self.head.startswith(b"GET "):  # the client asks what is held: nothing
+                self.probes += 1
+                sha = self.head.split(b" ")[1].rsplit(b"/", 1)[1].decode()
+                held = {"app": "ame", "version": "1", "sha256": sha, "offset": 0, "busy": False}
+                writer.write(_answer(200, held))
+                await writer.drain()
+                self.head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
             if self.mode == "refuse":
                 status, body = self.refusal
                 answer = _answer(status, body)

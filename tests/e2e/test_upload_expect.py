@@ -97,13 +97,13 @@ class CountingProxy:
     _relays: list[asyncio.Future[Any]] = field(default_factory=list)
 
     def _count(self, chunk: bytes) -> None:
-        if b"\r\n\r\n" in self._head:
-            self.after_headers += len(chunk)
-        else:
-            self._head += chunk
-            end = self._head.find(b"\r\n\r\n")
-            if end >= 0:
-                self.after_headers += len(self._head) - end - 4
+        """Count the bytes after the upload's (the PUT's) headers; the client's resume query
+        (a GET without a body) may come first on the same connection."""
+        self._head += chunk
+        put = self._head.find(b"PUT ")
+        end = self._head.find(b"\r\n\r\n", put) if put >= 0 else -1
+        if end >= 0:
+            self.after_headers = len(self._head) - end - 4
         if self.after_headers:
             self._body_seen.set()
 
