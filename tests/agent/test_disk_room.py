@@ -109,6 +109,21 @@ def test_partials_go_before_releases_expired_first_then_the_apps_idle_ones(
     assert RESERVATIONS.outstanding(device_of(host.root)) == 0  # released at the stage's end
 
 
+def test_a_release_pruned_for_space_is_counted(host: Host, make_package: PackageFactory) -> None:
+    from tests.agent.test_disk_retention import Disk as RootDisk
+
+    disk = RootDisk(host.root)
+    _four_releases(host, make_package, disk)
+    new = _release(host, make_package, "1.4.0")
+    one = freeable_bytes(host.root / "releases" / "1.1.0")
+    _set(host, min_free_bytes=TOTAL - disk.used() - _need(new) + one // 2)
+    metrics = Metrics()
+    result = asyncio.run(_manager(host, disk, Room(on_pruned=metrics.disk_pruned)).stage(new))
+    assert result.details["pruned_for_space"] == ["1.1.0"]
+    assert _samples(metrics, "cutover_disk_prunes_total") == {(("app", host.app),): 1.0}
+    assert not (host.root / "releases" / "1.1.0").exists()
+
+
 def test_a_partial_of_another_app_is_named_in_the_refusal_and_kept(
     host: Host, make_package: PackageFactory
 ) -> None:
