@@ -4,12 +4,15 @@ Before the first attempt it asks the agent what it holds of this package (``GET
 .../upload/{sha256}``): bytes an earlier, interrupted upload left (even one by a controller
 process that was killed) are resumed instead of sent again, a complete package the agent kept is
 staged by an empty-body resume, and an upload an operation already took (its ``202`` was lost)
-is followed rather than repeated. An agent without the query (``404``/``405``: an older one) gets
+is followed while it runs (one that has finished is not: a new upload then starts a new
+operation, e.g. ``already staged``). An agent without the query (``404``/``405``: an older one) gets
 a plain signed ``PUT /v1/apps/{app}/releases/{version}`` of the whole file. When the exchange
 breaks (the connection is cut, the agent restarts, a proxy times out), the agent keeps what it
 received (agent/daemon/uploads.py); this module then asks again and sends only the rest with
 ``?sha256=HEX&offset=N``, which the signature covers, or returns the operation that took the
-upload when the body had arrived whole and only the answer was lost. It retries at most ``attempts`` times in
+upload when the body had arrived whole and only the answer was lost (the agent names the
+operation that took the latest upload of the package by this key; one it already named before
+the first attempt is not this call's). It retries at most ``attempts`` times in
 all, with backoff (:func:`backoff_s`), and says so through ``on_resume``. A ``409 upload_offset``
 answer carries the offset the agent holds and is resumed from there (an offset outside the
 package's size is not trusted: the upload starts once more from offset 0); a ``422 package_digest``
@@ -113,13 +116,11 @@ async def upload_package(
     try:
         size, digest = await asyncio.to_thread(_size_and_sha256, fh, sha256)
         offset, attempt, restarted = 0, 1, False
-        held, taken = await _held(client, app, version, digest, fallback=0, first=True)
-        if taken is not None:  # an earlier sender's upload was taken; its 202 was lost
-            log.info("upload_already_taken", app=app, version=version, operation=taken.operation)
-            return taken
+        held, earlier = await _held(client, app, version, digest, fallback=0, first=True)
+        if earlier is not None and earlier.status == "running":
+            return earlier  # an earlier run's upload is being staged now: follow it
         if 0 < held <= size:  # bytes (or the whole package) an earlier upload left
             offset = held
-            log.info("upload_resuming", app=app, version=version, attempt=1, offset=offset)
             if on_resume is not None:
                 on_resume(1, offset, f"the agent holds {held} bytes from an earlier upload")
         while True:
@@ -147,15 +148,8 @@ async def upload_package(
                 why = str(exc)
                 await asyncio.sleep(backoff_s(attempt + 1))
                 offset, taken = await _held(client, app, version, digest, fallback=offset)
-                if taken is not None:  # the body arrived whole, only the answer was lost
-                    log.info(
-                        "upload_already_taken",
-                        app=app,
-                        version=version,
-                        operation=taken.operation,
-                        why=why,
-                    )
-                    return taken
+                if taken is not None and (earlier is None or taken.operation != earlier.operation):
+                    return taken  # this call's body arrived whole, only the answer was lost
                 if not 0 <= offset <= size:  # not bytes of this package: a plain upload
                     offset = 0
             attempt += 1

@@ -38,9 +38,10 @@ Rules this module enforces (docs/protocol.md §Resumable uploads, docs/operation
   partials of that app on that filesystem that nobody is appending to (reason ``disk``); an
   ``insufficient_space`` refusal names ``resume/`` and the bytes it still holds.
 * **Who took it.** The operation that took a completed upload is remembered (the last
-  :data:`TAKEN_KEEP`, in memory) for the key that sent it, so a sender whose connection broke
-  after the whole body but before the ``202`` learns from the resume query which operation
-  stages its package (:meth:`UploadSpool.taken`).
+  :data:`TAKEN_KEEP`, in memory) for the key that sent it, until that key starts another upload
+  of the package, so a sender whose connection broke after the whole body but before the
+  ``202`` learns from the resume query which operation stages its package
+  (:meth:`UploadSpool.taken`).
 * **Only its own files.** Only names this module writes (``<64 hex>_<version>.<16 hex>.part`` in an
   app's folder under ``resume/``) are ever removed; anything else there is left alone, and a
   symlink there (an app's folder or a partial) is never followed.
@@ -201,6 +202,7 @@ class UploadSpool:
                 holder={"upload": key.sha256, "version": key.version},
             )
         self._busy.add(key)
+        self._taken.pop((key, owner), None)  # what it names is this upload's outcome from now
         try:
             spool = await asyncio.to_thread(self._open, key, offset, op_id, owner)
         except BaseException as exc:

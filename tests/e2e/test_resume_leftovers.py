@@ -28,6 +28,7 @@ from cutover.agent.daemon.uploads import owner_of
 from tests.e2e.conftest import APP, Agent
 from tests.e2e.test_resume_upload import (
     VERSION,
+    CuttingProxy,
     _admitted,
     _cut_upload,
     _headers,
@@ -158,29 +159,14 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         dst.close()
 
 
-class AnswerDroppingProxy:
+class AnswerDroppingProxy(CuttingProxy):
     """A TCP proxy that relays the first PUT whole to the agent, waits for the agent's answer,
     then closes the client's connection without relaying it (the ``202`` is lost on the way
     back); every other request passes through."""
 
     def __init__(self, agent: Agent) -> None:
-        self.upstream = agent.port
+        super().__init__(agent, body=0, cuts=0)
         self.dropped: list[bytes] = []
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> AnswerDroppingProxy:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
