@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from cutover.agent.daemon.uploads import owner_of
-from tests.e2e.conftest import APP, Agent
+from tests.e2e.conftest import APP, SLOW_HOOK, Agent, Keys, _build, send_raw
 from tests.e2e.test_resume_upload import (
     VERSION,
     CuttingProxy,
@@ -157,6 +157,36 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         pass
     finally:
         dst.close()
+
+
+async def test_a_fresh_client_follows_the_running_stage_of_an_earlier_runs_upload(
+    agent: Agent, keys: Keys, tmp_path: Path
+) -> None:
+    """An earlier controller run sent the whole package and its stage runs (a stage hook waits):
+    a new run of the same package by the same key follows that operation, sending nothing."""
+    hook = (
+        "[[hooks.stage]]\n"
+        'name = "wait-for-test"\n'
+        f'argv = ["sh", "-c", {json.dumps(SLOW_HOOK)}]\n'
+        "timeout_s = 60\n"
+    )
+    package = _build(tmp_path, "3.0.0", keys.release, hook)
+    data = package.read_bytes()
+    target = _target("3.0.0")
+    first = await send_raw(agent.port, "PUT", target, _headers(agent, target, data), data)
+    assert first.status == 202, first.body
+    shared = agent.root / "shared"
+    await _wait_for(lambda: (shared / "hook-started").exists())
+    async with agent.client() as c:
+        accepted = await c.upload(APP, "3.0.0", package)
+        assert accepted.operation == first.json["operation"]  # followed, not uploaded again
+        (shared / "hook-release").touch()
+        record = await c.wait(accepted.operation)
+    assert record.status == "succeeded", record
+    received = [e for e in agent.log_events() if e.get("event") == "upload_received"]
+    assert len(received) == 1
+    assert (agent.root / "releases" / "3.0.0" / "VERSION").read_text() == "3.0.0\n"
+    assert _partials(agent) == [] and _uploads(agent) == []
 
 
 class AnswerDroppingProxy(CuttingProxy):
