@@ -9,6 +9,7 @@ long-lived manager would chain new entries onto a stale head after the CLI appen
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -32,7 +33,10 @@ from cutover.agent.host.lock import AppLock
 from cutover.agent.host.room import Room
 from cutover.agent.host.state import AppState, ReleaseStatus, StateFile
 from cutover.agent.lifecycle.manager import AppManager, EventSink
+from cutover.agent.lifecycle.stagework import LocalStageWork, StageWorkFactory
 from cutover.agent.trust.freeze import refusing_window
+from cutover.agent.worker.process import WorkerPool
+from cutover.agent.worker.remote import ChildStageWork
 
 __all__ = ["AgentContext"]
 
@@ -54,6 +58,9 @@ class AgentContext:
     leases: LeaseTable | None = None  # agent/daemon/leases.py; None: leases not offered
     shutting_down: bool = False
     uploads: set[asyncio.Task[Any]] = field(default_factory=set)
+    # stage workers (agent/worker/): a stage's CPU-heavy work off this process's GIL; None: in
+    # worker threads of this process
+    workers: WorkerPool | None = None
     # state file -> ((inode, mtime, size) when read, the state read): GET /v1/apps from memory
     _states: dict[Path, tuple[tuple[int, int, int], AppState]] = field(default_factory=dict)
 
@@ -72,10 +79,22 @@ class AgentContext:
             raise NotFoundError(f"app {app!r} is not configured on this agent")
         # retention by disk drops this daemon's resume partials before releases, and counts
         room = Room(holders=(self.spool.partials,), on_pruned=self.metrics.disk_pruned)
+        pool = self.workers
+        work: StageWorkFactory = (
+            LocalStageWork if pool is None else functools.partial(ChildStageWork, pool)
+        )
         if events is None:
-            return AppManager(app, cfg.apps[app], cfg.policies[app], actor=actor, room=room)
+            return AppManager(
+                app, cfg.apps[app], cfg.policies[app], actor=actor, room=room, stage_work=work
+            )
         return AppManager(
-            app, cfg.apps[app], cfg.policies[app], actor=actor, events=events, room=room
+            app,
+            cfg.apps[app],
+            cfg.policies[app],
+            actor=actor,
+            events=events,
+            room=room,
+            stage_work=work,
         )
 
     def layout(self, app: str) -> Layout:

@@ -159,7 +159,7 @@ async def upload(request: web.Request) -> web.Response:
     task = asyncio.current_task()
     try:
         # Extract while the bytes arrive; it holds no lock (agent/daemon/streaming.py).
-        stream = StreamingStage.start(ctx.config, app, version, op_id, path)
+        stream = StreamingStage.start(ctx.config, ctx.workers, app, version, op_id, path)
         if stream is not None and offset:
             stream.feed.advance(offset)  # a resume: the bytes already held
         if task is not None:

@@ -74,6 +74,7 @@ from cutover.agent.errors import (
     StorageError,
 )
 from cutover.agent.lifecycle.manager import AppManager
+from cutover.agent.worker.process import WorkerPool
 
 __all__ = ["Server", "build_app", "serve"]
 
@@ -285,6 +286,7 @@ class Server:
         await asyncio.to_thread(spool.prepare)
         nonces = await asyncio.to_thread(NonceStore, cfg.agent.state_dir / "nonces.log")
         metrics.config_loaded.set_to_current_time()
+        workers = WorkerPool()
         self.ctx = ctx = AgentContext(
             holder=holder,
             registry=OperationRegistry(metrics),
@@ -293,7 +295,9 @@ class Server:
             uploads_dir=uploads,
             spool=spool,
             leases=await asyncio.to_thread(LeaseTable, cfg.agent.state_dir),
+            workers=workers,
         )
+        workers.start()  # a stage worker ready ahead (agent/worker/process.py)
         self.reloader = ConfigReloader(holder, metrics, on_reload=self._on_reload)
         await self._recover_all(cfg)
         for app in cfg.apps:
@@ -331,6 +335,7 @@ class Server:
             )
         except BaseException as exc:
             await runner.cleanup()
+            await workers.close()
             await asyncio.to_thread(nonces.close)
             if isinstance(exc, OSError):
                 raise OperationalError(
@@ -370,6 +375,7 @@ class Server:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await runner.cleanup()
+            await workers.close()
             await guard.stop()
             await asyncio.to_thread(nonces.close)
             await asyncio.to_thread(_prepare_state_dir, cfg.agent.state_dir)

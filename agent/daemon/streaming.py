@@ -4,7 +4,7 @@ An upload+stage then costs about max(transfer, extraction) instead of their sum
 (docs/operations.md, "Streaming stage"). Rules:
 
 * **Only chunked packages stream.** The container puts the manifest and signatures first
-  (:func:`agent.package.container.read_head`); the extraction thread waits for them, then takes
+  (:func:`agent.package.container.read_head`); the extraction waits for them, then takes
   the full trust decision (:func:`agent.trust.policy.verify_release`: signatures and threshold,
   approvals, app and version, expiry, immutability and downgrade against the app's state as read
   now) **before** it extracts a byte. A manifest without ``payload.chunks``, a refusal, or a
@@ -31,33 +31,34 @@ An upload+stage then costs about max(transfer, extraction) instead of their sum
   ``min_free_bytes`` / ``min_free_pct`` without pruning; one that needs room is left to the
   stage, which prunes under the lock before writing (agent/host/diskspace.py). A claimed tree
   already holds its space, so the stage does not make room for it again.
-* **Bounded.** One streaming extraction per app at a time (another upload stages as usual);
-  it runs on its own thread (never the shared worker pool, whose threads write the upload).
+* **Bounded.** One streaming extraction per app at a time (another upload stages as usual).
+* **Off the daemon's GIL.** The extraction runs in a stage worker process (agent/worker/,
+  :func:`~agent.worker.streamjob.stream_extract`), which reads the spool up to what this side
+  says was written (``{"written": n}`` lines on its stdin): the event loop receiving the body
+  shares its GIL only with the thread writing the spool. The worker writes only the tree in
+  ``streaming/``; it dies with the daemon (``PR_SET_PDEATHSIG``) and is killed when the upload
+  fails or the stage discards the tree.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import os
-import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import structlog
 
 from cutover.agent.config import LoadedConfig
-from cutover.agent.errors import StorageError
-from cutover.agent.extract.extractor import ExtractStats, extract_payload
-from cutover.agent.host.diskspace import DiskRule, space_needed, statvfs_probe
+from cutover.agent.errors import CutoverError
+from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host.layout import Layout
-from cutover.agent.host.state import StateFile
 from cutover.agent.host.trash import remove_tree
-from cutover.agent.package.container import read_head
-from cutover.agent.trust.policy import HostHistory, verify_release
+from cutover.agent.worker.process import WorkerPool, WorkerProcess
+from cutover.agent.worker.wire import Json, error_from_wire, policy_to_wire, stats_from_wire
 
-__all__ = ["SpoolFeed", "StreamingStage", "clear_stale", "streaming_dir"]
+__all__ = ["StreamFeed", "StreamingStage", "clear_stale", "streaming_dir"]
 
 log = structlog.get_logger(__name__)
 
@@ -78,161 +79,128 @@ def clear_stale(layout: Layout) -> None:
             remove_tree(entry)
 
 
-class _AbortedError(Exception):
-    """The upload ended without a complete body: the extraction stops and removes its tree."""
+class StreamFeed:
+    """How far the spool was written, told to the worker (called on the event loop; the lines
+    queue in the pipe's transport, never blocking). Before the worker is there, the last
+    figure is kept and sent when it arrives."""
 
-
-class SpoolFeed:
-    """The spool file as the upload writes it: a blocking, seekable reader for the extraction
-    thread that never reads past what was written (and flushed) so far.
-
-    The writer side (:meth:`advance`, :meth:`finish`, :meth:`abort`) is called on the event loop;
-    the reader side (:meth:`read`, :meth:`seek`, :meth:`tell`) on the extraction thread.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._cond = threading.Condition()
+    def __init__(self) -> None:
         self._written = 0
-        self._complete = False
-        self._aborted = False
-        self._fd = -1
-        self._pos = 0
+        self._end: str | None = None  # "complete" | "abort"
+        self._worker: WorkerProcess | None = None
 
-    # -- writer side
+    def attach(self, worker: WorkerProcess) -> None:
+        self._worker = worker
+        if self._written:
+            self._send({"written": self._written})
+        if self._end is not None:
+            self._send({self._end: True})
+
+    def detach(self) -> None:
+        """The worker answered (or was given up on): nothing more to tell it."""
+        self._worker = None
+
+    def _send(self, obj: Json) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(CutoverError, OSError):  # a dead worker: its end is seen
+                self._worker.send(obj)
+
     def advance(self, n: int) -> None:
-        with self._cond:
-            self._written += n
-            self._cond.notify_all()
+        self._written += n
+        if self._end is None:
+            self._send({"written": self._written})
 
     def finish(self) -> None:
         """The body is complete: a read past its end is a short read (truncation)."""
-        with self._cond:
-            self._complete = True
-            self._cond.notify_all()
+        if self._end is None:
+            self._end = "complete"
+            self._send({"complete": True})
 
     def abort(self) -> None:
-        with self._cond:
-            self._aborted = True
-            self._cond.notify_all()
-
-    # -- reader side
-    def open(self) -> None:
-        self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_CUR:
-            offset += self._pos
-        elif whence != os.SEEK_SET:
-            raise OSError("a spool feed seeks from the start or the current position only")
-        self._pos = offset
-        return offset
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes from the current position, waiting until they were written;
-        fewer only at the end of a complete body."""
-        if size < 0:
-            raise OSError("a spool feed reads bounded sizes only")
-        with self._cond:
-            while not self._aborted and not self._complete and self._written < self._pos + size:
-                self._cond.wait()
-            if self._aborted:
-                raise _AbortedError("the upload ended before its body was complete")
-            n = max(0, min(size, self._written - self._pos))
-        out = bytearray()
-        while len(out) < n:
-            piece = os.pread(self._fd, n - len(out), self._pos + len(out))
-            if not piece:
-                break
-            out += piece
-        self._pos += len(out)
-        return bytes(out)
+        if self._end is None:
+            self._end = "abort"
+            self._send({"abort": True})
 
 
 class StreamingStage:
     """One upload's streaming extraction (see the module docstring)."""
 
-    def __init__(self, cfg: LoadedConfig, app: str, version: str, op_id: str, spool: Path) -> None:
+    def __init__(
+        self, cfg: LoadedConfig, pool: WorkerPool, app: str, version: str, op_id: str, spool: Path
+    ) -> None:
         section = cfg.apps[app]
         self._layout = Layout(section.root)
-        self._policy = cfg.policies[app]
-        self._allow_downgrade = section.allow_downgrade
-        self._reuse = section.reuse
-        self._min_free_bytes, self._min_free_pct = section.min_free_bytes, section.min_free_pct
+        self._pool = pool
         self._app, self._version = app, version
-        self.feed = SpoolFeed(spool)
+        self.feed = StreamFeed()
         self.tree = streaming_dir(self._layout) / op_id
+        self._job: Json = {
+            "job": "stream",
+            "spool": str(spool),
+            "tree": str(self.tree),
+            "root": str(section.root),
+            "app": app,
+            "version": version,
+            "policy": policy_to_wire(cfg.policies[app]),
+            "allow_downgrade": section.allow_downgrade,
+            "reuse": section.reuse,
+            "min_free_bytes": section.min_free_bytes,
+            "min_free_pct": section.min_free_pct,
+        }
         self.digest: str | None = None  # manifest digest of a completely extracted tree
         self.stats: ExtractStats | None = None
-        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.worker_pid: int | None = None
+        self._worker: WorkerProcess | None = None
         self._claimed = False
-        self._thread = threading.Thread(target=self._run, name="cutover-stream-stage", daemon=True)
+        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def start(
-        cls, cfg: LoadedConfig, app: str, version: str, op_id: str, spool: Path
+        cls,
+        cfg: LoadedConfig,
+        pool: WorkerPool | None,
+        app: str,
+        version: str,
+        op_id: str,
+        spool: Path,
     ) -> StreamingStage | None:
-        """Start streaming ``app``'s upload from ``spool``, or None (disabled, or one runs)."""
-        if not cfg.agent.stream_uploads or app not in cfg.apps:
+        """Start streaming ``app``'s upload from ``spool`` (on the event loop), or None
+        (disabled, no worker pool, or one runs for the app)."""
+        if pool is None or not cfg.agent.stream_uploads or app not in cfg.apps:
             return None
         root = cfg.apps[app].root
         if root in _active:
             return None
-        stream = cls(cfg, app, version, op_id, spool)
+        stream = cls(cfg, pool, app, version, op_id, spool)
         _active.add(root)
-        try:
-            stream._thread.start()
-        except BaseException:
-            _active.discard(root)
-            raise
+        stream._task = asyncio.create_task(stream._run(), name=f"stream-stage-{op_id}")
         return stream
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         try:
-            self.feed.open()
-            parts = read_head(self.feed)  # type: ignore[arg-type]  # a file-like reader
-            if parts.delta_bytes is not None:
-                return  # a delta upload: its payload is thin, described by delta.json
-            state = StateFile(self._layout.state_file, self._app).load()
-            if self._reuse != "off" and state.installed():
-                return  # the stage takes files the host holds from its releases (content index)
-            verified = verify_release(
-                parts.manifest_bytes,
-                parts.signatures_bytes,
-                self._policy,
-                expected_version=self._version,
-                history=HostHistory(
-                    known_digests=dict(state.known_digests),
-                    highest_version=state.highest_version,
-                    allow_downgrade=self._allow_downgrade,
-                ),
-                now=datetime.now(UTC),
+            self._worker = worker = await self._pool.take()
+            self.worker_pid = worker.pid
+            worker.send(self._job)
+            self.feed.attach(worker)
+            log.info(
+                "stream_stage_started", app=self._app, version=self._version, worker=worker.pid
             )
-            payload = verified.manifest.payload
-            if verified.already_known or payload.chunks is None or payload.base is not None:
-                return  # nothing to gain, or nothing to check chunks against: stage as usual
-            rule = DiskRule(self._min_free_bytes, self._min_free_pct)
-            need = space_needed(verified.manifest)
-            if rule.active and rule.shortfall(statvfs_probe(self._layout.root), need):
-                # retention by disk must prune first, under the lock: the stage does that
-                raise StorageError("the release fits only after pruning", code="insufficient_space")
-            self.tree.parent.mkdir(mode=0o700, exist_ok=True)
-            self.stats = extract_payload(self.feed, parts, verified.manifest, self.tree)  # type: ignore[arg-type]
-            self.digest = verified.digest
+            msg = await worker.receive()
+            if "error" in msg:
+                raise error_from_wire(msg["error"])
+            ok: Json = msg["ok"]
+            if "digest" in ok:
+                self.stats = stats_from_wire(ok["stats"])
+                self.digest = str(ok["digest"])
+                log.info(
+                    "stream_stage_extracted",
+                    app=self._app,
+                    version=self._version,
+                    worker=worker.pid,
+                    worker_cpu_s=ok.get("cpu_s"),
+                )
+            else:
+                log.info("stream_stage_skipped", app=self._app, reason=ok.get("skipped"))
         except BaseException as exc:  # the stage decides and reports; this only falls back
             log.info(
                 "stream_stage_fallback",
@@ -240,18 +208,23 @@ class StreamingStage:
                 version=self._version,
                 reason=str(exc)[:500] or type(exc).__name__,
             )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         finally:
-            self.feed.close()
             _active.discard(self._layout.root)
-            self._done.set_result(None)
+            self.feed.detach()
+            if self._worker is not None:
+                await asyncio.shield(self._worker.kill())  # done, or given up on: either way
 
     async def _wait(self) -> None:
-        await asyncio.wrap_future(self._done)
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
 
     async def claim(self, digest: str, dest: Path) -> ExtractStats | None:
         """Move the extracted tree to ``dest`` if it is complete and of the manifest ``digest``
         (the one the stage verified under the lock); otherwise discard it. Call after the body
-        was complete (:meth:`SpoolFeed.finish`).
+        was complete (:meth:`StreamFeed.finish`).
 
         Returns:
             What was extracted, if ``dest`` now holds the verified tree; else None.
@@ -266,8 +239,11 @@ class StreamingStage:
         return self.stats
 
     async def discard(self) -> None:
-        """Stop the extraction (if still running) and remove its tree, unless claimed."""
+        """Stop the extraction (its worker killed, if still running) and remove its tree,
+        unless claimed."""
         self.feed.abort()
+        if self._worker is not None:
+            await self._worker.kill()
         await self._wait()
         if not self._claimed:
             await asyncio.to_thread(remove_tree, self.tree)

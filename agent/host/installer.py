@@ -53,6 +53,7 @@ def extract_to_incoming(
     *,
     state: AppState | None = None,
     reuse: str = "off",
+    dest: Path | None = None,
 ) -> tuple[Path, ExtractStats]:
     """Check the payload digest, then extract it into a fresh ``incoming/`` directory.
 
@@ -60,13 +61,15 @@ def extract_to_incoming(
     any other against the signed manifest. With ``reuse`` other than ``off`` and the app's
     ``state``, files the host already holds are taken from its releases (the content index,
     :mod:`agent.host.content`; how: :func:`reuser_for`). The extractor removes its partial tree
-    on any failure.
+    on any failure. ``dest`` (under ``incoming/``) is the tree's name chosen by the caller (a
+    stage worker's parent removes it if the worker is killed), else a fresh one.
 
     Returns:
         The staging directory and what the extraction wrote (and reused, by method).
     """
     manifest = verified.manifest
-    dest = layout.incoming / f"{manifest.version}.{random_suffix()}"
+    if dest is None:
+        dest = layout.incoming / f"{manifest.version}.{random_suffix()}"
     delta = None if parts.delta_bytes is None else parse_delta(parts.delta_bytes).payload
     if delta is not None or manifest.payload.chunks is None:  # else: chunk by chunk, in one pass
         extractor.verify_payload_digest(fh, parts, manifest, delta=delta)

@@ -36,6 +36,7 @@ from cutover.agent.lifecycle.recovery import Recovery
 from cutover.agent.lifecycle.rollback import Rollback
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner
 from cutover.agent.lifecycle.stage import Prestaged, Stage, StageProgress
+from cutover.agent.lifecycle.stagework import LocalStageWork, StageWorkFactory
 from cutover.agent.lifecycle.unit import UnitOfWork, unit_of_work
 from cutover.agent.trust.policy import TrustPolicy
 
@@ -56,6 +57,7 @@ class AppManager:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         disk: DiskProbe = statvfs_probe,
         room: Room | None = None,
+        stage_work: StageWorkFactory = LocalStageWork,
     ) -> None:
         layout = Layout(section.root)
         ledger = Ledger(app, layout)
@@ -64,7 +66,9 @@ class AppManager:
         health = HealthRunner(self.ctx, hooks)
         self._recovery = Recovery(self.ctx, hooks)
         self._housekeeping = Housekeeping(self.ctx)
-        self._stage = Stage(self.ctx, policy, hooks, health, self._housekeeping.make_room)
+        self._stage = Stage(
+            self.ctx, policy, hooks, health, self._housekeeping.make_room, stage_work
+        )
         self._activate = Activate(
             self.ctx, hooks, health, self._housekeeping.prune_now, policy.key_roles, clock
         )

@@ -10,14 +10,17 @@
 
 Any failure after verification removes the tree and records the release ``failed`` (its digest
 is remembered: the same package can be staged again, a different one with that version cannot).
+
+The CPU-heavy steps (verify, extract, record the hooks' files, read-only) run through a
+:class:`~agent.lifecycle.stagework.StageWork`: worker threads here (the CLI), a child process
+with its own GIL in the daemon (agent/worker/). Everything that touches the state, the journal
+or the release's place (install, hooks, health, syncfs, the record) stays here, under the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -28,15 +31,13 @@ from cutover.agent._util.fsutil import random_suffix
 from cutover.agent.errors import CutoverError, HealthCheckError
 from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host import installer
-from cutover.agent.host.diskspace import space_needed
-from cutover.agent.host.drift import record_inventory
-from cutover.agent.host.state import NOTES_CAP, AppState, ReleaseRecord, ReleaseStatus, utcnow
+from cutover.agent.host.state import NOTES_CAP, ReleaseRecord, ReleaseStatus, utcnow
 from cutover.agent.host.trash import remove_tree, trash_release
 from cutover.agent.lifecycle.context import AppContext, OpResult
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner, health_summary
+from cutover.agent.lifecycle.stagework import LocalStageWork, StageWork, StageWorkFactory
 from cutover.agent.lifecycle.unit import UnitOfWork
-from cutover.agent.package.container import PackageParts, open_package
-from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
+from cutover.agent.trust.policy import HostHistory, TrustPolicy
 from cutover.agent.versions import Incomparable, is_older
 
 __all__ = ["Prestaged", "Stage", "StageProgress"]
@@ -67,34 +68,14 @@ class Stage:
         hooks: HookRunner,
         health: HealthRunner,
         make_room: MakeRoom | None = None,
+        work: StageWorkFactory = LocalStageWork,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.hooks = hooks
         self.health = health
         self.make_room = make_room
-
-    def _check(
-        self,
-        parts: PackageParts,
-        state: AppState,
-        expected_version: str | None,
-        allow_downgrade: bool,
-    ) -> VerifiedRelease:
-        """The trust decision (pure), given what this host remembers of the app."""
-        known = HostHistory(
-            known_digests=dict(state.known_digests),
-            highest_version=state.highest_version,
-            allow_downgrade=allow_downgrade or self.ctx.section.allow_downgrade,
-        )
-        return verify_release(
-            parts.manifest_bytes,
-            parts.signatures_bytes,
-            self.policy,
-            expected_version=expected_version,
-            history=known,
-            now=datetime.now(UTC),
-        )
+        self.work = work
 
     async def run(
         self,
@@ -106,89 +87,99 @@ class Stage:
         progress: StageProgress | None = None,
         prestaged: Prestaged | None = None,
     ) -> OpResult:
+        work = self.work(package)
+        try:
+            return await self._run(
+                uow, work, expected_version, allow_downgrade, progress, prestaged
+            )
+        finally:
+            await asyncio.shield(work.close())
+
+    async def _run(
+        self,
+        uow: UnitOfWork,
+        work: StageWork,
+        expected_version: str | None,
+        allow_downgrade: bool,
+        progress: StageProgress | None,
+        prestaged: Prestaged | None,
+    ) -> OpResult:
         ctx, state = self.ctx, uow.state
-        parts, fh = await asyncio.to_thread(open_package, package)
-        with fh:
-            # Parsing and checking a 20,000-entry manifest takes ~0.2 s: never on the loop.
-            verified = await asyncio.to_thread(
-                self._check, parts, state, expected_version, allow_downgrade
-            )
-            manifest = verified.manifest
-            version = manifest.version
-            rec = state.releases.get(version)
-            result = uow.result(version=version)
-            if verified.already_known and rec is not None and rec.installed:
-                if rec.status == ReleaseStatus.BAD:
-                    result.message = f"{version} is already on this host (marked bad: {rec.reason})"
-                elif version == state.current:
-                    result.message = f"{version} is already installed and is the active release"
-                    result.details["already_active"] = True
-                else:
-                    result.message = f"{version} is already staged; nothing to do"
-                added = sorted(set(verified.signers) - set(rec.signers))
-                if added:
-                    # Same manifest, more valid signatures (e.g. a freeze override role signed
-                    # later): they count from now on.
-                    rec.signers = sorted({*rec.signers, *added})
-                    await uow.log("stage.signers_added", version=version, signers=added)
-                    await uow.save()
-                    result.message = f"{version} is already staged; recorded new signers"
-                    result.details["signers_added"] = added
-                result.details["already_staged"] = True
-                return result
-            uow.emit("verify.done", version=version, signers=list(verified.signers))
-            # A tree extracted while the package arrived, taken under the lock only if it came
-            # from this very manifest (its writer checked it fit without pruning); else as usual.
-            streamed = ctx.layout.incoming / f"{version}.{random_suffix()}"
-            claimed = (
-                None if prestaged is None else await prestaged.claim(verified.digest, streamed)
-            )
-            if self.make_room is not None and claimed is None:  # before anything is written
-                pruned = await self.make_room(uow, space_needed(manifest), version)
-                if pruned:
-                    result.details["pruned_for_space"] = pruned
-            await uow.log(
-                "stage.start",
-                version=version,
-                actor=ctx.actor,
-                manifest_sha256=verified.digest,
-                signers=list(verified.signers),
-            )
-            total = manifest.total_file_bytes()
-            done = 0
+        # The trust decision, given what this host remembers of the app (as read under the
+        # lock): the same verify_release wherever the work runs.
+        history = HostHistory(
+            known_digests=dict(state.known_digests),
+            highest_version=state.highest_version,
+            allow_downgrade=allow_downgrade or ctx.section.allow_downgrade,
+        )
+        head = await work.verify(self.policy, history, expected_version)
+        verified = head.verified
+        manifest = verified.manifest  # its file list stays with the work
+        version = manifest.version
+        rec = state.releases.get(version)
+        result = uow.result(version=version)
+        if verified.already_known and rec is not None and rec.installed:
+            if rec.status == ReleaseStatus.BAD:
+                result.message = f"{version} is already on this host (marked bad: {rec.reason})"
+            elif version == state.current:
+                result.message = f"{version} is already installed and is the active release"
+                result.details["already_active"] = True
+            else:
+                result.message = f"{version} is already staged; nothing to do"
+            added = sorted(set(verified.signers) - set(rec.signers))
+            if added:
+                # Same manifest, more valid signatures (e.g. a freeze override role signed
+                # later): they count from now on.
+                rec.signers = sorted({*rec.signers, *added})
+                await uow.log("stage.signers_added", version=version, signers=added)
+                await uow.save()
+                result.message = f"{version} is already staged; recorded new signers"
+                result.details["signers_added"] = added
+            result.details["already_staged"] = True
+            return result
+        uow.emit("verify.done", version=version, signers=list(verified.signers))
+        # A tree extracted while the package arrived, taken under the lock only if it came
+        # from this very manifest (its writer checked it fit without pruning); else as usual.
+        streamed = ctx.layout.incoming / f"{version}.{random_suffix()}"
+        claimed = None if prestaged is None else await prestaged.claim(verified.digest, streamed)
+        if self.make_room is not None and claimed is None:  # before anything is written
+            pruned = await self.make_room(uow, head.space_needed, version)
+            if pruned:
+                result.details["pruned_for_space"] = pruned
+        await uow.log(
+            "stage.start",
+            version=version,
+            actor=ctx.actor,
+            manifest_sha256=verified.digest,
+            signers=list(verified.signers),
+        )
+        total = head.total_bytes
+        done = 0
 
-            def on_bytes(n: int) -> None:
-                nonlocal done
-                done += n
-                if progress is not None:
-                    progress("extract", done, total)
+        def on_bytes(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress("extract", done, total)
 
-            try:
-                if claimed is not None:
-                    staging, stats = streamed, claimed
-                else:
-                    staging, stats = await asyncio.to_thread(
-                        functools.partial(
-                            installer.extract_to_incoming,
-                            ctx.layout,
-                            fh,
-                            parts,
-                            verified,
-                            on_bytes,
-                            state=state,
-                            reuse=ctx.section.reuse,
-                        )
-                    )
-            except BaseException as exc:  # the extractor already removed its partial tree
-                await asyncio.shield(
-                    ctx.log_quietly(
-                        "stage.failed",
-                        version=version,
-                        error=(str(exc) or type(exc).__name__)[:4000],
-                        code=getattr(exc, "code", "cancelled"),
-                    )
+        staging = streamed
+        try:
+            if claimed is not None:
+                stats = claimed
+            else:
+                stats = await work.extract(ctx.layout, staging, state, ctx.section.reuse, on_bytes)
+        except BaseException as exc:
+            # The extractor removes its partial tree; a killed worker process leaves it.
+            await asyncio.shield(asyncio.to_thread(remove_tree, staging))
+            await asyncio.shield(
+                ctx.log_quietly(
+                    "stage.failed",
+                    version=version,
+                    error=(str(exc) or type(exc).__name__)[:4000],
+                    code=getattr(exc, "code", "cancelled"),
                 )
-                raise
+            )
+            raise
         fault_point("stage.extracted")
         content = stats.content()
         uow.emit("extract.done", version=version, bytes=total, content=content)
@@ -200,8 +191,8 @@ class Stage:
             hctx = self.hooks.context(version, state.current, release_dir)
             hook_results = await self.hooks.run(manifest.hooks.stage, "stage", hctx)
             if manifest.hooks.stage:
-                await asyncio.to_thread(record_inventory, ctx.layout, release_dir, manifest)
-            await asyncio.to_thread(installer.make_readonly, release_dir)
+                await work.record_inventory(ctx.layout, release_dir)
+            await work.make_readonly(release_dir)
             staged_health = await self.health.run(
                 "staged", manifest.health, version, release_dir, {}
             )

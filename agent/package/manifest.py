@@ -98,6 +98,7 @@ __all__ = [
     "check_relpath",
     "explain_validation",
     "fold_key",
+    "manifest_head",
     "parse_manifest",
     "render_manifest",
     "strict_json_loads",
@@ -404,3 +405,24 @@ def render_manifest(manifest: Manifest) -> bytes:
     as an equal model. The same model always renders to the same bytes: builds are reproducible.
     """
     return canonical_json(manifest.model_dump(mode="json", exclude_none=True))
+
+
+def manifest_head(head_json: str) -> Manifest:
+    """A manifest without its file list, from ``Manifest.model_dump_json(exclude={"files"})`` of
+    one that :func:`parse_manifest` accepted (a stage worker's answer, agent/worker/).
+
+    Its ``files`` is empty: only for code that reads the other fields (install, hooks, health,
+    the release record). The file list's checks ran where the whole manifest was parsed.
+
+    Raises:
+        ManifestError: not such a dump.
+    """
+    try:
+        obj = strict_json_loads(head_json.encode(), "manifest head", MAX_MANIFEST_BYTES)
+        if not isinstance(obj, dict) or "files" in obj:
+            raise ManifestError("a manifest head carries every field but the file list")
+        return Manifest.model_validate_json(
+            json.dumps({**obj, "files": []}), strict=True, context={_FILES_LATER: True}
+        )
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc

@@ -1,0 +1,161 @@
+"""A stage worker process: one job, then exit (the daemon's side: agent/worker/process.py).
+
+Protocol: JSON lines. The worker says ``{"ready": pid}``; the daemon sends the job:
+
+* ``{"job": "stage", "package": path}``, then commands ``verify``, ``extract``, ``inventory``,
+  ``readonly`` (agent/worker/remote.py), each answered ``{"ok": ...}`` or ``{"error": ...}``
+  (extract also sends ``{"progress": bytes}`` on the way). EOF on stdin ends the job.
+* ``{"job": "stream", ...}`` (agent/daemon/streaming.py), then ``{"written": n}`` lines, and
+  ``{"complete": true}`` or ``{"abort": true}``; one answer.
+
+What it may write: the tree it is told to extract (under ``incoming/``, or the daemon's
+``streaming/``), a release's inventory file and modes (after the daemon installed it). Never
+the state file, the journal or the lock: those stay with the daemon, under the app lock.
+
+It dies with the daemon: ``PR_SET_PDEATHSIG`` (SIGKILL) is armed first, then the parent pid is
+checked against the one the daemon passed (a daemon killed before the prctl left the worker
+re-parented), so a restarted agent's recovery never races a writer that survived.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Final
+
+__all__ = ["die_with_parent", "main"]
+
+_PR_SET_PDEATHSIG: Final = 1
+_PROGRESS_BYTES: Final = 4 << 20  # progress lines at most every 4 MiB extracted
+
+
+def die_with_parent(parent: int) -> None:
+    """Be SIGKILLed when the daemon dies; exit now if it already did."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)  # the daemon is gone: nothing to do, nobody to answer
+
+
+class _Out:
+    """The protocol's stdout (a private dup: stray prints go to stderr instead)."""
+
+    def __init__(self) -> None:
+        self._fh = os.fdopen(os.dup(1), "wb", buffering=0)
+        os.dup2(2, 1)
+        self._lock = threading.Lock()
+
+    def send(self, obj: dict[str, object]) -> None:
+        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            self._fh.write(data)
+
+
+def _stage(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
+    from cutover.agent._util.faults import fault_point
+    from cutover.agent.host.layout import Layout
+    from cutover.agent.host.state import AppState
+    from cutover.agent.lifecycle.stagework import StageJob
+    from cutover.agent.worker.wire import (
+        error_to_wire,
+        head_to_wire,
+        history_from_wire,
+        policy_from_wire,
+        stats_to_wire,
+    )
+
+    work = StageJob(Path(str(job["package"])))
+    pending = 0
+
+    def progress(n: int) -> None:
+        nonlocal pending
+        pending += n
+        if pending >= _PROGRESS_BYTES:
+            out.send({"progress": pending})
+            pending = 0
+            fault_point("worker.extracting")  # tests: kill a worker (or its daemon) mid-way
+
+    try:
+        for line in inp:
+            cmd = json.loads(line)
+            op = cmd["op"]
+            try:
+                if op == "verify":
+                    head = work.verify(
+                        policy_from_wire(cmd["policy"]),
+                        history_from_wire(cmd["history"]),
+                        cmd["expected_version"],
+                    )
+                    answer: dict[str, object] = head_to_wire(head)
+                elif op == "extract":
+                    state = cmd["state"]
+                    stats = work.extract(
+                        Layout(Path(cmd["root"])),
+                        Path(cmd["dest"]),
+                        None if state is None else AppState.model_validate_json(state),
+                        cmd["reuse"],
+                        progress,
+                    )
+                    if pending:
+                        out.send({"progress": pending})
+                        pending = 0
+                    answer = stats_to_wire(stats)
+                elif op == "inventory":
+                    added = work.record_inventory(
+                        Layout(Path(cmd["root"])), Path(cmd["release_dir"])
+                    )
+                    answer = {"added": added}
+                elif op == "readonly":
+                    work.make_readonly(Path(cmd["release_dir"]))
+                    answer = {}
+                else:
+                    raise ValueError(f"unknown stage worker command {op!r}")
+            except Exception as exc:  # the daemon raises it again, same class and code
+                out.send({"error": error_to_wire(exc)})
+            else:
+                out.send({"ok": answer})
+    finally:
+        work.close()
+
+
+def _stream(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
+    from cutover.agent.worker.streamjob import SpoolFeed, pump, stream_extract
+    from cutover.agent.worker.wire import error_to_wire
+
+    feed = SpoolFeed(Path(str(job["spool"])))
+    threading.Thread(target=pump, args=(inp, feed), name="stream-feed", daemon=True).start()
+    started = time.monotonic()
+    try:
+        answer = stream_extract(job, feed)
+    except Exception as exc:  # the daemon logs it and lets the stage decide
+        out.send({"error": error_to_wire(exc), "cpu_s": time.process_time()})
+    else:
+        answer["cpu_s"] = time.process_time()
+        answer["wall_s"] = time.monotonic() - started
+        out.send({"ok": answer})
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent(int(argv[1]))
+    out = _Out()
+    out.send({"ready": os.getpid()})
+    inp = sys.stdin.buffer
+    line = inp.readline()
+    if not line:
+        return 0  # a spare the daemon no longer needs
+    job = json.loads(line)
+    if job.get("job") == "stage":
+        _stage(job, inp, out)
+    elif job.get("job") == "stream":
+        _stream(job, inp, out)
+    else:
+        print(f"cutover stage worker: unknown job {job!r}", file=sys.stderr)
+        return 2
+    return 0

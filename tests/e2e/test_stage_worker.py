@@ -1,0 +1,212 @@
+"""The daemon stages in a worker process (agent/worker/) against the REAL agent: the worker is a
+child of the daemon, dies with it, and a killed worker fails the stage cleanly.
+
+A worker pauses mid-extraction at the fault point ``worker.extracting`` (after its first 4 MiB),
+so "mid-extraction" is a state the test observes, never a timing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cutover.agent.errors import InternalError
+from cutover.controller.build import build_package, sign_package
+from tests.e2e.conftest import APP, Agent, Keys
+
+pytestmark = pytest.mark.e2e
+
+BLOB = 12 << 20  # incompressible: the extraction passes 4 MiB while writing it
+
+
+def _package(tmp: Path, keys: Keys, version: str) -> Path:
+    src = tmp / f"src-{version}"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "index.php").write_text(f"<?php echo '{version}';\n")
+    (src / "VERSION").write_text(f"{version}\n")
+    (src / "zz.bin").write_bytes(os.urandom(BLOB))
+    (src / "cutover.toml").write_text(f'app = "{APP}"\n')
+    out = tmp / f"{APP}-{version}.cutover"
+    build_package(src, out, version=version)
+    sign_package(out, keys.release)
+    return out
+
+
+def _wait_for(predicate: Any, what: str) -> None:
+    """Poll until ``predicate()`` holds (a bounded wait for an event, not a timing claim)."""
+    for _ in range(1200):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z"
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Live stage worker processes whose parent is ``pid``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            if b"cutover.agent.worker" in cmd and _ppid(int(d.name)) == pid:
+                out.append(int(d.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return [p for p in out if _alive(p)]
+
+
+def _stage_worker_pids(agent: Agent) -> list[int]:
+    return [int(e["pid"]) for e in agent.log_events() if e.get("event") == "stage_worker"]
+
+
+def _leftovers(agent: Agent) -> dict[str, list[str]]:
+    streaming = agent.meta / "streaming"
+    return {
+        "incoming": sorted(p.name for p in (agent.meta / "incoming").iterdir()),
+        "streaming": sorted(p.name for p in streaming.iterdir()) if streaming.exists() else [],
+    }
+
+
+@pytest.fixture
+def paused_agent(make_agent: Any, tmp_path: Path, packages: dict[str, Path]) -> Agent:
+    """An agent with 1.0.0 active whose stage workers pause mid-extraction (streaming off, so
+    the stage itself extracts; reuse off, so every byte comes from the payload)."""
+    agent: Agent = make_agent(
+        max_upload_bytes=64 << 20,
+        stream_uploads=False,
+        upload_timeout_s=120.0,
+        app_toml='reuse = "off"\n',
+    )
+    agent.start()
+    return agent
+
+
+async def _stage_first(agent: Agent, packages: dict[str, Path]) -> None:
+    async with agent.client() as c:
+        staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
+        assert staged.status == "succeeded", staged
+        active = await c.wait((await c.activate(APP, "1.0.0")).operation)
+        assert active.status == "succeeded", active
+
+
+def _restart_paused(agent: Agent, marker: Path) -> None:
+    agent.stop()
+    agent.start(
+        env={"CUTOVER_TEST_PAUSE_AT": "worker.extracting", "CUTOVER_TEST_PAUSE_FILE": str(marker)}
+    )
+
+
+async def test_the_stage_runs_in_a_child_and_its_kill_fails_the_stage_cleanly(
+    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    agent = paused_agent
+    await _stage_first(agent, packages)
+    marker = tmp_path / "paused"
+    _restart_paused(agent, marker)
+    before = agent.snapshot()
+    pkg = _package(tmp_path, keys, "2.0.0")
+    async with agent.client(upload_timeout_s=120) as c:
+        op = (await c.upload(APP, "2.0.0", pkg)).operation
+        _wait_for(marker.exists, "a stage worker paused mid-extraction")
+        pid = _stage_worker_pids(agent)[-1]  # the last stage's
+        # the work runs in a child of the daemon, not in the daemon: the daemon still serves
+        assert pid != agent.pid and _alive(pid) and _ppid(pid) == agent.pid
+        assert (await c.app(APP)).busy
+        assert any((agent.meta / "incoming").iterdir())  # its partial tree, in incoming/ only
+        os.kill(pid, signal.SIGKILL)
+        record = await c.wait(op)
+    assert record.status == "failed", record
+    with pytest.raises(InternalError) as info:
+        record.raise_for_error()
+    assert info.value.code == "stage_worker_died"
+    assert f"pid {pid}" in str(info.value) and "SIGKILL" in str(info.value)
+    assert "extracting" in str(info.value)
+    after = agent.snapshot()
+    assert after["current"] == before["current"] == "releases/1.0.0"
+    assert after["releases"] == before["releases"] == ["1.0.0"]
+    assert after["incoming"] == [] and after["uploads"] == []
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
+    (failed,) = [e for e in agent.journal() if e["event"] == "stage.failed"]
+    assert failed["version"] == "2.0.0" and failed["code"] == "stage_worker_died"
+    assert f"pid {pid}" in failed["error"]
+
+    # the next stage works (a fresh worker; this one is not paused)
+    agent.stop()
+    agent.start()
+    async with agent.client(upload_timeout_s=120) as c:
+        again = await c.wait((await c.upload(APP, "2.0.0", pkg)).operation)
+    assert again.status == "succeeded", again
+    assert (agent.root / "releases" / "2.0.0" / "zz.bin").stat().st_size == BLOB
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
+
+
+async def test_kill_9_of_the_daemon_kills_its_workers_and_the_restart_recovers(
+    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    agent = paused_agent
+    await _stage_first(agent, packages)
+    marker = tmp_path / "paused"
+    _restart_paused(agent, marker)
+    pkg = _package(tmp_path, keys, "2.0.0")
+    async with agent.client(upload_timeout_s=120) as c:
+        await c.upload(APP, "2.0.0", pkg)
+        _wait_for(marker.exists, "a stage worker paused mid-extraction")
+        pid = _stage_worker_pids(agent)[-1]  # the last stage's
+        workers = _workers_of(agent.pid)  # the paused one and the spare started ahead
+        assert pid in workers and len(workers) == 2
+        assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    _wait_for(lambda: not any(_alive(w) for w in workers), "every worker died with the daemon")
+    assert any((agent.meta / "incoming").iterdir())  # the dead worker's partial tree
+
+    agent.start()  # recovery under the lock; no writer survived to race it
+    async with agent.client() as c:
+        app = await c.app(APP)
+    assert app.current == "1.0.0" and not app.busy
+    assert agent.current() == "releases/1.0.0"
+    assert (agent.root / "current" / "VERSION").read_text() == "1.0.0\n"
+    assert sorted(p.name for p in (agent.root / "releases").iterdir()) == ["1.0.0"]
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
+    assert agent.snapshot()["uploads"] == []
+
+
+async def test_a_cancelled_stage_kills_its_worker(
+    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    """A stage still running when the drain times out is cancelled: its worker is killed and
+    nothing of it stays."""
+    agent = paused_agent
+    await _stage_first(agent, packages)
+    marker = tmp_path / "paused"
+    _restart_paused(agent, marker)
+    pkg = _package(tmp_path, keys, "2.0.0")
+    async with agent.client(upload_timeout_s=120) as c:
+        await c.upload(APP, "2.0.0", pkg)
+        _wait_for(marker.exists, "a stage worker paused mid-extraction")
+        pid = _stage_worker_pids(agent)[-1]  # the last stage's
+        workers = _workers_of(agent.pid)  # the paused one and the spare started ahead
+        assert pid in workers and len(workers) == 2
+    assert agent.stop() == 0  # SIGTERM: the drain (2 s) times out, the stage is cancelled
+    assert not any(_alive(w) for w in workers)  # killed and reaped before the daemon exited
+    assert agent.current() == "releases/1.0.0"
+    assert sorted(p.name for p in (agent.root / "releases").iterdir()) == ["1.0.0"]
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
+    (failed,) = [e for e in agent.journal() if e["event"] == "stage.failed"]
+    assert failed["version"] == "2.0.0" and failed["code"] == "cancelled"
