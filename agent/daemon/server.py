@@ -286,7 +286,7 @@ class Server:
         await asyncio.to_thread(spool.prepare)
         nonces = await asyncio.to_thread(NonceStore, cfg.agent.state_dir / "nonces.log")
         metrics.config_loaded.set_to_current_time()
-        workers = WorkerPool()
+        workers = WorkerPool(cfg.agent.log_format)
         self.ctx = ctx = AgentContext(
             holder=holder,
             registry=OperationRegistry(metrics),

@@ -152,6 +152,7 @@ class StreamingStage:
         self.worker_pid: int | None = None
         self._worker: WorkerProcess | None = None
         self._claimed = False
+        self._answered = False
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -186,6 +187,7 @@ class StreamingStage:
                 "stream_stage_started", app=self._app, version=self._version, worker=worker.pid
             )
             msg = await worker.receive()
+            self._answered = True
             if "error" in msg:
                 raise error_from_wire(msg["error"])
             ok: Json = msg["ok"]
@@ -197,7 +199,6 @@ class StreamingStage:
                     app=self._app,
                     version=self._version,
                     worker=worker.pid,
-                    worker_cpu_s=ok.get("cpu_s"),
                 )
             else:
                 log.info("stream_stage_skipped", app=self._app, reason=ok.get("skipped"))
@@ -213,8 +214,9 @@ class StreamingStage:
         finally:
             _active.discard(self._layout.root)
             self.feed.detach()
-            if self._worker is not None:
-                await asyncio.shield(self._worker.kill())  # done, or given up on: either way
+            if self._worker is not None:  # done: it exits when told; given up on: killed
+                done = self._worker.close() if self._answered else self._worker.kill()
+                await asyncio.shield(done)
 
     async def _wait(self) -> None:
         if self._task is not None:

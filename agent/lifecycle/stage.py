@@ -168,9 +168,7 @@ class Stage:
                 stats = claimed
             else:
                 stats = await work.extract(ctx.layout, staging, state, ctx.section.reuse, on_bytes)
-        except BaseException as exc:
-            # The extractor removes its partial tree; a killed worker process leaves it.
-            await asyncio.shield(asyncio.to_thread(remove_tree, staging))
+        except BaseException as exc:  # no partial tree is left (StageWork.extract)
             await asyncio.shield(
                 ctx.log_quietly(
                     "stage.failed",

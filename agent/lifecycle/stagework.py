@@ -127,7 +127,9 @@ class StageWork(Protocol):
         state: AppState | None,
         reuse: str,
         progress: Callable[[int], None] | None = None,
-    ) -> ExtractStats: ...
+    ) -> ExtractStats:
+        """Extract into ``dest``; on any failure (a cancellation too) nothing is left there."""
+        ...
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int: ...
 

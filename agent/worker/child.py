@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -131,31 +130,46 @@ def _stream(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
 
     feed = SpoolFeed(Path(str(job["spool"])))
     threading.Thread(target=pump, args=(inp, feed), name="stream-feed", daemon=True).start()
-    started = time.monotonic()
     try:
         answer = stream_extract(job, feed)
     except Exception as exc:  # the daemon logs it and lets the stage decide
-        out.send({"error": error_to_wire(exc), "cpu_s": time.process_time()})
+        out.send({"error": error_to_wire(exc)})
     else:
-        answer["cpu_s"] = time.process_time()
-        answer["wall_s"] = time.monotonic() - started
         out.send({"ok": answer})
 
 
 def main(argv: list[str]) -> int:
+    """``argv``: the program, the daemon's pid, the daemon's log format."""
     die_with_parent(int(argv[1]))
     out = _Out()
+    from cutover.agent._util.logsetup import configure_logging
+
+    # what the job logs (e.g. the content index) goes where the daemon's log goes, alike
+    configure_logging(argv[2], os.environ.get("CUTOVER_LOG_LEVEL", "info"), stream=sys.stderr)
     out.send({"ready": os.getpid()})
     inp = sys.stdin.buffer
     line = inp.readline()
     if not line:
         return 0  # a spare the daemon no longer needs
     job = json.loads(line)
-    if job.get("job") == "stage":
+    kind = job.get("job")
+    if kind == "stage":
         _stage(job, inp, out)
-    elif job.get("job") == "stream":
+    elif kind == "stream":
         _stream(job, inp, out)
     else:
         print(f"cutover stage worker: unknown job {job!r}", file=sys.stderr)
         return 2
+    import resource
+
+    import structlog
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    structlog.get_logger(__name__).info(
+        "stage_worker_done",
+        job=kind,
+        pid=os.getpid(),
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+        max_rss_mib=round(usage.ru_maxrss / 1024, 1),
+    )
     return 0

@@ -45,13 +45,15 @@ class WorkerProcess:
         self.doing = "starting"  # for the error if it dies
 
     @classmethod
-    async def spawn(cls) -> WorkerProcess:
-        """Start a worker and wait until it is ready for a job."""
+    async def spawn(cls, log_format: str = "json") -> WorkerProcess:
+        """Start a worker (logging in the daemon's ``log_format``) and wait until it is ready
+        for a job."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "cutover.agent.worker",
             str(os.getpid()),
+            log_format,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=_LINE_LIMIT,
@@ -156,13 +158,16 @@ class WorkerProcess:
 class WorkerPool:
     """Hands out started workers, keeping one ready ahead (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_format: str = "json") -> None:
+        self._log_format = log_format
         self._spare: asyncio.Task[WorkerProcess] | None = None
         self._closed = False
 
     def _refill(self) -> None:
         if not self._closed:
-            self._spare = asyncio.create_task(WorkerProcess.spawn(), name="stage-worker-spawn")
+            self._spare = asyncio.create_task(
+                WorkerProcess.spawn(self._log_format), name="stage-worker-spawn"
+            )
 
     def start(self) -> None:
         """Start the first spare (call on the event loop)."""
@@ -179,7 +184,7 @@ class WorkerPool:
             except Exception as exc:  # e.g. killed while idle: a fresh one is started
                 log.warning("stage_worker_spare_lost", error=str(exc)[:500])
         if worker is None or not worker.alive:
-            worker = await WorkerProcess.spawn()
+            worker = await WorkerProcess.spawn(self._log_format)
         return worker
 
     async def close(self) -> None:

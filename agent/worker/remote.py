@@ -22,6 +22,7 @@ from cutover.agent.errors import InternalError
 from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import AppState
+from cutover.agent.host.trash import remove_tree
 from cutover.agent.lifecycle.stagework import StageHead
 from cutover.agent.package.container import open_package
 from cutover.agent.trust.policy import HostHistory, TrustPolicy
@@ -95,18 +96,30 @@ class ChildStageWork:
     ) -> ExtractStats:
         # The state only matters where files may be taken from installed releases.
         state_json = None if state is None or reuse == "off" else state.model_dump_json()
-        answer = await self._request(
-            {
-                "op": "extract",
-                "root": str(layout.root),
-                "dest": str(dest),
-                "state": state_json,
-                "reuse": reuse,
-            },
-            f"extracting into {dest}",
-            progress,
-        )
+        try:
+            answer = await self._request(
+                {
+                    "op": "extract",
+                    "root": str(layout.root),
+                    "dest": str(dest),
+                    "state": state_json,
+                    "reuse": reuse,
+                },
+                f"extracting into {dest}",
+                progress,
+            )
+        except BaseException:
+            # The extractor removes its partial tree on its own errors; a worker that died or
+            # that a cancellation stops leaves it: killed first, so nothing writes there now.
+            await asyncio.shield(self._abandon(dest))
+            raise
         return stats_from_wire(answer)
+
+    async def _abandon(self, dest: Path) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.kill()
+        await asyncio.to_thread(remove_tree, dest)
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
         answer = await self._request(
