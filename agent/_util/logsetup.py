@@ -103,7 +103,9 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (message and newline together, unlike print): the daemon's stage
+        # workers share its stdout, and a line split in two writes could be interleaved.
+        logger_factory=structlog.WriteLoggerFactory(out),
         # The daemon reconfigures after reading its config: loggers must not cache the old chain.
         cache_logger_on_first_use=False,
     )

@@ -4,6 +4,7 @@ watchfiles chatter, and the manifest's commit in the journal."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -98,3 +99,28 @@ def test_the_claimed_keyid_is_logged_only_in_a_keyid_shape() -> None:
     assert claimed_keyid({"Signature-Input": f"{head};keyid=12"}) is None
     assert claimed_keyid({"Signature-Input": "not a dictionary ((("}) is None
     assert claimed_keyid({}) is None
+
+
+class _Writes(io.StringIO):
+    """A stream that records each ``write`` call (an unbuffered stdout makes each a syscall)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.calls.append(s)
+        return super().write(s)
+
+
+def test_each_line_is_one_write(restore_logging: None) -> None:
+    """The daemon's stage workers share its stdout: a line written as message, then newline (as
+    ``print`` does) could get another process's line in between (seen with PYTHONUNBUFFERED)."""
+    out = _Writes()
+    configure_logging("json", "info", stream=out)
+    structlog.get_logger("test").info("deployed", version="1.0.0")
+    logging.getLogger("aiohttp.server").error("stdlib error")
+    assert len(out.calls) == 2, out.calls
+    for call in out.calls:
+        assert call.endswith("\n") and call.count("\n") == 1, out.calls
+        json.loads(call)
