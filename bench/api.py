@@ -12,6 +12,10 @@ receiving a 1 GiB package. Real ``cutover-agent serve`` processes on 127.0.0.1.
    --seed 1``, zstd) is uploaded and staged on the same agent by a separate process. Repeated
    ``--reps`` times on a fresh agent (idle and loaded interleaved); the goal is judged on the
    median p99, because this shared 2-core machine is noisy (bench/README.md).
+   Each repetition also says where the CPU went: the agent process's own CPU time over the
+   loaded phase (event loop, spool writes, install) and its stage workers' (agent/worker/, from
+   their ``stage_worker_done`` log lines: the streaming extraction and the stage's verification),
+   with the workers' peak RSS.
 2. Memory. A fresh agent receives and stages a ~1 GiB package (incompressible payload,
    ``compression = none``, 8 files). Peak RSS (``VmHWM`` of /proc/PID/status) after receiving,
    after staging, against the agent's idle RSS.
