@@ -13,8 +13,10 @@ interleaved round by round, it times:
 * ours, durable, in a fresh Python process: open the package, ``verify_release``, (only for a
   package without ``payload.chunks``) ``verify_payload_digest``, ``extract_payload``,
   ``syncfs``. Reported twice: the whole process (includes interpreter start-up and imports) and
-  the in-process time the child measures itself; and once more for the same tree packaged
-  without chunks (``--no-chunks``: the whole-payload pre-hash path);
+  the in-process time the child measures itself, split by phase, with the time the extracting
+  thread spent waiting for decompressed data (blocked on the decompressor thread's queue); and
+  once more for the same tree packaged without chunks (``--no-chunks``: the whole-payload
+  pre-hash path), the two alternating which goes first;
 * ``python -c pass``, for the start-up cost alone;
 * a real ``cutover-agent serve`` on 127.0.0.1 (fresh app root each round): upload+stage of the
   package over loopback (``AgentClient.upload`` then waiting for the operation), with the
@@ -23,8 +25,9 @@ interleaved round by round, it times:
 
 An untimed ``sync`` precedes every step so none pays for another's dirty pages. Extracted trees
 are kept until the end of the run (deleting a large tree slows file creation on this disk for
-minutes; see /work/shared/bench/README.md) and removed afterwards. Prints medians (min-max) and
-the ratio ours / (``tar --zstd -xf && sync``).
+minutes; see /work/shared/bench/README.md) and removed afterwards. Prints medians (min-max), the
+ratio ours / (``tar --zstd -xf && sync``), the load average, and each goal of issue 12 (durable
+stage <= 1.0x; upload+stage <= 1.15x the local stage) as met or NOT met.
 """
 
 from __future__ import annotations
@@ -110,11 +113,23 @@ def child(package: Path, pub: Path, dest: Path) -> None:
     t0 = time.perf_counter()
     sys.path.insert(0, str(ROOT))
     from cutover.agent._util.fsutil import syncfs
+    from cutover.agent.extract._stream import Producer
     from cutover.agent.extract.extractor import extract_payload, verify_payload_digest
     from cutover.agent.keys import load_public_key
     from cutover.agent.package.container import open_package
     from cutover.agent.trust.policy import HostHistory, TrustPolicy, verify_release
 
+    waited = [0.0]  # the extracting thread's time blocked on the decompressor thread's queue
+    real_next = Producer.next
+
+    def timed_next(self: Producer) -> bytes:
+        start = time.perf_counter()
+        try:
+            return real_next(self)
+        finally:
+            waited[0] += time.perf_counter() - start
+
+    Producer.next = timed_next  # type: ignore[method-assign]
     t1 = time.perf_counter()
     key = load_public_key(pub)
     parts, fh = open_package(package)
@@ -141,6 +156,7 @@ def child(package: Path, pub: Path, dest: Path) -> None:
         "payload_digest": t3 - t2,
         "extract": t4 - t3,
         "syncfs": t5 - t4,
+        "extract_waiting": waited[0],
         "in_process": t5 - t1,
     }
     print(json.dumps(phases))
@@ -257,28 +273,16 @@ def main(argv: list[str] | None = None) -> int:
                 _run(["sync"])
                 add(kind, _timed(["tar", *flags, str(archive), "-C", str(dest)])[0])
                 add(f"{kind}+sync", t[kind][-1] + _timed(["sync"])[0])
-            _run(["sync"])
-            wall, out = _timed(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    str(files["package"]),
-                    str(files["pub"]),
-                    str(runs_dir / f"ours-{i}"),
-                ]
-            )
-            add("ours", wall)
-            phases.append(json.loads(out))
-            _run(["sync"])
-            whole_cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                str(files["whole"]),
-                str(files["pub"]),
-            ]
-            add("ours-whole", _timed([*whole_cmd, str(runs_dir / f"whole-{i}")])[0])
+            # With and without chunks alternate which goes first, so that neither always runs
+            # right after the other (the previous figures always ran the chunked one first).
+            for kind in ("ours", "ours-whole")[:: 1 if i % 2 == 0 else -1]:
+                _run(["sync"])
+                package = files["package" if kind == "ours" else "whole"]
+                cmd = [sys.executable, __file__, "--child", str(package), str(files["pub"])]
+                wall, out = _timed([*cmd, str(runs_dir / f"{kind}-{i}")])
+                add(kind, wall)
+                if kind == "ours":
+                    phases.append(json.loads(out))
             for name, stream in (("upload", True), ("upload-nostream", False)):
                 _run(["sync"])
                 (runs_dir / f"{name}-{i}").mkdir()
@@ -304,13 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("  python -c pass", t["pass"], None))
     for name in ("imports", "verify_release", "payload_digest", "extract", "syncfs"):
         print(_row(f"  ours: {name}", ph[name], None))
+    print(_row("    of extract: waiting for decompressed data", ph["extract_waiting"], None))
     print(_row("ours, whole process, package without chunks", t["ours-whole"], base))
     local = statistics.median(t["local"])
     print(f"\nupload+stage over loopback vs stage from the local file = {local:.3f} s\n")
     print(_row("cutover-agent stage PACKAGE (local file, CLI)   [baseline]", t["local"], local))
     print(_row("upload+stage over loopback (streaming stage)", t["upload"], local))
     print(_row("upload+stage over loopback (stream_uploads off)", t["upload-nostream"], local))
+    durable = statistics.median(t["ours"]) / base
+    upload = statistics.median(t["upload"]) / local
+    print(
+        f"\nload average at the end: {os.getloadavg()[0]:.2f} (2 cores; quote it with the ratios)"
+    )
+    print(_goal("durable stage, whole process / `tar --zstd -xf && sync`", durable, 1.0))
+    print(_goal("upload+stage (streaming) / local `cutover-agent stage`", upload, 1.15))
     return 0
+
+
+def _goal(what: str, ratio: float, goal: float) -> str:
+    return f"{what}: {ratio:.2f}x; goal <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}"
 
 
 if __name__ == "__main__":
