@@ -112,8 +112,7 @@ class ExtractStats:
 
     ``files``/``bytes`` count every regular file; ``reused`` maps a method (``reflink``,
     ``hardlink``, ``copy``) to the files and bytes taken from releases already on the host; the
-    rest came from the payload.
-    """
+    rest came from the payload. ``checks``: how those sources were proven (Reuser.report)."""
 
     files: int
     dirs: int
@@ -121,6 +120,7 @@ class ExtractStats:
     bytes: int
     seconds: float
     reused: dict[str, tuple[int, int]] = field(default_factory=dict)
+    checks: dict[str, int] = field(default_factory=dict)
 
     def content(self) -> dict[str, int]:
         """Where the files came from, flat (for the stage record and result)."""
@@ -129,7 +129,7 @@ class ExtractStats:
             out[f"{method}_files"], out[f"{method}_bytes"] = files, size
             out["payload_files"] -= files
             out["payload_bytes"] -= size
-        return out
+        return {**out, **self.checks}
 
 
 def extract_payload(
@@ -199,9 +199,9 @@ def extract_payload(
     producer.stop()
     job.close()
     os.close(parent_fd)
-    reused = {} if reuse is None else {m: (n, b) for m, (n, b) in reuse.counts.items() if n}
+    reused, checks = ({}, {}) if reuse is None else reuse.report()
     seconds = time.monotonic() - started
-    return ExtractStats(job.files, job.dirs, job.symlinks, job.bytes, seconds, reused)
+    return ExtractStats(job.files, job.dirs, job.symlinks, job.bytes, seconds, reused, checks)
 
 
 class _Extraction(TarParser):

@@ -10,8 +10,10 @@ index, :mod:`agent.host.content`) is placed from that older release: cloned, har
   itself is opened ``O_NONBLOCK`` (a FIFO swapped in cannot hang the stage).
 * **The source is checked, not believed.** It must be a regular file whose size is the one both
   manifests give; its content is hashed and must equal the new manifest's SHA-256 (a drifted
-  older release is never copied into a new one). A candidate that fails is skipped (the next one
-  is tried, then the payload; a thin payload then fails naming the file).
+  older release is never copied into a new one), unless ``fstat`` of the opened fd gives exactly
+  the identity its release's seal recorded (device, inode, size, mtime, ctime: unchanged since
+  its content was checked, :mod:`agent.host.seal`). A candidate that fails is skipped (the next
+  one is tried, then the payload; a thin payload then fails naming the file).
 * **The method is chosen for safety** (``reuse`` in the app's agent config):
 
   - *reflink* (``FICLONE``): tried first in ``auto`` mode; a copy-on-write clone shares no
@@ -27,7 +29,8 @@ index, :mod:`agent.host.content`) is placed from that older release: cloned, har
     without ``/proc`` the name is, then checked to be the verified inode.
   - *copy*: an in-kernel copy (``copy_file_range``, else ``sendfile``), given the manifest mode.
 
-Counts per method (files and bytes) are kept for the stage record.
+Counts per method (files and bytes) are kept for the stage record, and per check: sources hashed,
+and sources taken on their sealed identity without hashing.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ from cutover.agent.errors import DigestMismatchError
 from cutover.agent.extract._io import DIR_FLAGS, FILE_FLAGS
 from cutover.agent.package.manifest import FileEntry
 
-__all__ = ["METHODS", "Candidate", "Reuser", "missing_error"]
+__all__ = ["CHECKS", "METHODS", "Candidate", "Identity", "Reuser", "missing_error"]
 
 FICLONE: Final = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 METHODS: Final = ("reflink", "hardlink", "copy")
+CHECKS: Final = ("hashed", "sealed")  # how a source was proven: re-hashed, or its sealed identity
 _SOURCE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NO_REFLINK: Final = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY})
 _NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
@@ -58,13 +62,18 @@ _MAX_DIR_FDS: Final = 64
 _READ: Final = 1 << 20  # bytes per read while hashing a source
 
 
+Identity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
 class Candidate(NamedTuple):
-    """An installed file with the wanted content, per its release's manifest."""
+    """An installed file with the wanted content, per its release's manifest (or seal), and
+    the identity it had when sealed (None: not sealed, hash it)."""
 
     version: str
     path: str
     size: int
     mode: int
+    ident: Identity | None = None
 
 
 class Reuser:
@@ -91,6 +100,7 @@ class Reuser:
         self._root_fd = os.open(releases, DIR_FLAGS)
         self._dir_fds: dict[str, int] = {}
         self.counts: dict[str, list[int]] = {m: [0, 0] for m in METHODS}
+        self.checks: dict[str, list[int]] = {c: [0, 0] for c in CHECKS}
         self._proc_links = os.path.isdir("/proc/self/fd")
         self.refused: list[str] = []  # candidates that failed their check, for the log
 
@@ -140,8 +150,13 @@ class Reuser:
                 self.refused.append(f"{where}: not a regular file of {entry.size} bytes")
                 os.close(fd)
                 return None
-            actual, length = _sha256(fd, entry.size)
-            if length != entry.size or actual != entry.sha256:
+            # Its sealed identity, exactly: unchanged since its content was checked.
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            sealed = cand.ident is not None and cand.ident == ident
+            check = self.checks["sealed" if sealed else "hashed"]
+            check[0] += 1
+            check[1] += entry.size
+            if not sealed and _sha256(fd, entry.size) != (entry.sha256, entry.size):
                 self.refused.append(f"{where}: content differs from its manifest (drift)")
                 os.close(fd)
                 return None
@@ -243,6 +258,16 @@ class Reuser:
             start_writeback(fd)
         finally:
             os.close(fd)
+
+    def report(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """(files, bytes) per method used; and ``reuse_<check>_files``/``_bytes`` per check made
+        (``hashed``: the source re-hashed; ``sealed``: taken on its sealed identity, unhashed)."""
+        used = {m: (n, b) for m, (n, b) in self.counts.items() if n}
+        checks = {}
+        for check, (n, b) in self.checks.items():
+            if n:
+                checks[f"reuse_{check}_files"], checks[f"reuse_{check}_bytes"] = n, b
+        return used, checks
 
     def close_dirs(self) -> None:
         for fd in self._dir_fds.values():

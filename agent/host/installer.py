@@ -26,6 +26,7 @@ from cutover.agent.extract.reuse import Reuser
 from cutover.agent.host.content import ContentIndex
 from cutover.agent.host.kept import keep_manifest
 from cutover.agent.host.layout import Layout
+from cutover.agent.host.seal import SealReport, seal_release
 from cutover.agent.host.shared import link_shared
 from cutover.agent.host.state import AppState
 from cutover.agent.package.container import PackageParts
@@ -41,6 +42,7 @@ __all__ = [
     "make_readonly",
     "release_mode",
     "reuser_for",
+    "seal",
 ]
 
 
@@ -172,6 +174,19 @@ def make_readonly(release_dir: Path) -> None:
                 if stat.S_IMODE(st.st_mode) != mode:  # a reused (hardlinked) file already is
                     os.chmod(p, mode)
     os.chmod(release_dir, release_mode(os.lstat(release_dir).st_mode))
+
+
+def seal(
+    layout: Layout, release_dir: Path, verified: VerifiedRelease, *, hooks_ran: bool
+) -> SealReport | None:
+    """Make the release read-only; record its seal (:mod:`agent.host.seal`) unless stage hooks
+    ran in it (what they wrote was never checked: its files are hashed when reused)."""
+    if not hooks_ran:
+        report = seal_release(layout, release_dir, verified.manifest, verified.digest)
+        if report is not None:
+            return report
+    make_readonly(release_dir)
+    return None
 
 
 def make_durable(layout: Layout) -> None:

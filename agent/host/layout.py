@@ -89,6 +89,10 @@ class Layout:
         """Files stage hooks added to the release (drift detection tells them from tampering)."""
         return self.manifests / f"{version}.inventory.json"
 
+    def seal(self, version: str) -> Path:
+        """The files' identities when the release was sealed (a cache: :mod:`agent.host.seal`)."""
+        return self.manifests / f"{version}.seal.json"
+
     def dirs(self) -> tuple[Path, ...]:
         return (self.releases, self.shared, self.meta, self.incoming, self.manifests, self.trash)
 

@@ -62,6 +62,7 @@ def trash_release(layout: Layout, version: str) -> Path | None:
     for kept in (layout.kept_manifest(version), layout.runtime_spec(version)):
         kept.unlink(missing_ok=True)
     layout.inventory(version).unlink(missing_ok=True)
+    layout.seal(version).unlink(missing_ok=True)
     return dst
 
 

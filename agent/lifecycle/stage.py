@@ -6,7 +6,8 @@
     prune, or refuse before writing) → extract into incoming/ (payload digest first; files the
     host holds taken from its releases, docs/lifecycle.md) → link shared paths, keep the
     manifest, rename into releases/ → stage hooks
-    → record their files → read-only → staged health checks → syncfs → recorded STAGED
+    → record their files → read-only (and sealed, without stage hooks) → staged health checks
+    → syncfs → recorded STAGED
 
 Any failure after verification removes the tree and records the release ``failed`` (its digest
 is remembered: the same package can be staged again, a different one with that version cannot).
@@ -190,7 +191,7 @@ class Stage:
             hook_results = await self.hooks.run(manifest.hooks.stage, "stage", hctx)
             if manifest.hooks.stage:
                 await work.record_inventory(ctx.layout, release_dir)
-            await work.make_readonly(release_dir)
+            await work.make_readonly(ctx.layout, release_dir, hooks_ran=bool(manifest.hooks.stage))
             staged_health = await self.health.run(
                 "staged", manifest.health, version, release_dir, {}
             )

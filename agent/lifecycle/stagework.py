@@ -102,9 +102,10 @@ class StageJob:
         """Record the files stage hooks added to ``release_dir`` (agent/host/drift.py)."""
         return record_inventory(layout, release_dir, self._release()[2].manifest)
 
-    @staticmethod
-    def make_readonly(release_dir: Path) -> None:
-        installer.make_readonly(release_dir)
+    def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
+        """Make the installed release read-only and, without stage hooks, seal it
+        (:func:`agent.host.installer.seal`)."""
+        installer.seal(layout, release_dir, self._release()[2], hooks_ran=hooks_ran)
 
     def close(self) -> None:
         if self._fh is not None:
@@ -133,7 +134,9 @@ class StageWork(Protocol):
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int: ...
 
-    async def make_readonly(self, release_dir: Path) -> None: ...
+    async def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
+        """Read-only, and sealed unless stage hooks ran (StageJob.make_readonly)."""
+        ...
 
     async def close(self) -> None:
         """End the job (a child process is stopped: killed if it is still working)."""
@@ -170,8 +173,10 @@ class LocalStageWork:
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
         return await asyncio.to_thread(self._job.record_inventory, layout, release_dir)
 
-    async def make_readonly(self, release_dir: Path) -> None:
-        await asyncio.to_thread(self._job.make_readonly, release_dir)
+    async def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
+        await asyncio.to_thread(
+            functools.partial(self._job.make_readonly, layout, release_dir, hooks_ran=hooks_ran)
+        )
 
     async def close(self) -> None:
         self._job.close()

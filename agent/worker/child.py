@@ -112,7 +112,11 @@ def _stage(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
                     )
                     answer = {"added": added}
                 elif op == "readonly":
-                    work.make_readonly(Path(cmd["release_dir"]))
+                    work.make_readonly(
+                        Layout(Path(cmd["root"])),
+                        Path(cmd["release_dir"]),
+                        hooks_ran=bool(cmd["hooks_ran"]),
+                    )
                     answer = {}
                 else:
                     raise ValueError(f"unknown stage worker command {op!r}")

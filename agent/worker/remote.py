@@ -128,9 +128,14 @@ class ChildStageWork:
         )
         return int(str(answer["added"]))
 
-    async def make_readonly(self, release_dir: Path) -> None:
+    async def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
         await self._request(
-            {"op": "readonly", "release_dir": str(release_dir)},
+            {
+                "op": "readonly",
+                "root": str(layout.root),
+                "release_dir": str(release_dir),
+                "hooks_ran": hooks_ran,
+            },
             f"making {release_dir} read-only",
         )
 

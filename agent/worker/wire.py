@@ -108,6 +108,7 @@ def stats_from_wire(obj: Json) -> ExtractStats:
         bytes=obj["bytes"],
         seconds=obj["seconds"],
         reused={m: (f, b) for m, (f, b) in obj["reused"].items()},
+        checks=dict(obj["checks"]),
     )
 
 

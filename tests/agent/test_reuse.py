@@ -63,6 +63,9 @@ def test_without_hooks_unchanged_files_are_hardlinked(
         "payload_bytes": 2,
         "hardlink_files": 5,
         "hardlink_bytes": sizes,
+        # A was sealed (no stage hooks): its files were taken on their identity, none re-hashed
+        "reuse_sealed_files": 5,
+        "reuse_sealed_bytes": sizes,
     }
     total_a = sum(map(len, FILES_A.values())) + toml
     assert _record(host, A) == {"payload_files": 6, "payload_bytes": total_a}

@@ -61,7 +61,15 @@ def test_policy_history_and_stats_round_trip(tmp_path: Path) -> None:
     assert policy_from_wire(policy_to_wire(policy)) == policy
     history = HostHistory({"1.0.0": "ab" * 32}, "1.0.0", allow_downgrade=True)
     assert history_from_wire(history_to_wire(history)) == history
-    stats = ExtractStats(3, 2, 1, 1000, 0.5, {"hardlink": (2, 600)})
+    stats = ExtractStats(
+        3,
+        2,
+        1,
+        1000,
+        0.5,
+        {"hardlink": (2, 600)},
+        {"reuse_sealed_files": 2, "reuse_hashed_files": 1},
+    )
     assert stats_from_wire(stats_to_wire(stats)) == stats
 
 
@@ -118,7 +126,7 @@ async def test_a_worker_verifies_and_extracts_a_real_package(
         stats = await work.extract(layout, dest, None, "off")
         assert stats.files == 5 and (dest / "cutover.toml").is_file()  # the four and its toml
         assert (dest / "VERSION").read_text() == "1.0.0\n"
-        await work.make_readonly(dest)
+        await work.make_readonly(layout, dest, hooks_ran=True)
         assert (dest / "VERSION").stat().st_mode & 0o777 == 0o444
     finally:
         await work.close()

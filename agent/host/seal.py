@@ -1,0 +1,241 @@
+"""Seals: what each file of a release was when it was sealed, so a later stage may reuse it
+without re-hashing it (docs/lifecycle.md §1.2).
+
+When a release staged **without stage hooks** is made read-only, :func:`seal_release` records in
+``.cutover/manifests/<version>.seal.json`` (this module owns the format) every regular file of
+its manifest with its SHA-256, size and mode, and, for each file whose identity is provably the
+one it had when its content was checked, that identity: ``(st_dev, st_ino, st_size,
+st_mtime_ns, st_ctime_ns)``. A later stage (:mod:`agent.extract.reuse`) takes a source file
+without hashing it only if ``fstat`` of the very fd it opened gives that exact identity. Every
+write, truncate, chmod, chown, link or unlink of the inode sets its ctime to the current time, and
+ctime cannot be set back without setting the clock back, so an unchanged identity means unchanged
+content (git's index rests on the same argument).
+
+**The racy case** (git's "racy clean"): timestamps have a granularity (a clock tick), so a write
+in the same tick as the last recorded change would keep the ctime. Before the identities are read,
+a probe file is touched until the filesystem's clock has moved past every change this stage made
+(at most one tick); an identity is recorded only if its ctime is older than that probe, so any
+later write gets a later ctime. Anything unexpected (a file missing, not regular, on another
+device, a mode not the sealed one, a ctime not older than the probe) just leaves the file
+unsealed: it is hashed when reused, as before.
+
+**A seal is a cache, never an authority.** :func:`load_seal` returns None (the reuser then hashes)
+when the file is missing, unreadable, not a regular file owned by this user with no group/other
+write bit (foreign-owned), invalid per the strict model (corrupt), or stale: another version, a
+manifest digest other than the one recorded at staging, or a release directory that is not the one
+sealed (restored from backup, copied, another filesystem). It never makes a stage fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Final, Literal, NamedTuple
+
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cutover.agent._util.fsutil import random_suffix
+from cutover.agent.extract._io import DIR_FLAGS
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.state import ReleaseRecord
+from cutover.agent.package.manifest import DirEntry, FileEntry, Manifest
+
+__all__ = ["SEAL_FORMAT", "SealFile", "SealReport", "load_seal", "seal_release"]
+
+log = structlog.get_logger(__name__)
+
+SEAL_FORMAT: Final = "cutover.seal/1"
+_PROBE_WAIT_S: Final = 2.0  # the clock has not moved past the changes in this long: no seal
+
+
+class SealFile(BaseModel):
+    """``<version>.seal.json``. ``files``: per regular file of the manifest, ``[path, sha256,
+    size, mode (the manifest's), ino, mtime_ns, ctime_ns]``; ``ino`` 0 means "not sealed" (the
+    file is hashed when reused). Every identity is on device ``dev``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    format: Literal["cutover.seal/1"]
+    version: str
+    manifest_sha256: str
+    release_dir: tuple[int, int]  # (st_dev, st_ino) of releases/<version> when sealed
+    dev: int
+    files: list[tuple[str, str, int, int, int, int, int]]
+
+
+class SealReport(NamedTuple):
+    """What :func:`seal_release` did: files recorded with an identity, and without one."""
+
+    sealed: int
+    unsealed: int
+
+
+def _readonly_mode(mode: int, is_dir: bool) -> int:
+    return 0o555 if is_dir or mode & 0o111 else 0o444  # = installer.release_mode
+
+
+def seal_release(
+    layout: Layout, release_dir: Path, manifest: Manifest, manifest_digest: str
+) -> SealReport | None:
+    """Make a release staged without stage hooks read-only and record its seal.
+
+    The tree is exactly the manifest's plus the shared links (nothing else ran in it), so modes
+    are set from the manifest (as :func:`agent.host.installer.make_readonly` would set them)
+    without walking it. Returns None, having written no seal, if the tree is not what the
+    manifest says: the caller then runs ``make_readonly`` (and ``verify`` reports the rest).
+    """
+    files = [e for e in manifest.files if type(e) is FileEntry]
+    root = str(release_dir)
+    try:
+        dir_mode = _readonly_mode(0, True)
+        for path in [*(e.path for e in manifest.files if type(e) is DirEntry), ""]:
+            fd = os.open(f"{root}/{path}", DIR_FLAGS)  # never through a link
+            try:
+                os.fchmod(fd, dir_mode)
+            finally:
+                os.close(fd)
+        probe_fd, probe = _probe(layout)
+    except OSError:
+        return None
+    try:
+        idents: list[tuple[int, int, int] | None] = []
+        redo: list[int] = []
+        dev = os.lstat(root).st_dev
+        cut = _tick_after(probe_fd)  # every change so far is older than ``cut``
+        for i, e in enumerate(files):
+            path = f"{root}/{e.path}"
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != e.size or st.st_dev != dev:
+                raise FileNotFoundError(path)  # not the extracted tree: walk it, no seal
+            want = _readonly_mode(e.mode, False)
+            if stat.S_IMODE(st.st_mode) != want:
+                os.chmod(path, want)
+                redo.append(i)
+                idents.append(None)
+            else:
+                idents.append(_ident(st, cut))
+        if redo:  # chmodded just now: read again once the clock has moved past the chmods
+            cut = _tick_after(probe_fd)
+            for i in redo:
+                st = os.lstat(f"{root}/{files[i].path}")
+                if stat.S_ISREG(st.st_mode) and st.st_dev == dev:
+                    idents[i] = _ident(st, cut)
+    except OSError:
+        return None
+    finally:
+        os.close(probe_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    rows = []
+    sealed = 0
+    for e, ident in zip(files, idents, strict=True):
+        if ident is None:
+            rows.append((e.path, e.sha256, e.size, e.mode, 0, 0, 0))
+        else:
+            sealed += 1
+            rows.append((e.path, e.sha256, e.size, e.mode, *ident))
+    dir_st = os.lstat(root)
+    seal = SealFile(
+        format=SEAL_FORMAT,
+        version=manifest.version,
+        manifest_sha256=manifest_digest,
+        release_dir=(dir_st.st_dev, dir_st.st_ino),
+        dev=dev,
+        files=rows,
+    )
+    _write(layout.seal(manifest.version), seal.model_dump_json().encode())
+    return SealReport(sealed, len(files) - sealed)
+
+
+def _ident(st: os.stat_result, cut: int | None) -> tuple[int, int, int] | None:
+    """(ino, mtime_ns, ctime_ns), if the inode's last change is older than ``cut``."""
+    if cut is None or st.st_ctime_ns >= cut or st.st_ino <= 0:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _probe(layout: Layout) -> tuple[int, Path]:
+    """A fresh file in ``incoming/`` (same filesystem; recovery empties it after a crash)."""
+    path = layout.incoming / f".seal-probe.{random_suffix()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return fd, path
+
+
+def _tick_after(fd: int) -> int | None:
+    """Touch the probe until its ctime is later than its first touch now: then every change made
+    before this call has an older ctime, and every later one a ctime >= the returned value.
+    None if the clock does not move (then nothing is sealed)."""
+    os.utime(fd)
+    first = os.fstat(fd).st_ctime_ns
+    deadline = time.monotonic() + _PROBE_WAIT_S
+    while True:
+        os.utime(fd)
+        now = os.fstat(fd).st_ctime_ns
+        if now > first:
+            return now
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.0005)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Temp file and rename, no fsync: the stage's syncfs, right after, makes it durable (a
+    seal lost or torn by a crash is only ignored)."""
+    tmp = path.with_name(f".{path.name}.{random_suffix()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_seal(layout: Layout, rec: ReleaseRecord) -> SealFile | None:
+    """The seal of installed release ``rec``, or None if there is none that can be believed."""
+    path = layout.seal(rec.version)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _ignored(rec, f"unreadable: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return _ignored(rec, "not a regular file of this user, or writable by others")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return _ignored(rec, f"unreadable: {exc.strerror}")
+    finally:
+        os.close(fd)
+    try:
+        seal = SealFile.model_validate_json(data)
+    except ValidationError:
+        return _ignored(rec, "corrupt")
+    try:
+        dir_st = os.lstat(layout.release(rec.version))
+    except OSError:
+        return _ignored(rec, "no release directory")
+    if (
+        seal.version != rec.version
+        or seal.manifest_sha256 != rec.manifest_digest
+        or seal.release_dir != (dir_st.st_dev, dir_st.st_ino)
+    ):
+        return _ignored(rec, "stale (another release, manifest or directory)")
+    return seal
+
+
+def _ignored(rec: ReleaseRecord, reason: str) -> SealFile | None:
+    """Log why a seal is not believed; None (its release's files are hashed when reused)."""
+    log.info("seal_ignored", version=rec.version, reason=reason)
+    return None
