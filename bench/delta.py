@@ -160,6 +160,15 @@ def index_cost(work: Path, pkg: Path, releases: int = 5) -> float:
     return statistics.median(times)
 
 
+def phase_split(config: Path, pkg: Path) -> tuple[float, dict[str, float]]:
+    """Whole-process seconds of one more delta stage and its per-phase timers."""
+    _run(["sync"])
+    t0 = time.perf_counter()
+    out = _run([sys.executable, str(Path(__file__).resolve().parent / "delta_phases.py"),
+                str(config), str(pkg)])  # fmt: skip
+    return time.perf_counter() - t0, json.loads(out.stdout.splitlines()[-1])
+
+
 def _row(name: str, values: list[float], base: float | None) -> str:
     med = statistics.median(values)
     ratio = f"{med / base:6.2f}x" if base else ""
@@ -300,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds, content["auto"] = stage(cfg_auto, files["b"])
             t.setdefault("auto", []).append(seconds)
             t.setdefault("pass", []).append(_timed([sys.executable, "-c", "pass"]))
+        print("one more delta stage, timed per phase (untimed above)...", file=sys.stderr)
+        cfg_split, _ = make_root(work / "split", files["pub"], files["a"])
+        split_s, split = phase_split(cfg_split, rnd / "delta.cutover")
         index_s = index_cost(work, files["b"])
         fleet = push_to_agents(args.agents, work / "fleet", files) if args.agents else None
     finally:
@@ -320,6 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  content index of 5 installed releases x 20,000 files: {index_s:.3f} s")
     for name in ("delta", "off", "auto"):
         print(f"  content of the {name} stage: {json.dumps(content[name], sort_keys=True)}")
+    print(f"\nwhere the delta stage's time goes (one more delta stage in a fresh process, timers "
+          f"around each phase): {split_s:.3f} s whole process")  # fmt: skip
+    imports, command = split.pop("imports"), split.pop("command")
+    print(f"  {'python start-up and exit':<62} {split_s - imports - command:7.3f}")
+    print(f"  {'imports (cutover.agent.cli)':<62} {imports:7.3f}")
+    for label, value in split.items():
+        print(f"  {label:<62} {value:7.3f}")
+    top = sum(v for k, v in split.items() if not k.startswith("  "))
+    print(f"  {'other (config, lock, state, journal, runners, output)':<62} "
+          f"{command - top:7.3f}")  # fmt: skip
     plain = statistics.median(t["delta"]) / statistics.median(t["rsync"])
     ratio = statistics.median(t["delta"]) / base
     print(f"\ndelta stage / rsync --link-dest: {ratio:.2f}x (vs rsync without sync: {plain:.2f}x); "
