@@ -32,6 +32,7 @@ import contextlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
@@ -44,7 +45,7 @@ from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import ReleaseRecord
 from cutover.agent.package.manifest import DirEntry, FileEntry, Manifest
 
-__all__ = ["SEAL_FORMAT", "SealFile", "SealReport", "load_seal", "seal_release"]
+__all__ = ["SEAL_FORMAT", "SealFile", "SealReport", "load_seal", "seal_release", "unlink_sealed"]
 
 log = structlog.get_logger(__name__)
 
@@ -201,27 +202,9 @@ def _write(path: Path, data: bytes) -> None:
 
 def load_seal(layout: Layout, rec: ReleaseRecord) -> SealFile | None:
     """The seal of installed release ``rec``, or None if there is none that can be believed."""
-    path = layout.seal(rec.version)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return _ignored(rec, f"unreadable: {exc.strerror}")
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return _ignored(rec, "not a regular file of this user, or writable by others")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        return _ignored(rec, f"unreadable: {exc.strerror}")
-    finally:
-        os.close(fd)
-    try:
-        seal = SealFile.model_validate_json(data)
-    except ValidationError:
-        return _ignored(rec, "corrupt")
+    seal = _read(layout.seal(rec.version))
+    if seal is None or isinstance(seal, str):
+        return None if seal is None else _ignored(rec, seal)
     try:
         dir_st = os.lstat(layout.release(rec.version))
     except OSError:
@@ -235,7 +218,139 @@ def load_seal(layout: Layout, rec: ReleaseRecord) -> SealFile | None:
     return seal
 
 
+def _read(path: Path) -> SealFile | str | None:
+    """The seal file at ``path``, strictly parsed; None if there is none; else why not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return "not a regular file of this user, or writable by others"
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    finally:
+        os.close(fd)
+    try:
+        return SealFile.model_validate_json(data)
+    except ValidationError:
+        return "corrupt"
+
+
 def _ignored(rec: ReleaseRecord, reason: str) -> SealFile | None:
     """Log why a seal is not believed; None (its release's files are hashed when reused)."""
     log.info("seal_ignored", version=rec.version, reason=reason)
     return None
+
+
+# ---------------------------------------------------------------------- keeping seals fresh
+# Linking or unlinking a name of an inode sets its ctime too: after a stage linked an older
+# release's inode, only the new release's seal has its current identity; removing a release
+# (prune, delete, a failed stage's tree) that shares inodes would leave every seal stale for them.
+# An identity belongs to the inode, not to a name: a seal row with an inode's current identity
+# proves its content (the row's SHA-256) for every row naming that inode with the same SHA-256.
+# So the names of such inodes in the tree being removed are unlinked one by one, each between two
+# fstats of an O_PATH fd of the inode (the only change between them is that unlink), and the rows
+# naming the inode take the new ctime, once the clock has moved past it and the file under each
+# row's path still shows it (and the same mtime: a write in between changed that).
+
+_Inode = tuple[int, int]  # st_dev, st_ino
+_Proof = tuple[int, int, int, str]  # st_size, st_mtime_ns, st_ctime_ns, sha256
+
+
+def unlink_sealed(layout: Layout, tree: Path, tree_seal: Path | None = None) -> Callable[[], int]:
+    """Unlink, in ``tree`` (about to be removed), the names of inodes whose current identity a
+    seal proves (one in ``manifests/``, or ``tree_seal``: the removed release's own). Returns the
+    step to call once ``tree`` is gone: it refreshes the seals in ``manifests/`` naming those
+    inodes and returns how many rows it refreshed."""
+    seals: dict[str, SealFile] = {}
+    for path in layout.manifests.glob("*.seal.json"):
+        seal = _read(path)  # no state check: only rows proven current are refreshed
+        if isinstance(seal, SealFile) and layout.seal(seal.version) == path:
+            seals[seal.version] = seal
+    proofs: dict[_Inode, list[_Proof]] = {}
+    own = _read(tree_seal) if tree_seal is not None else None
+    for seal in [*seals.values(), *([own] if isinstance(own, SealFile) else [])]:
+        for _, sha, size, _, ino, mtime, ctime in seal.files:
+            if ino > 0:
+                proofs.setdefault((seal.dev, ino), []).append((size, mtime, ctime, sha))
+    moved: dict[_Inode, _Proof] = {}
+    if proofs and seals:
+        with contextlib.suppress(OSError):  # then these seals just go stale: hashed next time
+            _unlink_proven(tree, proofs, moved)
+    return lambda: _refresh(layout, seals, moved)
+
+
+def _unlink_proven(
+    tree: Path, proofs: dict[_Inode, list[_Proof]], moved: dict[_Inode, _Proof]
+) -> None:
+    for _, _, names, dir_fd in os.fwalk(tree, follow_symlinks=False):
+        os.fchmod(dir_fd, 0o700)  # a sealed tree's directories are read-only
+        for name in names:
+            st = os.lstat(name, dir_fd=dir_fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+                continue
+            inode = (st.st_dev, st.st_ino)
+            now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            sha = next((p[3] for p in proofs.get(inode, ()) if p[:3] == now), None)
+            if sha is None:
+                continue
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                before = os.fstat(fd)
+                if (before.st_ino, before.st_ctime_ns) != (st.st_ino, st.st_ctime_ns):
+                    continue
+                os.unlink(name, dir_fd=dir_fd)
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if (after.st_size, after.st_mtime_ns) == now[:2]:
+                moved[inode] = proofs[inode][0] = (*now[:2], after.st_ctime_ns, sha)
+
+
+def _refresh(layout: Layout, seals: dict[str, SealFile], moved: dict[_Inode, _Proof]) -> int:
+    if not moved:
+        return 0
+    try:
+        probe_fd, probe = _probe(layout)
+    except OSError:
+        return 0
+    try:
+        cut = _tick_after(probe_fd)
+    finally:
+        os.close(probe_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    if cut is None:
+        return 0
+    refreshed = 0
+    for version, seal in seals.items():
+        rows = list(seal.files)
+        changed = False
+        for i, (path, sha, size, mode, ino, _, _) in enumerate(rows):
+            proof = moved.get((seal.dev, ino)) if ino > 0 else None
+            if proof is None or proof[2] >= cut or proof[3] != sha:
+                continue
+            try:
+                st = os.lstat(layout.release(version) / path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+                seal.dev,
+                ino,
+                size,
+                *proof[1:3],
+            ):
+                rows[i] = (path, sha, size, mode, ino, proof[1], proof[2])
+                changed = True
+                refreshed += 1
+        if changed:
+            data = seal.model_copy(update={"files": rows}).model_dump_json().encode()
+            with contextlib.suppress(OSError):
+                _write(layout.seal(version), data)
+    return refreshed

@@ -7,6 +7,7 @@ Nothing here follows a symlink, even one swapped in while it runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from cutover.agent._util.fsutil import fsync_dir, random_suffix
 from cutover.agent.host.layout import Layout
+from cutover.agent.host.seal import unlink_sealed
 
-__all__ = ["empty_trash", "remove_tree", "trash_release"]
+__all__ = ["empty_trash", "remove_release_tree", "remove_tree", "trash_release"]
 
 
 def remove_tree(path: Path) -> None:
@@ -37,6 +39,16 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
+def remove_release_tree(layout: Layout, path: Path) -> None:
+    """:func:`remove_tree` of a release's tree (trashed, or a failed stage's), keeping the seals
+    of the other releases fresh for the inodes it shared with them (:mod:`agent.host.seal`)."""
+    own = path.with_name(f"{path.name}.seal.json")  # its seal, moved along by trash_release
+    refresh = unlink_sealed(layout, path, own)
+    remove_tree(path)
+    own.unlink(missing_ok=True)
+    refresh()
+
+
 def trash_release(layout: Layout, version: str) -> Path | None:
     """Move ``releases/<version>`` (whatever it is) into trash/ and forget its kept manifests.
 
@@ -47,6 +59,7 @@ def trash_release(layout: Layout, version: str) -> Path | None:
     try:
         st = os.lstat(src)
     except FileNotFoundError:
+        layout.seal(version).unlink(missing_ok=True)
         return None
     dst = layout.trash / f"{version}.{random_suffix()}"
     if stat.S_ISDIR(st.st_mode):
@@ -62,7 +75,8 @@ def trash_release(layout: Layout, version: str) -> Path | None:
     for kept in (layout.kept_manifest(version), layout.runtime_spec(version)):
         kept.unlink(missing_ok=True)
     layout.inventory(version).unlink(missing_ok=True)
-    layout.seal(version).unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # never offered again; proves shared inodes
+        os.replace(layout.seal(version), dst.with_name(f"{dst.name}.seal.json"))
     return dst
 
 
@@ -70,6 +84,9 @@ def empty_trash(layout: Layout) -> int:
     """Remove everything in trash/; returns how many entries there were."""
     n = 0
     for entry in sorted(layout.trash.iterdir()) if layout.trash.is_dir() else []:
-        remove_tree(entry)
+        if entry.name.endswith(".seal.json"):  # a trashed release's (removed with it)
+            entry.unlink(missing_ok=True)
+            continue
+        remove_release_tree(layout, entry)
         n += 1
     return n

@@ -33,7 +33,7 @@ from cutover.agent.errors import CutoverError, HealthCheckError
 from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host import installer
 from cutover.agent.host.state import NOTES_CAP, ReleaseRecord, ReleaseStatus, utcnow
-from cutover.agent.host.trash import remove_tree, trash_release
+from cutover.agent.host.trash import remove_release_tree, remove_tree, trash_release
 from cutover.agent.lifecycle.context import AppContext, OpResult
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner, health_summary
 from cutover.agent.lifecycle.stagework import LocalStageWork, StageWork, StageWorkFactory
@@ -271,11 +271,11 @@ class Stage:
             # Either the staging dir or (after the rename, which its install marker announced)
             # releases/<version>: never a recorded release, since staging an installed version
             # returns early above, and never a directory Cutover did not create.
-            remove_tree(staging)
+            remove_release_tree(ctx.layout, staging)  # hardlinks: keep the other seals fresh
             if ctx.layout.install_marker(version).exists():
                 dst = trash_release(ctx.layout, version)
                 if dst is not None:
-                    remove_tree(dst)
+                    remove_release_tree(ctx.layout, dst)
             for d in reversed(created_shared):  # made by this staging: the root is as it was
                 remove_tree(d)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from cutover.agent.errors import HealthCheckError
 from cutover.agent.host.content import ContentIndex
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.seal import _probe, _tick_after
 from cutover.agent.host.state import StateFile
-from tests.agent.test_lifecycle import hook, op
+from tests.agent.test_lifecycle import health, hook, op
 from tests.agent.test_reuse import FILES_A, FILES_B, SHARED
 from tests.conftest import Host, PackageFactory
 
@@ -225,3 +226,55 @@ def test_the_probe_waits_until_the_clock_has_moved_past_every_change(tmp_path: P
     assert cut is not None and changed.stat().st_ctime_ns < cut
     changed.write_text("y")  # any later change is at or after the cut
     assert changed.stat().st_ctime_ns >= cut
+
+
+@pytest.mark.parametrize("how", ["delete", "failed-stage", "prune-oldest"])
+def test_removing_a_release_that_shares_inodes_keeps_the_other_seals_fresh(
+    host: Host, make_package: PackageFactory, how: str
+) -> None:
+    """Linking or unlinking a shared inode's name sets its ctime: the removal refreshes the seals
+    of the releases that keep it, so the next stage still takes those files unhashed. Pruning the
+    oldest release after an activation is the steady state of ``keep``."""
+    op(host, "stage", make_package(A, files=FILES_A))
+    if how == "prune-oldest":
+        op(host, "stage", make_package(B, files=FILES_B))
+        host.config.write_text(host.config.read_text().replace("keep = 5", "keep = 1"))
+        op(host, "activate", B)
+        op(host, "prune")
+        assert not (host.root / "releases" / A).exists() and _leftovers(host) == []
+        op(host, "stage", make_package(C, files=FILES_A))
+        record = _record(host, C)
+        assert record["reuse_sealed_files"] == REUSED and "reuse_hashed_files" not in record
+        _verify_clean(host, B, C)
+        return
+    if how == "delete":
+        op(host, "stage", make_package(B, files=FILES_B))
+        op(host, "delete", B)  # B's tree shared A's inodes
+    else:
+        failing = health("staged", {"type": "command", "name": "no", "argv": ["false"]})
+        with pytest.raises(HealthCheckError):
+            op(host, "stage", make_package(B, files=FILES_B, toml=failing))
+    assert not (host.root / "releases" / B).exists() and _leftovers(host) == []
+    for rel in SHARED:
+        assert (host.root / "releases" / A / rel).stat().st_nlink == 1
+    op(host, "stage", make_package(C, files=FILES_B))
+    record = _record(host, C)
+    assert record["reuse_sealed_files"] == REUSED and "reuse_hashed_files" not in record
+    _verify_clean(host, A, C)
+
+
+def test_a_file_written_after_its_seal_was_refreshed_is_still_hashed(
+    host: Host, make_package: PackageFactory
+) -> None:
+    op(host, "stage", make_package(A, files=FILES_A))
+    op(host, "stage", make_package(B, files=FILES_B))
+    op(host, "delete", B)
+    victim = host.root / "releases" / A / "lib/app.php"
+    victim.chmod(0o644)
+    victim.write_text(FILES_A["lib/app.php"].upper())
+    victim.chmod(0o444)
+    op(host, "stage", make_package(C, files=FILES_B))
+    record = _record(host, C)
+    assert record["reuse_hashed_files"] == 1 and record["payload_files"] == 2
+    assert (host.root / "releases" / C / "lib/app.php").read_text() == FILES_A["lib/app.php"]
+    _verify_clean(host, C)
