@@ -50,7 +50,9 @@ __all__ = ["SEAL_FORMAT", "SealFile", "SealReport", "load_seal", "seal_release",
 log = structlog.get_logger(__name__)
 
 SEAL_FORMAT: Final = "cutover.seal/1"
-_PROBE_WAIT_S: Final = 2.0  # the clock has not moved past the changes in this long: no seal
+# The filesystem clock has not moved in this long (a filesystem with timestamps in whole seconds):
+# no seal, rather than a stage that waits; its files are hashed when reused, as without seals.
+_PROBE_WAIT_S: Final = 0.05
 
 
 class SealFile(BaseModel):
@@ -140,7 +142,7 @@ def seal_release(
             sealed += 1
             rows.append((e.path, e.sha256, e.size, e.mode, *ident))
     dir_st = os.lstat(root)
-    seal = SealFile(
+    seal = SealFile.model_construct(  # built here, from the verified manifest: not re-validated
         format=SEAL_FORMAT,
         version=manifest.version,
         manifest_sha256=manifest_digest,
@@ -169,7 +171,7 @@ def _probe(layout: Layout) -> tuple[int, Path]:
 def _tick_after(fd: int) -> int | None:
     """Touch the probe until its ctime is later than its first touch now: then every change made
     before this call has an older ctime, and every later one a ctime >= the returned value.
-    None if the clock does not move (then nothing is sealed)."""
+    None if the clock does not move within ``_PROBE_WAIT_S`` (then nothing is sealed)."""
     os.utime(fd)
     first = os.fstat(fd).st_ctime_ns
     deadline = time.monotonic() + _PROBE_WAIT_S
