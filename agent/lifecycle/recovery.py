@@ -18,7 +18,7 @@ from cutover.agent.host.current import TEMP_LINK_PREFIX, flip, read_current
 from cutover.agent.host.journal import Journal
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import AppState, record_rollback
-from cutover.agent.host.trash import empty_trash, remove_tree, trash_release
+from cutover.agent.host.trash import empty_trash, remove_release_tree, remove_tree, trash_release
 from cutover.agent.lifecycle.context import AppContext
 from cutover.agent.lifecycle.runners import HookRunner
 
@@ -139,4 +139,4 @@ class Recovery:
 def _trash_now(layout: Layout, name: str) -> None:
     dst = trash_release(layout, name)
     if dst is not None:
-        remove_tree(dst)
+        remove_release_tree(layout, dst)  # and its seal, keeping the other seals fresh
