@@ -64,13 +64,16 @@ class ContentIndex:
                 continue
             version = rec.version
             seal = load_seal(layout, rec)
-            if seal is not None:
-                dev = seal.dev
+            if seal is not None:  # 20,000 rows per release: kept lean
+                dev, make, get = seal.dev, tuple.__new__, by_digest.get
                 for rel, digest, size, mode, ino, mtime, ctime in seal.files:
                     ident = (dev, ino, size, mtime, ctime) if ino > 0 else None
-                    by_digest.setdefault(digest, []).append(
-                        ContentSource(version, rel, size, mode, ident)
-                    )
+                    source = make(ContentSource, (version, rel, size, mode, ident))
+                    same = get(digest)
+                    if same is None:
+                        by_digest[digest] = [source]
+                    else:
+                        same.append(source)
                 continue
             path = layout.kept_manifest(rec.version)
             try:

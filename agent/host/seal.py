@@ -109,18 +109,22 @@ def seal_release(
         redo: list[int] = []
         dev = os.lstat(root).st_dev
         cut = _tick_after(probe_fd)  # every change so far is older than ``cut``
-        for i, e in enumerate(files):
+        lstat, regular = os.lstat, stat.S_IFREG
+        cut_ns = -1 if cut is None else cut  # no ctime is older than -1: nothing sealed
+        for i, e in enumerate(files):  # 20,000 files: kept lean
             path = f"{root}/{e.path}"
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != e.size or st.st_dev != dev:
+            st = lstat(path)
+            if st.st_mode & 0o170000 != regular or st.st_size != e.size or st.st_dev != dev:
                 raise FileNotFoundError(path)  # not the extracted tree: walk it, no seal
-            want = _readonly_mode(e.mode, False)
-            if stat.S_IMODE(st.st_mode) != want:
+            want = 0o555 if e.mode & 0o111 else 0o444  # = installer.release_mode
+            if st.st_mode & 0o7777 != want:
                 os.chmod(path, want)
                 redo.append(i)
                 idents.append(None)
+            elif st.st_ctime_ns < cut_ns:
+                idents.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
             else:
-                idents.append(_ident(st, cut))
+                idents.append(None)
         if redo:  # chmodded just now: read again once the clock has moved past the chmods
             cut = _tick_after(probe_fd)
             for i in redo:
