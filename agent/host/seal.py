@@ -20,10 +20,11 @@ device, a mode not the sealed one, a ctime not older than the probe) just leaves
 unsealed: it is hashed when reused, as before.
 
 **A seal is a cache, never an authority.** :func:`load_seal` returns None (the reuser then hashes)
-when the file is missing, unreadable, not a regular file owned by this user with no group/other
-write bit (foreign-owned), invalid per the strict model (corrupt), or stale: another version, a
-manifest digest other than the one recorded at staging, or a release directory that is not the one
-sealed (restored from backup, copied, another filesystem). It never makes a stage fail.
+when the file is missing, unreadable, not a regular file owned by this user (or root: the CLI run
+as root) with no group/other write bit (foreign-owned), invalid per the strict model (corrupt),
+or stale: another version, a manifest digest other than the one recorded at staging, or a
+release directory that is not the one sealed (restored from backup, copied, another
+filesystem). It never makes a stage fail.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ def _read(path: Path) -> SealFile | str | None:
         return f"unreadable: {exc.strerror}"
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return "not a regular file of this user, or writable by others"
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            return "not a regular file of this user (or root), or writable by others"
         with os.fdopen(os.dup(fd), "rb") as fh:
             data = fh.read()
     except OSError as exc:
