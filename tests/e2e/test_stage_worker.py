@@ -6,6 +6,7 @@ so "mid-extraction" is a state the test observes, never a timing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -210,3 +211,51 @@ async def test_a_cancelled_stage_kills_its_worker(
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
     (failed,) = [e for e in agent.journal() if e["event"] == "stage.failed"]
     assert failed["version"] == "2.0.0" and failed["code"] == "cancelled"
+
+
+def _shared_package(tmp: Path, keys: Keys, version: str) -> Path:
+    """A release whose ``lib/`` is the same in every version (reused by a delta stage)."""
+    src = tmp / f"src-shared-{version}"
+    (src / "lib").mkdir(parents=True)
+    for i in range(8):
+        (src / "lib" / f"m{i}.php").write_text(f"<?php // module {i}\n" + "x" * 4000 * i)
+    (src / "VERSION").write_text(f"{version}\n")
+    (src / "cutover.toml").write_text(f'app = "{APP}"\n')
+    out = tmp / f"{APP}-shared-{version}.cutover"
+    build_package(src, out, version=version)
+    sign_package(out, keys.release)
+    return out
+
+
+@pytest.mark.parametrize("stream_uploads", [True, False])
+async def test_a_daemon_staged_release_is_sealed_and_the_next_stage_reuses_it_unhashed(
+    make_agent: Any, keys: Keys, tmp_path: Path, stream_uploads: bool
+) -> None:
+    """The worker seals what it makes read-only (docs/lifecycle.md §1.2); the next stage's
+    worker reports the sealed reuse across the pipe (agent/worker/wire.py)."""
+    agent: Agent = make_agent(stream_uploads=stream_uploads, upload_timeout_s=120.0)
+    agent.start()
+    async with agent.client(upload_timeout_s=120) as c:
+        first = await c.wait(
+            (await c.upload(APP, "1.0.0", _shared_package(tmp_path, keys, "1.0.0"))).operation
+        )
+        assert first.status == "succeeded", first
+        seal = json.loads((agent.meta / "manifests" / "1.0.0.seal.json").read_bytes())
+        assert seal["version"] == "1.0.0"
+        assert len(seal["files"]) == 10 and all(row[4] > 0 for row in seal["files"])
+        second = await c.wait(
+            (await c.upload(APP, "2.0.0", _shared_package(tmp_path, keys, "2.0.0"))).operation
+        )
+        assert second.status == "succeeded", second
+    state = json.loads((agent.meta / "state.json").read_bytes())
+    content = state["releases"]["2.0.0"]["content"]
+    assert content["reuse_sealed_files"] == 9  # lib/ and cutover.toml: all but VERSION
+    assert "reuse_hashed_files" not in content
+    assert content["hardlink_files"] == 9
+    for i in range(8):
+        a, b = (
+            os.lstat(agent.root / "releases" / v / "lib" / f"m{i}.php") for v in ("1.0.0", "2.0.0")
+        )
+        assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    assert (agent.meta / "manifests" / "2.0.0.seal.json").is_file()
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
