@@ -146,16 +146,27 @@ def seal_release(
         else:
             sealed += 1
             rows.append((e.path, e.sha256, e.size, e.mode, *ident))
-    dir_st = os.lstat(root)
-    seal = SealFile.model_construct(  # built here, from the verified manifest: not re-validated
-        format=SEAL_FORMAT,
-        version=manifest.version,
-        manifest_sha256=manifest_digest,
-        release_dir=(dir_st.st_dev, dir_st.st_ino),
-        dev=dev,
-        files=rows,
-    )
-    _write(layout.seal(manifest.version), seal.model_dump_json().encode())
+    target = layout.seal(manifest.version)
+    try:
+        dir_st = os.lstat(root)
+        seal = SealFile.model_construct(  # built here, from the verified manifest: not re-validated
+            format=SEAL_FORMAT,
+            version=manifest.version,
+            manifest_sha256=manifest_digest,
+            release_dir=(dir_st.st_dev, dir_st.st_ino),
+            dev=dev,
+            files=rows,
+        )
+        _write(target, seal.model_dump_json().encode())
+    except OSError as exc:  # e.g. a directory or FIFO planted at the path: only a cache
+        log.warning(
+            "seal_not_written",
+            version=manifest.version,
+            path=str(target),
+            error=f"{type(exc).__name__}: {exc.strerror or exc}",
+            next="the release stays unsealed: its files are hashed when a later stage reuses them",
+        )
+        return SealReport(0, len(files))
     return SealReport(sealed, len(files) - sealed)
 
 
@@ -196,15 +207,16 @@ def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{random_suffix()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
     except BaseException:
-        os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 def load_seal(layout: Layout, rec: ReleaseRecord) -> SealFile | None:

@@ -13,11 +13,15 @@ import shutil
 import stat
 from pathlib import Path
 
+import structlog
+
 from cutover.agent._util.fsutil import fsync_dir, random_suffix
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.seal import unlink_sealed
 
 __all__ = ["empty_trash", "remove_release_tree", "remove_tree", "trash_release"]
+
+log = structlog.get_logger(__name__)
 
 
 def remove_tree(path: Path) -> None:
@@ -45,8 +49,28 @@ def remove_release_tree(layout: Layout, path: Path) -> None:
     own = path.with_name(f"{path.name}.seal.json")  # its seal, moved along by trash_release
     refresh = unlink_sealed(layout, path, own)
     remove_tree(path)
-    own.unlink(missing_ok=True)
+    _remove_seal(own)
     refresh()
+
+
+def _remove_seal(path: Path) -> None:
+    """Remove a seal file, or whatever was planted in its place (a directory, a FIFO): a
+    regular file is unlinked, anything else removed as a tree. A failure is logged, never
+    raised: a seal is only a cache, and must never fail an operation or wedge the recovery."""
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            path.unlink()
+        else:
+            remove_tree(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning(
+            "seal_not_removed",
+            path=str(path),
+            error=f"{type(exc).__name__}: {exc.strerror or exc}",
+            next="remove it by hand; until then it is ignored",
+        )
 
 
 def trash_release(layout: Layout, version: str) -> Path | None:
@@ -59,7 +83,7 @@ def trash_release(layout: Layout, version: str) -> Path | None:
     try:
         st = os.lstat(src)
     except FileNotFoundError:
-        layout.seal(version).unlink(missing_ok=True)
+        _remove_seal(layout.seal(version))
         return None
     dst = layout.trash / f"{version}.{random_suffix()}"
     if stat.S_ISDIR(st.st_mode):
@@ -75,7 +99,7 @@ def trash_release(layout: Layout, version: str) -> Path | None:
     for kept in (layout.kept_manifest(version), layout.runtime_spec(version)):
         kept.unlink(missing_ok=True)
     layout.inventory(version).unlink(missing_ok=True)
-    with contextlib.suppress(FileNotFoundError):  # never offered again; proves shared inodes
+    with contextlib.suppress(OSError):  # never offered again; proves shared inodes
         os.replace(layout.seal(version), dst.with_name(f"{dst.name}.seal.json"))
     return dst
 
@@ -85,7 +109,7 @@ def empty_trash(layout: Layout) -> int:
     n = 0
     for entry in sorted(layout.trash.iterdir()) if layout.trash.is_dir() else []:
         if entry.name.endswith(".seal.json"):  # a trashed release's (removed with it)
-            entry.unlink(missing_ok=True)
+            _remove_seal(entry)
             continue
         remove_release_tree(layout, entry)
         n += 1
