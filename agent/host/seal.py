@@ -30,6 +30,7 @@ filesystem). It never makes a stage fail.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -273,10 +274,12 @@ def _ignored(rec: ReleaseRecord, reason: str) -> SealFile | None:
 # (prune, delete, a failed stage's tree) that shares inodes would leave every seal stale for them.
 # An identity belongs to the inode, not to a name: a seal row with an inode's current identity
 # proves its content (the row's SHA-256) for every row naming that inode with the same SHA-256.
-# So the names of such inodes in the tree being removed are unlinked one by one, each between two
-# fstats of an O_PATH fd of the inode (the only change between them is that unlink), and the rows
-# naming the inode take the new ctime, once the clock has moved past it and the file under each
-# row's path still shows it (and the same mtime: a write in between changed that).
+# So the names of such inodes in the tree being removed are unlinked one by one; the unlink's new
+# ctime would also absorb a write made just before it, so the proof moves to the new ctime only
+# with evidence: after the unlink, the inode's content is hashed between two equal fstats and must
+# match the row's SHA-256 (this hashes the inodes shared with the removed tree, at removal time).
+# The rows naming the inode then take the new ctime, once the clock has moved past it and the file
+# under each row's path still shows it.
 
 _Inode = tuple[int, int]  # st_dev, st_ino
 _Proof = tuple[int, int, int, str]  # st_size, st_mtime_ns, st_ctime_ns, sha256
@@ -319,17 +322,30 @@ def _unlink_proven(
             sha = next((p[3] for p in proofs.get(inode, ()) if p[:3] == now), None)
             if sha is None:
                 continue
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=dir_fd)
             try:
                 before = os.fstat(fd)
                 if (before.st_ino, before.st_ctime_ns) != (st.st_ino, st.st_ctime_ns):
                     continue
                 os.unlink(name, dir_fd=dir_fd)
+                # The unlink's new ctime would also absorb a write just before it: transfer
+                # the proof only with evidence, the inode's content hashed between two equal
+                # fstats (this hashes only inodes shared with the removed tree, at removal).
                 after = os.fstat(fd)
+                if (after.st_size, after.st_mtime_ns) != now[:2]:
+                    continue
+                with open(fd, "rb", closefd=False) as fh:
+                    content = hashlib.file_digest(fh, "sha256").hexdigest()
+                again = os.fstat(fd)
             finally:
                 os.close(fd)
-            if (after.st_size, after.st_mtime_ns) == now[:2]:
+            if content == sha and _ident_of(again) == _ident_of(after):
                 moved[inode] = proofs[inode][0] = (*now[:2], after.st_ctime_ns, sha)
+
+
+def _ident_of(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _refresh(layout: Layout, seals: dict[str, SealFile], moved: dict[_Inode, _Proof]) -> int:

@@ -74,3 +74,39 @@ def test_a_non_file_in_place_of_a_seal_never_wedges_removal_or_recovery(
     assert host.state()["releases"][C]["status"] == "staged"
     assert _leftovers(host) == []
     _verify_clean(host, B, C)
+
+
+def test_a_write_in_the_unlink_window_is_never_refreshed_as_proven(
+    host: Host, make_package: PackageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A same-size write with the old mtime put back, just before a shared name is unlinked,
+    gets a ctime the unlink's absorbs: the refresh hashes the inode and finds it changed, so the
+    row stays stale and the next stage hashes the file (and takes the payload's bytes)."""
+    op(host, "stage", make_package(A, files=FILES_A))
+    op(host, "stage", make_package(B, files=FILES_B))  # B links A's inodes
+    target = host.root / "releases" / A / "lib/app.php"
+    evil = FILES_A["lib/app.php"].upper()
+    real_unlink = os.unlink
+    raced: list[str] = []
+
+    def racing_unlink(name: str, *args: object, dir_fd: int | None = None, **kw: object) -> None:
+        if name == "app.php" and not raced and dir_fd is not None:
+            raced.append(name)
+            st = target.stat()
+            target.chmod(0o644)
+            target.write_text(evil)  # same size, other content
+            target.chmod(0o444)
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime back
+        real_unlink(name, *args, dir_fd=dir_fd, **kw)  # type: ignore[misc]
+
+    monkeypatch.setattr(os, "unlink", racing_unlink)
+    op(host, "delete", B)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert raced == ["app.php"]
+    op(host, "stage", make_package(C, files=FILES_B))
+    assert (host.root / "releases" / C / "lib/app.php").read_text() == FILES_B["lib/app.php"]
+    assert os.lstat(host.root / "releases" / C / "lib/app.php").st_ino != target.stat().st_ino
+    record = _record(host, C)
+    assert record["reuse_hashed_files"] >= 1  # the raced file was hashed, not believed
+    assert host.cli_json("verify", C)["ok"] is True
+    assert _leftovers(host) == []
