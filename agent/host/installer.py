@@ -180,7 +180,8 @@ def seal(
     layout: Layout, release_dir: Path, verified: VerifiedRelease, *, hooks_ran: bool
 ) -> SealReport | None:
     """Make the release read-only; record its seal (:mod:`agent.host.seal`) unless stage hooks
-    ran in it (what they wrote was never checked: its files are hashed when reused)."""
+    ran in it (what they wrote was never checked: its files are hashed when reused). The
+    report's ``projection`` goes into the release's state record (``seal_sha256``)."""
     if not hooks_ran:
         report = seal_release(layout, release_dir, verified.manifest, verified.digest)
         if report is not None:

@@ -24,13 +24,22 @@ when the file is missing, unreadable, not a regular file owned by this user (or 
 as root) with no group/other write bit (foreign-owned), invalid per the strict model (corrupt),
 or stale: another version, a manifest digest other than the one recorded at staging, or a
 release directory that is not the one sealed (restored from backup, copied, another
-filesystem). It never makes a stage fail.
+filesystem); or untrusted: its rows' ``(path, sha256, size, mode)`` do not hash to the
+``seal_sha256`` the release's state record kept when the seal was written
+(:func:`seal_projection`), or a row's path breaks the manifest's path rules. A seal that cannot
+be written leaves the release unsealed (``seal_not_written``). It never makes a stage fail.
+Whoever writes as the agent's user can still rewrite a file together with its row's identity:
+§1.2 says what a seal is trusted for.
+
+The filesystem is synced before identities are read: a write through a shared mmap into an
+already-dirty page does not update ctime, one into a clean page does (§1.2, "Shared mmaps").
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import time
@@ -41,13 +50,23 @@ from typing import Final, Literal, NamedTuple
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cutover.agent._util.fsutil import random_suffix
+from cutover.agent._util.fsutil import random_suffix, syncfs
+from cutover.agent.errors import ManifestError
 from cutover.agent.extract._io import DIR_FLAGS
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import ReleaseRecord
+from cutover.agent.package.entries import check_relpaths
 from cutover.agent.package.manifest import DirEntry, FileEntry, Manifest
 
-__all__ = ["SEAL_FORMAT", "SealFile", "SealReport", "load_seal", "seal_release", "unlink_sealed"]
+__all__ = [
+    "SEAL_FORMAT",
+    "SealFile",
+    "SealReport",
+    "load_seal",
+    "seal_projection",
+    "seal_release",
+    "unlink_sealed",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -69,14 +88,27 @@ class SealFile(BaseModel):
     manifest_sha256: str
     release_dir: tuple[int, int]  # (st_dev, st_ino) of releases/<version> when sealed
     dev: int
-    files: list[tuple[str, str, int, int, int, int, int]]
+    files: list[tuple[str, str, int, int, int, int, int]]  # _Row
 
 
 class SealReport(NamedTuple):
-    """What :func:`seal_release` did: files recorded with an identity, and without one."""
+    """What :func:`seal_release` did: files recorded with an identity, and without one; the
+    :func:`seal_projection` of the seal written (None: none was written)."""
 
     sealed: int
     unsealed: int
+    projection: str | None
+
+
+_Row = tuple[str, str, int, int, int, int, int]
+
+
+def seal_projection(rows: list[_Row]) -> str:
+    """SHA-256 of the rows' (path, sha256, size, mode): what the seal claims about the signed
+    release, without the identities (which a refresh changes). Recorded in the release's state
+    record when the seal is written; :func:`load_seal` believes no seal whose rows differ."""
+    data = json.dumps([r[:4] for r in rows], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _readonly_mode(mode: int, is_dir: bool) -> int:
@@ -104,6 +136,9 @@ def seal_release(
             finally:
                 os.close(fd)
         probe_fd, probe = _probe(layout)
+        # Flushed first: a write through a shared mmap whose page is already dirty does not
+        # update ctime; once written back, the next write faults and does (§1.2).
+        syncfs(layout.releases)
     except OSError:
         return None
     try:
@@ -167,8 +202,8 @@ def seal_release(
             error=f"{type(exc).__name__}: {exc.strerror or exc}",
             next="the release stays unsealed: its files are hashed when a later stage reuses them",
         )
-        return SealReport(0, len(files))
-    return SealReport(sealed, len(files) - sealed)
+        return SealReport(0, len(files), None)
+    return SealReport(sealed, len(files) - sealed, seal_projection(rows))
 
 
 def _ident(st: os.stat_result, cut: int | None) -> tuple[int, int, int] | None:
@@ -235,6 +270,12 @@ def load_seal(layout: Layout, rec: ReleaseRecord) -> SealFile | None:
         or seal.release_dir != (dir_st.st_dev, dir_st.st_ino)
     ):
         return _ignored(rec, "stale (another release, manifest or directory)")
+    if rec.seal_sha256 is None or seal_projection(seal.files) != rec.seal_sha256:
+        return _ignored(rec, "its rows are not the ones recorded when it was written")
+    try:
+        check_relpaths([row[0] for row in seal.files])
+    except ManifestError as exc:
+        return _ignored(rec, f"a row's path is not a safe relative path: {exc}")
     return seal
 
 

@@ -107,6 +107,9 @@ class ReleaseRecord(_Model):
     # where the staged files came from: payload_files/_bytes, and per reuse method
     # (reflink, hardlink, copy) <method>_files/_bytes (agent/extract/reuse.py)
     content: dict[str, int] = {}
+    # SHA-256 of the seal's (path, sha256, size, mode) rows when it was written (agent/host/seal.py,
+    # seal_projection): a seal whose rows differ is never believed. None: no seal was written.
+    seal_sha256: str | None = None
 
     def add_results(
         self, hooks: list[dict[str, Any]], health: list[dict[str, Any]] | None = None

@@ -191,7 +191,9 @@ class Stage:
             hook_results = await self.hooks.run(manifest.hooks.stage, "stage", hctx)
             if manifest.hooks.stage:
                 await work.record_inventory(ctx.layout, release_dir)
-            await work.make_readonly(ctx.layout, release_dir, hooks_ran=bool(manifest.hooks.stage))
+            seal_sha256 = await work.make_readonly(
+                ctx.layout, release_dir, hooks_ran=bool(manifest.hooks.stage)
+            )
             staged_health = await self.health.run(
                 "staged", manifest.health, version, release_dir, {}
             )
@@ -229,6 +231,7 @@ class Stage:
             hooks=hook_results,
             health=[staged_health],
             content=content,
+            seal_sha256=seal_sha256,
         )
         state.next_seq += 1
         state.known_digests[version] = verified.digest

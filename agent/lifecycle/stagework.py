@@ -102,10 +102,12 @@ class StageJob:
         """Record the files stage hooks added to ``release_dir`` (agent/host/drift.py)."""
         return record_inventory(layout, release_dir, self._release()[2].manifest)
 
-    def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
+    def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> str | None:
         """Make the installed release read-only and, without stage hooks, seal it
-        (:func:`agent.host.installer.seal`)."""
-        installer.seal(layout, release_dir, self._release()[2], hooks_ran=hooks_ran)
+        (:func:`agent.host.installer.seal`); returns the seal's projection digest, if one was
+        written (the state record's ``seal_sha256``)."""
+        report = installer.seal(layout, release_dir, self._release()[2], hooks_ran=hooks_ran)
+        return None if report is None else report.projection
 
     def close(self) -> None:
         if self._fh is not None:
@@ -134,7 +136,9 @@ class StageWork(Protocol):
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int: ...
 
-    async def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
+    async def make_readonly(
+        self, layout: Layout, release_dir: Path, *, hooks_ran: bool
+    ) -> str | None:
         """Read-only, and sealed unless stage hooks ran (StageJob.make_readonly)."""
         ...
 
@@ -173,8 +177,10 @@ class LocalStageWork:
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
         return await asyncio.to_thread(self._job.record_inventory, layout, release_dir)
 
-    async def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
-        await asyncio.to_thread(
+    async def make_readonly(
+        self, layout: Layout, release_dir: Path, *, hooks_ran: bool
+    ) -> str | None:
+        return await asyncio.to_thread(
             functools.partial(self._job.make_readonly, layout, release_dir, hooks_ran=hooks_ran)
         )
 

@@ -44,6 +44,7 @@ __all__ = [
     "KeyedEntry",
     "SymlinkEntry",
     "check_relpath",
+    "check_relpaths",
     "check_tree",
     "entry_kind",
     "fold_key",
@@ -219,13 +220,13 @@ def _fold_all(paths: list[str], joined: str) -> list[str]:
     return folded if len(folded) == len(paths) else [fold_key(p) for p in paths]
 
 
-def check_tree(files: Sequence[FileEntry | SymlinkEntry | DirEntry]) -> EntryIndex:
-    """Check the tree rules of the module docstring over ``files`` (whose shape pydantic checked).
+def check_relpaths(paths: list[str]) -> str:
+    """:func:`check_relpath` of every path, fast (one regular expression pass in C for the usual
+    short ASCII paths); returns them newline-joined.
 
     Raises:
-        ManifestError: the first rule broken, naming the entry.
+        ManifestError: the first path that is not a safe relative path.
     """
-    paths = list(map(_path, files))
     joined = "\n".join(paths)
     if paths and not _PATHS_SHAPE.fullmatch(joined):
         for p in paths:
@@ -235,6 +236,17 @@ def check_tree(files: Sequence[FileEntry | SymlinkEntry | DirEntry]) -> EntryInd
         for p in paths:  # what the pattern cannot judge alone (bytes, levels, UTF-8)
             if len(p) > _SHORT or not p.isascii():
                 check_relpath(p)
+    return joined
+
+
+def check_tree(files: Sequence[FileEntry | SymlinkEntry | DirEntry]) -> EntryIndex:
+    """Check the tree rules of the module docstring over ``files`` (whose shape pydantic checked).
+
+    Raises:
+        ManifestError: the first rule broken, naming the entry.
+    """
+    paths = list(map(_path, files))
+    joined = check_relpaths(paths)
     if len(set(paths)) != len(paths):
         seen: set[str] = set()
         for p in paths:

@@ -112,12 +112,12 @@ def _stage(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
                     )
                     answer = {"added": added}
                 elif op == "readonly":
-                    work.make_readonly(
+                    seal = work.make_readonly(
                         Layout(Path(cmd["root"])),
                         Path(cmd["release_dir"]),
                         hooks_ran=bool(cmd["hooks_ran"]),
                     )
-                    answer = {}
+                    answer = {"seal": seal}
                 else:
                     raise ValueError(f"unknown stage worker command {op!r}")
             except Exception as exc:  # the daemon raises it again, same class and code

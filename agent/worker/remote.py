@@ -128,8 +128,10 @@ class ChildStageWork:
         )
         return int(str(answer["added"]))
 
-    async def make_readonly(self, layout: Layout, release_dir: Path, *, hooks_ran: bool) -> None:
-        await self._request(
+    async def make_readonly(
+        self, layout: Layout, release_dir: Path, *, hooks_ran: bool
+    ) -> str | None:
+        answer = await self._request(
             {
                 "op": "readonly",
                 "root": str(layout.root),
@@ -138,6 +140,8 @@ class ChildStageWork:
             },
             f"making {release_dir} read-only",
         )
+        seal = answer["seal"]
+        return None if seal is None else str(seal)
 
     async def close(self) -> None:
         """Stop the worker: it exits when its stdin closes; killed if still working (a

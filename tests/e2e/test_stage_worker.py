@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cutover.agent.errors import InternalError
+from cutover.agent.host.seal import seal_projection
 from cutover.controller.build import build_package, sign_package
 from tests.e2e.conftest import APP, Agent, Keys
 
@@ -243,6 +244,9 @@ async def test_a_daemon_staged_release_is_sealed_and_the_next_stage_reuses_it_un
         seal = json.loads((agent.meta / "manifests" / "1.0.0.seal.json").read_bytes())
         assert seal["version"] == "1.0.0"
         assert len(seal["files"]) == 10 and all(row[4] > 0 for row in seal["files"])
+        state = json.loads((agent.meta / "state.json").read_bytes())
+        rows = [tuple(row) for row in seal["files"]]  # the worker's digest, carried to the state
+        assert state["releases"]["1.0.0"]["seal_sha256"] == seal_projection(rows)  # type: ignore[arg-type]
         second = await c.wait(
             (await c.upload(APP, "2.0.0", _shared_package(tmp_path, keys, "2.0.0"))).operation
         )
