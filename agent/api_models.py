@@ -184,6 +184,7 @@ class ReleaseInfo(_Response):
     hooks: list[dict[str, Any]] = []
     health: list[dict[str, Any]] = []
     content: dict[str, int] = {}  # files and bytes from the payload vs reused, by method
+    seal_sha256: str | None = None  # digest of its seal's rows (docs/lifecycle.md §1.2)
 
 
 class FreezeWindow(_Response):
