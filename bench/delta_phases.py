@@ -24,7 +24,7 @@ from typing import Any
 
 PHASES = {  # label -> (module, attribute)
     "verify the package (signatures, 20k-entry manifest)": (
-        "cutover.agent.lifecycle.stage",
+        "cutover.agent.lifecycle.stagework",  # StageJob.verify's (the CLI's local stage work)
         "verify_release",
     ),
     "content index (from the seals of installed releases)": (
@@ -40,7 +40,7 @@ PHASES = {  # label -> (module, attribute)
         "Reuser.place",
     ),
     "install (shared links, kept manifest, rename)": ("cutover.agent.host.installer", "install"),
-    "read-only + seal": ("cutover.agent.host.installer", "seal"),
+    "read-only + seal (its syncfs first)": ("cutover.agent.host.installer", "seal"),
     "syncfs": ("cutover.agent.host.installer", "make_durable"),
 }
 
