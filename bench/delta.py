@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from cutover.agent.host.content import ContentIndex  # noqa: E402
 from cutover.agent.host.layout import Layout  # noqa: E402
-from cutover.agent.host.seal import SEAL_FORMAT, SealFile  # noqa: E402
+from cutover.agent.host.seal import SEAL_FORMAT, SealFile, seal_projection  # noqa: E402
 from cutover.agent.host.state import AppState, ReleaseRecord, ReleaseStatus, StateFile  # noqa: E402
 from cutover.agent.keys import generate_keypair, load_private_key  # noqa: E402
 from cutover.agent.package.container import open_package  # noqa: E402
@@ -160,8 +160,9 @@ def index_cost(work: Path, pkg: Path, releases: int = 5, sealed: bool = True) ->
             layout.seal(version).write_bytes(seal.model_dump_json().encode())
             layout.seal(version).chmod(0o640)
         records[version] = ReleaseRecord(
-            version=version, status=ReleaseStatus.STAGED, seq=i + 1, manifest_digest=digest
-        )
+            version=version, status=ReleaseStatus.STAGED, seq=i + 1, manifest_digest=digest,
+            seal_sha256=seal_projection(rows) if sealed else None,
+        )  # fmt: skip
     state = AppState(app=APP, releases=records)
     times = []
     for _ in range(5):
