@@ -135,10 +135,10 @@ def seal_release(
                 os.fchmod(fd, dir_mode)
             finally:
                 os.close(fd)
-        probe_fd, probe = _probe(layout)
         # Flushed first: a write through a shared mmap whose page is already dirty does not
         # update ctime; once written back, the next write faults and does (§1.2).
         syncfs(layout.releases)
+        probe_fd, probe = _probe(layout)
     except OSError:
         return None
     try:
