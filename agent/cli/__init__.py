@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-from cutover.agent.cli._main import main
+import typing
+
+from cutover.agent._util.lazy import lazy_exports as _lazy_exports
+
+if typing.TYPE_CHECKING:
+    from cutover.agent.cli._main import main
+
+# Loaded on first use (agent/_util/lazy.py): importing one module of the package
+# does not import its siblings.
+_EXPORTS = {
+    "cutover.agent.cli._main": ("main",),
+}
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["main"]

@@ -4,9 +4,27 @@ executes the plans of :mod:`agent.host.recovery`. :class:`AppManager` is the fac
 
 from __future__ import annotations
 
-from cutover.agent.lifecycle.context import AppContext, EventSink, OpResult
-from cutover.agent.lifecycle.manager import AppManager
-from cutover.agent.lifecycle.unit import UnitOfWork
+import typing
+
+from cutover.agent._util.lazy import lazy_exports as _lazy_exports
+
+if typing.TYPE_CHECKING:
+    from cutover.agent.lifecycle.context import AppContext, EventSink, OpResult
+    from cutover.agent.lifecycle.manager import AppManager
+    from cutover.agent.lifecycle.unit import UnitOfWork
+
+# Loaded on first use (agent/_util/lazy.py): importing one module of the package
+# does not import its siblings.
+_EXPORTS = {
+    "cutover.agent.lifecycle.context": (
+        "AppContext",
+        "EventSink",
+        "OpResult",
+    ),
+    "cutover.agent.lifecycle.manager": ("AppManager",),
+    "cutover.agent.lifecycle.unit": ("UnitOfWork",),
+}
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "AppContext",
