@@ -14,6 +14,10 @@ debug (sd-daemon(3)): journald strips the prefix and records the priority, so
 ``journalctl -u cutover-agent -p warning`` finds failed deploys. watchfiles' per-change lines
 (the config reloader) are quieted to warnings.
 
+The on-host CLI and the stage worker call ``configure_logging_lazily`` (agent/_util/lazylog.py)
+instead: the same configuration, applied when the first line passes the level, so a command
+that logs nothing never imports structlog (nor rich, which ``structlog.dev`` imports).
+
 Request and operation context (request id, keyid, operation id, app, version) is bound with
 ``structlog.contextvars`` by the server, so every line logged while handling a request carries it.
 """
@@ -28,14 +32,9 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import Processor
 
-__all__ = ["LEVELS", "configure_logging"]
+from cutover.agent._util.lazylog import LEVELS, check_settings, forget_pending, quiet_noisy_loggers
 
-LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
+__all__ = ["LEVELS", "configure_logging"]
 
 
 # sd-daemon(3) priorities by structlog level name.
@@ -84,12 +83,8 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     Raises:
         ValueError: unknown ``fmt`` or ``level``.
     """
-    if fmt not in ("auto", "json", "console"):
-        raise ValueError(f"log format {fmt!r} is not one of auto, json, console")
-    try:
-        numeric = LEVELS[level.lower()]
-    except KeyError:
-        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}") from None
+    numeric = check_settings(fmt, level)
+    forget_pending()  # this configuration replaces one configure_logging_lazily recorded
     out = stream if stream is not None else sys.stdout
     renderer, format_exceptions = _renderer(fmt, out)
     shared: list[Processor] = [
@@ -122,10 +117,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.INFO))
-    # aiohttp's access log duplicates our canonical request line; its error logger stays.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # watchfiles logs every batch of changes it sees (the config reloader's): noise in the journal.
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    quiet_noisy_loggers()
 
 
 def _stdlib_event(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Literal
 
 import aiohttp
-import structlog
 
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.actions._process import clean_env, run_process
 from cutover.agent.package.manifest import CommandCheck, HttpCheck, LogCheck, TcpCheck
 
@@ -72,7 +72,7 @@ __all__ = [
     "snippet",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Status = Literal["pass", "fail", "inconclusive"]
 AnyCheck = HttpCheck | TcpCheck | CommandCheck | LogCheck

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
+from cutover.agent._util.lazylog import get_logger
 
 __all__ = [
     "DEFAULT_PATH",
@@ -43,7 +43,7 @@ __all__ = [
     "spawn_error_text",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_LINE_BYTES = 4096

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
-import structlog
 
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.actions._checks import (
     MAX_BODY_BYTES,
     MAX_LOG_READ_BYTES,
@@ -72,7 +72,7 @@ __all__ = [
     "run_phase",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # Kept under its old name: tests/agent/test_health.py imports it from here.
 _connect_error = connect_error

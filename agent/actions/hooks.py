@@ -27,8 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.actions._process import (
     DEFAULT_PATH,
     MAX_LINE_BYTES,
@@ -53,7 +52,7 @@ __all__ = [
     "run_hooks",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_OUTPUT_CAP_BYTES = 64 * 1024
 # "checkpoint" and "restore" are the host's database commands around a migration (docs/lifecycle.md,

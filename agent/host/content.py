@@ -26,8 +26,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-import structlog
-
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.extract.reuse import Candidate
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.seal import load_seal
@@ -35,7 +34,7 @@ from cutover.agent.host.state import AppState
 
 __all__ = ["ContentIndex", "ContentSource"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 ContentSource = Candidate  # (version, path, size, mode): what the reuser takes

@@ -47,10 +47,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
-import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cutover.agent._util.fsutil import random_suffix, syncfs
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.errors import ManifestError
 from cutover.agent.extract._io import DIR_FLAGS
 from cutover.agent.host.layout import Layout
@@ -68,7 +68,7 @@ __all__ = [
     "unlink_sealed",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SEAL_FORMAT: Final = "cutover.seal/1"
 # The filesystem clock has not moved in this long (a filesystem with timestamps in whole seconds):

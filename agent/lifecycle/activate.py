@@ -24,9 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from cutover.agent._util.faults import fault_point
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.actions.hooks import HookContext
 from cutover.agent.errors import (
     ActivationFailedError,
@@ -48,7 +47,7 @@ from cutover.agent.trust.freeze import check_freeze
 
 __all__ = ["Activate"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Phase = ActivationPhase
 

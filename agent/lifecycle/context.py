@@ -8,8 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.config import AppSection
 from cutover.agent.errors import CutoverError, NotFoundError
 from cutover.agent.host.diskspace import DiskProbe, statvfs_probe
@@ -20,7 +19,7 @@ from cutover.agent.host.state import AppState, ReleaseRecord
 
 __all__ = ["AppContext", "EventSink", "OpResult", "installed_names", "installed_record"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-import structlog
-
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.errors import DriftError, HookError
 from cutover.agent.host import recovery as plan
 from cutover.agent.host.current import TEMP_LINK_PREFIX, flip, read_current
@@ -24,7 +23,7 @@ from cutover.agent.lifecycle.runners import HookRunner
 
 __all__ = ["Recovery", "observe"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def observe(layout: Layout, journal: Journal) -> plan.DiskView:

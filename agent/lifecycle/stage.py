@@ -25,10 +25,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-import structlog
-
 from cutover.agent._util.faults import fault_point
 from cutover.agent._util.fsutil import random_suffix
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.errors import CutoverError, HealthCheckError
 from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host import installer
@@ -43,7 +42,7 @@ from cutover.agent.versions import Incomparable, is_older
 
 __all__ = ["Prestaged", "Stage", "StageProgress"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 StageProgress = Callable[[str, int, int], None]  # (step, done, total)
 MakeRoom = Callable[[UnitOfWork, int, str], Awaitable[list[str]]]  # Housekeeping.make_room

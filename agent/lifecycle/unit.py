@@ -20,8 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import structlog
-
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.host.lock import AppLock
 from cutover.agent.host.state import AppState, Pending
 from cutover.agent.lifecycle.context import AppContext, OpResult
@@ -29,7 +28,7 @@ from cutover.agent.lifecycle.recovery import Recovery
 
 __all__ = ["UnitOfWork", "unit_of_work"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class UnitOfWork:

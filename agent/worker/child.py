@@ -146,10 +146,11 @@ def main(argv: list[str]) -> int:
     """``argv``: the program, the daemon's pid, the daemon's log format."""
     die_with_parent(int(argv[1]))
     out = _Out()
-    from cutover.agent._util.logsetup import configure_logging
+    from cutover.agent._util.lazylog import configure_logging_lazily
 
-    # what the job logs (e.g. the content index) goes where the daemon's log goes, alike
-    configure_logging(argv[2], os.environ.get("CUTOVER_LOG_LEVEL", "info"), stream=sys.stderr)
+    # what the job logs (e.g. the content index) goes where the daemon's log goes, alike;
+    # structlog is imported when the first line is (agent/_util/lazylog.py)
+    configure_logging_lazily(argv[2], os.environ.get("CUTOVER_LOG_LEVEL", "info"), sys.stderr)
     out.send({"ready": os.getpid()})
     inp = sys.stdin.buffer
     line = inp.readline()
@@ -166,10 +167,10 @@ def main(argv: list[str]) -> int:
         return 2
     import resource
 
-    import structlog
+    from cutover.agent._util.lazylog import get_logger
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    structlog.get_logger(__name__).info(
+    get_logger(__name__).info(
         "stage_worker_done",
         job=kind,
         pid=os.getpid(),
