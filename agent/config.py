@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from yarl import URL
 
 from cutover.agent._util.fsutil import atomic_write
 from cutover.agent.errors import ConfigError, KeyFileError
@@ -120,6 +119,10 @@ class AgentSection(_Strict):
     @field_validator("fetch_allow")
     @classmethod
     def _fetch_allow(cls, v: list[str]) -> list[str]:
+        if not v:
+            return v
+        from yarl import URL  # only when the config names fetch prefixes (daemon fetch)
+
         for prefix in v:
             url = URL(prefix)
             if url.scheme not in ("http", "https") or not url.host:

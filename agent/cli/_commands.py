@@ -5,21 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cutover.agent.cli._common import (
-    _actor,
     _become_owner,
     _freeze_view,
     _manager,
-    _Out,
     _pick_app,
     _print_op,
     _run,
     _state_view,
 )
+from cutover.agent.cli._invocation import _actor, _Out
 from cutover.agent.config import load_config
 from cutover.agent.errors import (
     ExitCode,
@@ -105,9 +105,11 @@ def cmd_stage(args: argparse.Namespace, out: _Out) -> int:
         fh.close()
         app = peek_app(parts.manifest_bytes)
     app = _pick_app(cfg, app)
-    from cutover.agent.progress import stage_bar  # rich: only when drawn
+    progress: Callable[[str, int, int], None] | None = None
+    if sys.stderr.isatty() and not out.json:
+        from cutover.agent.progress import stage_bar  # rich: only when a bar is drawn
 
-    progress = stage_bar() if sys.stderr.isatty() and not out.json else None
+        progress = stage_bar()
     mgr = _manager(cfg, app, progress_events=not out.json)
     try:
         res = _run(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import pwd
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cutover.agent._util.privileges import drop_to, owner_of
+from cutover.agent.cli._invocation import _actor, _Out
 from cutover.agent.config import LoadedConfig
 from cutover.agent.errors import (
     ConfigError,
@@ -22,33 +21,6 @@ from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import ReleaseRecord, ReleaseStatus
 from cutover.agent.lifecycle.manager import AppManager, OpResult
 from cutover.agent.trust.freeze import freeze_status
-
-_INVOKER: list[str] = []  # who ran the command, before any privilege drop
-
-
-def _actor() -> str:
-    if not _INVOKER:
-        try:
-            _INVOKER.append(pwd.getpwuid(os.getuid()).pw_name)
-        except KeyError:
-            _INVOKER.append(str(os.getuid()))
-    return f"cli:{os.environ.get('SUDO_USER', _INVOKER[0])}"
-
-
-class _Out:
-    def __init__(self, as_json: bool) -> None:
-        self.json = as_json
-
-    def result(self, data: dict[str, Any], human: Callable[[], None]) -> None:
-        if self.json:
-            print(json.dumps(data, indent=2, default=str))
-        else:
-            human()
-
-    def recovered(self, actions: Sequence[str]) -> None:
-        if actions and not self.json:
-            for a in actions:
-                print(f"recovered: {a}", file=sys.stderr)
 
 
 def _pick_app(cfg: LoadedConfig, name: str | None) -> str:
@@ -63,9 +35,6 @@ def _pick_app(cfg: LoadedConfig, name: str | None) -> str:
     if not cfg.apps:
         raise ConfigError(f"{cfg.path} has no apps; add one with `cutover-agent init`")
     raise ConfigError(f"{cfg.path} has several apps ({', '.join(cfg.apps)}); choose one with --app")
-
-
-_ARGV: list[str] = []  # the command line, for the `sudo -u OWNER ...` a permission error suggests
 
 
 def _become_owner(root: Path) -> None:

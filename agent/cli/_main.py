@@ -15,31 +15,11 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from cutover.agent import __version__
 from cutover.agent._util.privileges import current_user, owner_of
-from cutover.agent.cli._commands import (
-    cmd_activate,
-    cmd_clear_bad,
-    cmd_delete,
-    cmd_journal,
-    cmd_keys,
-    cmd_pin,
-    cmd_prune,
-    cmd_releases,
-    cmd_rollback,
-    cmd_serve,
-    cmd_stage,
-    cmd_status,
-    cmd_verify,
-)
-from cutover.agent.cli._common import (
-    _ARGV,
-    _INVOKER,
-    _actor,
-    _Out,
-)
-from cutover.agent.cli._setup import cmd_adopt, cmd_init
+from cutover.agent.cli._invocation import _ARGV, _INVOKER, _actor, _Out
 from cutover.agent.config import DEFAULT_CONFIG
 from cutover.agent.errors import (
     CutoverError,
@@ -102,16 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cutover-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(
-        name: str, fn: Callable[[argparse.Namespace, _Out], int], help_: str
-    ) -> argparse.ArgumentParser:
+    def add(name: str, fn: str, help_: str) -> argparse.ArgumentParser:
         parents = [common] if name == "init" else [common, app_opt]
         usage = _INIT_USAGE if name == "init" else None
         sp = sub.add_parser(name, parents=parents, help=help_, description=help_, usage=usage)
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("init", cmd_init, "create an app root and add the app to the config")
+    sp = add("init", "cmd_init", "create an app root and add the app to the config")
     # Required, but may also come before the command (`cutover-agent --app ame init ...`):
     # cmd_init checks it, the usage line shows it as required.
     sp.add_argument(
@@ -135,14 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "adopt",
-        cmd_adopt,
+        "cmd_adopt",
         "record releases an earlier deploy tool (Capistrano, Deployer) left in the app root "
         "as unsigned rollback targets; convert an absolute current link",
     )
-    add("serve", cmd_serve, "run the agent daemon (HTTP API)")
-    add("status", cmd_status, "show current, previous and staged releases")
-    add("releases", cmd_releases, "list releases and their states")
-    sp = add("stage", cmd_stage, "verify a package and install it as a staged release")
+    add("serve", "cmd_serve", "run the agent daemon (HTTP API)")
+    add("status", "cmd_status", "show current, previous and staged releases")
+    add("releases", "cmd_releases", "list releases and their states")
+    sp = add("stage", "cmd_stage", "verify a package and install it as a staged release")
     sp.add_argument("package", help="path to APP-VERSION.cutover")
     sp.add_argument(
         "--expect-version",
@@ -157,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = add(
         "activate",
-        cmd_activate,
+        "cmd_activate",
         "switch current to a staged release (hooks, health checks, auto-revert)",
     )
     sp.add_argument("version")
-    sp = add("rollback", cmd_rollback, "switch back to the previous good release, or --to VERSION")
+    sp = add(
+        "rollback", "cmd_rollback", "switch back to the previous good release, or --to VERSION"
+    )
     sp.add_argument("--to", default=None, metavar="VERSION", help="a specific installed release")
     sp.add_argument(
         "--restore",
@@ -174,35 +154,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="roll back across a release whose rollback plan marks the database unsafe (journaled)",
     )
     sp = add(
-        "verify", cmd_verify, "re-hash an installed release (default: current) against its manifest"
+        "verify",
+        "cmd_verify",
+        "re-hash an installed release (default: current) against its manifest",
     )
     sp.add_argument("version", nargs="?", default=None)
     add(
         "prune",
-        cmd_prune,
+        "cmd_prune",
         "delete releases beyond the retention count (never current, previous or pinned)",
     )
     for name, help_ in (
         ("pin", "protect a release from pruning"),
         ("unpin", "allow pruning again"),
     ):
-        sp = add(name, cmd_pin, help_)
+        sp = add(name, "cmd_pin", help_)
         sp.add_argument("version")
     sp = add(
         "clear-bad",
-        cmd_clear_bad,
+        "cmd_clear_bad",
         "lift the bad mark of a release you know is fine (journaled, with who did it)",
     )
     sp.add_argument("version")
-    sp = add("delete", cmd_delete, "delete one release that is not current, previous or pinned")
+    sp = add("delete", "cmd_delete", "delete one release that is not current, previous or pinned")
     sp.add_argument("version")
-    sp = add("journal", cmd_journal, "show the audit journal, or --verify its hash chain")
+    sp = add("journal", "cmd_journal", "show the audit journal, or --verify its hash chain")
     sp.add_argument(
         "--verify", action="store_true", help="check the hash chain; exit 6 if tampered"
     )
     sp.add_argument("--limit", type=_positive_int, default=50, help="entries to show (default 50)")
-    add("keys", cmd_keys, "list trusted release keys and controller keys")
+    add("keys", "cmd_keys", "list trusted release keys and controller keys")
     return p
+
+
+def _command(name: str) -> Callable[[argparse.Namespace, _Out], int]:
+    """The function of command ``name``, imported when it runs: a command imports only what it
+    needs (``status`` no extraction, ``stage`` no daemon), not every command's modules."""
+    module = _setup if name in ("cmd_init", "cmd_adopt") else _commands
+    fn: Callable[[argparse.Namespace, _Out], int] = getattr(module(), name)
+    return fn
+
+
+def _commands() -> ModuleType:
+    from cutover.agent.cli import _commands
+
+    return _commands
+
+
+def _setup() -> ModuleType:
+    from cutover.agent.cli import _setup
+
+    return _setup
 
 
 def _permission_hint(exc: BaseException) -> str | None:
@@ -238,13 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _actor()  # remember who ran it before any privilege drop
     out = _Out(bool(args.json))
     try:
-        from cutover.agent._util.logsetup import configure_logging
-
         if args.command == "serve":
+            from cutover.agent._util.logsetup import configure_logging
+
             configure_logging("auto", "info")
         else:  # the CLI's stdout is for results (--json); warnings go to stderr
-            configure_logging("auto", "warning", stream=sys.stderr)
-        code: int = args.fn(args, out)
+            from cutover.agent._util.lazylog import configure_logging_lazily
+
+            # structlog (and the rich it imports) only if a warning or an error is logged
+            configure_logging_lazily("auto", "warning", stream=sys.stderr)
+        code: int = _command(args.fn)(args, out)
         return code
     except CutoverError as exc:
         hint = _permission_hint(exc)

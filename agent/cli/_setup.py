@@ -9,11 +9,10 @@ from typing import Any
 
 from cutover.agent._util.privileges import acting_as, owner_of
 from cutover.agent.cli._common import (
-    _actor,
     _become_owner,
-    _Out,
     _pick_app,
 )
+from cutover.agent.cli._invocation import _actor, _Out
 from cutover.agent.config import add_app_to_config, load_config
 from cutover.agent.errors import (
     ConfigError,

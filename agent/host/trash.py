@@ -13,15 +13,13 @@ import shutil
 import stat
 from pathlib import Path
 
-import structlog
-
 from cutover.agent._util.fsutil import fsync_dir, random_suffix
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.host.layout import Layout
-from cutover.agent.host.seal import unlink_sealed
 
 __all__ = ["empty_trash", "remove_release_tree", "remove_tree", "trash_release"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def remove_tree(path: Path) -> None:
@@ -46,6 +44,10 @@ def remove_tree(path: Path) -> None:
 def remove_release_tree(layout: Layout, path: Path) -> None:
     """:func:`remove_tree` of a release's tree (trashed, or a failed stage's), keeping the seals
     of the other releases fresh for the inodes it shared with them (:mod:`agent.host.seal`)."""
+    # imported here: the seal code (and the extractor's I/O it uses) only when a release goes,
+    # not in every command that empties the trash (`status` runs recovery)
+    from cutover.agent.host.seal import unlink_sealed
+
     own = path.with_name(f"{path.name}.seal.json")  # its seal, moved along by trash_release
     refresh = unlink_sealed(layout, path, own)
     remove_tree(path)

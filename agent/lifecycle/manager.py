@@ -18,10 +18,12 @@ which is only valid while the app lock is held.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cutover.agent.config import AppSection
 from cutover.agent.host.diskspace import DiskProbe, statvfs_probe
@@ -29,16 +31,18 @@ from cutover.agent.host.layout import Layout
 from cutover.agent.host.ledger import Ledger
 from cutover.agent.host.room import Room
 from cutover.agent.host.state import AppState
-from cutover.agent.lifecycle.activate import Activate
 from cutover.agent.lifecycle.context import AppContext, EventSink, OpResult, no_events
-from cutover.agent.lifecycle.housekeeping import Housekeeping
 from cutover.agent.lifecycle.recovery import Recovery
-from cutover.agent.lifecycle.rollback import Rollback
 from cutover.agent.lifecycle.runners import HealthRunner, HookRunner
-from cutover.agent.lifecycle.stage import Prestaged, Stage, StageProgress
-from cutover.agent.lifecycle.stagework import LocalStageWork, StageWorkFactory
 from cutover.agent.lifecycle.unit import UnitOfWork, unit_of_work
 from cutover.agent.trust.policy import TrustPolicy
+
+if TYPE_CHECKING:
+    from cutover.agent.lifecycle.activate import Activate
+    from cutover.agent.lifecycle.housekeeping import Housekeeping
+    from cutover.agent.lifecycle.rollback import Rollback
+    from cutover.agent.lifecycle.stage import Prestaged, Stage, StageProgress
+    from cutover.agent.lifecycle.stagework import StageWorkFactory
 
 __all__ = ["AppManager", "EventSink", "OpResult"]
 
@@ -57,22 +61,61 @@ class AppManager:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         disk: DiskProbe = statvfs_probe,
         room: Room | None = None,
-        stage_work: StageWorkFactory = LocalStageWork,
+        stage_work: StageWorkFactory | None = None,
     ) -> None:
+        """``stage_work``: where a stage verifies and extracts (default: in this process,
+        agent/lifecycle/stagework.py ``LocalStageWork``; the daemon passes its stage workers)."""
         layout = Layout(section.root)
         ledger = Ledger(app, layout)
         self.ctx = AppContext(app, section, layout, ledger, actor, events, disk, room or Room())
-        hooks = HookRunner(self.ctx)
-        health = HealthRunner(self.ctx, hooks)
-        self._recovery = Recovery(self.ctx, hooks)
-        self._housekeeping = Housekeeping(self.ctx)
-        self._stage = Stage(
-            self.ctx, policy, hooks, health, self._housekeeping.make_room, stage_work
+        self._policy = policy
+        self._clock = clock
+        self._stage_work = stage_work
+        self._hooks = HookRunner(self.ctx)
+        self._health = HealthRunner(self.ctx, self._hooks)
+        self._recovery = Recovery(self.ctx, self._hooks)
+
+    # One object per operation, made (and its module imported) when the operation first runs:
+    # `cutover-agent status` needs no extractor, `stage` no activation (issue 12, start-up).
+
+    @functools.cached_property
+    def _housekeeping(self) -> Housekeeping:
+        from cutover.agent.lifecycle.housekeeping import Housekeeping
+
+        return Housekeeping(self.ctx)
+
+    @functools.cached_property
+    def _stage(self) -> Stage:
+        from cutover.agent.lifecycle.stage import Stage
+        from cutover.agent.lifecycle.stagework import LocalStageWork
+
+        return Stage(
+            self.ctx,
+            self._policy,
+            self._hooks,
+            self._health,
+            self._housekeeping.make_room,
+            self._stage_work or LocalStageWork,
         )
-        self._activate = Activate(
-            self.ctx, hooks, health, self._housekeeping.prune_now, policy.key_roles, clock
+
+    @functools.cached_property
+    def _activate(self) -> Activate:
+        from cutover.agent.lifecycle.activate import Activate
+
+        return Activate(
+            self.ctx,
+            self._hooks,
+            self._health,
+            self._housekeeping.prune_now,
+            self._policy.key_roles,
+            self._clock,
         )
-        self._rollback = Rollback(self.ctx, hooks, health)
+
+    @functools.cached_property
+    def _rollback(self) -> Rollback:
+        from cutover.agent.lifecycle.rollback import Rollback
+
+        return Rollback(self.ctx, self._hooks, self._health)
 
     @property
     def app(self) -> str:
