@@ -62,3 +62,59 @@ def test_agent_never_imports_controller() -> None:
         if "cutover.controller" in p.read_text() or "from controller" in p.read_text()
     ]
     assert offenders == []
+
+
+def _type_checking_imports(package: str) -> dict[str, set[str]]:
+    """``{module: names}`` imported under the package's ``if typing.TYPE_CHECKING:``."""
+    import ast
+
+    mod = importlib.import_module(package)
+    tree = ast.parse(pathlib.Path(str(mod.__file__)).read_text())
+    found: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module is not None
+                found.setdefault(imp.module, set()).update(a.name for a in imp.names)
+    return found
+
+
+@pytest.mark.parametrize(
+    "package", [p for p in _packages() if hasattr(importlib.import_module(p), "_EXPORTS")]
+)
+def test_lazy_exports_match_their_typing_imports(package: str) -> None:
+    """A lazily re-exporting package (agent/_util/lazy.py) loads at run time exactly what mypy
+    sees under TYPE_CHECKING, and ``__all__`` lists every name it loads."""
+    mod = importlib.import_module(package)
+    exports = {m: set(names) for m, names in mod._EXPORTS.items()}
+    assert exports == _type_checking_imports(package)
+    lazy = set().union(*exports.values())
+    assert lazy <= set(mod.__all__)
+    eager = set(mod.__all__) - lazy  # e.g. __version__, or names defined in the __init__
+    assert all(n in vars(mod) for n in eager), eager
+
+
+def test_importing_a_module_does_not_import_its_siblings() -> None:
+    """``import cutover.agent.host.layout`` runs the package __init__s on its way; they import
+    no sibling (a fresh interpreter): only layout.py's own imports load."""
+    import ast
+    import subprocess
+    import sys
+
+    code = "import sys, cutover.agent.host.layout; print(sorted(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    loaded = {m for m in ast.literal_eval(out.strip()) if m.startswith("cutover.")}
+    tree = ast.parse((REPO / "agent" / "host" / "layout.py").read_text())
+    own = {
+        n.module
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("cutover.")
+    }
+    assert {m for m in loaded if m.startswith("cutover.agent.host.")} <= {
+        "cutover.agent.host.layout",
+        *own,
+    }
+    # what the eager __init__s used to pull in
+    assert not loaded & {"cutover.agent.config", "cutover.agent.trust.policy"}

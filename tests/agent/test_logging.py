@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +126,76 @@ def test_each_line_is_one_write(restore_logging: None) -> None:
     for call in out.calls:
         assert call.endswith("\n") and call.count("\n") == 1, out.calls
         json.loads(call)
+
+
+# What a fresh process logs with configure_logging_lazily (the CLI's and the stage worker's set-up,
+# agent/_util/lazylog.py) or with configure_logging, through our loggers and the stdlib's: it
+# prints the lines, then whether structlog was imported before the first line that passed.
+_LAZY_PROGRAM = """
+import logging, sys
+from cutover.agent._util.lazylog import configure_logging_lazily, get_logger
+
+if sys.argv[1] == "lazy":
+    configure_logging_lazily("json", "warning", stream=sys.stdout)
+else:
+    from cutover.agent._util.logsetup import configure_logging
+
+    configure_logging("json", "warning", stream=sys.stdout)
+log = get_logger("test")
+log.debug("quiet")
+log.info("deployed", version="1.0.0")
+before = "structlog" in sys.modules
+if sys.argv[2] == "stdlib-first":
+    logging.getLogger("aiohttp.server").error("stdlib error")
+log.warning("slow_hook", hook="migrate")
+try:
+    raise ValueError("boom")
+except ValueError:
+    log.exception("lifecycle_operation", outcome="failed")
+logging.getLogger("aiohttp.server").error("stdlib error")
+logging.getLogger("watchfiles.main").warning("1 change detected")
+print("structlog before the first line:", before)
+"""
+
+
+def _run_logging(mode: str, order: str) -> tuple[list[dict[str, object]], str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAZY_PROGRAM, mode, order],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"},
+    )
+    *lines, last = proc.stdout.splitlines()
+    return [json.loads(line) for line in lines], last
+
+
+@pytest.mark.parametrize("order", ["ours-first", "stdlib-first"])
+def test_lazy_logging_writes_what_configure_logging_writes(order: str) -> None:
+    """Below the level nothing is imported; the first line that passes (ours or the standard
+    library's) configures structlog with the same chain, so the lines are the eager ones."""
+    lazy, lazy_note = _run_logging("lazy", order)
+    eager, eager_note = _run_logging("eager", order)
+    assert lazy_note == "structlog before the first line: False"
+    assert eager_note == "structlog before the first line: True"
+
+    def shape(docs: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in d.items() if k not in ("timestamp", "exception")} for d in docs]
+
+    assert shape(lazy) == shape(eager)
+    events = [d["event"] for d in lazy]
+    expected = ["slow_hook", "lifecycle_operation", "stdlib error", "1 change detected"]
+    assert events == (["stdlib error", *expected] if order == "stdlib-first" else expected)
+    failed = next(d for d in lazy if d["event"] == "lifecycle_operation")
+    assert failed["level"] == "error" and "ValueError: boom" in str(failed["exception"])
+    assert all(str(d["timestamp"]).endswith("Z") for d in lazy)
+
+
+def test_lazy_logging_refuses_what_configure_logging_refuses() -> None:
+    from cutover.agent._util.lazylog import configure_logging_lazily
+
+    with pytest.raises(ValueError, match="log format 'xml'"):
+        configure_logging_lazily("xml", "info")
+    with pytest.raises(ValueError, match="log level 'loud'"):
+        configure_logging_lazily("json", "loud")
