@@ -142,6 +142,15 @@ def _stream(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
         out.send({"ok": answer})
 
 
+def _preload() -> None:
+    """Import the job path (verification, extraction, the wire) before saying ready, so a spare
+    worker is warm when its job comes; nothing else: no structlog until a line is logged, no
+    daemon, no HTTP stack (tests/agent/test_cli_imports.py checks the set)."""
+    import cutover.agent.lifecycle.stagework
+    import cutover.agent.worker.streamjob
+    import cutover.agent.worker.wire  # noqa: F401
+
+
 def main(argv: list[str]) -> int:
     """``argv``: the program, the daemon's pid, the daemon's log format."""
     die_with_parent(int(argv[1]))
@@ -151,6 +160,7 @@ def main(argv: list[str]) -> int:
     # what the job logs (e.g. the content index) goes where the daemon's log goes, alike;
     # structlog is imported when the first line is (agent/_util/lazylog.py)
     configure_logging_lazily(argv[2], os.environ.get("CUTOVER_LOG_LEVEL", "info"), sys.stderr)
+    _preload()
     out.send({"ready": os.getpid()})
     inp = sys.stdin.buffer
     line = inp.readline()

@@ -131,3 +131,50 @@ def test_a_failing_command_still_logs_through_structlog(
         "error",
         "failed",
     )
+
+
+# `python -m cutover.agent.worker <daemon pid> <log format>`, plus a record of the modules at exit.
+_WORKER = """
+import atexit, json, os, runpy, sys
+
+def _record():
+    with open(os.environ["CUTOVER_TEST_MODULES"], "w") as fh:
+        json.dump(sorted(sys.modules), fh)
+
+atexit.register(_record)
+runpy.run_module("cutover.agent.worker", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_ready_stage_worker_holds_the_job_path_only(tmp_path: Path) -> None:
+    """A stage worker says ready with verification and extraction imported (a spare is warm for
+    its job) and nothing of the daemon, the config or the HTTP stack; without a job it exits 0."""
+    record = tmp_path / "modules.json"
+    with subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(os.getpid()), "json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CUTOVER_TEST_MODULES": str(record)},
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline()) == {"ready": proc.pid}
+        proc.stdin.close()  # no job: a spare the daemon no longer needs
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, err
+    modules = set(json.loads(record.read_text()))
+    assert _loaded(modules, NEVER) == []
+    assert (
+        _loaded(
+            modules,
+            ("cutover.agent.config", "cutover.agent.lifecycle.manager", "cutover.agent.actions"),
+        )
+        == []
+    )
+    for needed in (
+        "cutover.agent.trust.policy",
+        "cutover.agent.extract.extractor",
+        "cutover.agent.worker.wire",
+        "cutover.agent.worker.streamjob",
+    ):
+        assert needed in modules
