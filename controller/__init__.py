@@ -8,35 +8,75 @@ seam are importable from here, so fleet code needs one import::
 
 from __future__ import annotations
 
-from cutover.agent.api_models import (
-    Accepted,
-    AgentInfo,
-    AppDetail,
-    AppsList,
-    AppSummary,
-    ErrorBody,
-    Event,
-    Health,
-    JournalEntry,
-    OperationRecord,
-    OperationResult,
-    PendingIntent,
-    ReleaseInfo,
-)
-from cutover.controller.build import (
-    AppConfig,
-    BuildResult,
-    build_package,
-    load_app_config,
-    sign_package,
-)
-from cutover.controller.client import AgentClient
-from cutover.controller.transport import (
-    AiohttpTransport,
-    SignedRequest,
-    Transport,
-    TransportResponse,
-)
+import typing
+
+from cutover.agent._util.lazy import lazy_exports as _lazy_exports
+
+if typing.TYPE_CHECKING:
+    from cutover.agent.api_models import (
+        Accepted,
+        AgentInfo,
+        AppDetail,
+        AppsList,
+        AppSummary,
+        ErrorBody,
+        Event,
+        Health,
+        JournalEntry,
+        OperationRecord,
+        OperationResult,
+        PendingIntent,
+        ReleaseInfo,
+    )
+    from cutover.controller.build import (
+        AppConfig,
+        BuildResult,
+        build_package,
+        load_app_config,
+        sign_package,
+    )
+    from cutover.controller.client import AgentClient
+    from cutover.controller.transport import (
+        AiohttpTransport,
+        SignedRequest,
+        Transport,
+        TransportResponse,
+    )
+
+# Loaded on first use (agent/_util/lazy.py): importing one module of the package
+# does not import its siblings.
+_EXPORTS = {
+    "cutover.agent.api_models": (
+        "Accepted",
+        "AgentInfo",
+        "AppDetail",
+        "AppsList",
+        "AppSummary",
+        "ErrorBody",
+        "Event",
+        "Health",
+        "JournalEntry",
+        "OperationRecord",
+        "OperationResult",
+        "PendingIntent",
+        "ReleaseInfo",
+    ),
+    "cutover.controller.build": (
+        "AppConfig",
+        "BuildResult",
+        "build_package",
+        "load_app_config",
+        "sign_package",
+    ),
+    "cutover.controller.client": ("AgentClient",),
+    "cutover.controller.transport": (
+        "AiohttpTransport",
+        "SignedRequest",
+        "Transport",
+        "TransportResponse",
+    ),
+}
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "Accepted",

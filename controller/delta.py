@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from cutover.agent.api_models import MissingAnswer
@@ -32,7 +33,9 @@ from cutover.agent.extract.thin import write_thin_payload
 from cutover.agent.package.container import open_package, write_package
 from cutover.agent.package.delta import DeltaPayload, DeltaSpec, render_delta
 from cutover.agent.package.manifest import FileEntry, parse_manifest
-from cutover.controller.client import MAX_RESPONSE_BYTES, AgentClient
+
+if TYPE_CHECKING:
+    from cutover.controller.client import AgentClient
 
 __all__ = ["MAX_DIGESTS", "DeltaPlanner", "DeltaUpload", "ask_missing", "make_delta_container"]
 
@@ -73,6 +76,8 @@ async def ask_missing(
     except (NotFoundError, MethodNotAllowedError):
         # An agent predating the endpoint (or an unknown app: the full upload then says so).
         return None
+    from cutover.controller.client import MAX_RESPONSE_BYTES  # the client imports aiohttp
+
     try:
         raw = await resp.aread(MAX_RESPONSE_BYTES)
     finally:

@@ -15,17 +15,18 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cutover.agent.errors import ConfigError
 from cutover.agent.keys import PrivateKey, load_private_key
 from cutover.agent.package.manifest import APP_RE
 from cutover.controller.commands._output import Reporter
-from cutover.controller.fleet.agents import connect
 from cutover.controller.fleet.inventory import Fleet, HostSpec, fleet_path, load_fleet
-from cutover.controller.fleet.notify import Notifier
-from cutover.controller.fleet.runner import FleetRunner
 from cutover.controller.fleet.selection import parse_host_list, select_hosts
+
+if TYPE_CHECKING:
+    from cutover.controller.fleet.notify import Notifier
+    from cutover.controller.fleet.runner import FleetRunner
 
 __all__ = [
     "INTERRUPTED",
@@ -85,6 +86,10 @@ class FleetContext:
     max_parallel: int
 
     def runner(self) -> FleetRunner:
+        # the agent client (aiohttp) only for a command that talks to hosts, not for the parser
+        from cutover.controller.fleet.agents import connect
+        from cutover.controller.fleet.runner import FleetRunner
+
         limits = self.fleet.concurrency
         return FleetRunner(
             self.hosts,
@@ -94,6 +99,8 @@ class FleetContext:
         )
 
     def notifier(self) -> Notifier:
+        from cutover.controller.fleet.notify import Notifier  # aiohttp: webhooks
+
         return Notifier(self.fleet.webhooks, self.fleet.path.name, self.reporter.event)
 
 

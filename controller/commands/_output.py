@@ -21,7 +21,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from cutover.controller.fleet.results import FleetResult, HostStatus, Transfer
-from cutover.controller.fleet.runner import now_iso
 
 __all__ = ["STATUS_STYLE", "Reporter"]
 
@@ -135,7 +134,12 @@ class Reporter:
         self.close()
         if self.stream:
             self.event(
-                {"ts": now_iso(), "event": event, **result.model_dump(mode="json"), **(extra or {})}
+                {
+                    "ts": _now_iso(),
+                    "event": event,
+                    **result.model_dump(mode="json"),
+                    **(extra or {}),
+                }
             )
             return
         if self.as_json:
@@ -173,6 +177,12 @@ class Reporter:
             print(json.dumps(data, indent=2, default=str))
         else:
             human()
+
+
+def _now_iso() -> str:
+    from cutover.controller.fleet.runner import now_iso  # the runner imports the agent client
+
+    return now_iso()
 
 
 def _size(n: int) -> str:

@@ -10,40 +10,110 @@ activate, rollback) → :mod:`.runner` (bounded concurrency, per-host results an
 
 from __future__ import annotations
 
-from cutover.controller.fleet.agents import (
-    AgentPort,
-    AppView,
-    ClientAgent,
-    JournalEntry,
-    OpRecord,
-    connect,
-    error_from_code,
-)
-from cutover.controller.fleet.inventory import (
-    FLEET_ENV,
-    Concurrency,
-    Fleet,
-    HostSpec,
-    WebhookSpec,
-    fleet_path,
-    load_fleet,
-)
-from cutover.controller.fleet.notify import Delivery, Notifier, message_for
-from cutover.controller.fleet.release_log import ReleaseRow, release_log
-from cutover.controller.fleet.results import (
-    FleetOutcome,
-    FleetResult,
-    HostResult,
-    HostStatus,
-    classify,
-    exit_code_of,
-    outcome_of,
-)
-from cutover.controller.fleet.runner import Done, FleetRunner
-from cutover.controller.fleet.selection import parse_host_list, select_hosts
-from cutover.controller.fleet.steps import activate_step, rollback_step, stage_step
-from cutover.controller.fleet.strategy import ActivationStrategy, AllAtOnce
-from cutover.controller.fleet.views import LogRow, StatusRow, merge_journals, status_rows
+import typing
+
+from cutover.agent._util.lazy import lazy_exports as _lazy_exports
+
+if typing.TYPE_CHECKING:
+    from cutover.controller.fleet.agents import (
+        AgentPort,
+        AppView,
+        ClientAgent,
+        JournalEntry,
+        OpRecord,
+        connect,
+        error_from_code,
+    )
+    from cutover.controller.fleet.inventory import (
+        FLEET_ENV,
+        Concurrency,
+        Fleet,
+        HostSpec,
+        WebhookSpec,
+        fleet_path,
+        load_fleet,
+    )
+    from cutover.controller.fleet.notify import Delivery, Notifier, message_for
+    from cutover.controller.fleet.release_log import ReleaseRow, release_log
+    from cutover.controller.fleet.results import (
+        FleetOutcome,
+        FleetResult,
+        HostResult,
+        HostStatus,
+        classify,
+        exit_code_of,
+        outcome_of,
+    )
+    from cutover.controller.fleet.runner import Done, FleetRunner
+    from cutover.controller.fleet.selection import parse_host_list, select_hosts
+    from cutover.controller.fleet.steps import activate_step, rollback_step, stage_step
+    from cutover.controller.fleet.strategy import ActivationStrategy, AllAtOnce
+    from cutover.controller.fleet.views import LogRow, StatusRow, merge_journals, status_rows
+
+# Loaded on first use (agent/_util/lazy.py): importing one module of the package
+# does not import its siblings.
+_EXPORTS = {
+    "cutover.controller.fleet.agents": (
+        "AgentPort",
+        "AppView",
+        "ClientAgent",
+        "JournalEntry",
+        "OpRecord",
+        "connect",
+        "error_from_code",
+    ),
+    "cutover.controller.fleet.inventory": (
+        "FLEET_ENV",
+        "Concurrency",
+        "Fleet",
+        "HostSpec",
+        "WebhookSpec",
+        "fleet_path",
+        "load_fleet",
+    ),
+    "cutover.controller.fleet.notify": (
+        "Delivery",
+        "Notifier",
+        "message_for",
+    ),
+    "cutover.controller.fleet.release_log": (
+        "ReleaseRow",
+        "release_log",
+    ),
+    "cutover.controller.fleet.results": (
+        "FleetOutcome",
+        "FleetResult",
+        "HostResult",
+        "HostStatus",
+        "classify",
+        "exit_code_of",
+        "outcome_of",
+    ),
+    "cutover.controller.fleet.runner": (
+        "Done",
+        "FleetRunner",
+    ),
+    "cutover.controller.fleet.selection": (
+        "parse_host_list",
+        "select_hosts",
+    ),
+    "cutover.controller.fleet.steps": (
+        "activate_step",
+        "rollback_step",
+        "stage_step",
+    ),
+    "cutover.controller.fleet.strategy": (
+        "ActivationStrategy",
+        "AllAtOnce",
+    ),
+    "cutover.controller.fleet.views": (
+        "LogRow",
+        "StatusRow",
+        "merge_journals",
+        "status_rows",
+    ),
+}
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "FLEET_ENV",

@@ -24,7 +24,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -36,9 +36,11 @@ from cutover.agent.errors import (
     from_wire,
 )
 from cutover.agent.keys import PrivateKey
-from cutover.controller.client import AgentClient
 from cutover.controller.delta import ask_missing
 from cutover.controller.fleet.inventory import Concurrency, HostSpec
+
+if TYPE_CHECKING:
+    from cutover.controller.client import AgentClient
 
 __all__ = [
     "AgentEvent",
@@ -368,6 +370,8 @@ def _client(host: HostSpec, key: PrivateKey, limits: Concurrency) -> AgentClient
             raise ConfigError(
                 f"host {host.name!r}: key 'tls_ca': cannot load {host.tls_ca}: {exc}"
             ) from exc
+    from cutover.controller.client import AgentClient  # aiohttp: only to talk to a host
+
     return AgentClient(
         host.url,
         key,
