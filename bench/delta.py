@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
           f"around each phase): {split_s:.3f} s whole process")  # fmt: skip
     imports, command = split.pop("imports"), split.pop("command")
     print(f"  {'python start-up and exit':<62} {split_s - imports - command:7.3f}")
-    print(f"  {'imports (cutover.agent.cli)':<62} {imports:7.3f}")
+    print(f"  {'imports (cutover.agent.cli and the stage modules)':<62} {imports:7.3f}")
     for label, value in split.items():
         print(f"  {label:<62} {value:7.3f}")
     top = sum(v for k, v in split.items() if not k.startswith("  "))
