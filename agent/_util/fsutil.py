@@ -10,14 +10,15 @@ one ``syncfs`` never has to flush the whole release at once.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write", "fsync_dir", "random_suffix", "start_writeback", "syncfs"]
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter is linked with, already mapped (dlopen(NULL)): no lookup by name,
+# which in ctypes.util.find_library runs `ldconfig -p` in a subprocess at every process start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:

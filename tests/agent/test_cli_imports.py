@@ -18,9 +18,16 @@ from tests.conftest import Host, PackageFactory
 _CLI = """
 import atexit, json, os, sys
 
+spawned = []  # processes started (audit events), e.g. ctypes.util.find_library's `ldconfig -p`
+sys.addaudithook(
+    lambda event, args: spawned.append(f"{event} {args!r}"[:300])
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork")
+    else None
+)
+
 def _record():
     with open(os.environ["CUTOVER_TEST_MODULES"], "w") as fh:
-        json.dump(sorted(sys.modules), fh)
+        json.dump({"modules": sorted(sys.modules), "spawned": spawned}, fh)
 
 atexit.register(_record)
 from cutover.agent.cli import main
@@ -46,6 +53,14 @@ NEVER = (
 
 
 def _modules(host: Host, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    proc, seen = _observe(host, *args)
+    assert seen["spawned"] == []  # no hook runs in these cases: nothing to start a process for
+    return proc, set(seen["modules"])
+
+
+def _observe(
+    host: Host, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, list[str]]]:
     record = host.tmp / "modules.json"
     record.unlink(missing_ok=True)
     proc = subprocess.run(
@@ -56,7 +71,7 @@ def _modules(host: Host, *args: str) -> tuple[subprocess.CompletedProcess[str], 
         env={**os.environ, "CUTOVER_TEST_MODULES": str(record)},
         check=False,
     )
-    return proc, set(json.loads(record.read_text()))
+    return proc, json.loads(record.read_text())
 
 
 def _loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
