@@ -152,9 +152,16 @@ def test_a_failing_command_still_logs_through_structlog(
 _WORKER = """
 import atexit, json, os, runpy, sys
 
+spawned = []
+sys.addaudithook(
+    lambda event, args: spawned.append(f"{event} {args!r}"[:300])
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork")
+    else None
+)
+
 def _record():
     with open(os.environ["CUTOVER_TEST_MODULES"], "w") as fh:
-        json.dump(sorted(sys.modules), fh)
+        json.dump({"modules": sorted(sys.modules), "spawned": spawned}, fh)
 
 atexit.register(_record)
 runpy.run_module("cutover.agent.worker", run_name="__main__", alter_sys=True)
@@ -177,7 +184,9 @@ def test_a_ready_stage_worker_holds_the_job_path_only(tmp_path: Path) -> None:
         proc.stdin.close()  # no job: a spare the daemon no longer needs
         err = proc.stderr.read()
         assert proc.wait(timeout=60) == 0, err
-    modules = set(json.loads(record.read_text()))
+    seen = json.loads(record.read_text())
+    assert seen["spawned"] == []
+    modules = set(seen["modules"])
     assert _loaded(modules, NEVER) == []
     assert (
         _loaded(
