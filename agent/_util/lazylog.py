@@ -15,6 +15,7 @@ structlog's calling convention: a fixed event name and key/value fields.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Final, TextIO
 
 __all__ = [
@@ -47,6 +48,9 @@ _METHOD_LEVELS: Final = {
 # The configuration configure_logging_lazily recorded and nothing has applied yet: at most one
 # (fmt, level name, numeric level, stream). Logging configuration is process-wide, as structlog's.
 _pending: list[tuple[str, str, int, TextIO | None]] = []
+_applying = (
+    threading.RLock()
+)  # two threads' first lines (the CLI extracts in threads) apply it once
 
 
 def check_settings(fmt: str, level: str) -> int:
@@ -95,12 +99,13 @@ def quiet_noisy_loggers() -> None:
 
 def apply_pending() -> None:
     """Apply the configuration :func:`configure_logging_lazily` recorded, if any is waiting."""
-    if not _pending:
-        return
-    fmt, level, _, stream = _pending[0]
-    from cutover.agent._util.logsetup import configure_logging
+    with _applying:
+        if not _pending:
+            return
+        fmt, level, _, stream = _pending[0]
+        from cutover.agent._util.logsetup import configure_logging
 
-    configure_logging(fmt, level, stream=stream)  # clears _pending
+        configure_logging(fmt, level, stream=stream)  # clears _pending
 
 
 def forget_pending() -> None:
@@ -128,8 +133,9 @@ class Logger:
         self._bound: Any = None
 
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
-        if _pending:
-            if _METHOD_LEVELS[method] < _pending[0][2]:
+        pending = _pending[:1]  # one read: another thread may apply it meanwhile
+        if pending:
+            if _METHOD_LEVELS[method] < pending[0][2]:
                 return
             apply_pending()
         if self._bound is None:

@@ -199,3 +199,34 @@ def test_lazy_logging_refuses_what_configure_logging_refuses() -> None:
         configure_logging_lazily("xml", "info")
     with pytest.raises(ValueError, match="log level 'loud'"):
         configure_logging_lazily("json", "loud")
+
+
+def test_first_lines_from_several_threads_apply_the_lazy_configuration_once(
+    restore_logging: None,
+) -> None:
+    """The CLI extracts in threads: their first lines race to apply the recorded configuration;
+    every line is written once, as JSON, through one configuration."""
+    import threading
+
+    from cutover.agent._util import lazylog
+
+    out = _Writes()
+    lazylog.configure_logging_lazily("json", "warning", stream=out)
+    log = lazylog.get_logger("test")
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        start.wait()
+        log.info("dropped", n=n)
+        log.warning("kept", n=n)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    docs = [json.loads(line) for line in out.calls]
+    assert sorted(d["n"] for d in docs) == list(range(8))
+    assert {d["event"] for d in docs} == {"kept"}
+    assert not lazylog._pending
+    assert len(logging.getLogger().handlers) == 1
