@@ -18,13 +18,12 @@ file list the stage needs (bytes to make room for, bytes to report progress agai
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from cutover.agent.errors import StateError
 from cutover.agent.extract.extractor import ExtractStats
@@ -37,6 +36,8 @@ from cutover.agent.package.container import PackageParts, open_package
 from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
 
 __all__ = ["LocalStageWork", "StageHead", "StageJob", "StageWork", "StageWorkFactory"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,14 @@ class StageWork(Protocol):
 StageWorkFactory = Callable[[Path], StageWork]  # the package -> its job's runner
 
 
+async def _to_thread(func: Callable[..., _T], /, *args: object) -> _T:
+    """``asyncio.to_thread``, importing asyncio here: a stage worker runs :class:`StageJob`
+    without an event loop, and imports only the job path (agent/worker/child.py)."""
+    import asyncio
+
+    return await asyncio.to_thread(func, *args)
+
+
 class LocalStageWork:
     """The job on worker threads of this process."""
 
@@ -160,7 +169,7 @@ class LocalStageWork:
         self, policy: TrustPolicy, history: HostHistory, expected_version: str | None
     ) -> StageHead:
         # Parsing and checking a 20,000-entry manifest takes ~0.2 s: never on the loop.
-        return await asyncio.to_thread(self._job.verify, policy, history, expected_version)
+        return await _to_thread(self._job.verify, policy, history, expected_version)
 
     async def extract(
         self,
@@ -170,17 +179,17 @@ class LocalStageWork:
         reuse: str,
         progress: Callable[[int], None] | None = None,
     ) -> ExtractStats:
-        return await asyncio.to_thread(
+        return await _to_thread(
             functools.partial(self._job.extract, layout, dest, state, reuse, progress)
         )
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
-        return await asyncio.to_thread(self._job.record_inventory, layout, release_dir)
+        return await _to_thread(self._job.record_inventory, layout, release_dir)
 
     async def make_readonly(
         self, layout: Layout, release_dir: Path, *, hooks_ran: bool
     ) -> str | None:
-        return await asyncio.to_thread(
+        return await _to_thread(
             functools.partial(self._job.make_readonly, layout, release_dir, hooks_ran=hooks_ran)
         )
 

@@ -191,7 +191,12 @@ def test_a_ready_stage_worker_holds_the_job_path_only(tmp_path: Path) -> None:
     assert (
         _loaded(
             modules,
-            ("cutover.agent.config", "cutover.agent.lifecycle.manager", "cutover.agent.actions"),
+            (
+                "cutover.agent.config",
+                "cutover.agent.lifecycle.manager",
+                "cutover.agent.actions",
+                "asyncio",
+            ),
         )
         == []
     )
