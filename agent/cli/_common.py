@@ -43,7 +43,34 @@ def _become_owner(root: Path) -> None:
     layout = Layout(root)
     owner = owner_of(layout.meta, layout.root)
     if owner is not None and os.geteuid() == 0 and owner.uid != 0:
+        _import_while_root()
         drop_to(owner)
+
+
+# What any command may import after the privilege drop (commands, AppManager's operations, the
+# lazy logging set-up import their modules when first used): as the app's owner the
+# interpreter's own files may be unreadable (a Python under /root, a 0700 venv), so they are
+# imported while still root. Only in this case: a command run as the app's owner imports lazily.
+_IMPORT_BEFORE_DROP = (
+    "cutover.agent.lifecycle.stage",
+    "cutover.agent.lifecycle.stagework",
+    "cutover.agent.lifecycle.activate",
+    "cutover.agent.lifecycle.rollback",
+    "cutover.agent.lifecycle.housekeeping",
+    "cutover.agent.host.seal",
+    "cutover.agent.actions.hooks",
+    "cutover.agent.actions.health",
+)
+
+
+def _import_while_root() -> None:
+    import importlib
+
+    from cutover.agent._util.lazylog import apply_pending
+
+    apply_pending()  # structlog, configured as the command's first log line would configure it
+    for module in _IMPORT_BEFORE_DROP:
+        importlib.import_module(module)
 
 
 def _manager(cfg: LoadedConfig, app: str, progress_events: bool = False) -> AppManager:

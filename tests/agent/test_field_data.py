@@ -274,6 +274,21 @@ def test_cli_as_root_acts_as_the_owner_of_the_app(
         journal = (root / ".cutover" / "journal.jsonl").read_text()
         assert '"actor":"cli:root"' in journal.replace(" ", "")  # who ran it is recorded
 
+        # Failures after the drop: the interpreter's own files may be unreadable as nobody
+        # (tmp_path's pyenv under /root), so what they import was imported before it: the
+        # error line of the failed operation is written and no import fails.
+        state_before = (root / ".cutover" / "state.json").read_bytes()
+        for args, code in ((("activate", "9.9.9"), 5), (("rollback",), 1)):
+            proc = _cli(config, *args)
+            assert proc.returncode == code, (args, proc.stderr)
+            assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+            logged = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
+            assert [d["outcome"] for d in logged if d["event"] == "lifecycle_operation"] == [
+                "failed"
+            ], proc.stderr
+        assert (root / ".cutover" / "state.json").read_bytes() == state_before
+        assert os.readlink(root / "current") == "releases/1.0.0"
+
         # A root-owned file left by an older agent: the error names path, user, what to run.
         state = root / ".cutover" / "state.json"
         os.chown(state, 0, 0)
