@@ -113,7 +113,7 @@ def child(package: Path, pub: Path, dest: Path) -> None:
     t0 = time.perf_counter()
     sys.path.insert(0, str(ROOT))
     from cutover.agent._util.fsutil import syncfs
-    from cutover.agent.extract._stream import Producer
+    from cutover.agent.extract._source import Producer
     from cutover.agent.extract.extractor import extract_payload, verify_payload_digest
     from cutover.agent.keys import load_public_key
     from cutover.agent.package.container import open_package
@@ -146,8 +146,10 @@ def child(package: Path, pub: Path, dest: Path) -> None:
         if verified.manifest.payload.chunks is None:  # as agent/host/installer.py does
             verify_payload_digest(fh, parts, verified.manifest)
         t3 = time.perf_counter()
+        cpu, main_cpu = os.times(), time.thread_time()
         extract_payload(fh, parts, verified.manifest, dest, already_verified=True)
         t4 = time.perf_counter()
+        main_cpu, after = time.thread_time() - main_cpu, os.times()
     syncfs(dest)
     t5 = time.perf_counter()
     phases = {
@@ -157,6 +159,9 @@ def child(package: Path, pub: Path, dest: Path) -> None:
         "extract": t4 - t3,
         "syncfs": t5 - t4,
         "extract_waiting": waited[0],
+        "extract_cpu": after.user + after.system - cpu.user - cpu.system,  # every thread
+        "extract_cpu_sys": after.system - cpu.system,
+        "extract_cpu_main": main_cpu,  # the extracting (parsing, creating) thread alone
         "in_process": t5 - t1,
     }
     print(json.dumps(phases))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Final
 
 from cutover.agent.errors import ArchiveLimitError, DigestMismatchError, StorageError
-from cutover.agent.extract._stream import REBUILD, check_codec
+from cutover.agent.extract._source import REBUILD, check_codec
 from cutover.agent.package.container import PackageParts, hash_payload
 from cutover.agent.package.delta import DeltaPayload
 from cutover.agent.package.manifest import FileEntry, Manifest, Payload, PayloadChunks
@@ -89,7 +89,7 @@ def payload_checks(
 ) -> PayloadChunks | None:
     """What must hold before decompression starts. With the manifest's ``payload.chunks`` (and
     not a delta upload, whose payload its ``delta.json`` describes): the size only, and the chunks
-    are returned, to be checked each as it is read (:class:`agent.extract._stream.ChunkedSource`:
+    are returned, to be checked each as it is read (:class:`agent.extract._source.ChunkedSource`:
     one pass over the payload). Otherwise the whole payload's digest (unless ``already_verified``
     on this same, privately held file), and None.
 
@@ -161,8 +161,11 @@ def byte_cap(manifest: Manifest, limits: ExtractLimits, thin: bool = False) -> i
             f"{limits.max_entries}: split the release or raise the limit",
             code="too_many_entries",
         )
+    most_bytes, depth = limits.max_path_bytes, limits.max_depth
     for e in manifest.files:
-        if len(e.path.encode()) > limits.max_path_bytes or e.path.count("/") >= limits.max_depth:
+        path = e.path  # UTF-8 takes at most 4 bytes a character: encode only the long ones
+        too_long = len(path) * 4 > most_bytes and len(path.encode()) > most_bytes
+        if too_long or path.count("/") >= depth:
             raise ArchiveLimitError(
                 f"manifest entry {e.path[:80]!r} exceeds this host's limits of "
                 f"{limits.max_path_bytes} bytes and {limits.max_depth} levels per path",

@@ -39,11 +39,11 @@ closes large files (``os.write`` and ``hashlib`` release the GIL), overlapping t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import BinaryIO, Final, cast
 
@@ -55,28 +55,22 @@ from cutover.agent.errors import (
     UnsafeArchiveError,
 )
 from cutover.agent.extract._io import (
-    DIR_FLAGS,
-    FILE_FLAGS,
+    DirFds,
     check_digest,
+    create_file,
+    creation_umask,
     discard,
+    finish_file,
     make_dest,
     storage_error,
+    write_all,
 )
 from cutover.agent.extract._io import Writer as _Writer  # tests patch it here: archive._Writer
-from cutover.agent.extract._stream import (
-    CHUNK,
-    KINDS,
-    REBUILD,
-    REFUSED,
-    Producer,
-    Stream,
-    TarParser,
-    check_codec,
-    payload_source,
-)
-from cutover.agent.extract._stream import (
+from cutover.agent.extract._source import Producer, check_codec, payload_source
+from cutover.agent.extract._source import (
     open_decoder as _open_decoder,  # tests patch archive._open_decoder
 )
+from cutover.agent.extract._stream import KINDS, REBUILD, REFUSED, Stream, TarParser
 from cutover.agent.extract.checks import (
     DEFAULT_LIMITS,
     ExtractLimits,
@@ -100,10 +94,10 @@ from cutover.agent.package.ustar import BLOCK, DIR, REG, SYM
 
 __all__ = ["ExtractLimits", "ExtractStats", "extract_payload", "verify_payload_digest"]
 
-MAX_OPEN_DIRS: Final = 64  # directory fds kept open; the others are reopened on demand
 # Files from this size go to the writer thread; smaller ones are written inline, where a GIL
 # hand-over per file would cost more than the write (measured: bench/extract.py).
 WRITER_MIN_BYTES: Final = 64 * 1024
+PROGRESS_BYTES: Final = 1 << 20  # file bytes between two progress calls
 
 
 @dataclass(frozen=True)
@@ -226,9 +220,9 @@ class _Extraction(TarParser):
         self._progress = progress
         self._unreported = 0
         self._seen: set[str] = set()
-        self._created: set[str] = {""}
-        self._fds: dict[str, int] = {"": root_fd}
-        self._writer = _Writer(dest)
+        self._umask = creation_umask()
+        self._writer = _Writer(dest, self._umask)
+        self._dirs = DirFds(root_fd, self._writer.close_dir)
         self._open_fd = -1  # a file being filled: ours to close until the writer gets its close
         self.files = self.dirs = self.symlinks = self.bytes = 0
 
@@ -348,7 +342,7 @@ class _Extraction(TarParser):
                 "size_mismatch",
             )
         parent, _, leaf = entry.path.rpartition("/")
-        dir_fd = self._fds.get(parent)
+        dir_fd = self._dirs.get(parent)
         if dir_fd is None:
             dir_fd = self._dir_fd(parent)
         reuse = self._reuse
@@ -361,48 +355,55 @@ class _Extraction(TarParser):
             stream.skip(size + (-size % BLOCK))  # signed bytes, not needed: the host has them
             self._count(size)
             return
-        fd = self._open_fd = os.open(leaf, FILE_FLAGS, 0o600, dir_fd=dir_fd)
         writer = self._writer
-        left = size
-        if size < WRITER_MIN_BYTES or writer.busy():  # small, or the writer is behind
-            digest = hashlib.sha256()
-            while left:
-                view = stream.take(left)
-                left -= len(view)
-                digest.update(view)
-                written = os.write(fd, view)
-                while written < len(view):  # short writes are rare: only then slice
-                    view = view[written:]
-                    written = os.write(fd, view)
-            check_digest(digest.hexdigest(), entry)
-            os.fchmod(fd, entry.mode)
-            self._open_fd = -1
-            os.close(fd)
-        else:
+        if writer.busy():  # the writer is behind: this thread writes the file itself
+            self._write_here(stream, dir_fd, leaf, entry)
+        elif size < WRITER_MIN_BYTES:  # checked here, created whole by the writer
+            view = stream.span(size)
+            check_digest(sha256(view).hexdigest(), entry)
+            writer.create(dir_fd, leaf, view, entry)
+        else:  # created here, streamed to the writer, which hashes, checks and closes it
+            fd = self._open_fd = create_file(dir_fd, leaf, entry.mode, self._umask)
+            left = size
             while left:
                 view = stream.take(left)
                 left -= len(view)
                 writer.write(fd, view, entry)
+            self._open_fd = -1  # the writer's from here, even if close() raises its error
             writer.close(fd, entry)
-        self._open_fd = -1
         if size % BLOCK:
             stream.skip(BLOCK - size % BLOCK)
         self._count(size)
+
+    def _write_here(self, stream: Stream, dir_fd: int, leaf: str, entry: FileEntry) -> None:
+        fd = self._open_fd = create_file(dir_fd, leaf, entry.mode, self._umask)
+        digest = sha256()
+        left = entry.size
+        while left:
+            view = stream.take(left)
+            left -= len(view)
+            digest.update(view)
+            write_all(fd, view)
+        check_digest(digest.hexdigest(), entry)
+        finish_file(fd, entry.mode, self._umask)
+        self._open_fd = -1
+        os.close(fd)
 
     def _count(self, size: int) -> None:
         self.files += 1
         self.bytes += size
         if self._progress is not None:
             self._unreported += size
-            if self._unreported >= CHUNK:
+            if self._unreported >= PROGRESS_BYTES:
                 self._progress(self._unreported)
                 self._unreported = 0
 
     def _dir(self, entry: DirEntry, mode: int) -> None:
         self._check_mode(mode, entry.mode)
-        parent, _, leaf = entry.path.rpartition("/")
-        os.mkdir(leaf, 0o700, dir_fd=self._dir_fd(parent))
-        self._created.add(entry.path)
+        parent = entry.path.rpartition("/")[0]
+        if parent not in self._dirs.created:
+            self._dir_fd(parent)  # raises parent_missing
+        self._dirs.mkdir(entry.path)
         self.dirs += 1
 
     def _symlink(self, entry: SymlinkEntry, raw_target: bytes) -> None:
@@ -443,22 +444,16 @@ class _Extraction(TarParser):
 
     def _dir_fd(self, path: str) -> int:
         """An fd of directory ``path`` created by this run, opened without following links."""
-        fd = self._fds.get(path)
+        fd = self._dirs.get(path)
         if fd is not None:
             return fd
-        if path not in self._created:
+        if path not in self._dirs.created:
             raise self._error(
                 UnsafeArchiveError,
                 f"comes before its parent directory {path!r}; packages list parents first",
                 "parent_missing",
             )
-        parent, _, leaf = path.rpartition("/")
-        parent_fd = self._dir_fd(parent)
-        if len(self._fds) >= MAX_OPEN_DIRS:  # keep only the ancestors of ``path``
-            for cached in [p for p in self._fds if p and not path.startswith(p + "/")]:
-                os.close(self._fds.pop(cached))
-        fd = self._fds[path] = os.open(leaf, DIR_FLAGS, dir_fd=parent_fd)
-        return fd
+        return self._dirs.open(path)
 
     def finish(self) -> None:
         """Wait for the writer, check completeness, create symlinks, set directory modes."""
@@ -484,17 +479,15 @@ class _Extraction(TarParser):
                 self.member = entry.path
                 os.fchmod(self._dir_fd(entry.path), entry.mode)
         self.member = ""
-        os.fchmod(self._fds[""], 0o755)
+        os.fchmod(self._dirs.root, 0o755)
         if self._progress is not None and self._unreported:
             self._progress(self._unreported)
 
     def close(self) -> None:
         """Release every fd, after stopping the writer (which may still be using some)."""
         self._writer.abort()
-        fds = [*self._fds.values(), self._open_fd]
-        self._fds.clear()
-        self._open_fd = -1
-        for fd in fds:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        self._dirs.close_all()
+        if self._open_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._open_fd)
+            self._open_fd = -1

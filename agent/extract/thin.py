@@ -9,7 +9,7 @@ never in it (the agent takes them from the manifest).
 The full payload is read with the extractor's own strict parser (:mod:`agent.extract._stream`) after
 its digest matched the manifest, under the manifest's byte cap; every file copied is hashed on
 the way and must match its manifest entry, so a thin payload is only ever made of signed bytes.
-Streaming: memory is bounded by the parser's 1 MiB chunks, whatever the package size.
+Streaming: memory is bounded by the parser's 4 MiB blocks, whatever the package size.
 """
 
 from __future__ import annotations
@@ -19,15 +19,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from cutover.agent.errors import DigestMismatchError, PackageFormatError
-from cutover.agent.extract._stream import (
-    KINDS,
-    REBUILD,
-    Producer,
-    Stream,
-    TarParser,
-    open_decoder,
-    payload_source,
-)
+from cutover.agent.extract._source import Producer, open_decoder, payload_source
+from cutover.agent.extract._stream import KINDS, REBUILD, Stream, TarParser
 from cutover.agent.extract.checks import DEFAULT_LIMITS, byte_cap, verify_payload_digest
 from cutover.agent.package.container import PackageParts
 from cutover.agent.package.manifest import FileEntry, Manifest, Payload

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import struct
 from typing import Final, NamedTuple
+from zlib import adler32
 
 __all__ = [
     "BLOCK",
@@ -117,8 +118,16 @@ def _number(field: bytes, what: str, base256: bool) -> int:
     raise HeaderError(f"the {what} field {field!r} is not an octal number", "number")
 
 
-def decode_header(block: bytes) -> Header | None:
+def _byte_sum(block: bytes | memoryview) -> int:
+    """The unsigned sum of a block's 512 bytes, in C: each half's Adler-32 ``A`` is 1 + the sum
+    of its bytes modulo 65521, and 256 bytes sum to at most 65280, so nothing wraps."""
+    return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+
+
+def decode_header(block: bytes | memoryview) -> Header | None:
     """Decode one 512-byte header block; ``None`` for an all-zero block (end of archive).
+
+    ``block`` may be a view into a larger buffer (the payload parser passes one, uncopied).
 
     Raises:
         HeaderError: not POSIX ustar, a bad checksum, or a malformed numeric field.
@@ -133,7 +142,7 @@ def decode_header(block: bytes) -> Header | None:
         raise HeaderError("not a POSIX ustar header", "not_ustar")
     match = _OCTAL.fullmatch(chksum)
     stored = int(match[1], 8) if match is not None else _number(chksum, "checksum", False)
-    if stored != sum(block) - sum(chksum) + 256:
+    if stored != _byte_sum(block) - sum(chksum) + 256:
         raise HeaderError("bad header checksum", "checksum")
     match = _OCTAL.fullmatch(size)
     length = int(match[1], 8) if match is not None else _number(size, "size", True)
@@ -255,6 +264,9 @@ def encode_member(path: str, kind: int, size: int = 0, mode: int = 0o644, link: 
 
 def member_bytes(path: str, kind: int, size: int = 0, link: str = "") -> int:
     """Exactly how many bytes :func:`encode_member` and the padded data take for this member."""
+    short = len(path) < NAME_BYTES and len(link) <= NAME_BYTES and size < _MAX_OCTAL_SIZE
+    if short and path.isascii() and link.isascii():  # no pax header: the common case, computed
+        return BLOCK + size + -size % BLOCK  # for every entry of every manifest (the byte cap)
     records = _pax_records(_member_name(path, kind), link.encode(), size)
     return (BLOCK + padded(len(records)) if records else 0) + BLOCK + padded(size)
 

@@ -21,6 +21,7 @@ from cutover.agent.errors import (
 )
 from cutover.agent.extract import checks
 from cutover.agent.extract import extractor as archive
+from cutover.agent.extract._io import MAX_OPEN_DIRS
 from cutover.agent.extract.extractor import ExtractLimits, extract_payload, verify_payload_digest
 from cutover.agent.package.container import open_package
 from cutover.agent.package.manifest import parse_manifest
@@ -222,7 +223,7 @@ def test_many_directories_beyond_the_fd_cache(kit: Kit) -> None:
             members.append(dir_(f"d{i:02}/e{j:02}"))
             members.append(reg(f"d{i:02}/e{j:02}/f.txt", f"{i}-{j}"))
         members.append(reg(f"d{i:02}/z.txt", f"{i}"))  # back in the parent after 12 children
-    assert len(members) > 2 * archive.MAX_OPEN_DIRS
+    assert len(members) > 2 * MAX_OPEN_DIRS
     _extract(kit, kit.evil(members))
     assert (kit.dest / "d11" / "e11" / "f.txt").read_text() == "11-11"
     assert (kit.dest / "d05" / "z.txt").read_text() == "5"

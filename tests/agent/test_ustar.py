@@ -162,3 +162,35 @@ def test_archive_ends_with_the_marker_padded_to_a_record() -> None:
     assert archive_bytes(RECORD - 2 * BLOCK) == RECORD
     assert archive_bytes(RECORD - 2 * BLOCK + BLOCK) == 2 * RECORD
     assert (padding(0), padding(1), padding(512), padded(513)) == (0, 511, 0, 1024)
+
+
+@pytest.mark.parametrize("kind", [REG, DIR, SYM], ids=["file", "dir", "symlink"])
+@pytest.mark.parametrize("length", [1, 98, 99, 100, 101, 150])
+@pytest.mark.parametrize("text", ["a", "é"], ids=["ascii", "non-ascii"])
+def test_member_bytes_is_exactly_what_encode_member_writes(
+    kind: int, length: int, text: str
+) -> None:
+    """The byte cap's no-pax shortcut agrees with the encoder at every name and link boundary."""
+    path = "d/" + text * length
+    size = 700 if kind == REG else 0
+    link = "../" + text * length if kind == SYM else ""
+    written = len(encode_member(path, kind, size, link=link)) + padded(size)
+    assert member_bytes(path, kind, size, link) == written
+
+
+def test_a_checksum_is_the_unsigned_sum_of_every_byte() -> None:
+    """High bytes in the fields no reader uses (owner names, the tail) push the sum past what
+    a 16-bit or signed sum would get right: the right checksum passes, one more is refused."""
+    for filler in (b"\xff", b"\x80", bytes(range(256))):
+        block = bytearray(encode_header(b"index.php", REG, 10))
+        block[265:329] = (filler * 64)[:64]  # uname, gname: never read
+        block[500:512] = (filler * 12)[:12]  # the header's unused tail
+        block[148:156] = b" " * 8
+        total = sum(block)
+        block[148:155] = b"%06o\x00" % total
+        header = decode_header(bytes(block))
+        assert header is not None and header.name == b"index.php" and header.size == 10
+        block[148:155] = b"%06o\x00" % (total + 1)
+        with pytest.raises(HeaderError) as info:
+            decode_header(bytes(block))
+        assert info.value.code == "checksum"
