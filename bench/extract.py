@@ -23,6 +23,10 @@ interleaved round by round, it times:
   streaming stage on (the default) and off; against ``cutover-agent stage PACKAGE`` from the
   local file (the on-host CLI, a fresh process, so it also pays start-up and imports).
 
+Each step's CPU (user + system, every thread and child: tar's includes its zstd) is printed too,
+with the extraction's split (the kernel's share, the parsing thread's): on a shared machine CPU
+seconds are steadier than wall time, and they say whether a change did less work or only moved it.
+
 An untimed ``sync`` precedes every step so none pays for another's dirty pages. Extracted trees
 are kept until the end of the run (deleting a large tree slows file creation on this disk for
 minutes; see /work/shared/bench/README.md) and removed afterwards. Prints medians (min-max), the
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -243,6 +248,13 @@ def _timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t0, proc.stdout
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of every child waited for so far (a step's is the difference:
+    tar's includes its zstd child; ours every thread of the child process)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _row(name: str, values: list[float], base: float | None) -> str:
     med = statistics.median(values)
     ratio = f"{med / base:6.2f}x" if base else ""
@@ -276,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                 dest = runs_dir / f"{kind}-{i}"
                 dest.mkdir()
                 _run(["sync"])
+                cpu = _children_cpu()
                 add(kind, _timed(["tar", *flags, str(archive), "-C", str(dest)])[0])
+                add(f"{kind}-cpu", _children_cpu() - cpu)
                 add(f"{kind}+sync", t[kind][-1] + _timed(["sync"])[0])
             # With and without chunks alternate which goes first, so that neither always runs
             # right after the other (the previous figures always ran the chunked one first).
@@ -284,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                 _run(["sync"])
                 package = files["package" if kind == "ours" else "whole"]
                 cmd = [sys.executable, __file__, "--child", str(package), str(files["pub"])]
+                cpu = _children_cpu()
                 wall, out = _timed([*cmd, str(runs_dir / f"{kind}-{i}")])
                 add(kind, wall)
+                add(f"{kind}-cpu", _children_cpu() - cpu)
                 if kind == "ours":
                     phases.append(json.loads(out))
             for name, stream in (("upload", True), ("upload-nostream", False)):
@@ -315,6 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         print(_row(f"  ours: {name}", ph[name], None))
     print(_row("    of extract: waiting for decompressed data", ph["extract_waiting"], None))
     print(_row("ours, whole process, package without chunks", t["ours-whole"], base))
+    cpu_base = statistics.median(t["zst-cpu"])
+    print(
+        f"\nCPU seconds (user + system), ratio vs `tar --zstd -xf` (tar + zstd) = {cpu_base:.3f} s\n"
+    )
+    print(_row("tar --zstd -xf X.tar.zst (tar + zstd)   [baseline]", t["zst-cpu"], cpu_base))
+    print(_row("ours, whole process", t["ours-cpu"], cpu_base))
+    print(_row("  ours: extract, every thread", ph["extract_cpu"], cpu_base))
+    print(_row("    of which system (kernel: creating, writing)", ph["extract_cpu_sys"], None))
+    print(_row("    of which the parsing thread", ph["extract_cpu_main"], None))
     local = statistics.median(t["local"])
     print(f"\nupload+stage over loopback vs stage from the local file = {local:.3f} s\n")
     print(_row("cutover-agent stage PACKAGE (local file, CLI)   [baseline]", t["local"], local))

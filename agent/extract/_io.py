@@ -5,14 +5,17 @@ Rules enforced here:
 * **Writing never follows a symlink.** ``dest`` is created fresh, 0700 (an existing one is refused,
   never reused). Everything beneath it is opened relative to directory fds with :data:`DIR_FLAGS`
   (``O_NOFOLLOW``) or, for new files, :data:`FILE_FLAGS` (``O_CREAT | O_EXCL | O_NOFOLLOW``).
-* **A file is checked before it is kept.** The writer thread hashes every byte it writes and checks
-  the file's SHA-256 against its manifest entry before giving it its manifest mode. The first
-  failure stops all further writing; every fd handed over is still closed, exactly once; the error
-  reaches the caller at its next :meth:`Writer.flush` or :meth:`Writer.finish`. At most
-  ``WRITE_QUEUE`` batches (each flushed at 1 MiB or ``WRITE_BATCH_FILES`` files) are in flight.
+* **A file is checked before it is kept.** A small file reaches the writer thread already checked
+  (:meth:`Writer.create`); the writer hashes every byte of a large one it writes and checks its
+  SHA-256 against its manifest entry before giving it its manifest mode (when the umask kept it
+  from being created with it, :func:`create_file`). The first failure stops all further writing;
+  every fd handed over is still closed, exactly once (a directory fd dropped from the cache only
+  after the operations queued before it); the error reaches the caller at its next
+  :meth:`Writer.flush` or :meth:`Writer.finish`. At most ``WRITE_QUEUE`` batches (each flushed at
+  1 MiB or ``WRITE_BATCH_FILES`` files) are in flight.
 * **Removal never follows a symlink either.** :func:`discard` removes a partial tree through
   directory fds; failing to is noted on the original error, never raised instead of it.
-* **Writeback is progressive.** Each checked file is handed to writeback as it is closed
+* **Writeback is progressive.** Each checked large file is handed to writeback as it is closed
   (:func:`agent._util.fsutil.start_writeback`, ``sync_file_range(2)``, no wait), so the one
   ``syncfs`` after extraction does not flush 250 MB at once, and fsyncs elsewhere (the nonce log,
   the state file) do not queue behind it.
@@ -288,7 +291,7 @@ class Writer:
 
     def busy(self) -> bool:
         """True when the thread is behind: its queue is full and the caller would wait."""
-        return self._queue.full()
+        return len(self._queue.queue) >= WRITE_QUEUE  # asked per file: no lock (Queue.full)
 
     def flush(self) -> None:
         if self.error is not None:

@@ -14,10 +14,12 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
   :func:`agent.package.manifest.check_relpath` rule it breaks.
 * **Caps.** Members: at most ``len(manifest.files)`` and ``limits.max_entries``. Decompressed
   bytes: exactly what the package writer emits for the manifest (:func:`~agent.extract.checks.byte_cap`).
-  Path length and depth: ``limits``. Pax headers: 64 KiB. Memory: bounded 1 MiB chunks.
+  Path length and depth: ``limits``. Pax headers: 64 KiB. Memory: a few 4 MiB blocks.
 * **Writing never follows a symlink.** ``dest`` is created fresh (0700); everything beneath it
-  relative to fds of directories this run created, ``O_NOFOLLOW | O_EXCL``; files 0600 until
-  written; symlinks and directory modes last, from the manifest; the root becomes 0755.
+  relative to fds of directories this run created, ``O_NOFOLLOW | O_EXCL``; a file created with
+  its mode only when the umask leaves it whole (else 0600, its mode once checked: the root is 0700
+  until the end, so no one else sees it earlier); symlinks and directory modes last, from the
+  manifest; the root becomes 0755.
 * **Thin payloads** (a delta upload's ``delta.json``, or a manifest ``payload.base``) hold only
   regular files of the manifest: directories and symlinks come from the manifest, the other
   files from releases on the host (:mod:`agent.extract.reuse`, re-hashed); one neither has fails
@@ -29,11 +31,13 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
 Ownership, times and ustar names overridden by pax are never applied. Durability is the caller's
 job: one :func:`agent._util.fsutil.syncfs` after extraction instead of an fsync per file.
 
-Here: the public API and the orchestration (:class:`_Extraction`); the parser, codec check,
-decompressor thread and byte stream in :mod:`agent.extract._stream`; the destination, writer
-thread, removal and storage errors in :mod:`agent.extract._io`. Three threads share the work: one
-decompresses; the caller's parses, checks, creates, and writes small files; one writes, hashes and
-closes large files (``os.write`` and ``hashlib`` release the GIL), overlapping the parsing.
+Here: the public API and the orchestration (:class:`_Extraction`); the codec check, signed input
+and decompressor thread in :mod:`agent.extract._source`; the tar parser and byte stream in
+:mod:`agent.extract._stream`; the destination, directory fds, writer thread, removal and storage
+errors in :mod:`agent.extract._io`. Three threads share the work (docs/design.md, "Extraction
+CPU"): one decompresses; the caller's parses, checks, hashes small files and creates directories;
+the writer creates the small files whole and streams, hashes and closes the large ones (the
+kernel's file creation off the parsing thread; ``os.write`` and ``hashlib`` release the GIL).
 """
 
 from __future__ import annotations

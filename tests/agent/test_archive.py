@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from cutover.agent.errors import (
     StorageError,
     UnsafeArchiveError,
 )
-from cutover.agent.extract import checks
+from cutover.agent.extract import _source, checks
 from cutover.agent.extract import extractor as archive
 from cutover.agent.extract._io import MAX_OPEN_DIRS
 from cutover.agent.extract.extractor import ExtractLimits, extract_payload, verify_payload_digest
@@ -215,6 +216,58 @@ def test_large_files_across_chunks_on_both_write_paths(
     assert not kit.dest.exists()
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o277], ids=["022", "077", "277"])
+@pytest.mark.parametrize("inline", [False, True], ids=["writer-thread", "inline"])
+def test_files_get_their_manifest_modes_whatever_the_umask(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, umask: int, inline: bool
+) -> None:
+    """A file is created with its mode only when the umask leaves it whole, else 0600 and then
+    fchmod'ed: small and large files, on the writer thread or this one, end up as listed."""
+    monkeypatch.setattr(archive._Writer, "busy", lambda self: inline)
+    big = os.urandom(3 << 20)
+    members = [
+        *TREE,
+        reg("big.bin", big),
+        reg("bin/big-tool", big[::-1], mode=0o755),
+        reg("ro/big.dat", big[: 1 << 20], mode=0o444),
+    ]
+    pkg = kit.evil(members)
+    old = os.umask(umask)
+    try:
+        _extract(kit, pkg)
+    finally:
+        os.umask(old)
+    tree = snapshot(kit.dest)
+    for m in members:
+        if m.type == tarfile.REGTYPE:
+            assert tree[m.name][:2] == ("file", m.mode), m.name
+            assert (kit.dest / m.name).read_bytes() == m.data
+    assert tree["public"][:2] == ("dir", 0o750)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+@pytest.mark.parametrize("block", [1000, 4096 + 7], ids=["1000", "4103"])
+def test_headers_and_small_files_straddling_decompressed_blocks(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, compression: str, block: int
+) -> None:
+    """Headers and small files are handed out as views of one decompressed block; with blocks
+    that are not a multiple of 512 bytes, many straddle two, and each is still whole and checked
+    (a flipped byte in the last file too)."""
+    monkeypatch.setattr(_source, "BLOCK_BYTES", block)
+    members = [reg(f"f{i:03}.txt", bytes([i % 251]) * (300 + 37 * i)) for i in range(120)]
+    _extract(kit, kit.evil(members, compression=compression))
+    for m in members:
+        assert (kit.dest / m.name).read_bytes() == m.data
+    shutil.rmtree(kit.dest)
+
+    last = members[-1]
+    tampered = [*members[:-1], reg(last.name, last.data[:-1] + b"\xff")]
+    with pytest.raises(DigestMismatchError) as info:
+        _extract(kit, kit.evil(tampered, entries_for(members), compression=compression))
+    assert info.value.code == "digest_mismatch" and repr(last.name) in str(info.value)
+    assert not kit.dest.exists()
+
+
 def test_many_directories_beyond_the_fd_cache(kit: Kit) -> None:
     members: list[Member] = []
     for i in range(12):
@@ -270,7 +323,14 @@ def test_host_path_limit_applies_before_anything_is_written(kit: Kit) -> None:
     assert not kit.dest.exists()
 
 
-def test_disk_full_is_reported_and_nothing_is_kept(kit: Kit) -> None:
+@pytest.mark.parametrize(
+    "sizes",
+    [[1 << 20] * 3, [4096] * 400],
+    ids=["large-files-streamed", "small-files-created-whole"],
+)
+def test_disk_full_is_reported_and_nothing_is_kept(kit: Kit, sizes: list[int]) -> None:
+    """Whichever thread hits ENOSPC (small files are created by the writer thread, large ones
+    streamed to it), the error names the release and the partial tree is gone."""
     mnt = kit.tmp / "small"
     mnt.mkdir()
     mounted = (
@@ -286,8 +346,7 @@ def test_disk_full_is_reported_and_nothing_is_kept(kit: Kit) -> None:
         pytest.skip("cannot mount a 1 MiB tmpfs here (needs root); disk-full path not exercised")
     try:
         kit.dest = mnt / "release"
-        blob = os.urandom(1 << 20)
-        pkg = kit.evil([reg("a.bin", blob), reg("b.bin", blob), reg("c.bin", blob)])
+        pkg = kit.evil([reg(f"f{i:03}.bin", os.urandom(n)) for i, n in enumerate(sizes)])
         with pytest.raises(StorageError) as info:
             _extract(kit, pkg)
         assert info.value.code == "disk_full"
