@@ -364,7 +364,9 @@ class _Extraction(TarParser):
             self._write_here(stream, dir_fd, leaf, entry)
         elif size < WRITER_MIN_BYTES:  # checked here, created whole by the writer
             view = stream.span(size)
-            check_digest(sha256(view).hexdigest(), entry)
+            actual = sha256(view).hexdigest()
+            if actual != entry.sha256:
+                check_digest(actual, entry)  # raises digest_mismatch
             writer.create(dir_fd, leaf, view, entry)
         else:  # created here, streamed to the writer, which hashes, checks and closes it
             fd = self._open_fd = create_file(dir_fd, leaf, entry.mode, self._umask)

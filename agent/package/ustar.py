@@ -110,6 +110,12 @@ def padded(size: int) -> int:
 
 def _number(field: bytes, what: str, base256: bool) -> int:
     """A numeric field: octal digits then NUL/space padding (``int()`` alone is laxer)."""
+    digits = field.rstrip(b" \x00")
+    if digits.isdigit():  # ASCII 0-9 only, none before them: int() then refuses only 8 and 9
+        try:
+            return int(digits, 8)
+        except ValueError:
+            pass
     match = _OCTAL.fullmatch(field)
     if match is not None:
         return int(match[1], 8)
@@ -140,14 +146,10 @@ def decode_header(block: bytes | memoryview) -> Header | None:
         if magic == GNU_MAGIC:
             raise HeaderError("a GNU-format tar header (only POSIX ustar is read)", "gnu")
         raise HeaderError("not a POSIX ustar header", "not_ustar")
-    match = _OCTAL.fullmatch(chksum)
-    stored = int(match[1], 8) if match is not None else _number(chksum, "checksum", False)
-    if stored != _byte_sum(block) - sum(chksum) + 256:
+    if _number(chksum, "checksum", False) != _byte_sum(block) - sum(chksum) + 256:
         raise HeaderError("bad header checksum", "checksum")
-    match = _OCTAL.fullmatch(size)
-    length = int(match[1], 8) if match is not None else _number(size, "size", True)
-    match = _OCTAL.fullmatch(mode)
-    bits = int(match[1], 8) if match is not None else _number(mode, "mode", False)
+    length = _number(size, "size", True)
+    bits = _number(mode, "mode", False)
     name = name.partition(b"\x00")[0]
     prefixed = prefix[0] != 0
     if prefixed:

@@ -83,6 +83,10 @@ BAD_HEADERS = {
     "stale-checksum": (_corrupt(GOOD, 0, b"x"), "checksum"),
     "size-not-octal": (_rechecksum(_corrupt(GOOD, 124, b"0000000001a\x00")), "number"),
     "size-leading-space": (_rechecksum(_corrupt(GOOD, 124, b" 0000000012\x00")), "number"),
+    "size-digit-8": (_rechecksum(_corrupt(GOOD, 124, b"00000000018\x00")), "number"),
+    "size-nul-inside": (_rechecksum(_corrupt(GOOD, 124, b"00000\x0000012\x00")), "number"),
+    "mode-digit-9": (_rechecksum(_corrupt(GOOD, 100, b"0000649\x00")), "number"),
+    "mode-underscore": (_rechecksum(_corrupt(GOOD, 100, b"000_644\x00")), "number"),
     "mode-not-octal": (_rechecksum(_corrupt(GOOD, 100, b"0000-44\x00")), "number"),
     "negative-base-256": (_rechecksum(_corrupt(GOOD, 124, b"\xff" + bytes(11))), "number"),
 }
