@@ -27,7 +27,7 @@ PHASES = {  # label -> (module, attribute)
         "cutover.agent.lifecycle.stagework",  # StageJob.verify's (the CLI's local stage work)
         "verify_release",
     ),
-    "content index (from the seals of installed releases)": (
+    "content index: which installed releases to read": (
         "cutover.agent.host.content",
         "ContentIndex.build",
     ),
@@ -38,6 +38,10 @@ PHASES = {  # label -> (module, attribute)
     "  of which placing reused files (open, fstat, [hash], link)": (
         "cutover.agent.extract.reuse",
         "Reuser.place",
+    ),
+    "    of which reading seals (the content index, as lookups need them)": (
+        "cutover.agent.host.content",
+        "ContentIndex._read_next",
     ),
     "install (shared links, kept manifest, rename)": ("cutover.agent.host.installer", "install"),
     "read-only + seal (its syncfs first)": ("cutover.agent.host.installer", "seal"),

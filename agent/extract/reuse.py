@@ -41,7 +41,7 @@ import fcntl
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -81,7 +81,8 @@ class Reuser:
 
     Args:
         releases: the app's ``releases/`` directory.
-        candidates: SHA-256 → installed files with that content (the content index).
+        candidates: SHA-256 → installed files with that content, best first (the content
+            index; it may read more releases while it is iterated, so it is iterated lazily).
         reflink: try ``FICLONE`` first.
         hardlink: hardlinks are allowed (see the module docstring for when).
     """
@@ -89,7 +90,7 @@ class Reuser:
     def __init__(
         self,
         releases: Path,
-        candidates: Callable[[str], Sequence[Candidate]],
+        candidates: Callable[[str], Iterable[Candidate]],
         *,
         reflink: bool,
         hardlink: bool,
@@ -106,7 +107,7 @@ class Reuser:
 
     def knows(self, digest: str) -> bool:
         """The host holds (per its manifests) a file with this content."""
-        return bool(self._candidates(digest))
+        return next(iter(self._candidates(digest)), None) is not None
 
     def place(self, entry: FileEntry, dir_fd: int, leaf: str) -> str | None:
         """Create ``leaf`` in ``dir_fd`` with ``entry``'s content from an older release.

@@ -104,7 +104,7 @@ def reuser_for(layout: Layout, state: AppState, manifest: Manifest, mode: str) -
     if mode == "off":
         return None
     index = ContentIndex.build(layout, state, exclude=manifest.version)
-    if not len(index):
+    if index.empty():
         return None
     hooks = manifest.hooks
     hardlink = mode == "hardlink" or (mode == "auto" and not (hooks.stage or hooks.pre_activate))

@@ -66,6 +66,7 @@ PATH_PATTERN: Final = rf"^{_COMPONENT}(?:/{_COMPONENT})*$"
 _PATHS_SHAPE: Final = re.compile(
     rf"{_COMPONENT}(?:/{_COMPONENT})*(?:\n{_COMPONENT}(?:/{_COMPONENT})*)*"
 )
+_BAD_BYTES: Final = bytes([*range(0x0A), *range(0x0B, 0x20), 0x7F, 0x5C])  # _BAD_CHARS but "\n"
 _SHORT: Final = MAX_NAME_BYTES - 1  # below every limit check_relpath counts in bytes or levels
 
 
@@ -220,15 +221,29 @@ def _fold_all(paths: list[str], joined: str) -> list[str]:
     return folded if len(folded) == len(paths) else [fold_key(p) for p in paths]
 
 
+def _shape_ok(joined: str, count: int) -> bool:
+    """``_PATHS_SHAPE.fullmatch(joined)`` for ``count`` newline-joined paths, by byte operations
+    in C instead of a backtracking match (~5x faster on 20,000 paths): no byte a component may
+    not hold, no newline inside a path, and, with every separator made a newline and one added at
+    each end, no empty, ``.`` or ``..`` component (``\n\n``, ``\n.\n``, ``\n..\n``). UTF-8
+    keeps every ASCII byte for its character only. ``test_manifest_rules`` checks it agrees with
+    the pattern."""
+    data = joined.encode("utf-8", "surrogatepass")
+    if len(data.translate(None, _BAD_BYTES)) != len(data) or data.count(b"\n") != count - 1:
+        return False
+    marked = b"\n" + data.replace(b"/", b"\n") + b"\n"
+    return b"\n\n" not in marked and b"\n.\n" not in marked and b"\n..\n" not in marked
+
+
 def check_relpaths(paths: list[str]) -> str:
-    """:func:`check_relpath` of every path, fast (one regular expression pass in C for the usual
-    short ASCII paths); returns them newline-joined.
+    """:func:`check_relpath` of every path, fast (a few passes in C over the joined list for the
+    usual short ASCII paths, :func:`_shape_ok`); returns them newline-joined.
 
     Raises:
         ManifestError: the first path that is not a safe relative path.
     """
     joined = "\n".join(paths)
-    if paths and not _PATHS_SHAPE.fullmatch(joined):
+    if paths and not _shape_ok(joined, len(paths)):
         for p in paths:
             check_relpath(p)  # raises for the first path of the wrong shape
         raise ManifestError("a path in the file list is not a safe relative path")

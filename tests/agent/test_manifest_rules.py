@@ -104,41 +104,47 @@ def test_file_list_rule_refuses_with_its_message(files: list[Any], message: str)
     assert message in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "a",
-        "ab",
-        "abc",
-        ".a",
-        "..a",
-        "a.",
-        "a..",
-        "...",
-        ".a.",
-        "a/b",
-        "a/.b/c",
-        ".",
-        "..",
-        "./a",
-        "a/.",
-        "a/..",
-        "../a",
-        "a//b",
-        "/a",
-        "a/",
-        "",
-        "a\\b",
-        "a\x7fb",
-        "a\x1fb",
-        "é",
-        "日本/語",
-        "a b",
-        "-",
-        "a:b",
-        "n" * 254,
-    ],
-)
+_PATH_CASES = [
+    "a",
+    "ab",
+    "abc",
+    ".a",
+    "..a",
+    "a.",
+    "a..",
+    "...",
+    ".a.",
+    "a/b",
+    "a/.b/c",
+    ".",
+    "..",
+    "./a",
+    "a/.",
+    "a/..",
+    "../a",
+    "a//b",
+    "/a",
+    "a/",
+    "",
+    "a\\b",
+    "a\x7fb",
+    "a\x1fb",
+    "é",
+    "日本/語",
+    "a b",
+    "-",
+    "a:b",
+    "n" * 254,
+    "a\nb",
+    "a\tb",
+    "a/b/",
+    "a/./b",
+    "a/../b",
+    "\n",
+]
+
+
+@pytest.mark.parametrize("path", _PATH_CASES)
 def test_path_pattern_accepts_exactly_what_check_relpath_accepts(path: str) -> None:
     try:
         check_relpath(path)
@@ -201,6 +207,30 @@ def test_payload_chunks_must_match_the_payload(
     with pytest.raises(ManifestError) as info:
         parse_manifest(data)
     assert message in str(info.value), str(info.value)
+
+
+def test_the_fast_list_shape_check_agrees_with_the_pattern_on_every_list() -> None:
+    """check_relpaths judges the joined list with string operations, not _PATHS_SHAPE: every
+    list of one, two and three of the cases (valid or not, in every position) gets the verdict
+    the pattern gives, and random lists over the characters that matter do too."""
+    import itertools
+    import random
+
+    from cutover.agent.package.entries import _PATHS_SHAPE, _shape_ok
+
+    lists = [list(c) for n in (1, 2, 3) for c in itertools.product(_PATH_CASES[:30], repeat=n)]
+    rng = random.Random(12)  # noqa: S311 (test inputs, not secrets)
+    alphabet = ["a", ".", "/", "\n", "\\", "\x00", "\x7f", "é", "b"]
+    for _ in range(20_000):
+        lists.append(
+            ["".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(rng.randint(1, 3))]
+        )
+    for paths in lists:
+        joined = "\n".join(paths)
+        want = all(re.fullmatch(PATH_PATTERN, p) for p in paths) and bool(
+            _PATHS_SHAPE.fullmatch(joined)
+        )
+        assert _shape_ok(joined, len(paths)) is want, paths
 
 
 def test_duplicate_json_keys_are_refused_naming_the_key() -> None:

@@ -202,7 +202,7 @@ def test_a_removed_release_is_never_offered(
         op(host, "prune")
     assert not (host.root / "releases" / A).exists() and not _seal(host, A).exists()
     layout = Layout(host.root)
-    index = ContentIndex.build(layout, StateFile(layout.state_file, host.app).load())
+    index = ContentIndex.build(layout, StateFile(layout.state_file, host.app).load()).read_all()
     versions = {s.version for d in index._by_digest for s in index.sources(d)}
     assert versions == {B}
     op(host, "stage", make_package(C, files={**FILES_B, "legacy.txt": only_a["legacy.txt"]}))
