@@ -35,7 +35,7 @@ PHASES = {  # label -> (module, attribute)
         "cutover.agent.extract.extractor",
         "extract_payload",
     ),
-    "  of which placing reused files (open, fstat, [hash], link)": (
+    "  of which placing reused files (lstat, link, lstat; [open, hash])": (
         "cutover.agent.extract.reuse",
         "Reuser.place",
     ),

@@ -25,8 +25,12 @@ index, :mod:`agent.host.content`) is placed from that older release: cloned, har
     ``auto`` hardlinks only when the release declares no hook that runs inside the new tree
     before it is sealed (``stage``, ``pre_activate``), ``hardlink`` is the operator asserting
     hooks never write in place. Both also need an identical manifest mode and a sealed
-    (write-protected) source. The verified open file itself is linked (``/proc/self/fd``);
-    without ``/proc`` the name is, then checked to be the verified inode.
+    (write-protected) source. A source proven by hashing is linked as the verified open file
+    itself (``/proc/self/fd``; without ``/proc`` by name, then checked to be the verified
+    inode). A source proven by its sealed identity takes a shorter path with the same proof
+    (:meth:`Reuser._link_sealed`): ``lstat`` by name in its directory's fd, link by name, and
+    ``lstat`` of the new name, which must be the inode whose identity matched; the identities
+    read then are what the new release's seal records for those files (:meth:`Reuser.placed`).
   - *copy*: an in-kernel copy (``copy_file_range``, else ``sendfile``), given the manifest mode.
 
 Counts per method (files and bytes) are kept for the stage record, and per check: sources hashed,
@@ -58,7 +62,7 @@ CHECKS: Final = ("hashed", "sealed")  # how a source was proven: re-hashed, or i
 _SOURCE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NO_REFLINK: Final = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY})
 _NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
-_MAX_DIR_FDS: Final = 64
+_MAX_DIR_FDS: Final = 256  # source directories kept open (more: all closed, then reopened)
 _READ: Final = 1 << 20  # bytes per read while hashing a source
 
 
@@ -104,6 +108,8 @@ class Reuser:
         self.checks: dict[str, list[int]] = {c: [0, 0] for c in CHECKS}
         self._proc_links = os.path.isdir("/proc/self/fd")
         self.refused: list[str] = []  # candidates that failed their check, for the log
+        self._linked: list[tuple[str, tuple[int, int]]] = []  # (new path, (dev, ino)), in order
+        self._latest: dict[tuple[int, int], tuple[int, Identity]] = {}  # inode -> (mode, ident)
 
     def knows(self, digest: str) -> bool:
         """The host holds (per its manifests) a file with this content."""
@@ -119,6 +125,18 @@ class Reuser:
             OSError: creating the new file failed (the caller maps it to a StorageError).
         """
         for cand in self._candidates(entry.sha256):
+            if (
+                cand.ident is not None
+                and self._hardlink
+                and not self._reflink
+                and cand.mode == entry.mode
+                and cand.size == entry.size
+                and self._link_sealed(cand, entry, dir_fd, leaf)
+            ):
+                counts = self.counts["hardlink"]
+                counts[0] += 1
+                counts[1] += entry.size
+                return "hardlink"
             src = self._open_source(cand, entry)
             if src is None:
                 continue
@@ -127,11 +145,74 @@ class Reuser:
                 method = self._put(fd, st, cand, entry, dir_fd, leaf)
             finally:
                 os.close(fd)
+            if method == "hardlink":  # the link changed its ctime: remember the identity now
+                self._note_link(entry.path, dir_fd, leaf)
             counts = self.counts[method]
             counts[0] += 1
             counts[1] += entry.size
             return method
         return None
+
+    def _link_sealed(self, cand: Candidate, entry: FileEntry, dir_fd: int, leaf: str) -> bool:
+        """The fast path for a sealed source that may be hardlinked: ``lstat`` it by name (in its
+        directory's fd, never through a link), link it by name if its identity is exactly the
+        sealed one and it is write-protected, then ``lstat`` the new name: it must be that very
+        inode (else it is unlinked: the name was swapped in between). Three syscalls instead of
+        open, fstat, link through ``/proc/self/fd`` and close; the proof is the same (the
+        identity the seal recorded, of the inode that is linked). False: nothing was created,
+        and the caller takes the general path (which records why, or hashes, or copies)."""
+        parent, _, name = cand.path.rpartition("/")
+        try:
+            src_dir = self._dir_fd(cand.version, parent)
+            st = os.lstat(name, dir_fd=src_dir)
+        except OSError:
+            return False
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if st.st_mode & 0o170222 != stat.S_IFREG:  # a regular file, no write bit
+            return False
+        if ident != cand.ident:
+            # Linked earlier in this run (a second path with the same content): its identity
+            # is the one read right after that link, which changed only its ctime.
+            mine = self._latest.get((st.st_dev, st.st_ino))
+            if mine is None or mine[1] != ident:
+                return False
+        try:
+            os.link(name, leaf, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                raise
+            return False
+        new = os.lstat(leaf, dir_fd=dir_fd)
+        if (new.st_dev, new.st_ino) != (st.st_dev, st.st_ino):
+            os.unlink(leaf, dir_fd=dir_fd)  # another inode was linked: not the one checked
+            return False
+        check = self.checks["sealed"]
+        check[0] += 1
+        check[1] += entry.size
+        self._remember(entry.path, new)
+        return True
+
+    def _note_link(self, path: str, dir_fd: int, leaf: str) -> None:
+        """After a hardlink on the general path (its source hashed): its identity now."""
+        self._remember(path, os.lstat(leaf, dir_fd=dir_fd))
+
+    def _remember(self, path: str, new: os.stat_result) -> None:
+        # The link changed the inode's ctime: this is its identity now (a later link of the
+        # same inode into this tree replaces it; placed() gives each path the latest).
+        inode = (new.st_dev, new.st_ino)
+        self._linked.append((path, inode))
+        self._latest[inode] = (
+            new.st_mode,
+            (new.st_dev, new.st_ino, new.st_size, new.st_mtime_ns, new.st_ctime_ns),
+        )
+
+    def placed(self) -> dict[str, tuple[int, Identity]]:
+        """Path → (``st_mode``, identity) read right after this run hardlinked it (its source
+        proven by its sealed identity or by hashing), the latest one per inode: what sealing the
+        new release would read with ``lstat`` if nothing changed the inode since
+        (:func:`agent.host.seal.seal_release`)."""
+        latest = self._latest
+        return {path: latest[inode] for path, inode in self._linked}
 
     def _open_source(self, cand: Candidate, entry: FileEntry) -> tuple[int, os.stat_result] | None:
         where = f"{cand.version}/{cand.path}"
@@ -168,23 +249,25 @@ class Reuser:
         return fd, st
 
     def _dir_fd(self, version: str, parent: str) -> int:
-        """An fd of ``releases/<version>/<parent>``, each component opened without following."""
+        """An fd of ``releases/<version>/<parent>``, each component opened without following
+        (from the cached fd of its own parent: one ``open`` per directory, not one per level)."""
         key = f"{version}/{parent}" if parent else version
         fd = self._dir_fds.get(key)
         if fd is not None:
             return fd
         if len(self._dir_fds) >= _MAX_DIR_FDS:
             self.close_dirs()
-        fd = os.open(version, DIR_FLAGS, dir_fd=self._root_fd)
-        try:
-            for part in parent.split("/") if parent else ():
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        self._dir_fds[key] = fd
+        return self._open_dir(version, parent, key)
+
+    def _open_dir(self, version: str, parent: str, key: str) -> int:
+        if parent:
+            up, _, name = parent.rpartition("/")
+            up_fd = self._dir_fds.get(f"{version}/{up}" if up else version)
+            if up_fd is None:
+                up_fd = self._open_dir(version, up, f"{version}/{up}" if up else version)
+        else:
+            up_fd, name = self._root_fd, version
+        fd = self._dir_fds[key] = os.open(name, DIR_FLAGS, dir_fd=up_fd)
         return fd
 
     def _put(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +22,7 @@ from cutover.agent._util.fsutil import fsync_dir, random_suffix, syncfs
 from cutover.agent.errors import StorageError
 from cutover.agent.extract import extractor
 from cutover.agent.extract.extractor import ExtractStats
-from cutover.agent.extract.reuse import Reuser
+from cutover.agent.extract.reuse import Identity, Reuser
 from cutover.agent.host.content import ContentIndex
 from cutover.agent.host.kept import keep_manifest
 from cutover.agent.host.layout import Layout
@@ -56,6 +56,7 @@ def extract_to_incoming(
     state: AppState | None = None,
     reuse: str = "off",
     dest: Path | None = None,
+    placed: dict[str, tuple[int, Identity]] | None = None,
 ) -> tuple[Path, ExtractStats]:
     """Check the payload digest, then extract it into a fresh ``incoming/`` directory.
 
@@ -64,7 +65,8 @@ def extract_to_incoming(
     ``state``, files the host already holds are taken from its releases (the content index,
     :mod:`agent.host.content`; how: :func:`reuser_for`). The extractor removes its partial tree
     on any failure. ``dest`` (under ``incoming/``) is the tree's name chosen by the caller (a
-    stage worker's parent removes it if the worker is killed), else a fresh one.
+    stage worker's parent removes it if the worker is killed), else a fresh one. ``placed`` gets
+    the identities of the files hardlinked on their sealed identity (for :func:`seal`).
 
     Returns:
         The staging directory and what the extraction wrote (and reused, by method).
@@ -90,6 +92,8 @@ def extract_to_incoming(
     finally:
         if reuser is not None:
             reuser.close()
+    if placed is not None and reuser is not None:
+        placed.update(reuser.placed())
     return dest, stats
 
 
@@ -177,13 +181,19 @@ def make_readonly(release_dir: Path) -> None:
 
 
 def seal(
-    layout: Layout, release_dir: Path, verified: VerifiedRelease, *, hooks_ran: bool
+    layout: Layout,
+    release_dir: Path,
+    verified: VerifiedRelease,
+    *,
+    hooks_ran: bool,
+    placed: Mapping[str, tuple[int, Identity]] | None = None,
 ) -> SealReport | None:
     """Make the release read-only; record its seal (:mod:`agent.host.seal`) unless stage hooks
     ran in it (what they wrote was never checked: its files are hashed when reused). The
-    report's ``projection`` goes into the release's state record (``seal_sha256``)."""
+    report's ``projection`` goes into the release's state record (``seal_sha256``). ``placed``:
+    what :func:`extract_to_incoming` gave (files it need not ``lstat`` again)."""
     if not hooks_ran:
-        report = seal_release(layout, release_dir, verified.manifest, verified.digest)
+        report = seal_release(layout, release_dir, verified.manifest, verified.digest, placed)
         if report is not None:
             return report
     make_readonly(release_dir)

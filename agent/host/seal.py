@@ -43,7 +43,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
@@ -53,6 +53,7 @@ from cutover.agent._util.fsutil import random_suffix, syncfs
 from cutover.agent._util.lazylog import get_logger
 from cutover.agent.errors import ManifestError
 from cutover.agent.extract._io import DIR_FLAGS
+from cutover.agent.extract.reuse import Identity
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import ReleaseRecord
 from cutover.agent.package.entries import check_relpaths
@@ -116,7 +117,11 @@ def _readonly_mode(mode: int, is_dir: bool) -> int:
 
 
 def seal_release(
-    layout: Layout, release_dir: Path, manifest: Manifest, manifest_digest: str
+    layout: Layout,
+    release_dir: Path,
+    manifest: Manifest,
+    manifest_digest: str,
+    placed: Mapping[str, tuple[int, Identity]] | None = None,
 ) -> SealReport | None:
     """Make a release staged without stage hooks read-only and record its seal.
 
@@ -124,6 +129,15 @@ def seal_release(
     are set from the manifest (as :func:`agent.host.installer.make_readonly` would set them)
     without walking it. Returns None, having written no seal, if the tree is not what the
     manifest says: the caller then runs ``make_readonly`` (and ``verify`` reports the rest).
+
+    ``placed``: path → (``st_mode``, identity) of files the extraction hardlinked on their
+    sealed identity, read by ``lstat`` right after the link (:meth:`agent.extract.reuse.Reuser.
+    placed`); those are not ``lstat``-ed again. Equally safe: an identity is still recorded only
+    if its ctime is older than the probe's tick after the syncfs, so any later change of the
+    inode is seen; a change between that ``lstat`` and the tick makes the row stale (a cache
+    miss: the file is hashed when reused), where reading it later would have recorded it as
+    sealed content (neither reading proves content: the tree is trusted as the extraction wrote
+    it, §1.2).
     """
     files = [e for e in manifest.files if type(e) is FileEntry]
     root = str(release_dir)
@@ -148,12 +162,19 @@ def seal_release(
         cut = _tick_after(probe_fd)  # every change so far is older than ``cut``
         lstat, regular = os.lstat, stat.S_IFREG
         cut_ns = -1 if cut is None else cut  # no ctime is older than -1: nothing sealed
+        known = placed or {}
         for i, e in enumerate(files):  # 20,000 files: kept lean
+            want = 0o555 if e.mode & 0o111 else 0o444  # = installer.release_mode
+            got = known.get(e.path)
+            if got is not None:
+                mode, (f_dev, ino, size, mtime, ctime) = got
+                if mode & 0o177777 == regular | want and size == e.size and f_dev == dev:
+                    idents.append((ino, mtime, ctime) if ctime < cut_ns and ino > 0 else None)
+                    continue
             path = f"{root}/{e.path}"
             st = lstat(path)
             if st.st_mode & 0o170000 != regular or st.st_size != e.size or st.st_dev != dev:
                 raise FileNotFoundError(path)  # not the extracted tree: walk it, no seal
-            want = 0o555 if e.mode & 0o111 else 0o444  # = installer.release_mode
             if st.st_mode & 0o7777 != want:
                 os.chmod(path, want)
                 redo.append(i)

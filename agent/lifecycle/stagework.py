@@ -27,6 +27,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from cutover.agent.errors import StateError
 from cutover.agent.extract.extractor import ExtractStats
+from cutover.agent.extract.reuse import Identity
 from cutover.agent.host import installer
 from cutover.agent.host.diskspace import space_needed
 from cutover.agent.host.drift import record_inventory
@@ -60,6 +61,7 @@ class StageJob:
         self._package = package
         self._fh: BinaryIO | None = None
         self._opened: tuple[PackageParts, BinaryIO, VerifiedRelease] | None = None
+        self._placed: dict[str, tuple[int, Identity]] = {}  # extract's, for make_readonly
 
     def verify(
         self, policy: TrustPolicy, history: HostHistory, expected_version: str | None
@@ -94,8 +96,17 @@ class StageJob:
         """Extract the verified payload into ``dest`` (under ``incoming/``); the extractor
         removes its partial tree on any failure."""
         parts, fh, verified = self._release()
+        self._placed = {}
         _, stats = installer.extract_to_incoming(
-            layout, fh, parts, verified, progress, state=state, reuse=reuse, dest=dest
+            layout,
+            fh,
+            parts,
+            verified,
+            progress,
+            state=state,
+            reuse=reuse,
+            dest=dest,
+            placed=self._placed,
         )
         return stats
 
@@ -107,7 +118,9 @@ class StageJob:
         """Make the installed release read-only and, without stage hooks, seal it
         (:func:`agent.host.installer.seal`); returns the seal's projection digest, if one was
         written (the state record's ``seal_sha256``)."""
-        report = installer.seal(layout, release_dir, self._release()[2], hooks_ran=hooks_ran)
+        report = installer.seal(
+            layout, release_dir, self._release()[2], hooks_ran=hooks_ran, placed=self._placed
+        )
         return None if report is None else report.projection
 
     def close(self) -> None:
