@@ -108,8 +108,12 @@ class Reuser:
         self.checks: dict[str, list[int]] = {c: [0, 0] for c in CHECKS}
         self._proc_links = os.path.isdir("/proc/self/fd")
         self.refused: list[str] = []  # candidates that failed their check, for the log
-        self._linked: list[tuple[str, tuple[int, int]]] = []  # (new path, (dev, ino)), in order
-        self._latest: dict[tuple[int, int], tuple[int, Identity]] = {}  # inode -> (mode, ident)
+        # Hardlinked paths and their inodes, in order (parallel lists: no tuple per file, which
+        # would be 19,000 more objects for the cyclic GC to scan), and each inode's lstat right
+        # after its latest link (on one device: a hardlink never crosses one).
+        self._linked_paths: list[str] = []
+        self._linked_inos: list[int] = []
+        self._latest: dict[int, os.stat_result] = {}
 
     def knows(self, digest: str) -> bool:
         """The host holds (per its manifests) a file with this content."""
@@ -173,8 +177,14 @@ class Reuser:
         if ident != cand.ident:
             # Linked earlier in this run (a second path with the same content): its identity
             # is the one read right after that link, which changed only its ctime.
-            mine = self._latest.get((st.st_dev, st.st_ino))
-            if mine is None or mine[1] != ident:
+            mine = self._latest.get(st.st_ino)
+            if mine is None or ident != (
+                mine.st_dev,
+                mine.st_ino,
+                mine.st_size,
+                mine.st_mtime_ns,
+                mine.st_ctime_ns,
+            ):
                 return False
         try:
             os.link(name, leaf, src_dir_fd=src_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -199,20 +209,19 @@ class Reuser:
     def _remember(self, path: str, new: os.stat_result) -> None:
         # The link changed the inode's ctime: this is its identity now (a later link of the
         # same inode into this tree replaces it; placed() gives each path the latest).
-        inode = (new.st_dev, new.st_ino)
-        self._linked.append((path, inode))
-        self._latest[inode] = (
-            new.st_mode,
-            (new.st_dev, new.st_ino, new.st_size, new.st_mtime_ns, new.st_ctime_ns),
-        )
+        self._linked_paths.append(path)
+        self._linked_inos.append(new.st_ino)
+        self._latest[new.st_ino] = new
 
-    def placed(self) -> dict[str, tuple[int, Identity]]:
-        """Path → (``st_mode``, identity) read right after this run hardlinked it (its source
-        proven by its sealed identity or by hashing), the latest one per inode: what sealing the
-        new release would read with ``lstat`` if nothing changed the inode since
+    def placed(self) -> dict[str, os.stat_result]:
+        """Path → ``lstat`` read right after this run hardlinked it (its source proven by its
+        sealed identity or by hashing), the latest one per inode: what sealing the new release
+        would read with ``lstat`` if nothing changed the inode since
         (:func:`agent.host.seal.seal_release`)."""
         latest = self._latest
-        return {path: latest[inode] for path, inode in self._linked}
+        return dict(
+            zip(self._linked_paths, map(latest.__getitem__, self._linked_inos), strict=True)
+        )
 
     def _open_source(self, cand: Candidate, entry: FileEntry) -> tuple[int, os.stat_result] | None:
         where = f"{cand.version}/{cand.path}"

@@ -19,10 +19,11 @@ from typing import BinaryIO
 
 from cutover.agent._util.faults import fault_point
 from cutover.agent._util.fsutil import fsync_dir, random_suffix, syncfs
+from cutover.agent._util.gcpause import gc_paused
 from cutover.agent.errors import StorageError
 from cutover.agent.extract import extractor
 from cutover.agent.extract.extractor import ExtractStats
-from cutover.agent.extract.reuse import Identity, Reuser
+from cutover.agent.extract.reuse import Reuser
 from cutover.agent.host.content import ContentIndex
 from cutover.agent.host.kept import keep_manifest
 from cutover.agent.host.layout import Layout
@@ -30,7 +31,7 @@ from cutover.agent.host.seal import SealReport, seal_release
 from cutover.agent.host.shared import link_shared
 from cutover.agent.host.state import AppState
 from cutover.agent.package.container import PackageParts
-from cutover.agent.package.delta import parse_delta
+from cutover.agent.package.delta import DeltaPayload, parse_delta
 from cutover.agent.package.manifest import Manifest
 from cutover.agent.trust.policy import VerifiedRelease
 
@@ -56,7 +57,7 @@ def extract_to_incoming(
     state: AppState | None = None,
     reuse: str = "off",
     dest: Path | None = None,
-    placed: dict[str, tuple[int, Identity]] | None = None,
+    placed: dict[str, os.stat_result] | None = None,
 ) -> tuple[Path, ExtractStats]:
     """Check the payload digest, then extract it into a fresh ``incoming/`` directory.
 
@@ -66,7 +67,7 @@ def extract_to_incoming(
     :mod:`agent.host.content`; how: :func:`reuser_for`). The extractor removes its partial tree
     on any failure. ``dest`` (under ``incoming/``) is the tree's name chosen by the caller (a
     stage worker's parent removes it if the worker is killed), else a fresh one. ``placed`` gets
-    the identities of the files hardlinked on their sealed identity (for :func:`seal`).
+    the ``lstat`` of each file hardlinked, read right after its link (for :func:`seal`).
 
     Returns:
         The staging directory and what the extraction wrote (and reused, by method).
@@ -77,6 +78,24 @@ def extract_to_incoming(
     delta = None if parts.delta_bytes is None else parse_delta(parts.delta_bytes).payload
     if delta is not None or manifest.payload.chunks is None:  # else: chunk by chunk, in one pass
         extractor.verify_payload_digest(fh, parts, manifest, delta=delta)
+    # No cyclic-GC scans while 20,000 entries are placed (a stat result kept per hardlinked
+    # file, the content index's rows): nothing built here holds a reference cycle.
+    with gc_paused():
+        return _extract(layout, fh, parts, manifest, dest, delta, progress, state, reuse, placed)
+
+
+def _extract(
+    layout: Layout,
+    fh: BinaryIO,
+    parts: PackageParts,
+    manifest: Manifest,
+    dest: Path,
+    delta: DeltaPayload | None,
+    progress: Callable[[int], None] | None,
+    state: AppState | None,
+    reuse: str,
+    placed: dict[str, os.stat_result] | None,
+) -> tuple[Path, ExtractStats]:
     reuser = None if state is None else reuser_for(layout, state, manifest, reuse)
     try:
         stats = extractor.extract_payload(
@@ -186,18 +205,19 @@ def seal(
     verified: VerifiedRelease,
     *,
     hooks_ran: bool,
-    placed: Mapping[str, tuple[int, Identity]] | None = None,
+    placed: Mapping[str, os.stat_result] | None = None,
 ) -> SealReport | None:
     """Make the release read-only; record its seal (:mod:`agent.host.seal`) unless stage hooks
     ran in it (what they wrote was never checked: its files are hashed when reused). The
     report's ``projection`` goes into the release's state record (``seal_sha256``). ``placed``:
     what :func:`extract_to_incoming` gave (files it need not ``lstat`` again)."""
-    if not hooks_ran:
-        report = seal_release(layout, release_dir, verified.manifest, verified.digest, placed)
-        if report is not None:
-            return report
-    make_readonly(release_dir)
-    return None
+    with gc_paused():  # 20,000 seal rows built: no cyclic-GC scans meanwhile
+        if not hooks_ran:
+            report = seal_release(layout, release_dir, verified.manifest, verified.digest, placed)
+            if report is not None:
+                return report
+        make_readonly(release_dir)
+        return None
 
 
 def make_durable(layout: Layout) -> None:

@@ -19,6 +19,7 @@ file list the stage needs (bytes to make room for, bytes to report progress agai
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,6 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from cutover.agent.errors import StateError
 from cutover.agent.extract.extractor import ExtractStats
-from cutover.agent.extract.reuse import Identity
 from cutover.agent.host import installer
 from cutover.agent.host.diskspace import space_needed
 from cutover.agent.host.drift import record_inventory
@@ -61,7 +61,7 @@ class StageJob:
         self._package = package
         self._fh: BinaryIO | None = None
         self._opened: tuple[PackageParts, BinaryIO, VerifiedRelease] | None = None
-        self._placed: dict[str, tuple[int, Identity]] = {}  # extract's, for make_readonly
+        self._placed: dict[str, os.stat_result] = {}  # extract's, for make_readonly
 
     def verify(
         self, policy: TrustPolicy, history: HostHistory, expected_version: str | None

@@ -9,6 +9,7 @@ which path each file took.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pytest
 from cutover.agent.errors import HealthCheckError
 from cutover.agent.host.content import ContentIndex
 from cutover.agent.host.layout import Layout
-from cutover.agent.host.seal import _probe, _tick_after
+from cutover.agent.host.seal import _probe, _tick_after, seal_projection
 from cutover.agent.host.state import StateFile
 from tests.agent.test_lifecycle import health, hook, op
 from tests.agent.test_reuse import FILES_A, FILES_B, SHARED
@@ -278,3 +279,27 @@ def test_a_file_written_after_its_seal_was_refreshed_is_still_hashed(
     assert record["reuse_hashed_files"] == 1 and record["payload_files"] == 2
     assert (host.root / "releases" / C / "lib/app.php").read_text() == FILES_A["lib/app.php"]
     _verify_clean(host, C)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "a/b.php",
+        "é/ü",
+        "日本/語",
+        'a"b',
+        "a\u2028b",
+        "a\x85b",
+        "emoji😀",
+        "a\x7fb",
+        "t\tx",
+        "\ud800",
+    ],
+)
+def test_the_projection_hashes_the_bytes_json_dumps_writes(path: str) -> None:
+    """seal_projection serialises with pydantic-core (or json.dumps, for what it refuses):
+    the digest is the one of json.dumps' bytes either way, so records written before agree."""
+    rows = [(path, "0" * 64, 12, 0o644, 3, 4, 5), ("x", "f" * 64, 0, 0o755, 0, 0, 0)]
+    text = json.dumps([r[:4] for r in rows], separators=(",", ":"), ensure_ascii=False)
+    want = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    assert seal_projection(rows) == want
