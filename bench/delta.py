@@ -22,6 +22,8 @@ container) against the bytes that changed (the sizes of B's files whose content 
 delta push (``cutover push``, the rollout's stage step) of B to N real agents (``cutover-agent
 serve`` on 127.0.0.1) holding A. Trees are kept until the end (mass deletes slow this disk) and
 removed afterwards. Goals: delta stage <= 0.33x rsync --link-dest; wire / changed <= 1.1.
+Each staging process's CPU seconds (user + sys) are printed too: on a shared machine they move
+far less with the load than wall time (compare runs by them, quote the load with both).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -115,12 +118,23 @@ def make_root(base: Path, pub: Path, pkg_a: Path, reuse: str = "auto") -> tuple[
     return config, root
 
 
-def stage(config: Path, pkg: Path) -> tuple[float, dict[str, int]]:
-    """Whole-process ``cutover-agent stage``: seconds, and the record's content counts."""
+CPU: dict[str, list[float]] = {}  # CPU seconds (user + sys) of each staging process, by label
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stage(config: Path, pkg: Path, label: str = "") -> tuple[float, dict[str, int]]:
+    """Whole-process ``cutover-agent stage``: seconds, and the record's content counts (its
+    CPU seconds go to ``CPU[label]``: on a shared box they move less with the load than wall)."""
     _run(["sync"])
+    cpu = _children_cpu()
     t0 = time.perf_counter()
     out = _run([str(BIN / "cutover-agent"), "--config", str(config), "--json", "stage", str(pkg)])
     seconds = time.perf_counter() - t0
+    CPU.setdefault(label, []).append(_children_cpu() - cpu)
     return seconds, json.loads(out.stdout).get("content", {})
 
 
@@ -183,13 +197,15 @@ def index_cost(
     return statistics.median(lookup), statistics.median(whole), read
 
 
-def phase_split(config: Path, pkg: Path) -> tuple[float, dict[str, float]]:
-    """Whole-process seconds of one more delta stage and its per-phase timers."""
+def phase_split(config: Path, pkg: Path) -> tuple[float, float, dict[str, float]]:
+    """Whole-process seconds and CPU seconds of one more delta stage, and its per-phase timers."""
     _run(["sync"])
+    cpu = _children_cpu()
     t0 = time.perf_counter()
     out = _run([sys.executable, str(Path(__file__).resolve().parent / "delta_phases.py"),
                 str(config), str(pkg)])  # fmt: skip
-    return time.perf_counter() - t0, json.loads(out.stdout.splitlines()[-1])
+    seconds, cpu = time.perf_counter() - t0, _children_cpu() - cpu
+    return seconds, cpu, json.loads(out.stdout.splitlines()[-1])
 
 
 def _row(name: str, values: list[float], base: float | None) -> str:
@@ -319,22 +335,22 @@ def main(argv: list[str] | None = None) -> int:
                 "full": files["b"].stat().st_size,
             }
             link_dest = root_off / "releases" / A
-            seconds, content["delta"] = stage(cfg_delta, delta.path)
+            seconds, content["delta"] = stage(cfg_delta, delta.path, "delta")
             t.setdefault("delta", []).append(seconds)
             rsync = _timed(["rsync", "-a", f"--link-dest={link_dest}", f"{src_b}/",
                             str(rnd / "rsync")])  # fmt: skip
             t.setdefault("rsync", []).append(rsync)
             t.setdefault("rsync+sync", []).append(rsync + _timed(["sync"]))
-            seconds, content["off"] = stage(cfg_off, files["b"])
+            seconds, content["off"] = stage(cfg_off, files["b"], "off")
             t.setdefault("off", []).append(seconds)
             cp = _timed(["cp", "-al", str(link_dest), str(rnd / "cp")])
             t.setdefault("cp+sync", []).append(cp + _timed(["sync"]))
-            seconds, content["auto"] = stage(cfg_auto, files["b"])
+            seconds, content["auto"] = stage(cfg_auto, files["b"], "auto")
             t.setdefault("auto", []).append(seconds)
             t.setdefault("pass", []).append(_timed([sys.executable, "-c", "pass"]))
         print("one more delta stage, timed per phase (untimed above)...", file=sys.stderr)
         cfg_split, _ = make_root(work / "split", files["pub"], files["a"])
-        split_s, split = phase_split(cfg_split, rnd / "delta.cutover")
+        split_s, split_cpu, split = phase_split(cfg_split, rnd / "delta.cutover")
         index_s = index_cost(work, files["b"])
         index_kept_s = index_cost(work, files["b"], sealed=False)
         fleet = push_to_agents(args.agents, work / "fleet", files) if args.agents else None
@@ -351,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("ours: delta stage (whole process, durable)", t["delta"], base))
     print(_row("ours: full stage, reuse = off (whole process, durable)", t["off"], base))
     print(_row("ours: full stage, reuse = auto (whole process, durable)", t["auto"], base))
+    for name in ("delta", "off", "auto"):
+        print(_row(f"  CPU (user+sys) of the {name} stage process", CPU[name], None))
     print(_row("  controller: making the delta container", make_s, None))
     print(_row("  python -c pass", t["pass"], None))
     for what, (look_s, all_s, read) in (("their seals", index_s), ("the kept manifests, "
@@ -361,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("delta", "off", "auto"):
         print(f"  content of the {name} stage: {json.dumps(content[name], sort_keys=True)}")
     print(f"\nwhere the delta stage's time goes (one more delta stage in a fresh process, timers "
-          f"around each phase): {split_s:.3f} s whole process")  # fmt: skip
+          f"around each phase): {split_s:.3f} s whole process ({split_cpu:.3f} s CPU)")  # fmt: skip
     imports, command = split.pop("imports"), split.pop("command")
     print(f"  {'python start-up and exit':<62} {split_s - imports - command:7.3f}")
     print(f"  {'imports (cutover.agent.cli and the stage modules)':<62} {imports:7.3f}")
