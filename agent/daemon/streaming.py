@@ -53,6 +53,7 @@ import structlog
 from cutover.agent.config import LoadedConfig
 from cutover.agent.errors import CutoverError
 from cutover.agent.extract.extractor import ExtractStats
+from cutover.agent.host import workerlock
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.trash import remove_tree
 from cutover.agent.worker.process import WorkerPool, WorkerProcess
@@ -72,11 +73,17 @@ def streaming_dir(layout: Layout) -> Path:
 
 
 def clear_stale(layout: Layout) -> None:
-    """Remove what a previous daemon left in the streaming directory (it is the only user)."""
+    """Remove what a previous daemon left in the streaming directory (it is the only user),
+    once no streaming worker of that daemon still writes there (agent/host/workerlock.py).
+
+    Raises:
+        LockedError: such a worker outlived its daemon (named); nothing was removed.
+    """
     d = streaming_dir(layout)
     if d.is_dir():
-        for entry in d.iterdir():
-            remove_tree(entry)
+        with workerlock.exclusive(layout.stream_worker_lock):
+            for entry in d.iterdir():
+                remove_tree(entry)
 
 
 class StreamFeed:
@@ -182,6 +189,9 @@ class StreamingStage:
             self._worker = worker = await self._pool.take()
             self.worker_pid = worker.pid
             worker.send(self._job)
+            held = await worker.receive()  # the worker lock is held: fed only from now on
+            if "error" in held:
+                raise error_from_wire(held["error"])
             self.feed.attach(worker)
             log.info(
                 "stream_stage_started", app=self._app, version=self._version, worker=worker.pid

@@ -3,11 +3,12 @@
     <root>/releases/<version>/   immutable once staged (read-only files and directories)
     <root>/shared/               persistent data linked into every release
     <root>/current               relative symlink -> releases/<version>
-    <root>/.cutover/             state.json, journal.jsonl, lock, incoming/, manifests/, trash/
+    <root>/.cutover/             state.json, journal.jsonl, lock, incoming/, manifests/, trash/,
+                                 worker.lock, stream-worker.lock
 
 Only paths: the modules that read and write them are ``current`` (the link), ``installer``
-(incoming/ and releases/), ``kept`` (manifests/), ``trash``, ``ledger`` (state and journal) and
-``lock``.
+(incoming/ and releases/), ``kept`` (manifests/), ``trash``, ``ledger`` (state and journal),
+``lock`` and ``workerlock``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         return self.meta / "lock"
+
+    @property
+    def worker_lock(self) -> Path:
+        """Stage workers hold it shared while they may write ``incoming/`` (agent/host/workerlock.py)."""
+        return self.meta / "worker.lock"
+
+    @property
+    def stream_worker_lock(self) -> Path:
+        """Streaming workers hold it shared while they may write ``streaming/``."""
+        return self.meta / "stream-worker.lock"
 
     def install_marker(self, version: str) -> Path:
         return self.incoming / f"{version}{self.INSTALLING}"

@@ -13,6 +13,7 @@ import asyncio
 from cutover.agent._util.lazylog import get_logger
 from cutover.agent.errors import DriftError, HookError
 from cutover.agent.host import recovery as plan
+from cutover.agent.host import workerlock
 from cutover.agent.host.current import TEMP_LINK_PREFIX, flip, read_current
 from cutover.agent.host.journal import Journal
 from cutover.agent.host.layout import Layout
@@ -66,17 +67,26 @@ class Recovery:
     async def run(self, state: AppState) -> list[str]:
         """Resolve whatever a killed operation left; returns what was done (journaled).
 
+        It first takes the stage workers' lock exclusively (agent/host/workerlock.py): a
+        worker of a daemon killed a moment ago may still be writing into ``incoming/``.
+
         Raises:
             DriftError: ``current`` is in a state only a human can resolve; nothing was changed.
+            LockedError: such a worker outlived its daemon (named); nothing was changed.
         """
         ctx = self.ctx
-        disk = await asyncio.to_thread(observe, ctx.layout, ctx.ledger.journal)
-        todo = plan.plan_recovery(state, disk)
-        if todo.refusal is not None:
-            raise DriftError(todo.refusal)
-        done: list[str] = []
-        for action in todo.actions:
-            await self._apply(state, action, done)
+        # a dying daemon's stage worker may still write its tree: wait until it is gone
+        fd = await asyncio.to_thread(workerlock.acquire_exclusive, ctx.layout.worker_lock)
+        try:
+            disk = await asyncio.to_thread(observe, ctx.layout, ctx.ledger.journal)
+            todo = plan.plan_recovery(state, disk)
+            if todo.refusal is not None:
+                raise DriftError(todo.refusal)
+            done: list[str] = []
+            for action in todo.actions:
+                await self._apply(state, action, done)
+        finally:
+            workerlock.release(fd)
         if done:
             for a in done:
                 ctx.emit("recovery", action=a)

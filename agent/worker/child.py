@@ -8,9 +8,16 @@ Protocol: JSON lines. The worker says ``{"ready": pid}``; the daemon sends the j
 * ``{"job": "stream", ...}`` (agent/daemon/streaming.py), then ``{"written": n}`` lines, and
   ``{"complete": true}`` or ``{"abort": true}``; one answer.
 
+* A stage worker is told ``{"op": "hold", "root": root}`` before ``extract``; a stream worker
+  takes the same step on its job and says ``{"held": pid}`` before the daemon feeds it.
+
 What it may write: the tree it is told to extract (under ``incoming/``, or the daemon's
 ``streaming/``), a release's inventory file and modes (after the daemon installed it). Never
 the state file, the journal or the lock: those stay with the daemon, under the app lock.
+Before it writes, it holds the root's worker lock shared (agent/host/workerlock.py) until it
+dies, and the daemon waits for that: whoever removes such trees takes the lock exclusively
+first, so even a dying daemon's worker (the app lock is dropped a moment before the kernel
+sends ``PR_SET_PDEATHSIG``) is gone before recovery or the next daemon removes its tree.
 
 It dies with the daemon: ``PR_SET_PDEATHSIG`` (SIGKILL) is armed first, then the parent pid is
 checked against the one the daemon passed (a daemon killed before the prctl left the worker
@@ -39,8 +46,20 @@ def die_with_parent(parent: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    _exit_if_orphaned(parent)
+
+
+def _exit_if_orphaned(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)  # the daemon is gone: nothing to do, nobody to answer
+
+
+def _hold(lock: Path, parent: int) -> None:
+    """Hold ``lock`` shared until this process dies (see the module docstring)."""
+    from cutover.agent.host.workerlock import hold_shared
+
+    hold_shared(lock)
+    _exit_if_orphaned(parent)  # taken after a removal that followed the daemon's death
 
 
 class _Out:
@@ -57,7 +76,7 @@ class _Out:
             self._fh.write(data)
 
 
-def _stage(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
+def _stage(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> None:
     from cutover.agent._util.faults import fault_point
     from cutover.agent.host.layout import Layout
     from cutover.agent.host.state import AppState
@@ -86,13 +105,16 @@ def _stage(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
             cmd = json.loads(line)
             op = cmd["op"]
             try:
-                if op == "verify":
+                if op == "hold":
+                    _hold(Layout(Path(cmd["root"])).worker_lock, parent)
+                    answer: dict[str, object] = {}
+                elif op == "verify":
                     head = work.verify(
                         policy_from_wire(cmd["policy"]),
                         history_from_wire(cmd["history"]),
                         cmd["expected_version"],
                     )
-                    answer: dict[str, object] = head_to_wire(head)
+                    answer = head_to_wire(head)
                 elif op == "extract":
                     state = cmd["state"]
                     stats = work.extract(
@@ -128,10 +150,17 @@ def _stage(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
         work.close()
 
 
-def _stream(job: dict[str, object], inp: BinaryIO, out: _Out) -> None:
+def _stream(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> None:
+    from cutover.agent.host.layout import Layout
     from cutover.agent.worker.streamjob import SpoolFeed, pump, stream_extract
     from cutover.agent.worker.wire import error_to_wire
 
+    try:
+        _hold(Layout(Path(str(job["root"]))).stream_worker_lock, parent)
+    except Exception as exc:
+        out.send({"error": error_to_wire(exc)})
+        return
+    out.send({"held": os.getpid()})  # the daemon feeds the spool's progress only after this
     feed = SpoolFeed(Path(str(job["spool"])))
     threading.Thread(target=pump, args=(inp, feed), name="stream-feed", daemon=True).start()
     try:
@@ -153,7 +182,8 @@ def _preload() -> None:
 
 def main(argv: list[str]) -> int:
     """``argv``: the program, the daemon's pid, the daemon's log format."""
-    die_with_parent(int(argv[1]))
+    parent = int(argv[1])
+    die_with_parent(parent)
     out = _Out()
     from cutover.agent._util.lazylog import configure_logging_lazily
 
@@ -169,9 +199,9 @@ def main(argv: list[str]) -> int:
     job = json.loads(line)
     kind = job.get("job")
     if kind == "stage":
-        _stage(job, inp, out)
+        _stage(job, inp, out, parent)
     elif kind == "stream":
-        _stream(job, inp, out)
+        _stream(job, inp, out, parent)
     else:
         print(f"cutover stage worker: unknown job {job!r}", file=sys.stderr)
         return 2

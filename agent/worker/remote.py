@@ -97,6 +97,9 @@ class ChildStageWork:
         # The state only matters where files may be taken from installed releases.
         state_json = None if state is None or reuse == "off" else state.model_dump_json()
         try:
+            # the worker holds the root's worker lock before it writes (agent/host/workerlock.py):
+            # from its answer on, no recovery removes incoming/ while it lives
+            await self._request({"op": "hold", "root": str(layout.root)}, "taking the worker lock")
             answer = await self._request(
                 {
                     "op": "extract",

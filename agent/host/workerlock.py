@@ -1,0 +1,138 @@
+"""Stage workers against tree removal: ``flock(2)`` on ``<root>/.cutover/worker.lock`` (the
+trees in ``incoming/`` and the releases a worker seals) and ``<root>/.cutover/stream-worker.lock``
+(the daemon's ``streaming/`` trees).
+
+A stage worker (agent/worker/) takes ``LOCK_SH`` on the file itself, before it writes a byte,
+and never lets go: the kernel drops it only when the worker dies. Whoever removes such a tree
+(recovery, the daemon's start clearing ``streaming/``) takes ``LOCK_EX`` first. The app lock
+alone is not enough: a daemon killed with ``kill -9`` drops the app lock when its files are
+released, a moment *before* the kernel sends its workers ``PR_SET_PDEATHSIG``, so without this
+lock an on-host CLI or a restarted agent could remove a tree a dying worker still writes into.
+
+Two files, so an operation's recovery never waits for an upload still arriving (a streaming
+extraction runs outside the app lock). The exclusive side waits, bounded: a worker dies
+within milliseconds of its daemon; one that holds the lock past the timeout is named (pid, from
+``/proc/locks``) in the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from cutover.agent.errors import LockedError, StorageError
+
+__all__ = [
+    "EXCLUSIVE_TIMEOUT_S",
+    "acquire_exclusive",
+    "exclusive",
+    "hold_shared",
+    "holders",
+    "release",
+]
+
+log = structlog.get_logger(__name__)
+
+EXCLUSIVE_TIMEOUT_S: Final = 30.0
+_POLL_S: Final = 0.01
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot open the stage worker lock {path}: {exc.strerror}; "
+            "check that the app root's .cutover/ exists and is writable by the agent"
+        ) from exc
+
+
+def hold_shared(path: Path) -> None:
+    """Take ``LOCK_SH`` on ``path`` for the rest of this process's life (a worker's side;
+    blocks while a removal holds it). The descriptor is left open on purpose.
+
+    Raises:
+        StorageError: the lock file cannot be opened.
+    """
+    fd = _open(path)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def holders(path: Path) -> list[int]:
+    """The pids holding a flock on ``path`` (best effort, from ``/proc/locks``)."""
+    try:
+        st = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    out: list[int] = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  READ  1234 fd:01:5678 0 EOF" (a "->" marks a blocked waiter)
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        dev_ino = fields[5].split(":")
+        with contextlib.suppress(ValueError, IndexError):
+            if int(dev_ino[2]) == st.st_ino and int(fields[4]) not in out:
+                out.append(int(fields[4]))
+    return [p for p in out if p != os.getpid()]
+
+
+def acquire_exclusive(path: Path, timeout_s: float = EXCLUSIVE_TIMEOUT_S) -> int:
+    """Take ``LOCK_EX`` on ``path`` (blocking; call from a worker thread); returns the
+    descriptor to :func:`release`.
+
+    Raises:
+        LockedError: a stage worker still held it after ``timeout_s``; nothing was removed.
+        StorageError: the lock file cannot be opened.
+    """
+    fd = _open(path)
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    waited = True
+                    log.warning("waiting_for_stage_worker", lock=str(path), pids=holders(path))
+                if time.monotonic() >= deadline:
+                    pids = ", ".join(str(p) for p in holders(path)) or "unknown"
+                    raise LockedError(
+                        f"a stage worker (pid {pids}) still holds {path} after {timeout_s:g} s, "
+                        "so the tree it writes cannot be removed yet; a worker dies with its "
+                        "daemon: check that process (ps -p PID), kill it if its daemon is gone, "
+                        "then retry",
+                        holder={"pids": pids, "lock": str(path)},
+                    ) from None
+                time.sleep(_POLL_S)
+    except BaseException:
+        os.close(fd)
+        raise
+    if waited:
+        log.info("stage_worker_gone", lock=str(path))
+    return fd
+
+
+def release(fd: int) -> None:
+    """Drop what :func:`acquire_exclusive` took."""
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, timeout_s: float = EXCLUSIVE_TIMEOUT_S) -> Iterator[None]:
+    """:func:`acquire_exclusive` for the block (blocking)."""
+    fd = acquire_exclusive(path, timeout_s)
+    try:
+        yield
+    finally:
+        release(fd)
