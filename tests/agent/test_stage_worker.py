@@ -8,10 +8,13 @@ tests/e2e/test_stage_worker.py."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from cutover.agent.daemon.streaming import clear_stale, streaming_dir
 from cutover.agent.errors import (
     InternalError,
     LockedError,
@@ -19,7 +22,9 @@ from cutover.agent.errors import (
     UploadOffsetError,
 )
 from cutover.agent.extract.extractor import ExtractStats
+from cutover.agent.host import workerlock
 from cutover.agent.host.layout import Layout
+from cutover.agent.host.workerlock import holders
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.agent.lifecycle.stagework import StageJob
 from cutover.agent.package.container import open_package
@@ -161,3 +166,52 @@ async def test_a_killed_worker_is_a_clear_error() -> None:
         await worker.request({"job": "stage", "package": "/nonexistent"}, "verifying x")
     assert info.value.code == "stage_worker_died"
     assert f"pid {worker.pid}" in str(info.value) and "SIGKILL" in str(info.value)
+
+
+_HOLDER = """
+import pathlib, sys, time
+from cutover.agent.host.workerlock import hold_shared
+lock, dest = map(pathlib.Path, sys.argv[1:])
+hold_shared(lock)
+dest.mkdir()
+(dest / "f").write_bytes(b"x")
+sys.stdout.write("held\\n")
+sys.stdout.flush()
+sys.stdin.read()  # until the test kills it
+"""
+
+
+def test_a_removal_waits_for_the_worker_lock_and_names_a_survivor(tmp_path: Path) -> None:
+    """clear_stale (and recovery, tests/e2e/test_stage_worker.py) take the worker lock
+    exclusively: a bounded wait ends in an error naming the pid, with nothing removed."""
+    layout = Layout(tmp_path / "root")
+    for d in layout.dirs():
+        d.mkdir(parents=True, exist_ok=True)
+    tree = streaming_dir(layout) / "op-1"
+    streaming_dir(layout).mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(layout.stream_worker_lock), str(tree)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert holders(layout.stream_worker_lock) == [holder.pid]
+        with (
+            pytest.raises(LockedError) as info,
+            workerlock.exclusive(layout.stream_worker_lock, timeout_s=0.2),
+        ):
+            raise AssertionError("taken while a worker holds it")
+        msg = str(info.value)
+        assert f"pid {holder.pid}" in msg and str(layout.stream_worker_lock) in msg
+        assert "kill it if its daemon is gone" in msg
+        assert (tree / "f").read_bytes() == b"x"  # nothing removed
+        # the incoming/ lock is another file: recovery does not wait for an upload
+        with workerlock.exclusive(layout.worker_lock, timeout_s=0.2):
+            pass
+    finally:
+        holder.kill()
+        holder.communicate()  # reaped, its pipes closed
+    clear_stale(layout)
+    assert list(streaming_dir(layout).iterdir()) == []
+    assert holders(layout.stream_worker_lock) == []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,9 @@ import pytest
 
 from cutover.agent.errors import InternalError
 from cutover.agent.host.seal import seal_projection
+from cutover.agent.host.workerlock import holders
 from cutover.controller.build import build_package, sign_package
-from tests.e2e.conftest import APP, Agent, Keys
+from tests.e2e.conftest import AGENT, APP, Agent, Keys
 
 pytestmark = pytest.mark.e2e
 
@@ -263,3 +266,93 @@ async def test_a_daemon_staged_release_is_sealed_and_the_next_stage_reuses_it_un
         assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
     assert (agent.meta / "manifests" / "2.0.0.seal.json").is_file()
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
+
+
+# A stage worker as the kernel may leave one for a moment after kill -9 of its daemon: it holds
+# the worker lock (the same call as agent/worker/child.py) and keeps writing into its tree.
+_SURVIVOR = """
+import itertools, pathlib, sys, time
+from cutover.agent.host.workerlock import hold_shared
+lock, dest, ready = map(pathlib.Path, sys.argv[1:])
+hold_shared(lock)
+dest.mkdir()
+for i in itertools.count():
+    (dest / f"f{i}").write_bytes(b"x")
+    if i == 0:
+        ready.write_text("writing")
+    time.sleep(0.002)  # a pace, not a synchronisation: the test waits for events
+"""
+
+
+def _survivor(lock: Path, dest: Path, ready: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", _SURVIVOR, str(lock), str(dest), str(ready)])
+
+
+def _cli_status(agent: Agent, stderr: Path) -> subprocess.Popen[bytes]:
+    with stderr.open("wb") as err:
+        return subprocess.Popen(
+            [str(AGENT), "--config", str(agent.config), "--json", "status"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+
+
+async def test_recovery_waits_until_a_worker_that_outlived_its_daemon_is_gone(
+    paused_agent: Agent, tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    agent = paused_agent
+    await _stage_first(agent, packages)
+    assert agent.stop() == 0  # the on-host CLI takes the app lock, as after a kill -9
+    before = agent.snapshot()
+    dest = agent.meta / "incoming" / "2.0.0.survivor"
+    ready = tmp_path / "writing"
+    writer = _survivor(agent.meta / "worker.lock", dest, ready)
+    try:
+        _wait_for(ready.exists, "the surviving worker writes into incoming/")
+        assert holders(agent.meta / "worker.lock") == [writer.pid]
+        err = tmp_path / "cli.err"
+        cli = _cli_status(agent, err)
+        _wait_for(lambda: "waiting_for_stage_worker" in err.read_text(), "recovery waits")
+        assert str(writer.pid) in err.read_text()  # the log names the holder
+        seen = len(list(dest.iterdir()))
+        _wait_for(lambda: len(list(dest.iterdir())) > seen, "the worker writes on meanwhile")
+        assert cli.poll() is None  # recovery has not removed its tree while it writes
+    finally:
+        writer.kill()
+        writer.wait()
+    out, _ = cli.communicate(timeout=120)
+    assert cli.returncode == 0, err.read_text()
+    (view,) = json.loads(out)["apps"]
+    assert "removed partial staging 2.0.0.survivor from incoming/" in view["recovered"]
+    assert not dest.exists() and _leftovers(agent) == {"incoming": [], "streaming": []}
+    after = agent.snapshot()
+    assert after["current"] == before["current"] == "releases/1.0.0"
+    assert after["releases"] == before["releases"] == ["1.0.0"]
+
+
+async def test_the_cli_right_after_kill_9_of_the_daemon_waits_for_its_worker(
+    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+) -> None:
+    agent = paused_agent
+    await _stage_first(agent, packages)
+    marker = tmp_path / "paused"
+    _restart_paused(agent, marker)
+    pkg = _package(tmp_path, keys, "2.0.0")
+    async with agent.client(upload_timeout_s=120) as c:
+        await c.upload(APP, "2.0.0", pkg)
+        _wait_for(marker.exists, "a stage worker paused mid-extraction")
+        pid = _stage_worker_pids(agent)[-1]  # the last stage's
+        # it holds the worker lock from before it wrote: recovery cannot pass it while it lives
+        assert holders(agent.meta / "worker.lock") == [pid]
+        assert any((agent.meta / "incoming").iterdir())
+        assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    cli = _cli_status(agent, tmp_path / "cli.err")  # at once: the worker may still be dying
+    out, _ = cli.communicate(timeout=120)
+    assert cli.returncode == 0, (tmp_path / "cli.err").read_text()
+    (view,) = json.loads(out)["apps"]
+    assert any(a.startswith("removed partial staging 2.0.0.") for a in view["recovered"])
+    assert holders(agent.meta / "worker.lock") == []
+    _wait_for(lambda: not _alive(pid), "the worker died with the daemon")
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
+    assert agent.current() == "releases/1.0.0"
+    assert sorted(p.name for p in (agent.root / "releases").iterdir()) == ["1.0.0"]
