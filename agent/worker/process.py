@@ -8,7 +8,9 @@ stage never waits for the interpreter to import (~0.3 s of another core's time);
 is never reused (a fresh address space per job, nothing carried from one package to the next).
 
 Every failure of the process itself is one error: :class:`~agent.errors.InternalError` with code
-``stage_worker_died``, naming the pid, how it ended, and what it was doing.
+``stage_worker_died``, naming the pid, how it ended (or the unreadable line it sent: it is
+killed then), and what it was doing. A line may be as long as a signed manifest may be
+(``MAX_MANIFEST_BYTES``) plus 1 MiB.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Final
 import structlog
 
 from cutover.agent.errors import InternalError
+from cutover.agent.package.manifest import MAX_MANIFEST_BYTES
 from cutover.agent.worker.wire import Json, dumps, error_from_wire
 
 __all__ = ["WORKER_DIED", "WorkerPool", "WorkerProcess"]
@@ -32,7 +35,8 @@ __all__ = ["WORKER_DIED", "WorkerPool", "WorkerProcess"]
 log = structlog.get_logger(__name__)
 
 WORKER_DIED: Final = "stage_worker_died"
-_LINE_LIMIT: Final = 16 << 20  # a manifest head (notes, chunk digests) fits in one line
+# a manifest head (notes, chunk digests: at most the signed manifest's size) fits in one line
+_LINE_LIMIT: Final = MAX_MANIFEST_BYTES + (1 << 20)
 _EXIT_WAIT_S: Final = 10.0  # a worker whose job is done exits at once when its stdin closes
 
 
@@ -85,17 +89,26 @@ class WorkerProcess:
         """The worker's next line.
 
         Raises:
-            InternalError: the worker ended (``stage_worker_died``).
+            InternalError: the worker ended, or sent what is not a protocol line (then it is
+                killed first); both ``stage_worker_died``.
         """
         assert self._proc.stdout is not None  # noqa: S101 - spawned with stdout=PIPE
-        line = await self._proc.stdout.readline()
+        try:
+            line = await self._proc.stdout.readline()
+        except ValueError:  # longer than the limit (the rest is not read)
+            await self.kill()
+            raise self._garbled(f"a line longer than {_LINE_LIMIT} bytes") from None
         if not line.endswith(b"\n"):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._proc.wait(), _EXIT_WAIT_S)
             raise self._died()
-        obj = json.loads(line)
+        try:
+            obj = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
+            obj = None
         if not isinstance(obj, dict):
-            raise InternalError(f"stage worker {self.pid} sent {line[:200]!r}")
+            await self.kill()
+            raise self._garbled(f"{line[:200]!r}")
         return obj
 
     async def request(
@@ -138,6 +151,15 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
         await self._proc.wait()
+
+    def _garbled(self, what: str) -> InternalError:
+        return InternalError(
+            f"the stage worker process (pid {self.pid}) sent {what} while {self.doing}, which "
+            "is not a line of its protocol; it was killed, and the stage stopped and removed "
+            "what it had written; its log (stderr) may say why (report it: a bug), then stage "
+            "the package again",
+            code=WORKER_DIED,
+        )
 
     def _died(self) -> InternalError:
         rc = self._proc.returncode

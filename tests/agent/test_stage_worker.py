@@ -7,6 +7,7 @@ tests/e2e/test_stage_worker.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from cutover.agent.host.workerlock import holders
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.agent.lifecycle.stagework import StageJob
 from cutover.agent.package.container import open_package
+from cutover.agent.package.manifest import MAX_MANIFEST_BYTES
 from cutover.agent.trust.approvals import ApprovalMatrix
 from cutover.agent.trust.policy import HostHistory, TrustPolicy
 from cutover.agent.trust.requirements import Requirements
@@ -215,3 +217,45 @@ def test_a_removal_waits_for_the_worker_lock_and_names_a_survivor(tmp_path: Path
     clear_stale(layout)
     assert list(streaming_dir(layout).iterdir()) == []
     assert holders(layout.stream_worker_lock) == []
+
+
+async def test_a_line_over_the_limit_kills_the_worker_with_a_clear_error() -> None:
+    """A line may be as long as a signed manifest (its head, with every chunk digest); a longer
+    one is a clear stage_worker_died, the worker killed (not a raw ValueError: internal)."""
+    worker = await WorkerProcess.spawn()
+    worker.send({"job": "stage", "package": "/nonexistent"})
+    # the real worker echoes an unknown command in its error: a line over the limit
+    op = "x" * (MAX_MANIFEST_BYTES + (1 << 20))
+    with pytest.raises(InternalError) as info:
+        await worker.request({"op": op}, "verifying big.cutover")
+    msg = str(info.value)
+    assert info.value.code == "stage_worker_died" and f"pid {worker.pid}" in msg
+    assert "a line longer than" in msg and "verifying big.cutover" in msg
+    assert "stage the package again" in msg and len(msg) < 1000
+    assert not worker.alive  # killed and reaped
+
+
+_GARBLER = """
+import json, os, sys
+sys.stdout.write(json.dumps({"ready": os.getpid()}) + "\\n")
+sys.stdout.write("not json\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+async def test_a_line_that_is_not_json_kills_the_worker_with_a_clear_error() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _GARBLER,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    worker = WorkerProcess(proc)  # a peer that breaks the protocol
+    assert (await worker.receive()) == {"ready": proc.pid}
+    with pytest.raises(InternalError) as info:
+        await worker.request({"op": "verify"}, "verifying x")
+    assert info.value.code == "stage_worker_died"
+    assert "b'not json\\n'" in str(info.value) and f"pid {proc.pid}" in str(info.value)
+    assert not worker.alive
