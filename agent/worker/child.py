@@ -54,6 +54,19 @@ def _exit_if_orphaned(parent: int) -> None:
         os._exit(1)  # the daemon is gone: nothing to do, nobody to answer
 
 
+def _log_bug(exc: Exception, doing: str) -> None:
+    """A failure that is no registry error (a bug) reaches the daemon as ``internal``, its
+    type and message only: its traceback is logged here, to the daemon's log stream."""
+    from cutover.agent.errors import CutoverError
+
+    if not isinstance(exc, CutoverError):
+        import structlog
+
+        structlog.get_logger(__name__).exception(
+            "stage_worker_failed", pid=os.getpid(), doing=doing, error=f"{type(exc).__name__}"
+        )
+
+
 def _hold(lock: Path, parent: int) -> None:
     """Hold ``lock`` shared until this process dies (see the module docstring)."""
     from cutover.agent.host.workerlock import hold_shared
@@ -143,6 +156,7 @@ def _stage(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> Non
                 else:
                     raise ValueError(f"unknown stage worker command {op!r}")
             except Exception as exc:  # the daemon raises it again, same class and code
+                _log_bug(exc, f"stage {op}")
                 out.send({"error": error_to_wire(exc)})
             else:
                 out.send({"ok": answer})
@@ -166,6 +180,7 @@ def _stream(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> No
     try:
         answer = stream_extract(job, feed)
     except Exception as exc:  # the daemon logs it and lets the stage decide
+        _log_bug(exc, "stream")
         out.send({"error": error_to_wire(exc)})
     else:
         out.send({"ok": answer})

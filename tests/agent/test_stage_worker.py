@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,22 @@ async def test_a_line_that_is_not_json_kills_the_worker_with_a_clear_error() -> 
     assert info.value.code == "stage_worker_died"
     assert "b'not json\\n'" in str(info.value) and f"pid {proc.pid}" in str(info.value)
     assert not worker.alive
+
+
+async def test_a_bug_in_the_worker_is_logged_with_its_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A non-registry exception reaches the daemon as internal (type and message); its
+    traceback goes to the log stream the worker shares with the daemon (stderr)."""
+    worker = await WorkerProcess.spawn()
+    worker.send({"job": "stage", "package": "/nonexistent"})
+    with pytest.raises(InternalError) as info:
+        await worker.request({"op": "bogus"}, "verifying x")
+    assert "ValueError: unknown stage worker command 'bogus'" in str(info.value)
+    await worker.close()
+    events = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line[:1] == "{"]
+    (failed,) = [e for e in events if e.get("event") == "stage_worker_failed"]
+    assert failed["pid"] == worker.pid and failed["doing"] == "stage bogus"
+    assert (
+        "Traceback" in failed["exception"] and "unknown stage worker command" in failed["exception"]
+    )
