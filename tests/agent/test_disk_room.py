@@ -11,6 +11,7 @@ builder, the app roots, the journal, a child process killed with SIGKILL, the re
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -25,10 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from cutover.agent.config import load_config
 from cutover.agent.daemon.metrics import Metrics
 from cutover.agent.daemon.uploads import ResumeLimits, UploadSpool
-from cutover.agent.errors import StorageError
+from cutover.agent.errors import InternalError, StorageError
 from cutover.agent.host.diskspace import DiskUsage, freeable_bytes
 from cutover.agent.host.room import RESERVATIONS, Room, device_of
+from cutover.agent.host.workerlock import holders
 from cutover.agent.lifecycle.manager import AppManager, OpResult
+from cutover.agent.worker import ChildStageWork, WorkerPool
 from tests.agent.test_disk_retention import TOTAL, _four_releases, _need, _release, _set
 from tests.conftest import Host, PackageFactory
 
@@ -236,3 +239,63 @@ def test_sigkill_while_making_room_recovers(
     assert list((host.root / ".cutover" / "incoming").iterdir()) == []
     for v in installed:
         assert host.cli_json("verify", v)["ok"] is True
+
+
+async def test_in_daemon_mode_the_workers_progress_counts_the_reservation_down(
+    host: Host, make_package: PackageFactory
+) -> None:
+    """The daemon stages in a worker process (ChildStageWork): its ``{"progress": n}`` lines
+    reach AppManager.stage's counter, so what another stage on the filesystem sees outstanding
+    shrinks as the worker writes, and nothing stays reserved at the end, also when the worker
+    is killed mid-way."""
+    big = make_package("1.0.0", files={"VERSION": "1.0.0\n", "blob.bin": "x" * (12 << 20)})
+    need = _need(big)
+    device = device_of(host.root)
+    cfg = load_config(host.config)
+    pool = WorkerPool()
+    pool.start()
+    mgr = AppManager(
+        host.app,
+        cfg.apps[host.app],
+        cfg.policies[host.app],
+        actor="t",
+        stage_work=functools.partial(ChildStageWork, pool),
+    )
+    seen: list[tuple[int, int]] = []  # (written so far, outstanding on the filesystem)
+
+    def watch(step: str, done: int, total: int) -> None:
+        if step == "extract":
+            seen.append((done, RESERVATIONS.outstanding(device)))
+
+    try:
+        assert RESERVATIONS.outstanding(device) == 0
+        result = await mgr.stage(big, progress=watch)
+        assert result.ok and (host.root / "releases" / "1.0.0" / "blob.bin").is_file()
+        mid = [out for done, out in seen if 0 < done < need]
+        assert mid and all(0 < out < need for out in mid)  # counted down as the worker wrote
+        assert [out for _, out in seen] == sorted((out for _, out in seen), reverse=True)
+        assert RESERVATIONS.outstanding(device) == 0  # released at the end
+
+        killed: list[int] = []
+        doomed = make_package("1.1.0", files={"VERSION": "1.1.0\n", "blob.bin": "y" * (12 << 20)})
+
+        def kill_the_worker(step: str, done: int, total: int) -> None:
+            if step == "extract" and not killed:
+                assert RESERVATIONS.outstanding(device) > 0
+                (pid,) = _workers_running_for(mgr)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        with pytest.raises(InternalError) as info:
+            await mgr.stage(doomed, progress=kill_the_worker)
+        assert info.value.code == "stage_worker_died" and f"pid {killed[0]}" in str(info.value)
+        assert RESERVATIONS.outstanding(device) == 0  # released although the worker died
+        assert list((host.root / ".cutover" / "incoming").iterdir()) == []
+        assert sorted(p.name for p in (host.root / "releases").iterdir()) == ["1.0.0"]
+    finally:
+        await pool.close()
+
+
+def _workers_running_for(mgr: AppManager) -> list[int]:
+    """The stage worker extracting for ``mgr`` now: the one holding its root's worker lock."""
+    return holders(mgr.layout.worker_lock)
