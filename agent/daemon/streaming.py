@@ -16,7 +16,8 @@ An upload+stage then costs about max(transfer, extraction) instead of their sum
   ends; a mismatch (or any failed upload) discards the tree.
 * **No lock, no app state.** The tree goes to ``<root>/.cutover/streaming/<operation id>/``,
   which only the daemon uses: recovery under the app lock never touches it, and the daemon
-  empties it at start (:func:`clear_stale`). So an upload still reserves the app only once its
+  empties it at start (:func:`clear_stale`, once no worker of a killed daemon holds
+  ``stream-worker.lock``: agent/host/workerlock.py). So an upload still reserves the app only once its
   bytes are spooled (issue 14 item 7): while they trickle in, other operations proceed.
 * **The stage decides.** The stage operation, under the app lock, re-reads and re-verifies the
   complete spooled package; it takes the tree (a rename into ``incoming/``) only if the tree was
@@ -36,8 +37,8 @@ An upload+stage then costs about max(transfer, extraction) instead of their sum
   :func:`~agent.worker.streamjob.stream_extract`), which reads the spool up to what this side
   says was written (``{"written": n}`` lines on its stdin): the event loop receiving the body
   shares its GIL only with the thread writing the spool. The worker writes only the tree in
-  ``streaming/``; it dies with the daemon (``PR_SET_PDEATHSIG``) and is killed when the upload
-  fails or the stage discards the tree.
+  ``streaming/``, fed only once it said it holds ``stream-worker.lock``; it dies with the daemon
+  (``PR_SET_PDEATHSIG``) and is killed when the upload fails or the stage discards the tree.
 """
 
 from __future__ import annotations
