@@ -301,7 +301,10 @@ class Server:
         self.reloader = ConfigReloader(holder, metrics, on_reload=self._on_reload)
         await self._recover_all(cfg)
         for app in cfg.apps:
-            await asyncio.to_thread(clear_stale, ctx.layout(app))  # a crashed daemon's uploads
+            try:
+                await asyncio.to_thread(clear_stale, ctx.layout(app))  # a crashed daemon's uploads
+            except LockedError as exc:  # a worker outlived its daemon: its tree waits a restart
+                log.warning("streaming_clear_skipped", app=app, reason=str(exc))
             await ctx.refresh_app(app)
 
         limits = _limits(cfg)
