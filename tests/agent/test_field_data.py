@@ -156,7 +156,13 @@ def test_a_failed_staging_leaves_no_shared_dirs(host: Host, make_package: Packag
     assert proc.returncode == 1, proc.stdout
     after = snapshot(host.root)
     changed = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
-    assert changed == {".cutover/state.json", ".cutover/journal.jsonl", ".cutover/lock"}
+    # the locks (the app's, and the stage workers' that recovery takes) and the record only
+    assert changed == {
+        ".cutover/state.json",
+        ".cutover/journal.jsonl",
+        ".cutover/lock",
+        ".cutover/worker.lock",
+    }
     assert host.state()["releases"]["1.0.0"]["status"] == "failed"
 
 
