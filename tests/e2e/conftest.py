@@ -10,6 +10,7 @@ well-behaved client would (duplicate headers, trickled bodies, lying Content-Len
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -105,6 +106,24 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def sigint_as_at_a_terminal() -> Iterator[None]:
+    """Processes started in the block get SIGINT at its default disposition, as a command typed
+    at a terminal does, however this test process was started.
+
+    A non-interactive shell starts a background job (``make test > log 2>&1 &``) with SIGINT
+    (and SIGQUIT) ignored; an ignored signal stays ignored across fork and exec, and Python then leaves
+    it so (``asyncio.run`` installs its Ctrl-C handler only over the default one): a test that
+    sends SIGINT to such a child would see it ignored. A handled signal is reset to its default
+    at exec, so a child started while this process handles SIGINT starts as from a terminal.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass

@@ -5,10 +5,17 @@ answer on an agent's port first. Seen in a loaded run: an agent meant to refuse 
 world-writable state dir) "started" because someone else's server answered ``/v1/health``, and
 its running ``Popen`` later failed an unrelated test with ``ResourceWarning: subprocess ... is
 still running``.
+
+And :func:`sigint_as_at_a_terminal`: a test's Ctrl-C reaches the controller also when pytest runs
+as a background job (seen in every full ``make test > log &`` run: test_fleet.py's Ctrl-C test
+failed, the controller having inherited an ignored SIGINT).
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Agent, Keys
+from tests.e2e.conftest import Agent, Keys, sigint_as_at_a_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -54,3 +61,34 @@ def test_a_200_from_another_server_on_the_port_is_not_a_start(
         agent.start()
     assert agent.proc is not None and agent.proc.returncode == 2
     assert "state_dir" in agent.log_text()
+
+
+# what a Python program (the controller) makes of the SIGINT it was started with
+_SIGINT_HANDLER = """
+import signal
+h = signal.getsignal(signal.SIGINT)
+print("ctrl-c" if h is signal.default_int_handler else "ignored" if h == signal.SIG_IGN else h)
+"""
+
+
+def _child_sigint() -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGINT_HANDLER], capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+def test_a_child_started_for_a_ctrl_c_test_handles_sigint_when_pytest_ignores_it() -> None:
+    """pytest as a shell's background job: SIGINT ignored here, and so in every child, unless it
+    is started in :func:`sigint_as_at_a_terminal`; this process's SIGINT is restored after."""
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `make test > log &` starts pytest
+    try:
+        inherited = _child_sigint()
+        with sigint_as_at_a_terminal():
+            as_at_a_terminal = _child_sigint()
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert inherited == "ignored"  # the controller would ignore the test's Ctrl-C
+    assert as_at_a_terminal == "ctrl-c"
+    assert after is signal.SIG_IGN

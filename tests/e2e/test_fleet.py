@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cutover.agent.errors import AuthError
-from tests.e2e.conftest import APP, BIN, SLOW_VERSION, Keys
+from tests.e2e.conftest import APP, BIN, SLOW_VERSION, Keys, sigint_as_at_a_terminal
 from tests.e2e.fleet_fixture import Fleet, dead_url, results, trust_release_key, webhook_receiver
 from tests.e2e.nginx_fixture import ensure_nginx, run_nginx
 
@@ -328,13 +328,14 @@ def test_ctrl_c_exits_130_and_the_agent_finishes_its_operation(
     shared = api.root / "shared"
     fleet.stream("push", str(packages[SLOW_VERSION]), "--hosts", "api-1", expect=0)
     env = {**os.environ, "CUTOVER_FLEET": str(fleet.path)}
-    proc = subprocess.Popen(
-        [str(BIN / "cutover"), "activate", SLOW_VERSION, "--hosts", "api-1", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    with sigint_as_at_a_terminal():  # Ctrl-C reaches it also when pytest runs as a background job
+        proc = subprocess.Popen(
+            [str(BIN / "cutover"), "activate", SLOW_VERSION, "--hosts", "api-1", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 60
         while not (shared / "hook-started").exists():  # the post_activate hook is running
