@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cutover.agent.errors import InternalError
+from cutover.agent.host import workerlock
 from cutover.agent.host.seal import seal_projection
 from cutover.agent.host.workerlock import holders
 from cutover.controller.build import build_package, sign_package
@@ -356,3 +357,33 @@ async def test_the_cli_right_after_kill_9_of_the_daemon_waits_for_its_worker(
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
     assert agent.current() == "releases/1.0.0"
     assert sorted(p.name for p in (agent.root / "releases").iterdir()) == ["1.0.0"]
+
+
+@pytest.mark.parametrize("stream_uploads", [False, True], ids=["stage-extracts", "streamed"])
+async def test_an_operation_right_after_a_stage_never_waits_for_a_worker_lock(
+    make_agent: Any, packages: dict[str, Path], stream_uploads: bool
+) -> None:
+    """A worker holds its lock only while its job may write into the app root: when the daemon
+    reports a stage done, the stage's workers (the streaming one, the stage's own) are gone and
+    their locks free; the spare started ahead holds nothing. So the next operation's recovery
+    takes the lock at once (agent/host/workerlock.py), never after a bounded wait."""
+    agent: Agent = make_agent(stream_uploads=stream_uploads, app_toml='reuse = "off"\n')
+    agent.start()
+    locks = (agent.meta / "worker.lock", agent.meta / "stream-worker.lock")
+    async with agent.client() as c:
+        staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
+        assert staged.status == "succeeded", staged
+        # at once, as the controller's next request would come
+        assert [holders(lock) for lock in locks] == [[], []]
+        used = _stage_worker_pids(agent)
+        assert used and not any(_alive(pid) for pid in used)
+        for lock in locks:  # free now: a non-blocking try, no wait at all
+            workerlock.release(workerlock.acquire_exclusive(lock, timeout_s=0))
+        _wait_for(lambda: _workers_of(agent.pid), "the spare worker started ahead")
+        assert [holders(lock) for lock in locks] == [[], []]  # the idle spare holds nothing
+        active = await c.wait((await c.activate(APP, "1.0.0")).operation)
+        assert active.status == "succeeded", active
+    events = [e.get("event") for e in agent.log_events()]
+    assert "waiting_for_stage_worker" not in events and "stage_worker_gone" not in events
+    assert agent.current() == "releases/1.0.0"
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
