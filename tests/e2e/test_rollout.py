@@ -70,7 +70,7 @@ VERSIONS = [f"3.{i}.0" for i in range(12)]
 def pkgs(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("rollout-packages")
     return {
-        v: _build(tmp, v, keys.release, CHECKED + (SLOW_HOOK if v == "3.4.0" else ""))
+        v: _build(tmp, v, keys.release, CHECKED + (SLOW_HOOK if v in ("3.4.0", "3.5.0") else ""))
         for v in VERSIONS
     }
 
@@ -338,28 +338,42 @@ def test_leases_refuse_a_second_rollout_a_stale_lease_expires_and_a_killed_cli_r
 def test_an_agent_that_stops_answering_is_marked_failed_and_isolated_by_policy(
     fleet: Fleet, state: Path, pkgs: dict[str, Path]
 ) -> None:
-    push(fleet, pkgs["3.5.0"])
+    """h2 hangs (SIGSTOP) after its activation, before its wave's bake: the bake gets no answer
+    for the progress deadline, h2 is marked failed, isolated within the budget, and the rollout
+    goes on. Nothing races the bake's clock: h3, of the same wave, is held in its post_activate
+    hook until h2 is stopped, so the bake starts only then (once, stopping h2 on seeing
+    ``wave.bake`` was late under load: the 4 s bake had ended and h2 counted as healthy)."""
+    push(fleet, pkgs["3.5.0"])  # its post_activate hook waits for the test, on every host
+    h2, h3 = fleet.agents["h2"], fleet.agents["h3"]
+    for h in HOSTS:
+        if h != "h3":
+            (fleet.agents[h].root / "shared" / "hook-release-3.5.0").touch()
     proc = _background(
-        fleet, state, "3.5.0", *WAVES, "--progress-deadline", "2", "--healthy-deadline", "30",
+        fleet, state, "3.5.0", *WAVES, "--progress-deadline", "2", "--healthy-deadline", "120",
         "--bake", "4", "--max-failures", "1",
     )  # fmt: skip
-    h2 = fleet.agents["h2"]
     lines = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(json.loads(line))
-        if lines[-1]["event"] == "wave.bake" and "h2" in lines[-1]["hosts"]:
-            os.kill(h2.pid, signal.SIGSTOP)  # h2 hangs: no answer, no refusal
-            break
     try:
-        rest, err = proc.communicate(timeout=120)
+        for line in proc.stdout:
+            lines.append(json.loads(line))
+            if lines[-1]["event"] == "host.result" and lines[-1]["host"] == "h2":
+                break  # h2's activation is done; its wave waits for h3
+        assert lines[-1]["event"] == "host.result" and lines[-1]["status"] == "ok", lines[-1]
+        _wait_for(h3.root / "shared" / "hook-started-3.5.0", proc)
+        assert not named(lines, "wave.bake")[1:]  # only the canary's wave has baked yet
+        os.kill(h2.pid, signal.SIGSTOP)  # h2 hangs: no answer, no refusal
+        (h3.root / "shared" / "hook-release-3.5.0").touch()  # now the wave may bake
+        rest, err = proc.communicate(timeout=180)
     finally:
         os.kill(h2.pid, signal.SIGCONT)
+        (h3.root / "shared" / "hook-release-3.5.0").touch()
     events = lines + [json.loads(x) for x in rest.splitlines()]
     assert proc.returncode == 8, rest + err
     (failed,) = named(events, "host.failed")
     assert failed["host"] == "h2" and failed["code"] == "unresponsive"
-    assert "did not answer for 2s" in failed["message"]
+    assert "did not answer for 2s during the bake" in failed["message"]
+    assert named(events, "wave.bake")[1]["hosts"] == ["h2", "h3"]
     summary = events[-1]
     assert summary["status"] == "partial" and summary["hosts"]["h2"] == "isolated"
     others = {h: c for h, c in currents(fleet).items() if h != "h2"}
