@@ -6,6 +6,10 @@ parent is still the pid it was given), answers ``{"ready": pid}``, then does exa
 (agent/worker/child.py) and exits. :class:`WorkerPool` keeps one such worker started ahead, so a
 stage never waits for the interpreter to import (~0.3 s of another core's time); a used worker
 is never reused (a fresh address space per job, nothing carried from one package to the next).
+The next spare is started when a taken worker ends, not when it is taken: its start-up never
+competes for the CPU with the job (and the upload) it would follow; a job that finds no spare
+(two at once) starts its own. (A stream worker that goes on with its upload's stage is one job:
+agent/daemon/streaming.py.)
 
 Every failure of the process itself is one error: :class:`~agent.errors.InternalError` with code
 ``stage_worker_died``, naming the pid, how it ended (or the unreadable line it sent: it is
@@ -47,6 +51,7 @@ class WorkerProcess:
         self._proc = proc
         self.pid = proc.pid
         self.doing = "starting"  # for the error if it dies
+        self.on_end: Callable[[], None] | None = None  # called once, when it was reaped
 
     @classmethod
     async def spawn(cls, log_format: str = "json") -> WorkerProcess:
@@ -144,6 +149,7 @@ class WorkerProcess:
             await asyncio.wait_for(self._proc.wait(), _EXIT_WAIT_S)
         except TimeoutError:
             await self.kill()
+        self._ended()
 
     async def kill(self) -> None:
         """SIGKILL the worker (if it still runs) and reap it."""
@@ -151,6 +157,12 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
         await self._proc.wait()
+        self._ended()
+
+    def _ended(self) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
     def _garbled(self, what: str) -> InternalError:
         return InternalError(
@@ -196,9 +208,9 @@ class WorkerPool:
         self._refill()
 
     async def take(self) -> WorkerProcess:
-        """A ready worker of one's own (the spare, or a fresh one), and the next spare started."""
+        """A ready worker of one's own (the spare, or a fresh one); the next spare is started
+        once it ended (closed or killed), unless one is there by then."""
         spare, self._spare = self._spare, None
-        self._refill()
         worker: WorkerProcess | None = None
         if spare is not None:
             try:
@@ -207,7 +219,17 @@ class WorkerPool:
                 log.warning("stage_worker_spare_lost", error=str(exc)[:500])
         if worker is None or not worker.alive:
             worker = await WorkerProcess.spawn(self._log_format)
+        worker.on_end = self._job_ended
         return worker
+
+    @property
+    def has_spare(self) -> bool:
+        """A spare is started (or starting) and not yet taken."""
+        return self._spare is not None
+
+    def _job_ended(self) -> None:
+        if self._spare is None:
+            self._refill()
 
     async def close(self) -> None:
         """Kill the spare (at shutdown)."""

@@ -172,12 +172,15 @@ async def test_kill_9_of_the_daemon_kills_its_workers_and_the_restart_recovers(
     marker = tmp_path / "paused"
     _restart_paused(agent, marker)
     pkg = _package(tmp_path, keys, "2.0.0")
+    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
+    (spare,) = _workers_of(agent.pid)
     async with agent.client(upload_timeout_s=120) as c:
         await c.upload(APP, "2.0.0", pkg)
         _wait_for(marker.exists, "a stage worker paused mid-extraction")
         pid = _stage_worker_pids(agent)[-1]  # the last stage's
-        workers = _workers_of(agent.pid)  # the paused one and the spare started ahead
-        assert pid in workers and len(workers) == 2
+        # the stage took the spare started ahead; the next one starts only once it ends
+        workers = _workers_of(agent.pid)
+        assert pid == spare and workers == [pid]
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     _wait_for(lambda: not any(_alive(w) for w in workers), "every worker died with the daemon")
     assert any((agent.meta / "incoming").iterdir())  # the dead worker's partial tree
@@ -203,12 +206,15 @@ async def test_a_cancelled_stage_kills_its_worker(
     marker = tmp_path / "paused"
     _restart_paused(agent, marker)
     pkg = _package(tmp_path, keys, "2.0.0")
+    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
+    (spare,) = _workers_of(agent.pid)
     async with agent.client(upload_timeout_s=120) as c:
         await c.upload(APP, "2.0.0", pkg)
         _wait_for(marker.exists, "a stage worker paused mid-extraction")
         pid = _stage_worker_pids(agent)[-1]  # the last stage's
-        workers = _workers_of(agent.pid)  # the paused one and the spare started ahead
-        assert pid in workers and len(workers) == 2
+        # the stage took the spare started ahead; the next one starts only once it ends
+        workers = _workers_of(agent.pid)
+        assert pid == spare and workers == [pid]
     assert agent.stop() == 0  # SIGTERM: the drain (2 s) times out, the stage is cancelled
     assert not any(_alive(w) for w in workers)  # killed and reaped before the daemon exited
     assert agent.current() == "releases/1.0.0"
@@ -216,6 +222,33 @@ async def test_a_cancelled_stage_kills_its_worker(
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
     (failed,) = [e for e in agent.journal() if e["event"] == "stage.failed"]
     assert failed["version"] == "2.0.0" and failed["code"] == "cancelled"
+
+
+def test_kill_9_of_an_idle_daemon_kills_its_spare_worker(make_agent: Any) -> None:
+    agent: Agent = make_agent()
+    agent.start()
+    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
+    (spare,) = _workers_of(agent.pid)
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    _wait_for(lambda: not _alive(spare), "the spare died with the daemon")
+    assert not _alive(spare)
+
+
+async def test_the_next_spare_starts_once_the_stage_ended(
+    make_agent: Any, packages: dict[str, Path]
+) -> None:
+    """The spare taken by a stage is replaced after the stage, not while it runs: the
+    replacement's pid is not the stage's, and it is a child of the daemon."""
+    agent: Agent = make_agent(stream_uploads=False)
+    agent.start()
+    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
+    (spare,) = _workers_of(agent.pid)
+    async with agent.client() as c:
+        staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
+    assert staged.status == "succeeded", staged
+    assert _stage_worker_pids(agent) == [spare]
+    _wait_for(lambda: _workers_of(agent.pid) not in ([], [spare]), "the next spare")
+    assert spare not in _workers_of(agent.pid) and len(_workers_of(agent.pid)) == 1
 
 
 def _shared_package(tmp: Path, keys: Keys, version: str) -> Path:
