@@ -24,6 +24,12 @@ An upload+stage then costs about max(transfer, extraction) instead of their sum
   extracted completely from a manifest with that same digest (:meth:`StreamingStage.claim`).
   Otherwise, or after any failure of the streaming extraction, it discards the tree and
   extracts from the spool as usual, so every refusal is the ordinary stage's.
+* **One worker per upload.** A stream worker that answered (extracted, or skipped) and saw the
+  body complete goes on as the stage's worker (:meth:`StreamingStage.stage_work`): it takes the
+  stage's trust decision again with the policy and host history read under the lock, reusing
+  only its parse of the same manifest bytes (signatures, policy, approvals, expiry,
+  immutability and downgrade are all checked again), then seals the release. One that failed,
+  or was killed, is not: the stage takes a fresh worker from the pool.
 * **Not when the host can do better.** A delta upload (``delta.json``), a thin package
   (``payload.base``), or an app whose releases the stage could take unchanged files from
   (``reuse`` other than ``off`` and a release installed: agent/extract/reuse.py) stages as usual:
@@ -57,7 +63,9 @@ from cutover.agent.extract.extractor import ExtractStats
 from cutover.agent.host import workerlock
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.trash import remove_tree
+from cutover.agent.lifecycle.stagework import StageWork
 from cutover.agent.worker.process import WorkerPool, WorkerProcess
+from cutover.agent.worker.remote import ChildStageWork
 from cutover.agent.worker.wire import Json, error_from_wire, policy_to_wire, stats_from_wire
 
 __all__ = ["StreamFeed", "StreamingStage", "clear_stale", "streaming_dir"]
@@ -129,6 +137,11 @@ class StreamFeed:
             self._end = "abort"
             self._send({"abort": True})
 
+    @property
+    def completed(self) -> bool:
+        """The body ended complete (and the worker was told)."""
+        return self._end == "complete"
+
 
 class StreamingStage:
     """One upload's streaming extraction (see the module docstring)."""
@@ -161,6 +174,7 @@ class StreamingStage:
         self._worker: WorkerProcess | None = None
         self._claimed = False
         self._answered = False
+        self._kept = False  # answered ok: kept for the stage (adopt)
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -189,6 +203,7 @@ class StreamingStage:
         try:
             self._worker = worker = await self._pool.take()
             self.worker_pid = worker.pid
+            worker.doing = f"streaming the upload of {self._app} {self._version}"
             worker.send(self._job)
             held = await worker.receive()  # the worker lock is held: fed only from now on
             if "error" in held:
@@ -202,6 +217,8 @@ class StreamingStage:
             if "error" in msg:
                 raise error_from_wire(msg["error"])
             ok: Json = msg["ok"]
+            worker.doing = "done streaming the upload"
+            self._kept = True
             if "digest" in ok:
                 self.stats = stats_from_wire(ok["stats"])
                 self.digest = str(ok["digest"])
@@ -224,15 +241,34 @@ class StreamingStage:
                 raise
         finally:
             _active.discard(self._layout.root)
-            self.feed.detach()
-            if self._worker is not None:  # done: it exits when told; given up on: killed
-                done = self._worker.close() if self._answered else self._worker.kill()
-                await asyncio.shield(done)
+            if not self._kept:
+                self.feed.detach()
+                if self._worker is not None:  # done: it exits when told; given up on: killed
+                    done = self._worker.close() if self._answered else self._worker.kill()
+                    await asyncio.shield(done)
+            # kept: it still hears how the body ends, then the stage's job (adopt), or is
+            # killed (discard)
 
     async def _wait(self) -> None:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._task)
+
+    def stage_work(self, package: Path) -> StageWork:
+        """The stage's job, in this upload's worker if it is still there (:meth:`adopt`)."""
+        return ChildStageWork(self._pool, package, adopt=self.adopt)
+
+    async def adopt(self) -> WorkerProcess | None:
+        """The stream worker, handed over for the stage's job (the caller owns it from now on),
+        if it answered ok and the body was complete; else None. Call after the body ended."""
+        await self._wait()
+        worker = self._worker if self._kept else None
+        if worker is None or not worker.alive or not self.feed.completed:
+            return None
+        self._worker = None
+        self.feed.detach()
+        log.info("stream_stage_worker_kept", app=self._app, version=self._version, pid=worker.pid)
+        return worker
 
     async def claim(self, digest: str, dest: Path) -> ExtractStats | None:
         """Move the extracted tree to ``dest`` if it is complete and of the manifest ``digest``

@@ -51,6 +51,11 @@ MakeRoom = Callable[[UnitOfWork, int, str], Awaitable[list[str]]]  # Housekeepin
 class Prestaged(Protocol):
     """A tree extracted while the package arrived (agent.daemon.streaming), offered to the stage."""
 
+    def stage_work(self, package: Path) -> StageWork | None:
+        """The stage's job runner in the process that streamed ``package``, if it is to go on
+        with the stage (it takes the trust decision again, under the lock); None: the usual one."""
+        ...
+
     async def claim(self, digest: str, dest: Path) -> ExtractStats | None:
         """Move the tree to ``dest`` if it was completely extracted from the manifest with
         ``digest`` (returning what was extracted); else discard it and return None (the stage
@@ -87,7 +92,9 @@ class Stage:
         progress: StageProgress | None = None,
         prestaged: Prestaged | None = None,
     ) -> OpResult:
-        work = self.work(package)
+        work = None if prestaged is None else prestaged.stage_work(package)
+        if work is None:
+            work = self.work(package)
         try:
             return await self._run(
                 uow, work, expected_version, allow_downgrade, progress, prestaged

@@ -55,10 +55,18 @@ class StageHead:
 
 
 class StageJob:
-    """One stage's work on one package (blocking; see the module docstring)."""
+    """One stage's work on one package (blocking; see the module docstring).
 
-    def __init__(self, package: Path) -> None:
+    ``streamed``: the release a stream worker verified from this package while it arrived
+    (agent/worker/streamjob.py). :meth:`verify` still takes the whole trust decision on the
+    package as it now is, with the policy and history it is given; it only skips parsing the
+    manifest again when the bytes it reads are exactly the streamed ones
+    (:func:`~agent.trust.policy.verify_release`'s ``earlier``).
+    """
+
+    def __init__(self, package: Path, streamed: VerifiedRelease | None = None) -> None:
         self._package = package
+        self._streamed = streamed
         self._fh: BinaryIO | None = None
         self._opened: tuple[PackageParts, BinaryIO, VerifiedRelease] | None = None
         self._placed: dict[str, os.stat_result] = {}  # extract's, for make_readonly
@@ -75,7 +83,9 @@ class StageJob:
             expected_version=expected_version,
             history=history,
             now=datetime.now(UTC),
+            earlier=self._streamed,
         )
+        self._streamed = None  # decided once per job
         self._opened = (parts, self._fh, verified)
         manifest = verified.manifest
         return StageHead(verified, space_needed(manifest), manifest.total_file_bytes())

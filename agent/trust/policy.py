@@ -221,6 +221,7 @@ def verify_release(
     expected_version: str | None,
     history: HostHistory,
     now: datetime,
+    earlier: VerifiedRelease | None = None,
 ) -> VerifiedRelease:
     """Run every check in the module docstring, in order.
 
@@ -231,12 +232,19 @@ def verify_release(
         expected_version: the version asked for, or None to take the manifest's (local CLI).
         history: the host's memory of this app.
         now: the current time (aware).
+        earlier: a decision this process took before on a package (a stage worker that
+            streamed the upload it now stages): its parse of the manifest is reused if, and only
+            if, its manifest bytes are these bytes (parsing is a function of the bytes alone,
+            and the model is frozen); every other check runs again, signatures included.
 
     Raises:
         RejectedError: a subclass naming the failed rule.
     """
     signers, ignored = verify_signatures(manifest_bytes, parse_signatures(signatures_bytes), policy)
-    manifest = parse_manifest(manifest_bytes)
+    if earlier is not None and earlier.manifest_bytes == manifest_bytes:
+        manifest = earlier.manifest
+    else:
+        manifest = parse_manifest(manifest_bytes)
     if manifest.app != policy.app:
         raise MismatchError(
             f"package is for app {manifest.app!r}, not {policy.app!r}", code="app_mismatch"

@@ -6,7 +6,10 @@ Protocol: JSON lines. The worker says ``{"ready": pid}``; the daemon sends the j
   ``readonly`` (agent/worker/remote.py), each answered ``{"ok": ...}`` or ``{"error": ...}``
   (extract also sends ``{"progress": bytes}`` on the way). EOF on stdin ends the job.
 * ``{"job": "stream", ...}`` (agent/daemon/streaming.py), then ``{"written": n}`` lines, and
-  ``{"complete": true}`` or ``{"abort": true}``; one answer.
+  ``{"complete": true}`` or ``{"abort": true}``; one answer. After ``complete`` and an ``ok``
+  answer, the same worker may be given the upload's ``stage`` job (the spool, now the whole
+  package): one process per streamed upload; its stage decides again under the lock, reusing
+  only its parse of the very manifest bytes it streamed (agent/lifecycle/stagework.py).
 
 * A stage worker is told ``{"op": "hold", "root": root}`` before ``extract``; a stream worker
   takes the same step on its job and says ``{"held": pid}`` before the daemon feeds it.
@@ -33,7 +36,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
+
+if TYPE_CHECKING:
+    from cutover.agent.trust.policy import VerifiedRelease
 
 __all__ = ["die_with_parent", "main"]
 
@@ -89,7 +95,13 @@ class _Out:
             self._fh.write(data)
 
 
-def _stage(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> None:
+def _stage(
+    job: dict[str, object],
+    inp: BinaryIO,
+    out: _Out,
+    parent: int,
+    streamed: VerifiedRelease | None = None,
+) -> None:
     from cutover.agent._util.faults import fault_point
     from cutover.agent.host.layout import Layout
     from cutover.agent.host.state import AppState
@@ -102,7 +114,7 @@ def _stage(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> Non
         stats_to_wire,
     )
 
-    work = StageJob(Path(str(job["package"])))
+    work = StageJob(Path(str(job["package"])), streamed)
     pending = 0
 
     def progress(n: int) -> None:
@@ -176,14 +188,24 @@ def _stream(job: dict[str, object], inp: BinaryIO, out: _Out, parent: int) -> No
         return
     out.send({"held": os.getpid()})  # the daemon feeds the spool's progress only after this
     feed = SpoolFeed(Path(str(job["spool"])))
-    threading.Thread(target=pump, args=(inp, feed), name="stream-feed", daemon=True).start()
+    feeding = threading.Thread(target=pump, args=(inp, feed), name="stream-feed", daemon=True)
+    feeding.start()
     try:
-        answer = stream_extract(job, feed)
+        answer, verified = stream_extract(job, feed)
     except Exception as exc:  # the daemon logs it and lets the stage decide
         _log_bug(exc, "stream")
         out.send({"error": error_to_wire(exc)})
-    else:
-        out.send({"ok": answer})
+        return
+    out.send({"ok": answer})
+    feeding.join()  # until complete or abort: stdin is the pump's until then
+    if not feed.complete:
+        return
+    line = inp.readline()  # the upload's stage job, or EOF (the daemon has no use for it)
+    if line:
+        stage = json.loads(line)
+        if stage.get("job") != "stage":
+            raise ValueError(f"a stream worker was sent {stage!r} instead of a stage job")
+        _stage(stage, inp, out, parent, verified)
 
 
 def _preload() -> None:

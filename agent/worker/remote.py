@@ -7,13 +7,17 @@ against the policy and the host history read under the lock, both sent to it), e
 read-only. It answers with the manifest's head, digest, signers and stats: this process never
 parses the file list. The signed manifest bytes the stage keeps are read here from the package
 and must hash to the digest the worker verified.
+
+With ``adopt``, the job goes to the worker that streamed the package while it arrived
+(agent/daemon/streaming.py), if it is still there: it verifies again with what it is sent (one
+process, and one manifest parse, per streamed upload); otherwise to one from the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -49,9 +53,15 @@ def _manifest_bytes(package: Path) -> tuple[bytes, str]:
 class ChildStageWork:
     """One stage's job in a worker taken from ``pool`` at the first step."""
 
-    def __init__(self, pool: WorkerPool, package: Path) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        package: Path,
+        adopt: Callable[[], Awaitable[WorkerProcess | None]] | None = None,
+    ) -> None:
         self._pool = pool
         self._package = package
+        self._adopt = adopt
         self._worker: WorkerProcess | None = None
         self.pid: int | None = None  # the worker's, once taken
 
@@ -65,9 +75,13 @@ class ChildStageWork:
     async def verify(
         self, policy: TrustPolicy, history: HostHistory, expected_version: str | None
     ) -> StageHead:
-        self._worker = worker = await self._pool.take()
+        worker = None if self._adopt is None else await self._adopt()
+        adopted = worker is not None
+        if worker is None:
+            worker = await self._pool.take()
+        self._worker = worker
         self.pid = worker.pid
-        log.info("stage_worker", pid=worker.pid, package=self._package.name)
+        log.info("stage_worker", pid=worker.pid, package=self._package.name, streamed=adopted)
         worker.send({"job": "stage", "package": str(self._package)})
         answer = await self._request(
             {

@@ -5,6 +5,11 @@ decision, extract the payload chunk by chunk as its bytes are written.
 :class:`SpoolFeed` is the spool file as the upload writes it: a blocking, seekable reader that
 never reads past what the daemon said was written (``{"written": n}`` lines on the worker's
 stdin, :func:`pump`).
+
+:func:`stream_extract` also returns the release it verified (None if it verified none): when the
+body was complete, the same worker goes on with the upload's stage (agent/worker/child.py), which
+decides again under the lock and reuses only its parse of these same manifest bytes
+(:class:`~agent.lifecycle.stagework.StageJob`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from cutover.agent.host.diskspace import DiskRule, space_needed, statvfs_probe
 from cutover.agent.host.layout import Layout
 from cutover.agent.host.state import StateFile
 from cutover.agent.package.container import read_head
-from cutover.agent.trust.policy import HostHistory, verify_release
+from cutover.agent.trust.policy import HostHistory, VerifiedRelease, verify_release
 from cutover.agent.worker.wire import Json, policy_from_wire, stats_to_wire
 
 __all__ = ["AbortedError", "SpoolFeed", "pump", "stream_extract"]
@@ -65,6 +70,12 @@ class SpoolFeed:
             self._aborted = True
             self._cond.notify_all()
 
+    @property
+    def complete(self) -> bool:
+        """The daemon said the body is complete (and never that it aborted)."""
+        with self._cond:
+            return self._complete and not self._aborted
+
     # -- reader side
     def open(self) -> None:
         self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -102,14 +113,17 @@ class SpoolFeed:
             if self._aborted:
                 raise AbortedError("the upload ended before its body was complete")
             n = max(0, min(size, self._written - self._pos))
-        out = bytearray()
-        while len(out) < n:
-            piece = os.pread(self._fd, n - len(out), self._pos + len(out))
-            if not piece:
-                break
-            out += piece
-        self._pos += len(out)
-        return bytes(out)
+        data = os.pread(self._fd, n, self._pos)  # whole, but for a short read of the file
+        if 0 < len(data) < n:
+            out = bytearray(data)
+            while len(out) < n:
+                piece = os.pread(self._fd, n - len(out), self._pos + len(out))
+                if not piece:
+                    break
+                out += piece
+            data = bytes(out)
+        self._pos += len(data)
+        return data
 
 
 def pump(lines: BinaryIO, feed: SpoolFeed) -> None:
@@ -127,13 +141,14 @@ def pump(lines: BinaryIO, feed: SpoolFeed) -> None:
     feed.abort()
 
 
-def stream_extract(job: Json, feed: SpoolFeed) -> Json:
+def stream_extract(job: Json, feed: SpoolFeed) -> tuple[Json, VerifiedRelease | None]:
     """Extract the upload into ``job["tree"]`` if its signed manifest allows streaming.
 
     Returns:
-        ``{"digest", "stats"}`` of a completely extracted tree, or ``{"skipped": why}`` when
-        the ordinary stage must do it (a delta, reuse, a version already known, no chunks, a
-        thin package).
+        The answer: ``{"digest", "stats"}`` of a completely extracted tree, or
+        ``{"skipped": why}`` when the ordinary stage must do it (a delta, reuse, a version
+        already known, no chunks, a thin package); and the release verified on the way, if any
+        (see the module docstring).
 
     Raises:
         Whatever refused it (the daemon only logs it: the stage decides and reports).
@@ -143,11 +158,13 @@ def stream_extract(job: Json, feed: SpoolFeed) -> Json:
     try:
         parts = read_head(feed)  # type: ignore[arg-type]  # a file-like reader
         if parts.delta_bytes is not None:
-            return {"skipped": "a delta upload"}  # its payload is thin, described by delta.json
+            return {
+                "skipped": "a delta upload"
+            }, None  # its payload is thin, described by delta.json
         state = StateFile(layout.state_file, job["app"]).load()
         if job["reuse"] != "off" and state.installed():
             # the stage takes files the host holds from its releases (content index)
-            return {"skipped": "reuse: the stage takes files from installed releases"}
+            return {"skipped": "reuse: the stage takes files from installed releases"}, None
         verified = verify_release(
             parts.manifest_bytes,
             parts.signatures_bytes,
@@ -163,7 +180,7 @@ def stream_extract(job: Json, feed: SpoolFeed) -> Json:
         payload = verified.manifest.payload
         if verified.already_known or payload.chunks is None or payload.base is not None:
             # nothing to gain, or nothing to check chunks against: stage as usual
-            return {"skipped": "known version, unchunked or thin package"}
+            return {"skipped": "known version, unchunked or thin package"}, verified
         rule = DiskRule(job["min_free_bytes"], job["min_free_pct"])
         need = space_needed(verified.manifest)
         if rule.active and rule.shortfall(statvfs_probe(layout.root), need):
@@ -172,6 +189,6 @@ def stream_extract(job: Json, feed: SpoolFeed) -> Json:
         tree = Path(job["tree"])
         tree.parent.mkdir(mode=0o700, exist_ok=True)
         stats = extract_payload(feed, parts, verified.manifest, tree)  # type: ignore[arg-type]
-        return {"digest": verified.digest, "stats": stats_to_wire(stats)}
+        return {"digest": verified.digest, "stats": stats_to_wire(stats)}, verified
     finally:
         feed.close()

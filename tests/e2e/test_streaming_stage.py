@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from cutover.agent.errors import AuthError, DigestMismatchError, SignatureError
+from cutover.agent.errors import (
+    AuthError,
+    DigestMismatchError,
+    ImmutableVersionError,
+    SignatureError,
+)
 from cutover.agent.package.container import open_package
 from cutover.controller.build import build_package, sign_package
 from cutover.controller.transport import AiohttpTransport, SignedRequest, TransportResponse
@@ -151,6 +156,11 @@ async def test_an_upload_is_extracted_while_it_arrives(
     assert _events(agent, "stream_stage_fallback") == []
     snap = agent.snapshot()
     assert snap["incoming"] == [] and snap["uploads"] == [] and _streaming(agent) == []
+    # one worker process for the whole upload: the one that streamed it went on with the stage
+    (started,) = _events(agent, "stream_stage_started")
+    (stage_worker,) = _events(agent, "stage_worker")
+    assert stage_worker["pid"] == started["worker"] and stage_worker["streamed"] is True
+    assert [e["pid"] for e in _events(agent, "stage_worker_done")] == [started["worker"]]
 
 
 async def test_other_operations_proceed_while_a_streaming_upload_is_held(
@@ -174,6 +184,41 @@ async def test_other_operations_proceed_while_a_streaming_upload_is_held(
     assert (agent.root / "releases" / "3.0.0" / "zz.bin").stat().st_size == BLOB
     assert [e["version"] for e in _events(agent, "stream_stage_claimed")] == ["1.0.0", "3.0.0"]
     assert _streaming(agent) == [] and agent.snapshot()["incoming"] == []
+
+
+async def test_the_stage_decides_again_under_the_lock_with_the_history_of_then(
+    agent: Agent, keys: Keys, tmp_path: Path
+) -> None:
+    """The stream worker verified 3.0.0 while it was unknown here; another package of 3.0.0
+    is staged while the first upload is held. The held upload's stage, in that same worker,
+    decides with the history read under the lock: versions are immutable, and nothing of it is
+    left."""
+    pkg = _package(tmp_path, keys, "3.0.0")
+    other = _package(tmp_path / "other", keys, "3.0.0")
+    held = HeldBody(hold_at=_payload_at(pkg, 2))
+    async with agent.client(transport=held, upload_timeout_s=120) as c:
+        upload = asyncio.create_task(c.upload(APP, "3.0.0", pkg))
+        await _until_held(held, upload)
+        await _until(lambda: bool(_streaming(agent)), "the streaming tree exists")
+        async with agent.client(upload_timeout_s=120) as c2:
+            first = await c2.wait((await c2.upload(APP, "3.0.0", other)).operation)
+        assert first.status == "succeeded", first
+        before = agent.snapshot()
+        held.release.set()
+        record = await c.wait((await upload).operation)
+    assert record.status == "failed" and record.error is not None, record
+    with pytest.raises(ImmutableVersionError):
+        record.raise_for_error()
+    (started,) = _events(agent, "stream_stage_started")
+    assert _events(agent, "stream_stage_extracted")  # it had verified and extracted it all
+    decided = [e for e in _events(agent, "stage_worker") if e["pid"] == started["worker"]]
+    assert [e["streamed"] for e in decided] == [True]  # the refusal came from that worker
+    assert _events(agent, "stream_stage_claimed") == []
+    after = agent.snapshot()  # as it was, but for the held upload's spool, now removed
+    assert after == {**before, "uploads": []}
+    blob = (tmp_path / "other" / "src-3.0.0" / "zz.bin").read_bytes()
+    assert (agent.root / "releases" / "3.0.0" / "zz.bin").read_bytes() == blob
+    assert _streaming(agent) == []
 
 
 async def test_a_tampered_chunk_in_an_upload_is_refused_and_leaves_nothing(
