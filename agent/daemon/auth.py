@@ -167,7 +167,9 @@ async def stream_body(
     await send_continue(request)
     digest = hashlib.sha256()
     size = 0
-    buf = bytearray()
+    # the chunks of the batch being gathered, joined once per batch (one copy of each byte)
+    buf: list[bytes] = []
+    buffered = 0
     deadline = time.monotonic() + total_timeout_s
     total_hit = BodyTimeoutError(
         f"request body took longer than {total_timeout_s:g} s ({total_setting})"
@@ -178,9 +180,9 @@ async def stream_body(
             if remaining <= 0:
                 raise total_hit
             try:
-                chunk = await asyncio.wait_for(
-                    request.content.readany(), timeout=min(idle_timeout_s, remaining)
-                )
+                # a timeout context, not wait_for: no task per chunk
+                async with asyncio.timeout(min(idle_timeout_s, remaining)):
+                    chunk = await request.content.readany()
             except TimeoutError:
                 if remaining <= idle_timeout_s:
                     raise total_hit from None
@@ -192,17 +194,19 @@ async def stream_body(
             size += len(chunk)
             if size > max_bytes:
                 raise _too_large(max_bytes)
-            buf += chunk
-            if len(buf) >= batch_bytes:
-                data = bytes(buf)
+            buf.append(chunk)
+            buffered += len(chunk)
+            if buffered >= batch_bytes:
+                data = b"".join(buf)
                 buf.clear()
+                buffered = 0
                 await _hash_and_write(digest, data, write)
     except BaseException:
         if flush_on_error and buf:
-            await asyncio.shield(write(bytes(buf)))
+            await asyncio.shield(write(b"".join(buf)))
         raise
     if buf:
-        await _hash_and_write(digest, bytes(buf), write)
+        await _hash_and_write(digest, b"".join(buf), write)
     return size, digest.digest()
 
 

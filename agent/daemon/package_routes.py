@@ -152,7 +152,8 @@ async def upload(request: web.Request) -> web.Response:
     await ctx.ensure_free(app)
     op_id = new_operation_id()
     owner = owner_of(caller.keyid)
-    spool = await ctx.spool.open(key, offset, op_id, owner)  # 409 upload_offset / upload_busy
+    # stream_body hashes the body (Content-Digest): a fresh spool's file is not hashed again
+    spool = await ctx.spool.open(key, offset, op_id, owner, body_hashed=True)  # 409 offset/busy
     path = spool.path
     started = False
     stream: StreamingStage | None = None
@@ -191,7 +192,7 @@ async def upload(request: web.Request) -> web.Response:
             stream.feed.finish()
         try:
             check_digest(caller, actual)
-            ctx.spool.check_complete(spool)
+            ctx.spool.check_complete(spool, actual)
         except (AuthError, DigestMismatchError):  # a corrupted tail, or not the package
             await asyncio.shield(ctx.spool.rewind(spool))  # the bytes held before it stay
             raise

@@ -8,6 +8,9 @@ Rules this module enforces (docs/protocol.md §Resumable uploads, docs/operation
   (``?sha256=HEX&offset=N``), since its ``Content-Digest`` covers only the tail it sends. So a
   request can only ever add bytes to the upload it names, and a splice of two different packages
   can never complete: the finished file must hash to the key (:meth:`UploadSpool.check_complete`).
+  A fresh upload (offset 0) is hashed once: its body's SHA-256, which the receiving loop computes
+  for the ``Content-Digest`` anyway, is the whole file's (``body_hashed``); a resumed file hashes
+  the bytes held and what it appends.
   The package digest, not the manifest's payload digest, is the key because it is what the agent
   can check before parsing anything, and it covers the manifest and signatures too: two packages
   with the same payload but different signatures are different uploads.
@@ -105,7 +108,8 @@ TAKEN_KEEP = 256  # completed uploads whose operation the resume query can name
 
 @dataclass(eq=False)
 class SpoolFile:
-    """One upload being received into ``path``: bytes are appended, the whole file is hashed."""
+    """One upload being received into ``path``: bytes are appended, the whole file is hashed
+    (here; or, ``_digest`` None, by the caller of :meth:`UploadSpool.check_complete`)."""
 
     key: UploadKey
     path: Path
@@ -126,7 +130,8 @@ class SpoolFile:
     def _append(self, data: bytes) -> None:
         self._fh.write(data)
         self._fh.flush()  # in the file, not a buffer: a streaming stage reads it as it grows
-        self._digest.update(data)
+        if self._digest is not None:
+            self._digest.update(data)
         self.size += len(data)
 
     def close(self, fsync: bool = False) -> None:
@@ -140,8 +145,14 @@ class SpoolFile:
             finally:
                 self._fh.close()
 
-    def sha256(self) -> str:
-        return str(self._digest.hexdigest())
+    def sha256(self, body_sha256: bytes | None = None) -> str:
+        """The file's SHA-256 (hex); ``body_sha256``: that of every byte written to a spool
+        opened with ``body_hashed`` (then the file's own)."""
+        if self._digest is not None:
+            return str(self._digest.hexdigest())
+        if body_sha256 is None:
+            raise ValueError("a spool opened with body_hashed needs the body's SHA-256")
+        return body_sha256.hex()
 
 
 class UploadSpool:
@@ -183,11 +194,16 @@ class UploadSpool:
         return self._taken.get((key, owner))
 
     # ------------------------------------------------------------------ one upload
-    async def open(self, key: UploadKey, offset: int, op_id: str, owner: str) -> SpoolFile:
+    async def open(
+        self, key: UploadKey, offset: int, op_id: str, owner: str, *, body_hashed: bool = False
+    ) -> SpoolFile:
         """Start receiving ``key`` at ``offset`` into ``uploads/<op_id>.cutover``.
 
         Args:
             owner: :func:`owner_of` the key that signed the request.
+            body_hashed: the caller hashes every byte it writes and passes that digest to
+                :meth:`check_complete`: at offset 0 the file is then not hashed a second time
+                (a resume still hashes the bytes held and the tail).
 
         Raises:
             LockedError: ``upload_busy``, another upload of the same key is being received.
@@ -204,7 +220,7 @@ class UploadSpool:
         self._busy.add(key)
         self._taken.pop((key, owner), None)  # what it names is this upload's outcome from now
         try:
-            spool = await asyncio.to_thread(self._open, key, offset, op_id, owner)
+            spool = await asyncio.to_thread(self._open, key, offset, op_id, owner, body_hashed)
         except BaseException as exc:
             self._busy.discard(key)
             if offset and isinstance(exc, UploadOffsetError):
@@ -218,7 +234,9 @@ class UploadSpool:
         if self._counters is not None:
             self._counters.upload_resume(app, result)
 
-    def _open(self, key: UploadKey, offset: int, op_id: str, owner: str) -> SpoolFile:
+    def _open(
+        self, key: UploadKey, offset: int, op_id: str, owner: str, body_hashed: bool
+    ) -> SpoolFile:
         dest = self.uploads_dir / f"{op_id}.cutover"
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         with self._lock:
@@ -231,7 +249,8 @@ class UploadSpool:
                     )
                 fd = os.open(dest, flags | os.O_CREAT | os.O_EXCL, 0o600)
                 fh = os.fdopen(fd, "wb")
-                return SpoolFile(key, dest, 0, owner, fh, hashlib.sha256(), op_id=op_id)
+                digest = None if body_hashed else hashlib.sha256()
+                return SpoolFile(key, dest, 0, owner, fh, digest, op_id=op_id)
             if found is None or found[1] != owner or found[2] != offset:
                 raise offset_error(key, offset, found, owner)
             os.link(found[0], dest, follow_symlinks=False)  # appended in place
@@ -244,13 +263,14 @@ class UploadSpool:
             key, dest, offset, owner, fh, digest, held=found[0], size=offset, op_id=op_id
         )
 
-    def check_complete(self, spool: SpoolFile) -> None:
-        """The whole file is the package the key names.
+    def check_complete(self, spool: SpoolFile, body_sha256: bytes | None = None) -> None:
+        """The whole file is the package the key names (``body_sha256``: the SHA-256 of the
+        bytes written, for a spool opened with ``body_hashed``).
 
         Raises:
             DigestMismatchError: ``package_digest``; the caller discards the upload.
         """
-        if not hmac.compare_digest(spool.sha256(), spool.key.sha256):
+        if not hmac.compare_digest(spool.sha256(body_sha256), spool.key.sha256):
             done = (
                 f"the {spool.offset} bytes held before this request were kept: resume at offset "
                 f"{spool.offset} with the package's own bytes, or upload it again from offset 0"

@@ -171,3 +171,27 @@ async def test_a_symlinked_app_folder_is_never_followed(tmp_path: Path) -> None:
     assert await _interrupted(spool, key, b"x" * 10, "op") == 0
     assert list(elsewhere.iterdir()) == [] and spool.held(key, OWNER) == 0
     assert list(spool.uploads_dir.iterdir()) == []
+
+
+async def test_a_fresh_spool_hashed_by_its_writer_is_checked_against_that_digest(
+    tmp_path: Path,
+) -> None:
+    """``body_hashed`` (the daemon's uploads: the body's SHA-256 is computed once, for the
+    Content-Digest): the file must still hash to the key, by the digest the writer passes."""
+    spool = _spool(tmp_path)
+    data = b"package bytes " * 20
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest())
+    f = await spool.open(key, 0, "op-1", OWNER, body_hashed=True)
+    await f.write(b"not the package " * 20)
+    with pytest.raises(DigestMismatchError) as bad:
+        spool.check_complete(f, hashlib.sha256(b"not the package " * 20).digest())
+    assert bad.value.code == "package_digest" and "nothing was kept" in str(bad.value)
+    with pytest.raises(ValueError, match="body's SHA-256"):
+        spool.check_complete(f)  # never taken as complete without the digest
+    await spool.discard(f)
+    assert list(spool.uploads_dir.iterdir()) == [] and not spool.busy(key)
+    g = await spool.open(key, 0, "op-2", OWNER, body_hashed=True)
+    await g.write(data)
+    spool.check_complete(g, hashlib.sha256(data).digest())
+    await spool.complete(g)
+    assert g.path.read_bytes() == data and spool.held(key, OWNER) == 0

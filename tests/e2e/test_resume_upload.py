@@ -155,6 +155,21 @@ async def test_a_wrong_offset_is_refused_with_the_held_offset_and_changes_nothin
     assert agent.snapshot() == before
 
 
+async def test_a_whole_body_that_is_not_the_named_package_is_refused_nothing_kept(
+    agent: Agent, packages: dict[str, Path]
+) -> None:
+    """Offset 0 with the package named in the query: the body (signed, Content-Digest right)
+    is another package, so the file never hashes to the key (hashed once, as the body)."""
+    sha = hashlib.sha256(packages[VERSION].read_bytes()).hexdigest()
+    before = agent.snapshot()
+    answer = await _resume(agent, packages["1.1.0"].read_bytes(), sha, 0)
+    assert answer.status == 422, answer.body
+    assert answer.code == "package_digest" and answer.json["kind"] == "digest_mismatch"
+    assert "nothing was kept" in answer.json["message"]
+    assert agent.snapshot() == before and _partials(agent) == []
+    assert (await _held(agent, sha)).offset == 0
+
+
 async def test_a_tampered_resumed_tail_is_refused_the_held_prefix_kept_nothing_staged(
     agent: Agent, packages: dict[str, Path]
 ) -> None:
