@@ -187,12 +187,17 @@ async def test_other_operations_proceed_while_a_streaming_upload_is_held(
 
 
 async def test_the_stage_decides_again_under_the_lock_with_the_history_of_then(
-    agent: Agent, keys: Keys, tmp_path: Path
+    make_agent: Any, keys: Keys, tmp_path: Path
 ) -> None:
     """The stream worker verified 3.0.0 while it was unknown here; another package of 3.0.0
     is staged while the first upload is held. The held upload's stage, in that same worker,
     decides with the history read under the lock: versions are immutable, and nothing of it is
     left."""
+    # held for as long as the other upload and its stage take: no idle timeout in the way
+    agent: Agent = make_agent(
+        max_upload_bytes=64 << 20, app_toml='reuse = "off"\n', upload_idle_timeout_s=600.0
+    )
+    agent.start()
     pkg = _package(tmp_path, keys, "3.0.0")
     other = _package(tmp_path / "other", keys, "3.0.0")
     held = HeldBody(hold_at=_payload_at(pkg, 2))
