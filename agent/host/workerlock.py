@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-import structlog
-
+from cutover.agent._util.lazylog import get_logger
 from cutover.agent.errors import LockedError, StorageError
 
 __all__ = [
@@ -38,7 +37,7 @@ __all__ = [
     "release",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 EXCLUSIVE_TIMEOUT_S: Final = 30.0
 _POLL_S: Final = 0.01

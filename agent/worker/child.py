@@ -66,9 +66,9 @@ def _log_bug(exc: Exception, doing: str) -> None:
     from cutover.agent.errors import CutoverError
 
     if not isinstance(exc, CutoverError):
-        import structlog
+        from cutover.agent._util.lazylog import get_logger
 
-        structlog.get_logger(__name__).exception(
+        get_logger(__name__).exception(
             "stage_worker_failed", pid=os.getpid(), doing=doing, error=f"{type(exc).__name__}"
         )
 
