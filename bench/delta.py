@@ -48,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _bytecode import add_bytecode_flag, prepare_bytecode  # noqa: E402
+
 from cutover.agent.host.content import ContentIndex  # noqa: E402
 from cutover.agent.host.layout import Layout  # noqa: E402
 from cutover.agent.host.seal import SEAL_FORMAT, SealFile, seal_projection  # noqa: E402
@@ -304,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--agents", type=int, default=10, help="agents of the delta push (default 10)")
+    add_bytecode_flag(ap)
     args = ap.parse_args(argv)
+    print(prepare_bytecode(args.from_source), flush=True)
     files = prepare()
     work = OUT / f"run-{os.getpid()}"
     work.mkdir()

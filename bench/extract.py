@@ -49,6 +49,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _bytecode import add_bytecode_flag, prepare_bytecode
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 MAKE_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_corpus.py"
@@ -266,10 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--child", nargs=3, metavar=("PACKAGE", "PUB", "DEST"), help=argparse.SUPPRESS)
+    add_bytecode_flag(ap)
     args = ap.parse_args(argv)
     if args.child:
         child(*(Path(p) for p in args.child))
         return 0
+    print(prepare_bytecode(args.from_source), flush=True)
     files = prepare()
     runs_dir = OUT / f"runs-{os.getpid()}"
     runs_dir.mkdir()
