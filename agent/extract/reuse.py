@@ -114,6 +114,9 @@ class Reuser:
         self._linked_paths: list[str] = []
         self._linked_inos: list[int] = []
         self._latest: dict[int, os.stat_result] = {}
+        # each linked inode's identity when its content was proven (sealed or hashed), before
+        # this run's first link of it changed its ctime
+        self._proven: dict[int, tuple[int, int, int, int, int]] = {}
 
     def knows(self, digest: str) -> bool:
         """The host holds (per its manifests) a file with this content."""
@@ -150,6 +153,9 @@ class Reuser:
             finally:
                 os.close(fd)
             if method == "hardlink":  # the link changed its ctime: remember the identity now
+                self._proven.setdefault(
+                    st.st_ino, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                )
                 self._note_link(entry.path, dir_fd, leaf)
             counts = self.counts[method]
             counts[0] += 1
@@ -176,9 +182,13 @@ class Reuser:
             return False
         if ident != cand.ident:
             # Linked earlier in this run (a second path with the same content): its identity
-            # is the one read right after that link, which changed only its ctime.
+            # is the one read right after that link, which changed only its ctime. That vouches
+            # only for the inode this candidate's seal describes (its identity when proven): a
+            # sealed name later swapped for a link to another reused inode is not it.
             mine = self._latest.get(st.st_ino)
-            if mine is None or ident != (
+            if mine is None or cand.ident != self._proven.get(st.st_ino):
+                return False
+            if ident != (
                 mine.st_dev,
                 mine.st_ino,
                 mine.st_size,
@@ -199,6 +209,7 @@ class Reuser:
         check = self.checks["sealed"]
         check[0] += 1
         check[1] += entry.size
+        self._proven.setdefault(st.st_ino, ident)
         self._remember(entry.path, new)
         return True
 

@@ -186,3 +186,64 @@ def test_reuse_off_takes_everything_from_the_payload(
     _stage_both(host, make_package)
     assert all(_ino(host, A, rel) != _ino(host, B, rel) for rel in SHARED)
     assert set(_record(host, B)) == {"payload_files", "payload_bytes"}
+
+
+@pytest.mark.parametrize("q_proven_by", ["sealed", "hashed"])
+def test_a_sealed_source_swapped_for_a_link_to_another_reused_file_is_not_linked(
+    tmp_path: Path, q_proven_by: str
+) -> None:
+    """Review finding (r5): after sealing, ``p`` (content B) became a hardlink to ``q`` (content
+    A, same size). Once this stage had linked ``q``, ``p``'s identity equalled the identity read
+    after that link, and the sealed fast path took it as proven: ``b.txt`` (manifest: B) got A.
+    An identity seen after this run's own link vouches only for the inode whose seal it proved."""
+    import hashlib
+
+    from cutover.agent.extract.reuse import Candidate, Reuser
+    from cutover.agent.package.entries import FileEntry
+
+    def ident(p: Path) -> tuple[int, int, int, int, int]:
+        st = os.lstat(p)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    releases = tmp_path / "releases"
+    old = releases / A
+    old.mkdir(parents=True)
+    a, b = b"A" * 64, b"B" * 64
+    (old / "q").write_bytes(a)
+    (old / "p").write_bytes(b)
+    for name in ("q", "p"):
+        os.chmod(old / name, 0o444)
+    sealed = {"q": ident(old / "q"), "p": ident(old / "p")}  # what the old release's seal says
+    os.unlink(old / "p")
+    os.link(old / "q", old / "p")  # after sealing: p is now q's inode (content A)
+    if q_proven_by == "sealed":  # q's seal row refreshed after the swap: q itself is sound
+        sealed["q"] = ident(old / "q")
+    da, db = hashlib.sha256(a).hexdigest(), hashlib.sha256(b).hexdigest()
+    index = {
+        da: [Candidate(A, "q", 64, 0o644, sealed["q"])],
+        db: [Candidate(A, "p", 64, 0o644, sealed["p"])],
+    }
+    new = tmp_path / "new"
+    new.mkdir()
+    dir_fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+    reuser = Reuser(releases, lambda d: index.get(d, []), reflink=False, hardlink=True)
+    try:
+        first = reuser.place(
+            FileEntry(path="a.txt", size=64, sha256=da, mode=0o644), dir_fd, "a.txt"
+        )
+        second = reuser.place(
+            FileEntry(path="b.txt", size=64, sha256=db, mode=0o644), dir_fd, "b.txt"
+        )
+    finally:
+        reuser.close()
+        os.close(dir_fd)
+    assert first == "hardlink" and (new / "a.txt").read_bytes() == a
+    assert second is None  # no source proven: the stage takes b.txt from its payload
+    assert sorted(os.listdir(new)) == ["a.txt"]  # nothing else created, no temp file left
+    assert [f"{A}/p" in r for r in reuser.refused] == [True]
+    assert (old / "p").read_bytes() == a and (old / "q").read_bytes() == a  # old tree untouched
+    # q proven as asked; p never by its seal (the swapped inode is not the sealed one), only
+    # re-hashed, and refused for its content
+    sealed_q = q_proven_by == "sealed"
+    assert reuser.checks["sealed"][0] == (1 if sealed_q else 0)
+    assert reuser.checks["hashed"][0] == (1 if sealed_q else 2)
