@@ -61,7 +61,12 @@ def _groups(owner: Owner) -> list[int]:
 # Imported lazily by the standard library (asyncio.to_thread, subprocesses): loaded before the
 # drop, since the new user may not be able to read the interpreter's files (a Python installed
 # under /root, say).
-_PRELOAD = ("concurrent.futures.thread", "asyncio.subprocess", "asyncio.unix_events")
+_PRELOAD = (
+    "concurrent.futures.thread",
+    "asyncio.subprocess",
+    "asyncio.unix_events",
+    "encodings.idna",  # socket.getaddrinfo of a host name (health checks), str.encode("idna")
+)
 
 
 def drop_to(owner: Owner) -> None:

@@ -260,8 +260,19 @@ def _uids(root: Path) -> set[int]:
 def test_cli_as_root_acts_as_the_owner_of_the_app(
     tmp_path: Path, release_key: object, make_package: PackageFactory
 ) -> None:
+    import http.server
     import shutil
+    import threading
 
+    # Live checks by host name: resolving "localhost" imports encodings.idna lazily, after the
+    # drop, where nobody may not read the interpreter's files (review r5: the checks crashed).
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    port = web.server_address[1]
+    checks = (
+        f'[[health.live.checks]]\ntype = "http"\nname = "home"\nurl = "http://localhost:{port}/"\n'
+        f'[[health.live.checks]]\ntype = "tcp"\nname = "port"\nhost = "localhost"\nport = {port}\n'
+    )
     base, root, uid = _owned_by_nobody_setup(tmp_path, release_key)
     try:
         config = base / "etc" / "agent.toml"
@@ -270,12 +281,13 @@ def test_cli_as_root_acts_as_the_owner_of_the_app(
         assert proc.returncode == 0, proc.stderr
         assert config.stat().st_uid == 0  # the config stays root's
         pkg = base / "ame-1.0.0.cutover"  # where nobody can read it
-        shutil.copy(make_package("1.0.0", app="ame"), pkg)
+        shutil.copy(make_package("1.0.0", app="ame", toml=checks), pkg)
         pkg.chmod(0o644)
         for args in (("stage", str(pkg)), ("activate", "1.0.0"), ("status",), ("journal",)):
             proc = _cli(config, *args)
             assert proc.returncode == 0, (args, proc.stderr)
         assert os.readlink(root / "current") == "releases/1.0.0"
+        assert "check crashed" not in proc.stderr
         assert _uids(root) == {uid}  # not one root-owned file in nobody's app
         journal = (root / ".cutover" / "journal.jsonl").read_text()
         assert '"actor":"cli:root"' in journal.replace(" ", "")  # who ran it is recorded
@@ -306,6 +318,7 @@ def test_cli_as_root_acts_as_the_owner_of_the_app(
         assert "sudo chown -R nobody:" in proc.stderr and "Traceback" not in proc.stderr
         assert state.read_bytes() == before and os.readlink(root / "current") == "releases/1.0.0"
     finally:
+        web.shutdown()
         shutil.rmtree(base)
 
 
