@@ -52,8 +52,10 @@ def strict_json_loads(
         raise error(f"{what} is not valid UTF-8: {exc}") from exc
     try:
         return json.loads(text, object_pairs_hook=reject_duplicates, parse_constant=reject_constant)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         raise error(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise error(f"{what} nests arrays or objects too deeply to be a valid document") from None
 
 
 def canonical_json(obj: Any) -> bytes:

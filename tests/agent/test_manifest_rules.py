@@ -239,6 +239,26 @@ def test_duplicate_json_keys_are_refused_naming_the_key() -> None:
         parse_manifest(data)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nests arrays or objects too deeply"),
+        (b'{"app": "ame", "n": ' + b"9" * 5000 + b"}", "is not valid JSON: Exceeds the limit"),
+    ],
+)
+def test_json_the_parser_cannot_take_is_a_manifest_error(data: bytes, message: str) -> None:
+    """Review finding (r5): deep nesting (RecursionError) and a 5,000-digit integer (ValueError)
+    escaped the strict parse as non-registry exceptions, which the CLI reports as a bug
+    ("internal error"); both are bad manifests, before and after the app is peeked."""
+    from cutover.agent.trust.policy import peek_app
+
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(data)
+    if not data.startswith(b"{"):
+        with pytest.raises(ManifestError, match=message):
+            peek_app(data)
+
+
 def test_the_tree_check_judges_paths_however_the_entries_were_made() -> None:
     """The writer builds entries without validation (model_construct); the manifest built
     from them still refuses an unsafe path (defence in depth for builders)."""
