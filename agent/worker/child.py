@@ -11,8 +11,9 @@ Protocol: JSON lines. The worker says ``{"ready": pid}``; the daemon sends the j
   package): one process per streamed upload; its stage decides again under the lock, reusing
   only its parse of the very manifest bytes it streamed (agent/lifecycle/stagework.py).
 
-* A stage worker is told ``{"op": "hold", "root": root}`` before ``extract``; a stream worker
-  takes the same step on its job and says ``{"held": pid}`` before the daemon feeds it.
+* A stage worker is told ``{"op": "hold", "root": root}`` before its first write (``extract``,
+  or ``inventory``/``readonly`` of a tree its streaming wrote); a stream worker takes the same
+  step on its job (its own lock) and says ``{"held": pid}`` before the daemon feeds it.
 
 What it may write: the tree it is told to extract (under ``incoming/``, or the daemon's
 ``streaming/``), a release's inventory file and modes (after the daemon installed it). Never
@@ -159,6 +160,7 @@ def _stage(
                     )
                     answer = {"added": added}
                 elif op == "readonly":
+                    fault_point("worker.readonly")  # tests: the lock is held before it writes
                     seal = work.make_readonly(
                         Layout(Path(cmd["root"])),
                         Path(cmd["release_dir"]),

@@ -64,6 +64,7 @@ class ChildStageWork:
         self._adopt = adopt
         self._worker: WorkerProcess | None = None
         self.pid: int | None = None  # the worker's, once taken
+        self._holds = False  # the worker holds the root's worker lock
 
     async def _request(
         self, obj: dict[str, object], doing: str, progress: Callable[[int], None] | None = None
@@ -111,9 +112,7 @@ class ChildStageWork:
         # The state only matters where files may be taken from installed releases.
         state_json = None if state is None or reuse == "off" else state.model_dump_json()
         try:
-            # the worker holds the root's worker lock before it writes (agent/host/workerlock.py):
-            # from its answer on, no recovery removes incoming/ while it lives
-            await self._request({"op": "hold", "root": str(layout.root)}, "taking the worker lock")
+            await self._hold(layout)
             answer = await self._request(
                 {
                     "op": "extract",
@@ -132,6 +131,14 @@ class ChildStageWork:
             raise
         return stats_from_wire(answer)
 
+    async def _hold(self, layout: Layout) -> None:
+        """Before the worker's first write into the root (extract, or the inventory and modes of
+        a tree its streaming wrote): it holds the root's worker lock (agent/host/workerlock.py),
+        so from its answer on no recovery removes a tree it may still write while it lives."""
+        if not self._holds:
+            await self._request({"op": "hold", "root": str(layout.root)}, "taking the worker lock")
+            self._holds = True
+
     async def _abandon(self, dest: Path) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
@@ -139,6 +146,7 @@ class ChildStageWork:
         await asyncio.to_thread(remove_tree, dest)
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
+        await self._hold(layout)
         answer = await self._request(
             {"op": "inventory", "root": str(layout.root), "release_dir": str(release_dir)},
             f"recording the stage hooks' files in {release_dir}",
@@ -148,6 +156,7 @@ class ChildStageWork:
     async def make_readonly(
         self, layout: Layout, release_dir: Path, *, hooks_ran: bool
     ) -> str | None:
+        await self._hold(layout)
         answer = await self._request(
             {
                 "op": "readonly",

@@ -420,3 +420,38 @@ async def test_an_operation_right_after_a_stage_never_waits_for_a_worker_lock(
     assert "waiting_for_stage_worker" not in events and "stage_worker_gone" not in events
     assert agent.current() == "releases/1.0.0"
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
+
+
+@pytest.mark.parametrize("stream_uploads", [False, True], ids=["stage-extracts", "streamed"])
+async def test_the_worker_holds_its_lock_while_it_seals_a_release(
+    make_agent: Any, keys: Keys, tmp_path: Path, stream_uploads: bool
+) -> None:
+    """Review finding (r5): a streamed upload's worker goes on as its stage's worker and never
+    extracts again, so it was never told to hold the worker lock, and wrote the release's modes
+    and seal holding none: a kill -9'd daemon's recovery could remove that tree under it. Paused
+    just before ``readonly``, the stage's worker must hold ``worker.lock``."""
+    marker = tmp_path / "paused"
+    agent: Agent = make_agent(
+        max_upload_bytes=64 << 20, stream_uploads=stream_uploads, upload_timeout_s=120.0
+    )
+    agent.start(
+        env={"CUTOVER_TEST_PAUSE_AT": "worker.readonly", "CUTOVER_TEST_PAUSE_FILE": str(marker)}
+    )
+    before = agent.snapshot()
+    pkg = _package(tmp_path, keys, "2.0.0")
+    async with agent.client(upload_timeout_s=120) as c:
+        op = (await c.upload(APP, "2.0.0", pkg)).operation
+        _wait_for(marker.exists, "the stage's worker paused before making the release read-only")
+        pid = _stage_worker_pids(agent)[-1]
+        assert _alive(pid) and _ppid(pid) == agent.pid
+        assert pid in holders(agent.meta / "worker.lock")
+        os.kill(pid, signal.SIGKILL)
+        record = await c.wait(op)
+    assert record.status == "failed", record
+    with pytest.raises(InternalError) as info:
+        record.raise_for_error()
+    assert info.value.code == "stage_worker_died" and f"pid {pid}" in str(info.value)
+    after = agent.snapshot()
+    assert after["current"] == before["current"]
+    assert after["releases"] == before["releases"] and after["incoming"] == []
+    assert _leftovers(agent) == {"incoming": [], "streaming": []}
