@@ -257,10 +257,10 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _row(name: str, values: list[float], base: float | None) -> str:
+def _row(name: str, values: list[float], base: float | None, width: int = 52) -> str:
     med = statistics.median(values)
     ratio = f"{med / base:6.2f}x" if base else ""
-    return f"{name:<52} {med:7.3f}  ({min(values):.3f}-{max(values):.3f})  {ratio}"
+    return f"{name:<{width}} {med:7.3f}  ({min(values):.3f}-{max(values):.3f})  {ratio}"
 
 
 def main(argv: list[str] | None = None) -> int:

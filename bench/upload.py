@@ -128,9 +128,7 @@ def upload_stage(
 
 
 def _row(name: str, values: list[float], base: float | None) -> str:
-    med = statistics.median(values)
-    ratio = f"{med / base:6.2f}x" if base else ""
-    return f"{name:<60} {med:7.3f}  ({min(values):.3f}-{max(values):.3f})  {ratio}"
+    return bx._row(name, values, base, width=60)
 
 
 def main(argv: list[str] | None = None) -> int:
