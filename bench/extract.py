@@ -18,8 +18,9 @@ interleaved round by round, it times:
   once more for the same tree packaged without chunks (``--no-chunks``: the whole-payload
   pre-hash path), the two alternating which goes first;
 * ``python -c pass``, for the start-up cost alone;
-* a real ``cutover-agent serve`` on 127.0.0.1 (fresh app root each round): upload+stage of the
-  package over loopback (``AgentClient.upload`` then waiting for the operation), with the
+* a real ``cutover-agent serve`` on 127.0.0.1 (fresh app root each round; timed once it answers
+  and its stage worker started ahead had a second to get ready, as on a running agent):
+  upload+stage of the package over loopback (``AgentClient.upload`` then waiting for the operation), with the
   streaming stage on (the default) and off; against ``cutover-agent stage PACKAGE`` from the
   local file (the on-host CLI, a fresh process, so it also pays start-up and imports).
 
@@ -48,6 +49,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from _bytecode import add_bytecode_flag, prepare_bytecode
 
@@ -199,10 +201,31 @@ def _agent_files(base: Path, files: dict[str, Path], stream: bool) -> tuple[Path
     return config, port
 
 
+def serve_agent(
+    config: Path, port: int, log: BinaryIO, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real ``cutover-agent serve`` on 127.0.0.1, returned once it answers and the stage worker
+    it starts ahead has had time to get ready, as on an agent that has been running."""
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [str(AGENT), "--config", str(config), "serve"], stdout=log, stderr=log, env=env
+    )
+    for _ in range(400):
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/v1/health", timeout=1
+            ):  # loopback
+                break
+        except OSError:
+            time.sleep(0.05)
+    time.sleep(1.0)  # the spare worker's start-up (~0.2 s CPU) is not part of an upload
+    return proc
+
+
 def _upload_stage(base: Path, files: dict[str, Path], stream: bool) -> float:
     """Seconds from the first upload byte to the staged release, against a running agent."""
     import asyncio
-    import urllib.request
 
     sys.path.insert(0, str(ROOT))
     from cutover.agent.keys import load_private_key
@@ -210,15 +233,9 @@ def _upload_stage(base: Path, files: dict[str, Path], stream: bool) -> float:
 
     config, port = _agent_files(base, files, stream)
     log = (base / "agent.log").open("wb")
-    proc = subprocess.Popen([str(AGENT), "--config", str(config), "serve"], stdout=log, stderr=log)
+    proc = serve_agent(config, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(400):
-            try:
-                with urllib.request.urlopen(f"{url}/v1/health", timeout=1):  # noqa: S310  # loopback
-                    break
-            except OSError:
-                time.sleep(0.05)
 
         async def go() -> float:
             key = load_private_key(files["deploy"])

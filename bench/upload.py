@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -76,18 +75,10 @@ def upload_stage(
     config, port = bx._agent_files(base, files, stream)
     log_path = base / "agent.log"
     log = log_path.open("wb")
-    cmd = [str(bx.AGENT), "--config", str(config), "serve"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+    proc = bx.serve_agent(config, port, log, env)
     url = f"http://127.0.0.1:{port}"
     out: dict[str, float] = {}
     try:
-        for _ in range(400):
-            try:
-                with urllib.request.urlopen(f"{url}/v1/health", timeout=1):  # noqa: S310  # loopback
-                    break
-            except OSError:
-                time.sleep(0.05)
-        time.sleep(1.0)  # the spare worker started ahead is ready, as on a running agent
 
         async def go() -> float:
             key = load_private_key(files["deploy"])
