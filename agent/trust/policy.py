@@ -22,11 +22,13 @@ Rules (docs/security-model.md). No I/O happens here; every failure raises a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Final
 
 import pydantic_core
 
@@ -269,6 +271,9 @@ def verify_release(
     return VerifiedRelease(manifest, manifest_bytes, digest, signers, ignored, known, report)
 
 
+_UNREAD: Final = object()  # peek_app: the fast parser did not read the bytes
+
+
 def peek_app(manifest_bytes: bytes) -> str:
     """The ``app`` a manifest claims, to choose a trust policy. Not a trust decision.
 
@@ -277,12 +282,11 @@ def peek_app(manifest_bytes: bytes) -> str:
     judged there, before anything is trusted. Bytes that parser refuses go through the strict
     parse here, for its message.
     """
+    obj: object = _UNREAD
     if len(manifest_bytes) <= MAX_MANIFEST_BYTES and not manifest_bytes.startswith(b"\xef"):
-        try:
+        with contextlib.suppress(ValueError):
             obj = pydantic_core.from_json(manifest_bytes)
-        except ValueError:
-            obj = strict_json_loads(manifest_bytes, "manifest.json", MAX_MANIFEST_BYTES)
-    else:
+    if obj is _UNREAD:
         obj = strict_json_loads(manifest_bytes, "manifest.json", MAX_MANIFEST_BYTES)
     app = obj.get("app") if isinstance(obj, dict) else None
     if not isinstance(app, str):

@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import Host, PackageFactory
 
-# Like the `cutover-agent` script (cutover.agent.cli:main), plus a record of the modules at exit.
-_CLI = """
-import atexit, json, os, sys
+# Run first in the child: records, at exit, the modules it imported and the processes it started.
+_RECORDING = """
+import atexit, json, os, runpy, sys
 
 spawned = []  # processes started (audit events), e.g. ctypes.util.find_library's `ldconfig -p`
 sys.addaudithook(
@@ -30,9 +30,16 @@ def _record():
         json.dump({"modules": sorted(sys.modules), "spawned": spawned}, fh)
 
 atexit.register(_record)
+"""
+
+# Like the `cutover-agent` script (cutover.agent.cli:main), plus the record.
+_CLI = (
+    _RECORDING
+    + """
 from cutover.agent.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+)
 
 # Never needed by an on-host command that succeeds: the HTTP stack (aiohttp, yarl) and the daemon,
 # terminal rendering (rich: only for a progress bar on a tty), structlog (only when a line passes
@@ -148,24 +155,13 @@ def test_a_failing_command_still_logs_through_structlog(
     )
 
 
-# `python -m cutover.agent.worker <daemon pid> <log format>`, plus a record of the modules at exit.
-_WORKER = """
-import atexit, json, os, runpy, sys
-
-spawned = []
-sys.addaudithook(
-    lambda event, args: spawned.append(f"{event} {args!r}"[:300])
-    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork")
-    else None
-)
-
-def _record():
-    with open(os.environ["CUTOVER_TEST_MODULES"], "w") as fh:
-        json.dump({"modules": sorted(sys.modules), "spawned": spawned}, fh)
-
-atexit.register(_record)
+# `python -m cutover.agent.worker <daemon pid> <log format>`, plus the record.
+_WORKER = (
+    _RECORDING
+    + """
 runpy.run_module("cutover.agent.worker", run_name="__main__", alter_sys=True)
 """
+)
 
 
 def test_a_ready_stage_worker_holds_the_job_path_only(tmp_path: Path) -> None:
