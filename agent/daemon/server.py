@@ -30,6 +30,7 @@ docs/agent.md for why, and how to firewall it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import ssl
@@ -73,6 +74,7 @@ from cutover.agent.errors import (
     OperationalError,
     StorageError,
 )
+from cutover.agent.host import workerlock
 from cutover.agent.lifecycle.manager import AppManager
 from cutover.agent.worker.process import WorkerPool
 
@@ -302,7 +304,8 @@ class Server:
         await self._recover_all(cfg)
         for app in cfg.apps:
             try:
-                await asyncio.to_thread(clear_stale, ctx.layout(app))  # a crashed daemon's uploads
+                # a crashed daemon's uploads (a cancellable wait for its workers)
+                await workerlock.run_stoppable(functools.partial(clear_stale, ctx.layout(app)))
             except LockedError as exc:  # a worker outlived its daemon: its tree waits a restart
                 log.warning("streaming_clear_skipped", app=app, reason=str(exc))
             await ctx.refresh_app(app)

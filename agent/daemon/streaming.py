@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Final
 
@@ -81,16 +82,18 @@ def streaming_dir(layout: Layout) -> Path:
     return layout.meta / _STREAMING
 
 
-def clear_stale(layout: Layout) -> None:
+def clear_stale(layout: Layout, stop: threading.Event | None = None) -> None:
     """Remove what a previous daemon left in the streaming directory (it is the only user),
     once no streaming worker of that daemon still writes there (agent/host/workerlock.py).
+    Setting ``stop`` (the awaiting task was cancelled) ends the wait for that worker.
 
     Raises:
         LockedError: such a worker outlived its daemon (named); nothing was removed.
+        WaitStoppedError: ``stop`` was set first; nothing was removed.
     """
     d = streaming_dir(layout)
     if d.is_dir():
-        with workerlock.exclusive(layout.stream_worker_lock):
+        with workerlock.exclusive(layout.stream_worker_lock, stop=stop):
             for entry in d.iterdir():
                 remove_tree(entry)
 

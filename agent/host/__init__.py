@@ -1,6 +1,7 @@
 """The disk side of one app root: layout, the current link, installation, kept manifests,
 shared paths, trash, state and journal (the ledger), lock, drift, the activation phases and the
-pure recovery planner. Synchronous and config-free: callers pass plain values."""
+pure recovery planner. Synchronous (but for the stage workers' lock's cancellable wait) and
+config-free: callers pass plain values."""
 
 from __future__ import annotations
 

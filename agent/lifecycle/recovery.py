@@ -76,7 +76,8 @@ class Recovery:
         """
         ctx = self.ctx
         # a dying daemon's stage worker may still write its tree: wait until it is gone
-        fd = await asyncio.to_thread(workerlock.acquire_exclusive, ctx.layout.worker_lock)
+        # (cancellable: a cancelled wait never leaves the lock taken)
+        fd = await workerlock.acquire_exclusive_async(ctx.layout.worker_lock)
         try:
             disk = await asyncio.to_thread(observe, ctx.layout, ctx.ledger.journal)
             todo = plan.plan_recovery(state, disk)
