@@ -12,77 +12,27 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.agent.config import AgentConfig, LoadedConfig, load_config
-    from cutover.agent.errors import (
-        CutoverError,
-        ExitCode,
-        OperationalError,
-        RejectedError,
-    )
-    from cutover.agent.keys import (
-        PrivateKey,
-        PublicKey,
-        generate_keypair,
-        load_private_key,
-        load_public_key,
-    )
-    from cutover.agent.package.manifest import Manifest, parse_manifest
-    from cutover.agent.trust.policy import HostHistory, TrustPolicy, VerifiedRelease, verify_release
+    from cutover.agent.config import AgentConfig as AgentConfig
+    from cutover.agent.config import LoadedConfig as LoadedConfig
+    from cutover.agent.config import load_config as load_config
+    from cutover.agent.errors import CutoverError as CutoverError
+    from cutover.agent.errors import ExitCode as ExitCode
+    from cutover.agent.errors import OperationalError as OperationalError
+    from cutover.agent.errors import RejectedError as RejectedError
+    from cutover.agent.keys import PrivateKey as PrivateKey
+    from cutover.agent.keys import PublicKey as PublicKey
+    from cutover.agent.keys import generate_keypair as generate_keypair
+    from cutover.agent.keys import load_private_key as load_private_key
+    from cutover.agent.keys import load_public_key as load_public_key
+    from cutover.agent.package.manifest import Manifest as Manifest
+    from cutover.agent.package.manifest import parse_manifest as parse_manifest
+    from cutover.agent.trust.policy import HostHistory as HostHistory
+    from cutover.agent.trust.policy import TrustPolicy as TrustPolicy
+    from cutover.agent.trust.policy import VerifiedRelease as VerifiedRelease
+    from cutover.agent.trust.policy import verify_release as verify_release
 
-# Loaded on first use (agent/_util/lazy.py): importing one module of the package
-# does not import its siblings.
-_EXPORTS = {
-    "cutover.agent.config": (
-        "AgentConfig",
-        "LoadedConfig",
-        "load_config",
-    ),
-    "cutover.agent.errors": (
-        "CutoverError",
-        "ExitCode",
-        "OperationalError",
-        "RejectedError",
-    ),
-    "cutover.agent.keys": (
-        "PrivateKey",
-        "PublicKey",
-        "generate_keypair",
-        "load_private_key",
-        "load_public_key",
-    ),
-    "cutover.agent.package.manifest": (
-        "Manifest",
-        "parse_manifest",
-    ),
-    "cutover.agent.trust.policy": (
-        "HostHistory",
-        "TrustPolicy",
-        "VerifiedRelease",
-        "verify_release",
-    ),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__, eager=("__version__",))
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "AgentConfig",
-    "CutoverError",
-    "ExitCode",
-    "HostHistory",
-    "LoadedConfig",
-    "Manifest",
-    "OperationalError",
-    "PrivateKey",
-    "PublicKey",
-    "RejectedError",
-    "TrustPolicy",
-    "VerifiedRelease",
-    "__version__",
-    "generate_keypair",
-    "load_config",
-    "load_private_key",
-    "load_public_key",
-    "parse_manifest",
-    "verify_release",
-]

@@ -13,93 +13,30 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.agent.api_models import (
-        Accepted,
-        AgentInfo,
-        AppDetail,
-        AppsList,
-        AppSummary,
-        ErrorBody,
-        Event,
-        Health,
-        JournalEntry,
-        OperationRecord,
-        OperationResult,
-        PendingIntent,
-        ReleaseInfo,
-    )
-    from cutover.controller.build import (
-        AppConfig,
-        BuildResult,
-        build_package,
-        load_app_config,
-        sign_package,
-    )
-    from cutover.controller.client import AgentClient
-    from cutover.controller.transport import (
-        AiohttpTransport,
-        SignedRequest,
-        Transport,
-        TransportResponse,
-    )
+    from cutover.agent.api_models import Accepted as Accepted
+    from cutover.agent.api_models import AgentInfo as AgentInfo
+    from cutover.agent.api_models import AppDetail as AppDetail
+    from cutover.agent.api_models import AppsList as AppsList
+    from cutover.agent.api_models import AppSummary as AppSummary
+    from cutover.agent.api_models import ErrorBody as ErrorBody
+    from cutover.agent.api_models import Event as Event
+    from cutover.agent.api_models import Health as Health
+    from cutover.agent.api_models import JournalEntry as JournalEntry
+    from cutover.agent.api_models import OperationRecord as OperationRecord
+    from cutover.agent.api_models import OperationResult as OperationResult
+    from cutover.agent.api_models import PendingIntent as PendingIntent
+    from cutover.agent.api_models import ReleaseInfo as ReleaseInfo
+    from cutover.controller.build import AppConfig as AppConfig
+    from cutover.controller.build import BuildResult as BuildResult
+    from cutover.controller.build import build_package as build_package
+    from cutover.controller.build import load_app_config as load_app_config
+    from cutover.controller.build import sign_package as sign_package
+    from cutover.controller.client import AgentClient as AgentClient
+    from cutover.controller.transport import AiohttpTransport as AiohttpTransport
+    from cutover.controller.transport import SignedRequest as SignedRequest
+    from cutover.controller.transport import Transport as Transport
+    from cutover.controller.transport import TransportResponse as TransportResponse
 
-# Loaded on first use (agent/_util/lazy.py): importing one module of the package
-# does not import its siblings.
-_EXPORTS = {
-    "cutover.agent.api_models": (
-        "Accepted",
-        "AgentInfo",
-        "AppDetail",
-        "AppsList",
-        "AppSummary",
-        "ErrorBody",
-        "Event",
-        "Health",
-        "JournalEntry",
-        "OperationRecord",
-        "OperationResult",
-        "PendingIntent",
-        "ReleaseInfo",
-    ),
-    "cutover.controller.build": (
-        "AppConfig",
-        "BuildResult",
-        "build_package",
-        "load_app_config",
-        "sign_package",
-    ),
-    "cutover.controller.client": ("AgentClient",),
-    "cutover.controller.transport": (
-        "AiohttpTransport",
-        "SignedRequest",
-        "Transport",
-        "TransportResponse",
-    ),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-__all__ = [
-    "Accepted",
-    "AgentClient",
-    "AgentInfo",
-    "AiohttpTransport",
-    "AppConfig",
-    "AppDetail",
-    "AppSummary",
-    "AppsList",
-    "BuildResult",
-    "ErrorBody",
-    "Event",
-    "Health",
-    "JournalEntry",
-    "OperationRecord",
-    "OperationResult",
-    "PendingIntent",
-    "ReleaseInfo",
-    "SignedRequest",
-    "Transport",
-    "TransportResponse",
-    "build_package",
-    "load_app_config",
-    "sign_package",
-]
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__)

@@ -10,6 +10,7 @@ import pytest
 
 import cutover.agent
 import cutover.controller
+from cutover.agent._util.lazy import typing_exports
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -28,7 +29,7 @@ def _packages() -> list[str]:
 def test_all_names_exist_and_are_public(package: str) -> None:
     mod = importlib.import_module(package)
     names = mod.__all__
-    # Order is ruff's RUF022 (isort-style) and linted there.
+    # A literal __all__ is ordered by ruff (RUF022); a lazy package's is built sorted.
     assert len(set(names)) == len(names)
     for name in names:
         assert hasattr(mod, name), f"{package}.{name} in __all__ but missing"
@@ -65,7 +66,8 @@ def test_agent_never_imports_controller() -> None:
 
 
 def _type_checking_imports(package: str) -> dict[str, set[str]]:
-    """``{module: names}`` imported under the package's ``if typing.TYPE_CHECKING:``."""
+    """``{module: names}`` imported under the package's ``if typing.TYPE_CHECKING:``, each an
+    explicit re-export (``Name as Name``: mypy --strict re-exports nothing implicitly)."""
     import ast
 
     mod = importlib.import_module(package)
@@ -75,23 +77,79 @@ def _type_checking_imports(package: str) -> dict[str, set[str]]:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING":
             for imp in node.body:
                 assert isinstance(imp, ast.ImportFrom) and imp.module is not None
+                assert all(a.asname == a.name for a in imp.names), ast.unparse(imp)
                 found.setdefault(imp.module, set()).update(a.name for a in imp.names)
     return found
 
 
-@pytest.mark.parametrize(
-    "package", [p for p in _packages() if hasattr(importlib.import_module(p), "_EXPORTS")]
-)
+def _is_lazy(package: str) -> bool:
+    hook = getattr(importlib.import_module(package), "__getattr__", None)
+    return getattr(hook, "__module__", None) == "cutover.agent._util.lazy"
+
+
+@pytest.mark.parametrize("package", [p for p in _packages() if _is_lazy(p)])
 def test_lazy_exports_match_their_typing_imports(package: str) -> None:
     """A lazily re-exporting package (agent/_util/lazy.py) loads at run time exactly what mypy
-    sees under TYPE_CHECKING, and ``__all__`` lists every name it loads."""
+    sees under TYPE_CHECKING (its one list of names, read from its source: checked here against
+    ``ast``), and ``__all__`` lists every name it loads."""
     mod = importlib.import_module(package)
-    exports = {m: set(names) for m, names in mod._EXPORTS.items()}
+    exports = {m: set(names) for m, names in typing_exports(package).items()}
     assert exports == _type_checking_imports(package)
     lazy = set().union(*exports.values())
     assert lazy <= set(mod.__all__)
     eager = set(mod.__all__) - lazy  # e.g. __version__, or names defined in the __init__
     assert all(n in vars(mod) for n in eager), eager
+    for module, names in exports.items():  # each loads from the module mypy sees
+        assert all(getattr(mod, n) is getattr(importlib.import_module(module), n) for n in names)
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (
+            "    from cutover.agent.host.layout import Layout\n",
+            "as ``Layout as Layout`` (explicit, for mypy), not 'Layout'",
+        ),
+        ("    from cutover.agent.host.layout import Layout as L\n", "not 'Layout as L'"),
+        (
+            "    from cutover.agent.host.layout import Layout as Layout\n"
+            "    from cutover.agent.host.lock import Layout as Layout\n",
+            "'Layout' is exported by cutover.agent.host.layout and cutover.agent.host.lock",
+        ),
+        (  # a function named as its module: once that module is imported, the name is it
+            "    from lazypkg.Layout import Layout as Layout\n",
+            "'Layout' of lazypkg.Layout is also the name of its submodule lazypkg.Layout",
+        ),
+    ],
+    ids=["implicit", "renamed", "twice", "submodule"],
+)
+def test_a_lazy_block_that_mypy_and_the_runtime_would_read_apart_is_refused(
+    tmp_path: pathlib.Path, block: str, message: str
+) -> None:
+    """Only explicit re-exports, each name once: an ``__init__`` the reader cannot take as
+    what mypy sees fails its first lookup with a message naming the name."""
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "lazypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import typing\n"
+        "from cutover.agent._util.lazy import lazy_exports\n"
+        f"if typing.TYPE_CHECKING:\n{block}"
+        "__getattr__, __dir__ = lazy_exports(__name__)\n"
+    )
+    code = "import lazypkg; lazypkg.Layout"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "ImportError: lazypkg: " in proc.stderr, proc.stderr
+    assert message in proc.stderr
 
 
 def test_importing_a_module_does_not_import_its_siblings() -> None:

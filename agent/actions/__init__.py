@@ -11,51 +11,18 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.agent.actions.health import (
-        CheckResult,
-        HealthContext,
-        PhaseResult,
-        probe_version,
-        run_check,
-        run_phase,
-    )
-    from cutover.agent.actions.hooks import (
-        HookContext,
-        HookFailedError,
-        HookResult,
-        run_hook,
-        run_hooks,
-    )
+    from cutover.agent.actions.health import CheckResult as CheckResult
+    from cutover.agent.actions.health import HealthContext as HealthContext
+    from cutover.agent.actions.health import PhaseResult as PhaseResult
+    from cutover.agent.actions.health import probe_version as probe_version
+    from cutover.agent.actions.health import run_check as run_check
+    from cutover.agent.actions.health import run_phase as run_phase
+    from cutover.agent.actions.hooks import HookContext as HookContext
+    from cutover.agent.actions.hooks import HookFailedError as HookFailedError
+    from cutover.agent.actions.hooks import HookResult as HookResult
+    from cutover.agent.actions.hooks import run_hook as run_hook
+    from cutover.agent.actions.hooks import run_hooks as run_hooks
 
-_EXPORTS = {
-    "cutover.agent.actions.health": (
-        "CheckResult",
-        "HealthContext",
-        "PhaseResult",
-        "probe_version",
-        "run_check",
-        "run_phase",
-    ),
-    "cutover.agent.actions.hooks": (
-        "HookContext",
-        "HookFailedError",
-        "HookResult",
-        "run_hook",
-        "run_hooks",
-    ),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-__all__ = [
-    "CheckResult",
-    "HealthContext",
-    "HookContext",
-    "HookFailedError",
-    "HookResult",
-    "PhaseResult",
-    "probe_version",
-    "run_check",
-    "run_hook",
-    "run_hooks",
-    "run_phase",
-]
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__)

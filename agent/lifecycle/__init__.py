@@ -9,27 +9,12 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.agent.lifecycle.context import AppContext, EventSink, OpResult
-    from cutover.agent.lifecycle.manager import AppManager
-    from cutover.agent.lifecycle.unit import UnitOfWork
+    from cutover.agent.lifecycle.context import AppContext as AppContext
+    from cutover.agent.lifecycle.context import EventSink as EventSink
+    from cutover.agent.lifecycle.context import OpResult as OpResult
+    from cutover.agent.lifecycle.manager import AppManager as AppManager
+    from cutover.agent.lifecycle.unit import UnitOfWork as UnitOfWork
 
-# Loaded on first use (agent/_util/lazy.py): importing one module of the package
-# does not import its siblings.
-_EXPORTS = {
-    "cutover.agent.lifecycle.context": (
-        "AppContext",
-        "EventSink",
-        "OpResult",
-    ),
-    "cutover.agent.lifecycle.manager": ("AppManager",),
-    "cutover.agent.lifecycle.unit": ("UnitOfWork",),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-__all__ = [
-    "AppContext",
-    "AppManager",
-    "EventSink",
-    "OpResult",
-    "UnitOfWork",
-]
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__)

@@ -9,19 +9,11 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.agent.worker.process import WORKER_DIED, WorkerPool, WorkerProcess
-    from cutover.agent.worker.remote import ChildStageWork
+    from cutover.agent.worker.process import WORKER_DIED as WORKER_DIED
+    from cutover.agent.worker.process import WorkerPool as WorkerPool
+    from cutover.agent.worker.process import WorkerProcess as WorkerProcess
+    from cutover.agent.worker.remote import ChildStageWork as ChildStageWork
 
-# Loaded on first use (agent/_util/lazy.py): importing one module of the package
-# does not import its siblings.
-_EXPORTS = {
-    "cutover.agent.worker.process": (
-        "WORKER_DIED",
-        "WorkerPool",
-        "WorkerProcess",
-    ),
-    "cutover.agent.worker.remote": ("ChildStageWork",),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-__all__ = ["WORKER_DIED", "ChildStageWork", "WorkerPool", "WorkerProcess"]
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__)

@@ -15,144 +15,45 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.controller.fleet.agents import (
-        AgentPort,
-        AppView,
-        ClientAgent,
-        JournalEntry,
-        OpRecord,
-        connect,
-        error_from_code,
-    )
-    from cutover.controller.fleet.inventory import (
-        FLEET_ENV,
-        Concurrency,
-        Fleet,
-        HostSpec,
-        WebhookSpec,
-        fleet_path,
-        load_fleet,
-    )
-    from cutover.controller.fleet.notify import Delivery, Notifier, message_for
-    from cutover.controller.fleet.release_log import ReleaseRow, release_log
-    from cutover.controller.fleet.results import (
-        FleetOutcome,
-        FleetResult,
-        HostResult,
-        HostStatus,
-        classify,
-        exit_code_of,
-        outcome_of,
-    )
-    from cutover.controller.fleet.runner import Done, FleetRunner
-    from cutover.controller.fleet.selection import parse_host_list, select_hosts
-    from cutover.controller.fleet.steps import activate_step, rollback_step, stage_step
-    from cutover.controller.fleet.strategy import ActivationStrategy, AllAtOnce
-    from cutover.controller.fleet.views import LogRow, StatusRow, merge_journals, status_rows
+    from cutover.controller.fleet.agents import AgentPort as AgentPort
+    from cutover.controller.fleet.agents import AppView as AppView
+    from cutover.controller.fleet.agents import ClientAgent as ClientAgent
+    from cutover.controller.fleet.agents import JournalEntry as JournalEntry
+    from cutover.controller.fleet.agents import OpRecord as OpRecord
+    from cutover.controller.fleet.agents import connect as connect
+    from cutover.controller.fleet.agents import error_from_code as error_from_code
+    from cutover.controller.fleet.inventory import FLEET_ENV as FLEET_ENV
+    from cutover.controller.fleet.inventory import Concurrency as Concurrency
+    from cutover.controller.fleet.inventory import Fleet as Fleet
+    from cutover.controller.fleet.inventory import HostSpec as HostSpec
+    from cutover.controller.fleet.inventory import WebhookSpec as WebhookSpec
+    from cutover.controller.fleet.inventory import fleet_path as fleet_path
+    from cutover.controller.fleet.inventory import load_fleet as load_fleet
+    from cutover.controller.fleet.notify import Delivery as Delivery
+    from cutover.controller.fleet.notify import Notifier as Notifier
+    from cutover.controller.fleet.notify import message_for as message_for
+    from cutover.controller.fleet.release_log import ReleaseRow as ReleaseRow
+    from cutover.controller.fleet.results import FleetOutcome as FleetOutcome
+    from cutover.controller.fleet.results import FleetResult as FleetResult
+    from cutover.controller.fleet.results import HostResult as HostResult
+    from cutover.controller.fleet.results import HostStatus as HostStatus
+    from cutover.controller.fleet.results import classify as classify
+    from cutover.controller.fleet.results import exit_code_of as exit_code_of
+    from cutover.controller.fleet.results import outcome_of as outcome_of
+    from cutover.controller.fleet.runner import Done as Done
+    from cutover.controller.fleet.runner import FleetRunner as FleetRunner
+    from cutover.controller.fleet.selection import parse_host_list as parse_host_list
+    from cutover.controller.fleet.selection import select_hosts as select_hosts
+    from cutover.controller.fleet.steps import activate_step as activate_step
+    from cutover.controller.fleet.steps import rollback_step as rollback_step
+    from cutover.controller.fleet.steps import stage_step as stage_step
+    from cutover.controller.fleet.strategy import ActivationStrategy as ActivationStrategy
+    from cutover.controller.fleet.strategy import AllAtOnce as AllAtOnce
+    from cutover.controller.fleet.views import LogRow as LogRow
+    from cutover.controller.fleet.views import StatusRow as StatusRow
+    from cutover.controller.fleet.views import merge_journals as merge_journals
+    from cutover.controller.fleet.views import status_rows as status_rows
 
-# Loaded on first use (agent/_util/lazy.py): importing one module of the package
-# does not import its siblings.
-_EXPORTS = {
-    "cutover.controller.fleet.agents": (
-        "AgentPort",
-        "AppView",
-        "ClientAgent",
-        "JournalEntry",
-        "OpRecord",
-        "connect",
-        "error_from_code",
-    ),
-    "cutover.controller.fleet.inventory": (
-        "FLEET_ENV",
-        "Concurrency",
-        "Fleet",
-        "HostSpec",
-        "WebhookSpec",
-        "fleet_path",
-        "load_fleet",
-    ),
-    "cutover.controller.fleet.notify": (
-        "Delivery",
-        "Notifier",
-        "message_for",
-    ),
-    "cutover.controller.fleet.release_log": (
-        "ReleaseRow",
-        "release_log",
-    ),
-    "cutover.controller.fleet.results": (
-        "FleetOutcome",
-        "FleetResult",
-        "HostResult",
-        "HostStatus",
-        "classify",
-        "exit_code_of",
-        "outcome_of",
-    ),
-    "cutover.controller.fleet.runner": (
-        "Done",
-        "FleetRunner",
-    ),
-    "cutover.controller.fleet.selection": (
-        "parse_host_list",
-        "select_hosts",
-    ),
-    "cutover.controller.fleet.steps": (
-        "activate_step",
-        "rollback_step",
-        "stage_step",
-    ),
-    "cutover.controller.fleet.strategy": (
-        "ActivationStrategy",
-        "AllAtOnce",
-    ),
-    "cutover.controller.fleet.views": (
-        "LogRow",
-        "StatusRow",
-        "merge_journals",
-        "status_rows",
-    ),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-__all__ = [
-    "FLEET_ENV",
-    "ActivationStrategy",
-    "AgentPort",
-    "AllAtOnce",
-    "AppView",
-    "ClientAgent",
-    "Concurrency",
-    "Delivery",
-    "Done",
-    "Fleet",
-    "FleetOutcome",
-    "FleetResult",
-    "FleetRunner",
-    "HostResult",
-    "HostSpec",
-    "HostStatus",
-    "JournalEntry",
-    "LogRow",
-    "Notifier",
-    "OpRecord",
-    "ReleaseRow",
-    "StatusRow",
-    "WebhookSpec",
-    "activate_step",
-    "classify",
-    "connect",
-    "error_from_code",
-    "exit_code_of",
-    "fleet_path",
-    "load_fleet",
-    "merge_journals",
-    "message_for",
-    "outcome_of",
-    "parse_host_list",
-    "release_log",
-    "rollback_step",
-    "select_hosts",
-    "stage_step",
-    "status_rows",
-]
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__)

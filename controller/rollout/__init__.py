@@ -16,97 +16,31 @@ import typing
 from cutover.agent._util.lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
-    from cutover.controller.rollout.decision import Decision, decide
-    from cutover.controller.rollout.engine import RolloutEngine
-    from cutover.controller.rollout.leases import DEFAULT_TTL_S, PAUSE_LEASE_S, LeaseKeeper
-    from cutover.controller.rollout.plan import (
-        Amount,
-        RolloutParams,
-        failure_budget,
-        parse_amount,
-        plan_waves,
-    )
-    from cutover.controller.rollout.report import (
-        EXIT_PAUSED,
-        Evidence,
-        HostFailure,
-        RolloutSummary,
-        failure_from,
-        rollout_exit_code,
-        summary_event,
-        webhook_body,
-    )
-    from cutover.controller.rollout.store import (
-        STATE_ENV,
-        RolloutRecord,
-        RolloutStatus,
-        RolloutStore,
-        default_state_dir,
-    )
+    from cutover.controller.rollout.decision import Decision as Decision
+    from cutover.controller.rollout.decision import decide as decide
+    from cutover.controller.rollout.engine import RolloutEngine as RolloutEngine
+    from cutover.controller.rollout.leases import DEFAULT_TTL_S as DEFAULT_TTL_S
+    from cutover.controller.rollout.leases import PAUSE_LEASE_S as PAUSE_LEASE_S
+    from cutover.controller.rollout.leases import LeaseKeeper as LeaseKeeper
+    from cutover.controller.rollout.plan import Amount as Amount
+    from cutover.controller.rollout.plan import RolloutParams as RolloutParams
+    from cutover.controller.rollout.plan import failure_budget as failure_budget
+    from cutover.controller.rollout.plan import parse_amount as parse_amount
+    from cutover.controller.rollout.plan import plan_waves as plan_waves
+    from cutover.controller.rollout.report import EXIT_PAUSED as EXIT_PAUSED
+    from cutover.controller.rollout.report import Evidence as Evidence
+    from cutover.controller.rollout.report import HostFailure as HostFailure
+    from cutover.controller.rollout.report import RolloutSummary as RolloutSummary
+    from cutover.controller.rollout.report import failure_from as failure_from
+    from cutover.controller.rollout.report import rollout_exit_code as rollout_exit_code
+    from cutover.controller.rollout.report import summary_event as summary_event
+    from cutover.controller.rollout.report import webhook_body as webhook_body
+    from cutover.controller.rollout.store import STATE_ENV as STATE_ENV
+    from cutover.controller.rollout.store import RolloutRecord as RolloutRecord
+    from cutover.controller.rollout.store import RolloutStatus as RolloutStatus
+    from cutover.controller.rollout.store import RolloutStore as RolloutStore
+    from cutover.controller.rollout.store import default_state_dir as default_state_dir
 
-# Loaded on first use (agent/_util/lazy.py): importing one module of the package
-# does not import its siblings.
-_EXPORTS = {
-    "cutover.controller.rollout.decision": (
-        "Decision",
-        "decide",
-    ),
-    "cutover.controller.rollout.engine": ("RolloutEngine",),
-    "cutover.controller.rollout.leases": (
-        "DEFAULT_TTL_S",
-        "PAUSE_LEASE_S",
-        "LeaseKeeper",
-    ),
-    "cutover.controller.rollout.plan": (
-        "Amount",
-        "RolloutParams",
-        "failure_budget",
-        "parse_amount",
-        "plan_waves",
-    ),
-    "cutover.controller.rollout.report": (
-        "EXIT_PAUSED",
-        "Evidence",
-        "HostFailure",
-        "RolloutSummary",
-        "failure_from",
-        "rollout_exit_code",
-        "summary_event",
-        "webhook_body",
-    ),
-    "cutover.controller.rollout.store": (
-        "STATE_ENV",
-        "RolloutRecord",
-        "RolloutStatus",
-        "RolloutStore",
-        "default_state_dir",
-    ),
-}
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
-
-__all__ = [
-    "DEFAULT_TTL_S",
-    "EXIT_PAUSED",
-    "PAUSE_LEASE_S",
-    "STATE_ENV",
-    "Amount",
-    "Decision",
-    "Evidence",
-    "HostFailure",
-    "LeaseKeeper",
-    "RolloutEngine",
-    "RolloutParams",
-    "RolloutRecord",
-    "RolloutStatus",
-    "RolloutStore",
-    "RolloutSummary",
-    "decide",
-    "default_state_dir",
-    "failure_budget",
-    "failure_from",
-    "parse_amount",
-    "plan_waves",
-    "rollout_exit_code",
-    "summary_event",
-    "webhook_body",
-]
+# Loaded on first use from the block above (agent/_util/lazy.py): importing one module
+# of the package does not import its siblings.
+__getattr__, __dir__ = _lazy_exports(__name__)
