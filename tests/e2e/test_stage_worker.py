@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cutover.agent.host import workerlock
 from cutover.agent.host.seal import seal_projection
 from cutover.agent.host.workerlock import holders
 from cutover.controller.build import build_package, sign_package
+from cutover.controller.client import AgentClient
 from tests.e2e.conftest import AGENT, APP, Agent, Keys
 
 pytestmark = pytest.mark.e2e
@@ -91,10 +93,23 @@ def _leftovers(agent: Agent) -> dict[str, list[str]]:
     }
 
 
+def _pause_at(point: str, marker: Path) -> dict[str, str]:
+    """The agent's environment for its stage workers to pause at the fault point ``point``
+    (``marker`` appears when one does)."""
+    return {"CUTOVER_TEST_PAUSE_AT": point, "CUTOVER_TEST_PAUSE_FILE": str(marker)}
+
+
+def _spare(agent: Agent) -> int:
+    """The one stage worker started ahead (once it is there)."""
+    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
+    (spare,) = _workers_of(agent.pid)
+    return spare
+
+
 @pytest.fixture
-def paused_agent(make_agent: Any, tmp_path: Path, packages: dict[str, Path]) -> Agent:
-    """An agent with 1.0.0 active whose stage workers pause mid-extraction (streaming off, so
-    the stage itself extracts; reuse off, so every byte comes from the payload)."""
+async def active_agent(make_agent: Any, packages: dict[str, Path]) -> Agent:
+    """An agent with 1.0.0 staged and active (streaming off, so the stage itself extracts;
+    reuse off, so every byte comes from the payload)."""
     agent: Agent = make_agent(
         max_upload_bytes=64 << 20,
         stream_uploads=False,
@@ -102,37 +117,53 @@ def paused_agent(make_agent: Any, tmp_path: Path, packages: dict[str, Path]) -> 
         app_toml='reuse = "off"\n',
     )
     agent.start()
-    return agent
-
-
-async def _stage_first(agent: Agent, packages: dict[str, Path]) -> None:
     async with agent.client() as c:
         staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
         assert staged.status == "succeeded", staged
         active = await c.wait((await c.activate(APP, "1.0.0")).operation)
         assert active.status == "succeeded", active
+    return agent
 
 
-def _restart_paused(agent: Agent, marker: Path) -> None:
-    agent.stop()
-    agent.start(
-        env={"CUTOVER_TEST_PAUSE_AT": "worker.extracting", "CUTOVER_TEST_PAUSE_FILE": str(marker)}
-    )
+@dataclass
+class Paused:
+    """``active_agent`` restarted so its stage workers pause mid-extraction; ``pkg`` is the
+    2.0.0 package to stage (12 MiB incompressible, so the pause comes before its end)."""
+
+    agent: Agent
+    marker: Path
+    pkg: Path
+
+    async def upload(self, c: AgentClient) -> tuple[str, int]:
+        """Upload 2.0.0 until its stage worker pauses: (the operation, the worker's pid)."""
+        op = (await c.upload(APP, "2.0.0", self.pkg)).operation
+        _wait_for(self.marker.exists, "a stage worker paused mid-extraction")
+        return op, _stage_worker_pids(self.agent)[-1]  # the last stage's
+
+    async def upload_on_the_spare(self, c: AgentClient) -> int:
+        """:meth:`upload`, checking that the stage took the spare started ahead and that the
+        next spare starts only once the stage ends; the worker's pid."""
+        spare = _spare(self.agent)
+        _, pid = await self.upload(c)
+        assert pid == spare and _workers_of(self.agent.pid) == [pid]
+        return pid
+
+
+@pytest.fixture
+def paused(active_agent: Agent, keys: Keys, tmp_path: Path) -> Paused:
+    marker = tmp_path / "paused"
+    active_agent.stop()
+    active_agent.start(env=_pause_at("worker.extracting", marker))
+    return Paused(active_agent, marker, _package(tmp_path, keys, "2.0.0"))
 
 
 async def test_the_stage_runs_in_a_child_and_its_kill_fails_the_stage_cleanly(
-    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+    paused: Paused,
 ) -> None:
-    agent = paused_agent
-    await _stage_first(agent, packages)
-    marker = tmp_path / "paused"
-    _restart_paused(agent, marker)
+    agent = paused.agent
     before = agent.snapshot()
-    pkg = _package(tmp_path, keys, "2.0.0")
     async with agent.client(upload_timeout_s=120) as c:
-        op = (await c.upload(APP, "2.0.0", pkg)).operation
-        _wait_for(marker.exists, "a stage worker paused mid-extraction")
-        pid = _stage_worker_pids(agent)[-1]  # the last stage's
+        op, pid = await paused.upload(c)
         # the work runs in a child of the daemon, not in the daemon: the daemon still serves
         assert pid != agent.pid and _alive(pid) and _ppid(pid) == agent.pid
         assert (await c.app(APP)).busy
@@ -158,31 +189,20 @@ async def test_the_stage_runs_in_a_child_and_its_kill_fails_the_stage_cleanly(
     agent.stop()
     agent.start()
     async with agent.client(upload_timeout_s=120) as c:
-        again = await c.wait((await c.upload(APP, "2.0.0", pkg)).operation)
+        again = await c.wait((await c.upload(APP, "2.0.0", paused.pkg)).operation)
     assert again.status == "succeeded", again
     assert (agent.root / "releases" / "2.0.0" / "zz.bin").stat().st_size == BLOB
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
 
 
 async def test_kill_9_of_the_daemon_kills_its_workers_and_the_restart_recovers(
-    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+    paused: Paused,
 ) -> None:
-    agent = paused_agent
-    await _stage_first(agent, packages)
-    marker = tmp_path / "paused"
-    _restart_paused(agent, marker)
-    pkg = _package(tmp_path, keys, "2.0.0")
-    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
-    (spare,) = _workers_of(agent.pid)
+    agent = paused.agent
     async with agent.client(upload_timeout_s=120) as c:
-        await c.upload(APP, "2.0.0", pkg)
-        _wait_for(marker.exists, "a stage worker paused mid-extraction")
-        pid = _stage_worker_pids(agent)[-1]  # the last stage's
-        # the stage took the spare started ahead; the next one starts only once it ends
-        workers = _workers_of(agent.pid)
-        assert pid == spare and workers == [pid]
+        pid = await paused.upload_on_the_spare(c)  # the daemon's only worker
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
-    _wait_for(lambda: not any(_alive(w) for w in workers), "every worker died with the daemon")
+    _wait_for(lambda: not _alive(pid), "every worker died with the daemon")
     assert any((agent.meta / "incoming").iterdir())  # the dead worker's partial tree
 
     agent.start()  # recovery under the lock; no writer survived to race it
@@ -196,27 +216,14 @@ async def test_kill_9_of_the_daemon_kills_its_workers_and_the_restart_recovers(
     assert agent.snapshot()["uploads"] == []
 
 
-async def test_a_cancelled_stage_kills_its_worker(
-    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
-) -> None:
+async def test_a_cancelled_stage_kills_its_worker(paused: Paused) -> None:
     """A stage still running when the drain times out is cancelled: its worker is killed and
     nothing of it stays."""
-    agent = paused_agent
-    await _stage_first(agent, packages)
-    marker = tmp_path / "paused"
-    _restart_paused(agent, marker)
-    pkg = _package(tmp_path, keys, "2.0.0")
-    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
-    (spare,) = _workers_of(agent.pid)
+    agent = paused.agent
     async with agent.client(upload_timeout_s=120) as c:
-        await c.upload(APP, "2.0.0", pkg)
-        _wait_for(marker.exists, "a stage worker paused mid-extraction")
-        pid = _stage_worker_pids(agent)[-1]  # the last stage's
-        # the stage took the spare started ahead; the next one starts only once it ends
-        workers = _workers_of(agent.pid)
-        assert pid == spare and workers == [pid]
+        pid = await paused.upload_on_the_spare(c)  # the daemon's only worker
     assert agent.stop() == 0  # SIGTERM: the drain (2 s) times out, the stage is cancelled
-    assert not any(_alive(w) for w in workers)  # killed and reaped before the daemon exited
+    assert not _alive(pid)  # killed and reaped before the daemon exited
     assert agent.current() == "releases/1.0.0"
     assert sorted(p.name for p in (agent.root / "releases").iterdir()) == ["1.0.0"]
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
@@ -227,8 +234,7 @@ async def test_a_cancelled_stage_kills_its_worker(
 def test_kill_9_of_an_idle_daemon_kills_its_spare_worker(make_agent: Any) -> None:
     agent: Agent = make_agent()
     agent.start()
-    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
-    (spare,) = _workers_of(agent.pid)
+    spare = _spare(agent)
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     _wait_for(lambda: not _alive(spare), "the spare died with the daemon")
     assert not _alive(spare)
@@ -241,8 +247,7 @@ async def test_the_next_spare_starts_once_the_stage_ended(
     replacement's pid is not the stage's, and it is a child of the daemon."""
     agent: Agent = make_agent(stream_uploads=False)
     agent.start()
-    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
-    (spare,) = _workers_of(agent.pid)
+    spare = _spare(agent)
     async with agent.client() as c:
         staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
     assert staged.status == "succeeded", staged
@@ -332,10 +337,9 @@ def _cli_status(agent: Agent, stderr: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_recovery_waits_until_a_worker_that_outlived_its_daemon_is_gone(
-    paused_agent: Agent, tmp_path: Path, packages: dict[str, Path]
+    active_agent: Agent, tmp_path: Path
 ) -> None:
-    agent = paused_agent
-    await _stage_first(agent, packages)
+    agent = active_agent
     assert agent.stop() == 0  # the on-host CLI takes the app lock, as after a kill -9
     before = agent.snapshot()
     dest = agent.meta / "incoming" / "2.0.0.survivor"
@@ -365,17 +369,11 @@ async def test_recovery_waits_until_a_worker_that_outlived_its_daemon_is_gone(
 
 
 async def test_the_cli_right_after_kill_9_of_the_daemon_waits_for_its_worker(
-    paused_agent: Agent, keys: Keys, tmp_path: Path, packages: dict[str, Path]
+    paused: Paused, tmp_path: Path
 ) -> None:
-    agent = paused_agent
-    await _stage_first(agent, packages)
-    marker = tmp_path / "paused"
-    _restart_paused(agent, marker)
-    pkg = _package(tmp_path, keys, "2.0.0")
+    agent = paused.agent
     async with agent.client(upload_timeout_s=120) as c:
-        await c.upload(APP, "2.0.0", pkg)
-        _wait_for(marker.exists, "a stage worker paused mid-extraction")
-        pid = _stage_worker_pids(agent)[-1]  # the last stage's
+        _, pid = await paused.upload(c)
         # it holds the worker lock from before it wrote: recovery cannot pass it while it lives
         assert holders(agent.meta / "worker.lock") == [pid]
         assert any((agent.meta / "incoming").iterdir())
@@ -434,9 +432,7 @@ async def test_the_worker_holds_its_lock_while_it_seals_a_release(
     agent: Agent = make_agent(
         max_upload_bytes=64 << 20, stream_uploads=stream_uploads, upload_timeout_s=120.0
     )
-    agent.start(
-        env={"CUTOVER_TEST_PAUSE_AT": "worker.readonly", "CUTOVER_TEST_PAUSE_FILE": str(marker)}
-    )
+    agent.start(env=_pause_at("worker.readonly", marker))
     before = agent.snapshot()
     pkg = _package(tmp_path, keys, "2.0.0")
     async with agent.client(upload_timeout_s=120) as c:
