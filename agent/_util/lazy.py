@@ -107,7 +107,7 @@ def _where(package: str, exports: Mapping[str, tuple[str, ...]]) -> dict[str, st
 
 
 def lazy_exports(
-    package: str, eager: tuple[str, ...] = ()
+    package: str, *, eager: tuple[str, ...] = ()
 ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """The ``__getattr__`` and ``__dir__`` of ``package``, re-exporting what its
     ``if typing.TYPE_CHECKING:`` block names (read on first use).

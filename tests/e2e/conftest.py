@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -101,8 +102,46 @@ _UNVERIFIED.check_hostname = False
 _UNVERIFIED.verify_mode = ssl.CERT_NONE  # readiness probe only; tests pin the certificate
 
 
+# Ports free_port() picks from: below the kernel's ephemeral range (ip_local_port_range), so no
+# process's outgoing connection or bind(0) is handed one between the pick and the agent's bind.
+# The first port, and the size the range needs to be worth it (else: the kernel's bind(0)).
+_PICK_FROM, _PICK_MIN_SPAN = 20000, 2000
+_picked: set[int] = set()
+_random = random.SystemRandom()  # never seeded alike in two test processes
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to a ``bind(0)`` or an outgoing connection (Linux)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+    return range(lo, hi + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port on 127.0.0.1, free now, for a server a test starts later (an agent, nginx).
+
+    It cannot be reserved, so it is picked where nobody else is handed one by the kernel: a
+    kernel-chosen port (``bind(0)``) is in the ephemeral range, which every outgoing connection
+    of every process on this shared machine also draws from; seen in a loaded run, an agent's
+    start failed with ``address already in use`` on such a port. Random below that range (other
+    test runs pick alike rarely), and never one this process picked before.
+    """
+    first = ephemeral_ports().start
+    if first - _PICK_FROM >= _PICK_MIN_SPAN:
+        for _ in range(1000):
+            port = _random.randrange(_PICK_FROM, first)
+            if port in _picked:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # taken
+            _picked.add(port)
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port

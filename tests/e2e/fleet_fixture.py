@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -43,11 +42,8 @@ def store_settings(port: int) -> dict[str, Any]:
 
 
 def dead_url() -> str:
-    """An http URL on 127.0.0.1 where nothing listens (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    """An http URL on 127.0.0.1 where nothing listens (a free port, not listened on)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @dataclass

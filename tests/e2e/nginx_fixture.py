@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import free_port
+
 NGINX_PACKAGE = "nginx-light"  # the same package .ci/run installs
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
@@ -84,12 +86,6 @@ class Nginx:
         text = self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
         levels = ("[error]", "[crit]", "[alert]", "[emerg]")
         return [line for line in text.splitlines() if any(lv in line for lv in levels)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _temp_path_directives(binary: Path, temp: Path) -> str:
@@ -157,7 +153,7 @@ def run_nginx(
     error_log = workdir / "error.log"
     fixed = port
     for _attempt in range(1 if fixed else 3):  # a free port can be taken between probe and bind
-        port = fixed or _free_port()
+        port = fixed or free_port()
         conf = write_config(binary, workdir, docroot, port)
         argv = [str(binary), "-p", f"{workdir}/", "-e", str(error_log), "-c", str(conf)]
         proc = subprocess.Popen(

@@ -9,11 +9,16 @@ still running``.
 And :func:`sigint_as_at_a_terminal`: a test's Ctrl-C reaches the controller also when pytest runs
 as a background job (seen in every full ``make test > log &`` run: test_fleet.py's Ctrl-C test
 failed, the controller having inherited an ignored SIGINT).
+
+And :func:`free_port`: seen in a loaded flake hunt (test_fleet.py, r6), an agent's start failed
+with ``address already in use``: the port had been the kernel's ``bind(0)`` choice, from the
+ephemeral range every outgoing connection on the machine draws from.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Agent, Keys, sigint_as_at_a_terminal
+from tests.e2e.conftest import Agent, Keys, ephemeral_ports, free_port, sigint_as_at_a_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -92,3 +97,19 @@ def test_a_child_started_for_a_ctrl_c_test_handles_sigint_when_pytest_ignores_it
     assert inherited == "ignored"  # the controller would ignore the test's Ctrl-C
     assert as_at_a_terminal == "ctrl-c"
     assert after is signal.SIG_IGN
+
+
+def test_free_port_picks_where_the_kernel_hands_no_port_to_anyone_else() -> None:
+    """The kernel's own choice (what free_port() returned before) is in the ephemeral range,
+    shared with every process's outgoing connections; free_port() picks below it, a port free
+    at the pick and never the same twice in a process."""
+    ephemeral = ephemeral_ports()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        assert s.getsockname()[1] in ephemeral
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert [p for p in ports if p in ephemeral] == []
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free (nothing of this test took it meanwhile)
