@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -33,7 +34,7 @@ from cutover.agent.api_models import Accepted, OperationRecord
 from cutover.agent.host.layout import Layout
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.controller.build import build_package, sign_package
-from cutover.controller.client import AgentClient
+from cutover.controller.client import AgentClient, signed_headers
 
 BIN = Path(sys.executable).parent
 AGENT = BIN / "cutover-agent"
@@ -331,6 +332,21 @@ class Agent:
     def journal(self) -> list[dict[str, Any]]:
         path = self.meta / "journal.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def upload_headers(
+        self, path: str, body: bytes, query: str = "", key: PrivateKey | None = None
+    ) -> dict[str, str]:
+        """The signed headers of a raw ``PUT`` of ``body`` (a package, or a resume's tail) to
+        ``path`` (and ``query``), by ``key`` (default: the deploy key)."""
+        return signed_headers(
+            key or self.keys.deploy,
+            "PUT",
+            self.name,
+            path,
+            query,
+            content_type="application/octet-stream",
+            body_sha256=hashlib.sha256(body).digest(),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a rejected request must leave untouched."""

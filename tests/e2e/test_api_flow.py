@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import time
@@ -23,7 +22,6 @@ from cutover.agent.errors import (
 )
 from cutover.agent.host.lock import AppLock
 from cutover.agent.package.container import read_package
-from cutover.controller.client import signed_headers
 from tests.e2e.conftest import APP, SLOW_VERSION, Agent, send_raw
 
 pytestmark = pytest.mark.e2e
@@ -322,14 +320,7 @@ async def test_sigterm_during_upload_aborts_it_and_exits_0(
     before = agent.snapshot()
     data = packages["1.0.0"].read_bytes()
     target = f"/v1/apps/{APP}/releases/1.0.0"
-    headers = signed_headers(
-        agent.keys.deploy,
-        "PUT",
-        agent.name,
-        target,
-        content_type="application/octet-stream",
-        body_sha256=hashlib.sha256(data).digest(),
-    )
+    headers = agent.upload_headers(target, data)
     raw = asyncio.create_task(
         send_raw(
             agent.port,

@@ -218,15 +218,7 @@ async def test_stalled_body_is_closed_and_changes_nothing(
     before = agent.snapshot()
     data = packages["1.0.0"].read_bytes()
     target = f"/v1/apps/{APP}/releases/1.0.0"
-    headers = signed_headers(
-        agent.keys.deploy,
-        "PUT",
-        agent.name,
-        target,
-        "",
-        content_type="application/octet-stream",
-        body_sha256=hashlib.sha256(data).digest(),
-    )
+    headers = agent.upload_headers(target, data)
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
     try:
         head = f"PUT {target} HTTP/1.1\r\nHost: {agent.name}\r\nContent-Length: {len(data)}\r\n"

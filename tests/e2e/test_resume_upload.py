@@ -23,7 +23,7 @@ import pytest
 from cutover.agent.api_models import UploadStatus
 from cutover.agent.daemon.uploads import owner_of
 from cutover.agent.errors import TransportError, UnreachableError, UploadOffsetError
-from cutover.controller.client import AgentClient, signed_headers
+from cutover.controller.client import AgentClient
 from tests.e2e.conftest import APP, Agent, Keys, RawResponse, free_port, send_raw
 
 VERSION = "1.0.0"
@@ -43,15 +43,7 @@ def _target(version: str = VERSION, **query: Any) -> str:
 
 def _headers(agent: Agent, target: str, body: bytes) -> list[tuple[str, str]]:
     path, _, query = target.partition("?")
-    signed = signed_headers(
-        agent.keys.deploy,
-        "PUT",
-        agent.name,
-        path,
-        query,
-        content_type="application/octet-stream",
-        body_sha256=hashlib.sha256(body).digest(),
-    )
+    signed = agent.upload_headers(path, body, query)
     return list(signed.items())
 
 
@@ -213,15 +205,7 @@ async def test_a_resume_signed_by_another_key_is_refused_and_the_partial_unchang
         assert UploadStatus.model_validate_json(await resp.aread(65536)).offset == 0
     junk = b"J" * (len(data) - half)
     target = _target(sha256=sha, offset=half)
-    head = signed_headers(
-        other,
-        "PUT",
-        agent.name,
-        _target(),
-        target.partition("?")[2],
-        content_type="application/octet-stream",
-        body_sha256=hashlib.sha256(junk).digest(),
-    )
+    head = agent.upload_headers(_target(), junk, target.partition("?")[2], key=other)
     answer = await send_raw(agent.port, "PUT", target, list(head.items()), junk)
     assert answer.status == 409 and answer.code == "upload_offset", answer.body
     assert answer.json["offset"] == 0 and "another key" in answer.json["message"]

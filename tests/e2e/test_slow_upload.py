@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from cutover.controller.client import AgentClient, signed_headers
+from cutover.controller.client import AgentClient
 from tests.e2e.conftest import APP, SLOW_VERSION, Agent, RawResponse, send_raw
 
 SLOW = {"upload_idle_timeout_s": 30.0}
@@ -36,14 +36,7 @@ async def _held_upload(agent: Agent, version: str, data: bytes) -> AsyncIterator
     Yields ``finish()``: sends the rest and returns the response.
     """
     target = f"/v1/apps/{APP}/releases/{version}"
-    headers = signed_headers(
-        agent.keys.deploy,
-        "PUT",
-        agent.name,
-        target,
-        content_type="application/octet-stream",
-        body_sha256=hashlib.sha256(data).digest(),
-    )
+    headers = agent.upload_headers(target, data)
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
     lines = [f"PUT {target} HTTP/1.1", f"Host: {agent.name}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -145,15 +138,7 @@ async def test_an_upload_that_no_longer_applies_or_finds_the_app_busy_is_refused
         # refuses it as a downgrade of the 1.2.0 staged above: the whole package was there)
         path = f"/v1/apps/{APP}/releases/1.1.0"
         query = f"sha256={hashlib.sha256(whole).hexdigest()}&offset={len(whole)}"
-        head = signed_headers(
-            agent.keys.deploy,
-            "PUT",
-            agent.name,
-            path,
-            query,
-            content_type="application/octet-stream",
-            body_sha256=hashlib.sha256(b"").digest(),
-        )
+        head = agent.upload_headers(path, b"", query)
         done = await send_raw(agent.port, "PUT", f"{path}?{query}", list(head.items()), b"")
         assert done.status == 202, done.body
         staged = await c.wait(done.json["operation"])
