@@ -22,7 +22,9 @@ Usage in a package ``__init__``::
     __getattr__, __dir__ = lazy_exports(__name__)
 
 The block holds only ``from ... import ...`` statements (ruff-formatted, parenthesised or not),
-each name re-exported under its own name.
+each name re-exported under its own name. The ``__init__.py`` sources must be installed (pip and
+the wheel install them beside the ``.pyc``); a sourceless install fails the first lookup with an
+``ImportError`` naming the file.
 """
 
 from __future__ import annotations
