@@ -30,9 +30,17 @@ def trust_release_key(agent: Agent, name: str) -> None:
 
 
 def start_all(agents: list[Agent]) -> None:
-    """Start the daemons in parallel (each start waits for /v1/health)."""
+    """Start the daemons in parallel (each start waits for /v1/health). If one fails, those
+    that started are stopped before its error is raised: a module's fleet fixture never reaches
+    its teardown then, and its daemons would run on (seen in a flake hunt, r6)."""
     with ThreadPoolExecutor(max_workers=len(agents)) as pool:
-        list(pool.map(lambda a: a.start(), agents))
+        starts = [pool.submit(a.start) for a in agents]
+    failed = [e for f in starts if (e := f.exception()) is not None]
+    if failed:
+        for a in agents:
+            if a.proc is not None and a.proc.poll() is None:
+                a.stop()
+        raise failed[0]
 
 
 def store_settings(port: int) -> dict[str, Any]:

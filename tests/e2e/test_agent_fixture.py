@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Agent, Keys, ephemeral_ports, free_port, sigint_as_at_a_terminal
+from tests.e2e.fleet_fixture import start_all
 
 pytestmark = pytest.mark.e2e
 
@@ -113,3 +114,18 @@ def test_free_port_picks_where_the_kernel_hands_no_port_to_anyone_else() -> None
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # free (nothing of this test took it meanwhile)
+
+
+def test_a_fleet_start_that_fails_on_one_agent_leaves_no_daemon_running(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """One of three agents refuses to start (a world-writable state dir): start_all raises its
+    error, and the two that started are stopped (before: left running after the fixture failed,
+    as after the flake hunt's 'address already in use')."""
+    agents = [Agent(tmp_path / f"agent{i}", keys) for i in range(3)]
+    agents[1].state_dir.mkdir(mode=0o750)
+    agents[1].state_dir.chmod(0o777)  # the daemon refuses to start (exit 2)
+    with pytest.raises(RuntimeError, match="agent exited with 2"):
+        start_all(agents)
+    assert [a.proc is not None for a in agents] == [True, True, True]
+    assert [a.proc.poll() for a in agents if a.proc is not None] == [0, 2, 0]  # stopped cleanly
