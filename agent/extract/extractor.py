@@ -22,7 +22,8 @@ the extractor trusts nothing in it and enforces, while streaming (docs/security-
   manifest; the root becomes 0755.
 * **Thin payloads** (a delta upload's ``delta.json``, or a manifest ``payload.base``) hold only
   regular files of the manifest: directories and symlinks come from the manifest, the other
-  files from releases on the host (:mod:`agent.extract.reuse`, re-hashed); one neither has fails
+  files from releases on the host (:mod:`agent.extract.reuse`, re-hashed or proven by their
+  seal), in directory order (:mod:`agent.extract.thintree`); one neither has fails
   the extraction naming it (``base_missing``). With a reuser, a full payload's file the host
   holds is placed from there too, its (signed) payload bytes skipped.
 * **All or nothing.** On any failure ``dest`` is removed (through directory fds, never following
@@ -46,7 +47,6 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 from typing import BinaryIO, Final, cast
@@ -84,6 +84,8 @@ from cutover.agent.extract.checks import (
     verify_payload_digest,
 )
 from cutover.agent.extract.reuse import Reuser, missing_error
+from cutover.agent.extract.stats import ExtractStats
+from cutover.agent.extract.thintree import ThinTree
 from cutover.agent.package.container import PackageParts
 from cutover.agent.package.delta import DeltaPayload
 from cutover.agent.package.manifest import (
@@ -102,32 +104,6 @@ __all__ = ["ExtractLimits", "ExtractStats", "extract_payload", "verify_payload_d
 # hand-over per file would cost more than the write (measured: bench/extract.py).
 WRITER_MIN_BYTES: Final = 64 * 1024
 PROGRESS_BYTES: Final = 1 << 20  # file bytes between two progress calls
-
-
-@dataclass(frozen=True)
-class ExtractStats:
-    """What an extraction wrote: counts, file bytes, and wall time in seconds.
-
-    ``files``/``bytes`` count every regular file; ``reused`` maps a method (``reflink``,
-    ``hardlink``, ``copy``) to the files and bytes taken from releases already on the host; the
-    rest came from the payload. ``checks``: how those sources were proven (Reuser.report)."""
-
-    files: int
-    dirs: int
-    symlinks: int
-    bytes: int
-    seconds: float
-    reused: dict[str, tuple[int, int]] = field(default_factory=dict)
-    checks: dict[str, int] = field(default_factory=dict)
-
-    def content(self) -> dict[str, int]:
-        """Where the files came from, flat (for the stage record and result)."""
-        out = {"payload_files": self.files, "payload_bytes": self.bytes}
-        for method, (files, size) in self.reused.items():
-            out[f"{method}_files"], out[f"{method}_bytes"] = files, size
-            out["payload_files"] -= files
-            out["payload_bytes"] -= size
-        return {**out, **self.checks}
 
 
 def extract_payload(
@@ -220,6 +196,7 @@ class _Extraction(TarParser):
         self._entries = manifest.entries_by_path()
         self._thin = thin
         self._reuse = reuse
+        self._tree = ThinTree(self._entries.values()) if thin else None
         self._limits = limits
         self._progress = progress
         self._unreported = 0
@@ -232,17 +209,21 @@ class _Extraction(TarParser):
 
     def run(self, stream: Stream) -> None:
         """Parse and extract members up to the end-of-archive marker."""
-        if self._thin:  # directories and symlinks come from the manifest, parents first
-            entries = self._entries.values()
-            for entry in sorted(entries, key=lambda e: e.path.count("/")):
-                if isinstance(entry, DirEntry):
-                    self.member = entry.path
-                    self._dir(entry, entry.mode)
-                    self._seen.add(entry.path)
-            self._seen.update(e.path for e in entries if isinstance(e, SymlinkEntry))
+        if self._tree is not None:  # directories come from the manifest (agent/extract/thintree.py)
+            self._tree.make_dirs(self._dirs.root, self._thin_dir)
+            self._seen.update(e.path for links in self._tree.links.values() for e in links)
             self.member = ""
         self._writer.start()
         super().run(stream)
+
+    def _thin_dir(self, entry: DirEntry) -> None:
+        self.member = entry.path
+        created = self._dirs.created
+        if entry.path.rpartition("/")[0] not in created:
+            self._dir_fd(entry.path.rpartition("/")[0])  # raises parent_missing
+        created.add(entry.path)
+        self._seen.add(entry.path)
+        self.dirs += 1
 
     def _member(
         self, stream: Stream, kind: int, raw: bytes, link: bytes, mode: int, size: int
@@ -430,20 +411,29 @@ class _Extraction(TarParser):
             "symlink_mismatch",
         )
 
-    def _take_from_host(self) -> None:
-        """Place every file the thin payload did not carry from the host, or name what lacks."""
+    def _finish_thin(self, tree: ThinTree) -> None:
+        """Place every file the thin payload did not carry from the host, create the symlinks
+        and set the directory modes, in one walk (agent/extract/thintree.py); or name what the
+        host lacks."""
         missing: list[str] = []
-        reuse = self._reuse
-        for entry in self._entries.values():
-            if type(entry) is not FileEntry or entry.path in self._seen:
-                continue
+        reuse, seen, count = self._reuse, self._seen, self._count
+
+        def place(entry: FileEntry, dir_fd: int, leaf: str) -> bool:
+            if entry.path in seen:  # the payload carried it
+                return True
             self.member = entry.path
-            parent, _, leaf = entry.path.rpartition("/")
-            if reuse is None or reuse.place(entry, self._dir_fd(parent), leaf) is None:
+            if reuse is None or reuse.place(entry, dir_fd, leaf) is None:
                 missing.append(entry.path)
-                continue
-            self._seen.add(entry.path)
-            self._count(entry.size)
+                return False
+            count(entry.size)
+            return True
+
+        def link(entry: SymlinkEntry, dir_fd: int, leaf: str) -> None:
+            self.member = entry.path
+            os.symlink(entry.symlink, leaf, dir_fd=dir_fd)
+            self.symlinks += 1
+
+        tree.finish(self._dirs.root, place, link)
         self.member = ""
         if missing:
             raise missing_error(missing, self._base)
@@ -465,25 +455,26 @@ class _Extraction(TarParser):
         """Wait for the writer, check completeness, create symlinks, set directory modes."""
         self.index, self.member = 0, ""
         self._writer.finish()  # its errors concern earlier members: report them first
-        if self._thin:
-            self._take_from_host()
-        if len(self._seen) != len(self._entries):
+        if self._tree is not None:
+            self._finish_thin(self._tree)
+        elif len(self._seen) != len(self._entries):
             missing = [p for p in self._entries if p not in self._seen]
             raise DigestMismatchError(
                 f"payload lacks {len(missing)} entries the manifest lists, e.g. {missing[0]!r}; "
                 f"{REBUILD}",
                 code="missing",
             )
-        for entry in self._entries.values():
-            if isinstance(entry, SymlinkEntry):
-                self.member = entry.path
-                parent, _, leaf = entry.path.rpartition("/")
-                os.symlink(entry.symlink, leaf, dir_fd=self._dir_fd(parent))
-                self.symlinks += 1
-        for entry in self._entries.values():
-            if isinstance(entry, DirEntry):
-                self.member = entry.path
-                os.fchmod(self._dir_fd(entry.path), entry.mode)
+        else:
+            for entry in self._entries.values():
+                if isinstance(entry, SymlinkEntry):
+                    self.member = entry.path
+                    parent, _, leaf = entry.path.rpartition("/")
+                    os.symlink(entry.symlink, leaf, dir_fd=self._dir_fd(parent))
+                    self.symlinks += 1
+            for entry in self._entries.values():
+                if isinstance(entry, DirEntry):
+                    self.member = entry.path
+                    os.fchmod(self._dir_fd(entry.path), entry.mode)
         self.member = ""
         os.fchmod(self._dirs.root, 0o755)
         if self._progress is not None and self._unreported:

@@ -104,6 +104,7 @@ class Reuser:
         self._hardlink = hardlink
         self._root_fd = os.open(releases, DIR_FLAGS)
         self._dir_fds: dict[str, int] = {}
+        self._last_dir: tuple[str, str, int] = ("/", "", -1)  # (version, parent, fd): last used
         self.counts: dict[str, list[int]] = {m: [0, 0] for m in METHODS}
         self.checks: dict[str, list[int]] = {c: [0, 0] for c in CHECKS}
         self._proc_links = os.path.isdir("/proc/self/fd")
@@ -173,7 +174,11 @@ class Reuser:
         and the caller takes the general path (which records why, or hashes, or copies)."""
         parent, _, name = cand.path.rpartition("/")
         try:
-            src_dir = self._dir_fd(cand.version, parent)
+            if parent == self._last_dir[1] and cand.version == self._last_dir[0]:
+                src_dir = self._last_dir[2]  # tree order: the same directory as the last file's
+            else:
+                src_dir = self._dir_fd(cand.version, parent)
+                self._last_dir = (cand.version, parent, src_dir)
             st = os.lstat(name, dir_fd=src_dir)
         except OSError:
             return False
@@ -374,6 +379,7 @@ class Reuser:
         return used, checks
 
     def close_dirs(self) -> None:
+        self._last_dir = ("/", "", -1)  # no version holds a "/"
         for fd in self._dir_fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
