@@ -174,12 +174,13 @@ def seal_release(
         known = placed or {}
         for i, e in enumerate(files):  # 20,000 files: kept lean
             want = 0o555 if e.mode & 0o111 else 0o444  # = installer.release_mode
-            path = f"{root}/{e.path}"
-            st = known.get(e.path) or lstat(path)
+            st = known.get(e.path)
+            if st is None:
+                st = lstat(f"{root}/{e.path}")
             if st.st_mode & 0o170000 != regular or st.st_size != e.size or st.st_dev != dev:
-                raise FileNotFoundError(path)  # not the extracted tree: walk it, no seal
+                raise FileNotFoundError(e.path)  # not the extracted tree: walk it, no seal
             if st.st_mode & 0o7777 != want:
-                os.chmod(path, want)
+                os.chmod(f"{root}/{e.path}", want)
                 redo.append(i)
                 idents.append(None)
             elif st.st_ctime_ns < cut_ns:
