@@ -36,6 +36,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
@@ -46,6 +47,8 @@ __all__ = ["die_with_parent", "main"]
 
 _PR_SET_PDEATHSIG: Final = 1
 _PROGRESS_BYTES: Final = 4 << 20  # progress lines at most every 4 MiB extracted
+# seconds per stage command run (verify, extract, readonly, ...), logged once at the end
+steps: dict[str, float] = {}
 
 
 def die_with_parent(parent: int) -> None:
@@ -103,6 +106,8 @@ def _stage(
     parent: int,
     streamed: VerifiedRelease | None = None,
 ) -> None:
+    """Run the stage job's commands; each one's seconds go to :data:`steps` (for the
+    ``stage_worker_done`` line: where a daemon's stage spends its time, bench/delta.py)."""
     from cutover.agent._util.faults import fault_point
     from cutover.agent.host.layout import Layout
     from cutover.agent.host.state import AppState
@@ -117,6 +122,7 @@ def _stage(
 
     work = StageJob(Path(str(job["package"])), streamed)
     pending = 0
+    started = 0.0
 
     def progress(n: int) -> None:
         nonlocal pending
@@ -130,6 +136,7 @@ def _stage(
         for line in inp:
             cmd = json.loads(line)
             op = cmd["op"]
+            started = time.perf_counter()
             try:
                 if op == "hold":
                     _hold(Layout(Path(cmd["root"])).worker_lock, parent)
@@ -174,6 +181,8 @@ def _stage(
                 out.send({"error": error_to_wire(exc)})
             else:
                 out.send({"ok": answer})
+            finally:
+                steps[op] = round(steps.get(op, 0.0) + time.perf_counter() - started, 4)
     finally:
         work.close()
 
@@ -255,5 +264,6 @@ def main(argv: list[str]) -> int:
         pid=os.getpid(),
         cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
         max_rss_mib=round(usage.ru_maxrss / 1024, 1),
+        steps=steps,
     )
     return 0
