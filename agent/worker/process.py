@@ -146,10 +146,30 @@ class WorkerProcess:
         if stdin is not None and not stdin.is_closing():
             stdin.close()
         try:
-            await asyncio.wait_for(self._proc.wait(), _EXIT_WAIT_S)
+            await asyncio.wait_for(self._reap(), _EXIT_WAIT_S)
         except TimeoutError:
             await self.kill()
         self._ended()
+
+    async def _reap(self) -> None:
+        """Read the worker's last lines until it exits, logging its done report
+        (``stage_worker_done``: CPU seconds, peak RSS, seconds per stage command)."""
+        stdout = self._proc.stdout
+        with contextlib.suppress(ValueError):  # a line over the limit: not a report
+            while stdout is not None and (line := await stdout.readline()):
+                with contextlib.suppress(ValueError):
+                    msg = json.loads(line)
+                    done = msg.get("done") if isinstance(msg, dict) else None
+                    if isinstance(done, dict):
+                        log.info(
+                            "stage_worker_done",
+                            job=done.get("job"),
+                            pid=self.pid,
+                            cpu_s=done.get("cpu_s"),
+                            max_rss_mib=done.get("max_rss_mib"),
+                            steps=done.get("steps"),
+                        )
+        await self._proc.wait()
 
     async def kill(self) -> None:
         """SIGKILL the worker (if it still runs) and reap it."""
