@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -234,6 +235,23 @@ def _permission_hint(exc: BaseException) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code.
+
+    Run as the ``cutover-agent`` script (``argv`` None), a command other than ``serve`` ends
+    the process once its output is flushed, with ``os._exit``: no interpreter teardown, which
+    frees a 20,000-entry manifest's objects one by one (~40 ms of a stage). Nothing is lost by
+    it: every file a command writes is written (and synced where it must be) and closed through
+    the OS before the command returns, and the agent registers no exit handlers."""
+    served: list[str] = []
+    code = _main(argv, served)
+    if argv is None and not served:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None, served: list[str]) -> int:
     parser = build_parser()
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -241,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = _Out(bool(args.json))
     try:
         if args.command == "serve":
+            served.append("serve")  # a daemon exits as Python does (its threads, its loop)
             from cutover.agent._util.logsetup import configure_logging
 
             configure_logging("auto", "info")
