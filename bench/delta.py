@@ -22,9 +22,17 @@ container) against the bytes that changed (the sizes of B's files whose content 
 delta push (``cutover push``, the rollout's stage step) of B to N real agents (``cutover-agent
 serve`` on 127.0.0.1) holding A, and to one agent: its own log times the delta stage as the daemon
 does it (from ``upload_received`` to the stage's ``operation`` line; its stage worker was started
-ahead, so no start-up or imports), printed next to, not instead of, the CLI row the goal is
-judged on. Trees are kept until the end (mass deletes slow this disk) and
-removed afterwards. Goals: delta stage <= 0.33x rsync --link-dest; wire / changed <= 1.1.
+ahead, so no start-up or imports), split by the worker's ``stage_worker_done`` steps (verify,
+extract, readonly) and the daemon's own rest. Trees are kept until the end (mass deletes slow
+this disk) and removed afterwards. Goals: delta stage <= 0.33x rsync --link-dest; wire / changed
+<= 1.1.
+
+**Which delta-stage row the goal is judged on.** Both are printed with their verdict. The daemon's
+row is the production path (the controller's delta push), but the goal is judged on the CLI row,
+``cutover-agent stage`` of the delta container as one whole process: it is like for like with
+``rsync --link-dest && sync`` (a whole process from a cold start, nothing paid ahead, no transfer
+to leave out), and it is the stricter of the two (the daemon's row starts once the thin package
+has arrived, with a worker that imported everything beforehand).
 Each staging process's CPU seconds (user + sys) are printed too: on a shared machine they move
 far less with the load than wall time (compare runs by them, quote the load with both).
 """

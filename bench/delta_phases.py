@@ -94,8 +94,9 @@ def main(config: str, package: str) -> int:
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         rc = cli_main(["--config", config, "--json", "stage", package])
     seconds["command"] = time.perf_counter() - t1
-    print(json.dumps(seconds))
-    return rc
+    print(json.dumps(seconds), flush=True)
+    sys.stderr.flush()
+    os._exit(rc)  # as the `cutover-agent` script ends (agent/cli/_main.py: no teardown)
 
 
 if __name__ == "__main__":
