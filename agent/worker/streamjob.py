@@ -157,14 +157,9 @@ def stream_extract(job: Json, feed: SpoolFeed) -> tuple[Json, VerifiedRelease | 
     feed.open()
     try:
         parts = read_head(feed)  # type: ignore[arg-type]  # a file-like reader
-        if parts.delta_bytes is not None:
-            return {
-                "skipped": "a delta upload"
-            }, None  # its payload is thin, described by delta.json
         state = StateFile(layout.state_file, job["app"]).load()
-        if job["reuse"] != "off" and state.installed():
-            # the stage takes files the host holds from its releases (content index)
-            return {"skipped": "reuse: the stage takes files from installed releases"}, None
+        # Verified while the body arrives even when the stage extracts: the stage (this worker)
+        # then reuses this parse of the very same manifest bytes and runs every check again.
         verified = verify_release(
             parts.manifest_bytes,
             parts.signatures_bytes,
@@ -177,6 +172,11 @@ def stream_extract(job: Json, feed: SpoolFeed) -> tuple[Json, VerifiedRelease | 
             ),
             now=datetime.now(UTC),
         )
+        if parts.delta_bytes is not None:  # its payload is thin, described by delta.json
+            return {"skipped": "a delta upload"}, verified
+        if job["reuse"] != "off" and state.installed():
+            # the stage takes files the host holds from its releases (content index)
+            return {"skipped": "reuse: the stage takes files from installed releases"}, verified
         payload = verified.manifest.payload
         if verified.already_known or payload.chunks is None or payload.base is not None:
             # nothing to gain, or nothing to check chunks against: stage as usual
