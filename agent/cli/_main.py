@@ -245,8 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     served: list[str] = []
     code = _main(argv, served)
     if argv is None and not served:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:  # e.g. a closed pipe: as Python's own exit does, status 120
+                code = code or 120
         os._exit(code)
     return code
 
