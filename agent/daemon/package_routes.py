@@ -3,7 +3,8 @@ fetch-by-URL (``POST .../fetch``); the contract is docs/protocol.md.
 
 Uploads stream to ``<state_dir>/uploads/<operation id>.cutover`` (daemon-owned: app recovery
 wipes ``<root>/.cutover/incoming/`` under the app lock, so a file there could vanish under us),
-and the file is removed when the operation ends or the upload is refused; an upload whose body
+and the file is removed once the stage has extracted it (before its syncfs), when the operation
+ends, or when the upload is refused; an upload whose body
 broke off is kept for a resume instead (agent/daemon/uploads.py owns the spool and its limits).
 A chunked upload is extracted while it arrives (:mod:`agent.daemon.streaming`), holding no lock; the app is
 taken only once the package is spooled and its digest checked, by starting the stage operation.
@@ -66,15 +67,27 @@ async def _stage_spooled(
     stream: StreamingStage | None = None,
 ) -> OpResult:
     """Stage a package the daemon received (upload) or downloaded (fetch) into its spool
-    (with the tree ``stream`` extracted while it arrived, if the stage takes it)."""
+    (with the tree ``stream`` extracted while it arrived, if the stage takes it).
+
+    The spool is removed as soon as the stage no longer needs it (its tree extracted or claimed,
+    every descriptor on it closed), before the stage's syncfs: its dirty pages are then dropped,
+    never written (docs/lifecycle.md §1.3). The operation's cleanup removes it otherwise."""
     op.phase = "run"
     mgr = ctx.manager(app, actor, sink)
     progress = ctx.progress_sink(sink, "extract")
+
+    async def package_done() -> None:
+        try:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except OSError as exc:  # the operation's cleanup tries again; the stage goes on
+            log.warning("upload_spool_not_removed", path=str(path), error=str(exc))
+
     return await mgr.stage(
         path,
         expected_version=version,
         progress=lambda _s, d, t: progress(d, t),
         prestaged=stream,
+        package_done=package_done,
     )
 
 

@@ -29,6 +29,11 @@ Rules this module enforces (docs/protocol.md §Resumable uploads, docs/operation
   appended to another key's partial). Offset ``0`` always starts afresh (the held bytes are
   dropped), so a client that knows nothing of resuming still uploads. One upload per key at a
   time: a second one is ``409 locked`` (reason ``upload_busy``).
+* **Gone before the durable step.** Once a stage operation took the file, nothing keeps it: the
+  stage releases it right after extracting (or claiming its streamed tree), and the daemon
+  unlinks it before the release is sealed and synced, so the kernel drops its dirty pages
+  rather than writing them back (docs/lifecycle.md §1.3). Every refusal that keeps bytes for a
+  resume (below) is decided before the stage operation starts, so none is affected.
 * **Kept on a refusal.** A whole, hash-correct package whose app became busy meanwhile is kept
   (:meth:`UploadSpool.keep`); a resumed tail that is wrong (``401``/``422``) is cut off again,
   keeping the bytes held before it (:meth:`UploadSpool.rewind`).

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from cutover.agent.lifecycle.activate import Activate
     from cutover.agent.lifecycle.housekeeping import Housekeeping
     from cutover.agent.lifecycle.rollback import Rollback
-    from cutover.agent.lifecycle.stage import Prestaged, Stage, StageProgress
+    from cutover.agent.lifecycle.stage import PackageDone, Prestaged, Stage, StageProgress
     from cutover.agent.lifecycle.stagework import StageWorkFactory
 
 __all__ = ["AppManager", "EventSink", "OpResult"]
@@ -136,9 +136,11 @@ class AppManager:
         allow_downgrade: bool = False,
         progress: StageProgress | None = None,
         prestaged: Prestaged | None = None,
+        package_done: PackageDone | None = None,
     ) -> OpResult:
         """Verify a package, install it as a staged release, run stage hooks and staged checks
-        (taking ``prestaged``'s tree if it was extracted from the same manifest). The space it
+        (taking ``prestaged``'s tree if it was extracted from the same manifest; awaiting
+        ``package_done`` once the package is no longer needed: Stage.run). The space it
         reserved (agent/host/room.py) is counted down as it writes and released at its end."""
         room = self._housekeeping
 
@@ -157,6 +159,7 @@ class AppManager:
                     allow_downgrade=allow_downgrade,
                     progress=counted,
                     prestaged=prestaged,
+                    package_done=package_done,
                 )
         finally:
             room.release_room()

@@ -4,7 +4,8 @@
 
     verify (signatures, policy, immutability, downgrade) → make room (retention by disk:
     prune, or refuse before writing) → extract into incoming/ (payload digest first; files the
-    host holds taken from its releases, docs/lifecycle.md) → link shared paths, keep the
+    host holds taken from its releases, docs/lifecycle.md) → the package released (a daemon's
+    spool removed: its pages never need to reach the disk) → link shared paths, keep the
     manifest, rename into releases/ → stage hooks
     → record their files → read-only (and sealed, without stage hooks) → staged health checks
     → syncfs → recorded STAGED
@@ -40,11 +41,12 @@ from cutover.agent.lifecycle.unit import UnitOfWork
 from cutover.agent.trust.policy import HostHistory, TrustPolicy
 from cutover.agent.versions import Incomparable, is_older
 
-__all__ = ["Prestaged", "Stage", "StageProgress"]
+__all__ = ["PackageDone", "Prestaged", "Stage", "StageProgress"]
 
 log = get_logger(__name__)
 
 StageProgress = Callable[[str, int, int], None]  # (step, done, total)
+PackageDone = Callable[[], Awaitable[None]]  # the package is no longer needed (a spool: removed)
 MakeRoom = Callable[[UnitOfWork, int, str], Awaitable[list[str]]]  # Housekeeping.make_room
 
 
@@ -91,13 +93,16 @@ class Stage:
         allow_downgrade: bool = False,
         progress: StageProgress | None = None,
         prestaged: Prestaged | None = None,
+        package_done: PackageDone | None = None,
     ) -> OpResult:
+        """``package_done``: awaited once the tree is extracted (or claimed) and the work closed
+        the package, before anything is made durable (the daemon removes its spool there)."""
         work = None if prestaged is None else prestaged.stage_work(package)
         if work is None:
             work = self.work(package)
         try:
             return await self._run(
-                uow, work, expected_version, allow_downgrade, progress, prestaged
+                uow, work, expected_version, allow_downgrade, progress, prestaged, package_done
             )
         finally:
             await asyncio.shield(work.close())
@@ -110,6 +115,7 @@ class Stage:
         allow_downgrade: bool,
         progress: StageProgress | None,
         prestaged: Prestaged | None,
+        package_done: PackageDone | None,
     ) -> OpResult:
         ctx, state = self.ctx, uow.state
         # The trust decision, given what this host remembers of the app (as read under the
@@ -190,6 +196,13 @@ class Stage:
         uow.emit("extract.done", version=version, bytes=total, content=content)
         created_shared: list[Path] = []  # removed again if the staging fails
         try:
+            # Every byte of the package was checked and the tree holds it: a daemon's spool is
+            # garbage from here on, whatever follows (docs/lifecycle.md §1.3). Removed now, its
+            # dirty pages are dropped instead of written back by the seal's and the stage's
+            # syncfs.
+            await work.release_package()
+            if package_done is not None:
+                await package_done()
             release_dir, runtime_digest = await asyncio.to_thread(
                 installer.install, ctx.layout, staging, verified, created_shared
             )

@@ -106,6 +106,8 @@ class StageJob:
         """Extract the verified payload into ``dest`` (under ``incoming/``); the extractor
         removes its partial tree on any failure."""
         parts, fh, verified = self._release()
+        if fh.closed:
+            raise StateError("the stage job already released its package: extract comes first")
         self._placed = {}
         _, stats = installer.extract_to_incoming(
             layout,
@@ -119,6 +121,14 @@ class StageJob:
             placed=self._placed,
         )
         return stats
+
+    def release_package(self) -> None:
+        """Close the package: the tree is extracted (or was claimed), and what the job still
+        needs of it (the verified manifest) is in memory. A daemon removes its spool right
+        after, so no descriptor may keep its pages alive (docs/lifecycle.md §1)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def record_inventory(self, layout: Layout, release_dir: Path) -> int:
         """Record the files stage hooks added to ``release_dir`` (agent/host/drift.py)."""
@@ -156,6 +166,10 @@ class StageWork(Protocol):
         progress: Callable[[int], None] | None = None,
     ) -> ExtractStats:
         """Extract into ``dest``; on any failure (a cancellation too) nothing is left there."""
+        ...
+
+    async def release_package(self) -> None:
+        """The job is done reading the package (StageJob.release_package)."""
         ...
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int: ...
@@ -205,6 +219,9 @@ class LocalStageWork:
         return await _to_thread(
             functools.partial(self._job.extract, layout, dest, state, reuse, progress)
         )
+
+    async def release_package(self) -> None:
+        self._job.release_package()
 
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
         return await _to_thread(self._job.record_inventory, layout, release_dir)

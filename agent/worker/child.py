@@ -2,8 +2,8 @@
 
 Protocol: JSON lines. The worker says ``{"ready": pid}``; the daemon sends the job:
 
-* ``{"job": "stage", "package": path}``, then commands ``verify``, ``extract``, ``inventory``,
-  ``readonly`` (agent/worker/remote.py), each answered ``{"ok": ...}`` or ``{"error": ...}``
+* ``{"job": "stage", "package": path}``, then commands ``verify``, ``extract``, ``release``
+  (close the package), ``inventory``, ``readonly`` (agent/worker/remote.py), each answered ``{"ok": ...}`` or ``{"error": ...}``
   (extract also sends ``{"progress": bytes}`` on the way). EOF on stdin ends the job.
 * ``{"job": "stream", ...}`` (agent/daemon/streaming.py), then ``{"written": n}`` lines, and
   ``{"complete": true}`` or ``{"abort": true}``; one answer. After ``complete`` and an ``ok``
@@ -165,6 +165,9 @@ def _stage(
                         out.send({"progress": pending})
                         pending = 0
                     answer = stats_to_wire(stats)
+                elif op == "release":
+                    work.release_package()
+                    answer = {}
                 elif op == "inventory":
                     added = work.record_inventory(
                         Layout(Path(cmd["root"])), Path(cmd["release_dir"])

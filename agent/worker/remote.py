@@ -145,6 +145,10 @@ class ChildStageWork:
             await worker.kill()
         await asyncio.to_thread(remove_tree, dest)
 
+    async def release_package(self) -> None:
+        """The worker closes its descriptor on the package (the daemon then removes its spool)."""
+        await self._request({"op": "release"}, f"closing {self._package.name}")
+
     async def record_inventory(self, layout: Layout, release_dir: Path) -> int:
         await self._hold(layout)
         answer = await self._request(
