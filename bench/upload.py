@@ -149,7 +149,7 @@ def upload_stage(
     workers = [e for e in events if e.get("event") == "stage_worker_done"]
     out["cpu stage workers (sum)"] = sum(float(e["cpu_s"]) for e in workers)
     out["stage worker processes"] = float(len(workers))
-    client_upload._size_and_sha256 = real_hash  # type: ignore[assignment]
+    client_upload._size_and_sha256 = real_hash
     seen = {e["event"]: _at(e) for e in events if e.get("event") in _MARKS}
     last = start
     if hashed:
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir.mkdir()
     local: dict[str, list[float]] = {}
     split: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in kinds}
+    done = False
     try:
         for i in range(args.runs):
             for n, (name, stream, env) in enumerate(kinds):
@@ -213,14 +214,23 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in local_stage(runs_dir / f"local-{i}", files).items():
                 local.setdefault(key, []).append(value)
             print(f"round {i + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        done = True
     finally:
-        # Every round's trees and spools stay until here: a mass delete slows this disk's
-        # file creation for minutes, which would slow the next round's stages.
-        shutil.rmtree(runs_dir, ignore_errors=True)
+        if not done:
+            shutil.rmtree(runs_dir, ignore_errors=True)
+    _report(args.runs, local, split, kinds[0][0])
+    # Every round's trees stay until the report is out: a mass delete slows this disk's file
+    # creation for minutes, which would slow the next round's stages (and takes minutes here).
+    print(f"removing {runs_dir} ...", file=sys.stderr, flush=True)
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    return 0
+
+
+def _report(
+    runs: int, local: dict[str, list[float]], split: dict[str, dict[str, list[float]]], first: str
+) -> None:
     base_s = statistics.median(local["wall"])
-    print(
-        f"\nupload+stage benchmark: 20,000 files / 250 MiB corpus, {args.runs} interleaved rounds"
-    )
+    print(f"\nupload+stage benchmark: 20,000 files / 250 MiB corpus, {runs} interleaved rounds")
     print(f"median seconds (min-max); ratio vs the local `cutover-agent stage` = {base_s:.3f} s\n")
     print(_row("cutover-agent stage PACKAGE (local file, CLI)   [baseline]", local["wall"], base_s))
     for key, vals in local.items():
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, vals in values.items():
             if key != "wall":
                 print(_row(f"  {key}", vals, None))
-    ratio = statistics.median(split[kinds[0][0]]["wall"]) / base_s
+    ratio = statistics.median(split[first]["wall"]) / base_s
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (2 cores; quote it with the ratio)")
     verdict = "met" if ratio <= 1.15 else "NOT met"
     print(
@@ -239,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "(issue 12 judges this goal on bench/extract.py's two rows of the same name; this run's\n"
-        " ratio and its split are for finding where the time goes)"
+        " ratio and its split are for finding where the time goes)",
+        flush=True,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ async def stream_body(
     max_bytes: int,
     idle_timeout_s: float,
     total_timeout_s: float,
-    write: Callable[[bytes], Awaitable[None]],
+    write: Callable[[list[bytes]], Awaitable[None]],
     batch_bytes: int = 1 << 20,
     idle_setting: str = "agent.upload_idle_timeout_s",
     total_setting: str = "agent.upload_timeout_s",
@@ -148,7 +148,8 @@ async def stream_body(
         max_bytes: the largest body accepted.
         idle_timeout_s: the longest wait for the next chunk.
         total_timeout_s: the longest the whole body may take.
-        write: awaited with batches of about ``batch_bytes`` (and the rest at the end).
+        write: awaited with batches of about ``batch_bytes`` (and the rest at the end): the
+            chunks as received, in order (never joined: each byte is copied once less).
         idle_setting, total_setting: the config settings behind the two timeouts, named in the
             ``408`` message of the one that was hit.
         flush_on_error: when the body breaks off (or is refused), hand the bytes read so far to
@@ -167,7 +168,7 @@ async def stream_body(
     await send_continue(request)
     digest = hashlib.sha256()
     size = 0
-    # the chunks of the batch being gathered, joined once per batch (one copy of each byte)
+    # the chunks of the batch being gathered, handed over as they are (no joined copy)
     buf: list[bytes] = []
     buffered = 0
     deadline = time.monotonic() + total_timeout_s
@@ -197,16 +198,15 @@ async def stream_body(
             buf.append(chunk)
             buffered += len(chunk)
             if buffered >= batch_bytes:
-                data = b"".join(buf)
-                buf.clear()
+                batch, buf = buf, []
+                await _hash_and_write(digest, batch, buffered, write)
                 buffered = 0
-                await _hash_and_write(digest, data, write)
     except BaseException:
         if flush_on_error and buf:
-            await asyncio.shield(write(b"".join(buf)))
+            await asyncio.shield(write(buf))
         raise
     if buf:
-        await _hash_and_write(digest, b"".join(buf), write)
+        await _hash_and_write(digest, buf, buffered, write)
     return size, digest.digest()
 
 
@@ -223,13 +223,18 @@ async def send_continue(request: web.Request) -> None:
 
 
 async def _hash_and_write(
-    digest: Any, data: bytes, write: Callable[[bytes], Awaitable[None]]
+    digest: Any, chunks: list[bytes], size: int, write: Callable[[list[bytes]], Awaitable[None]]
 ) -> None:
-    if len(data) >= 256 * 1024:
-        await asyncio.to_thread(digest.update, data)  # hashlib releases the GIL on large input
+    if size >= 256 * 1024:
+        await asyncio.to_thread(_update, digest, chunks)  # hashlib releases the GIL on these
     else:
-        digest.update(data)
-    await write(data)
+        _update(digest, chunks)
+    await write(chunks)
+
+
+def _update(digest: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        digest.update(chunk)
 
 
 def check_digest(caller: Caller, actual: bytes) -> None:
@@ -333,8 +338,8 @@ async def _read_small_body(
 ) -> bytes:
     parts: list[bytes] = []
 
-    async def keep(data: bytes) -> None:
-        parts.append(data)
+    async def keep(chunks: list[bytes]) -> None:
+        parts.extend(chunks)
 
     _, actual = await stream_body(
         request,

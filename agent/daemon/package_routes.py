@@ -180,11 +180,12 @@ async def upload(request: web.Request) -> web.Response:
             ctx.uploads.add(task)
         try:
 
-            async def write(data: bytes) -> None:
-                await spool.write(data)
+            async def write(chunks: list[bytes]) -> None:
+                await spool.write(chunks)
+                n = sum(map(len, chunks))
                 if stream is not None:
-                    stream.feed.advance(len(data))
-                ctx.metrics.received_bytes.labels("upload").inc(len(data))
+                    stream.feed.advance(n)
+                ctx.metrics.received_bytes.labels("upload").inc(n)
 
             size, actual = await stream_body(
                 request,

@@ -195,3 +195,23 @@ async def test_a_fresh_spool_hashed_by_its_writer_is_checked_against_that_digest
     spool.check_complete(g, hashlib.sha256(data).digest())
     await spool.complete(g)
     assert g.path.read_bytes() == data and spool.held(key, OWNER) == 0
+
+
+async def test_a_batch_of_chunks_is_appended_in_order_and_hashed_whole(tmp_path: Path) -> None:
+    """The receive path hands the spool each batch's chunks as received (one writev, no joined
+    copy): the file and its digest are the chunks' concatenation, across batches and a resume."""
+    spool = _spool(tmp_path, max_bytes=1 << 30)
+    chunks = [os.urandom(n) for n in (1, 0, 65536, 3, 300_000, 0, 17)]
+    data = b"".join(chunks)
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(data + data).hexdigest())
+    f = await spool.open(key, 0, "op-1", OWNER)
+    await f.write(chunks)
+    assert f.size == len(data) and f.path.read_bytes() == data
+    assert await spool.keep(f) == len(data)
+    g = await spool.open(key, len(data), "op-2", OWNER)  # a resume appends the same batch again
+    await g.write(chunks[:3])
+    await g.write(b"".join(chunks[3:]))
+    assert g.path.read_bytes() == data + data and g.size == 2 * len(data)
+    spool.check_complete(g)  # the whole file hashes to the key
+    await spool.complete(g)
+    assert g.path.read_bytes() == data + data
