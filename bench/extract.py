@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     def add(key: str, value: float) -> None:
         t.setdefault(key, []).append(value)
 
+    done = False
     try:
         for i in range(args.runs):
             for kind, archive, flags in (
@@ -334,12 +335,22 @@ def main(argv: list[str] | None = None) -> int:
             add("local", _local_stage(runs_dir / f"local-{i}", files))
             add("pass", _timed([sys.executable, "-c", "pass"])[0])
             print(f"round {i + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        done = True
     finally:
-        shutil.rmtree(runs_dir, ignore_errors=True)
+        if not done:
+            shutil.rmtree(runs_dir, ignore_errors=True)
+    _report(args.runs, t, phases)
+    # The trees go once the report is out: removing 15 trees of 20,000 files takes minutes here.
+    print(f"removing {runs_dir} ...", file=sys.stderr, flush=True)
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    return 0
+
+
+def _report(runs: int, t: dict[str, list[float]], phases: list[dict[str, float]]) -> None:
 
     base = statistics.median(t["zst+sync"])
     ph = {k: [p[k] for p in phases] for k in phases[0]}
-    print(f"\nextract benchmark: 20,000 files / 250 MiB corpus, {args.runs} interleaved rounds")
+    print(f"\nextract benchmark: 20,000 files / 250 MiB corpus, {runs} interleaved rounds")
     print(f"median seconds (min-max); ratio vs `tar --zstd -xf && sync` = {base:.3f} s\n")
     print(_row("tar -xf X.tar", t["tar"], base))
     print(_row("tar -xf X.tar && sync", t["tar+sync"], base))
@@ -372,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nload average at the end: {os.getloadavg()[0]:.2f} (2 cores; quote it with the ratios)"
     )
     print(_goal("durable stage, whole process / `tar --zstd -xf && sync`", durable, 1.0))
-    print(_goal("upload+stage (streaming) / local `cutover-agent stage`", upload, 1.15))
-    return 0
+    print(_goal("upload+stage (streaming) / local `cutover-agent stage`", upload, 1.15), flush=True)
 
 
 def _goal(what: str, ratio: float, goal: float) -> str:

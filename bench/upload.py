@@ -14,7 +14,18 @@ prints where the time and CPU went:
   to the operation's end (the stage's tail under the lock: install, seal, syncfs, record);
 * CPU seconds: the daemon alone during the operation (``/proc/PID/stat``), each stage worker's
   (``stage_worker_done``, imports included), the client's, and the daemon's whole process tree
-  from its start to its exit (``wait4``: it, its workers and the spare started after the job).
+  from its start to its exit (``wait4``: it, its workers and the spare started after the job);
+  and the local stage's;
+* the client's SHA-256 of the package before its PUT (the first mark of the timeline);
+* MB written to the disk during the operation, and once a ``sync`` after it wrote what it left
+  dirty (``/proc/diskstats`` of the device holding bench/out: the whole disk, so a benchmark
+  of another user counts too): an upload's spool must not be written back (docs/lifecycle.md
+  §1.3), so an upload+stage writes about what the local stage writes.
+
+Like bench/extract.py it byte-compiles our modules first (``--from-source``: not) and keeps
+every round's trees until its table is printed (a mass delete slows this disk for minutes).
+**Issue 12 judges the goal on bench/extract.py's rows**; this script's ratio and split are for
+finding where the time goes.
 
 ``--old-tree DIR``: also time uploads against the ``cutover`` package in DIR (``DIR/cutover/agent``,
 e.g. ``git archive OLD agent controller | tar -x -C DIR/cutover``) for an A/B in the same run.
