@@ -63,6 +63,7 @@ and one of :meth:`UploadSpool.complete` / :meth:`UploadSpool.keep` / :meth:`Uplo
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import os
@@ -140,6 +141,8 @@ class SpoolFile:
         pending: list[bytes | memoryview] = [c for c in chunks if c]
         while pending:
             n = os.writev(fd, pending[:_IOV_MAX])
+            if not n:  # never for a regular file with room (that is ENOSPC): no endless loop
+                raise OSError(errno.EIO, f"writing the upload spool {self.path} wrote nothing")
             while n and pending:
                 if n >= len(pending[0]):
                     n -= len(pending.pop(0))
