@@ -10,8 +10,9 @@ interleaved: streaming stage, ``stream_uploads = false``, local CLI. For each up
 prints where the time and CPU went:
 
 * the timeline from the agent's own log: first body byte to ``upload_received`` (transfer),
-  to ``stream_stage_extracted`` (the streamed extraction done), to ``stream_stage_claimed``, and
-  to the operation's end (the stage's tail under the lock: install, seal, syncfs, record);
+  to ``stream_stage_extracted`` (the streamed extraction done), to ``stream_stage_claimed``, to
+  ``stage_worker_done`` (the stage's tail under the lock: release of the spool, install, seal,
+  syncfs, record, and its worker's exit) and to the operation's end;
 * CPU seconds: the daemon alone during the operation (``/proc/PID/stat``), each stage worker's
   (``stage_worker_done``, imports included), the client's, and the daemon's whole process tree
   from its start to its exit (``wait4``: it, its workers and the spare started after the job);
@@ -58,6 +59,7 @@ _MARKS = (
     "upload_received",
     "stream_stage_extracted",
     "stream_stage_claimed",
+    "stage_worker_done",  # the stage's steps done (seal, syncfs, record) and its worker gone
     "operation",
 )
 
