@@ -319,6 +319,7 @@ def test_cli_as_root_acts_as_the_owner_of_the_app(
         assert state.read_bytes() == before and os.readlink(root / "current") == "releases/1.0.0"
     finally:
         web.shutdown()
+        web.server_close()  # its listening socket too (a ResourceWarning at GC otherwise)
         shutil.rmtree(base)
 
 
