@@ -267,6 +267,21 @@ def _timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t0, proc.stdout
 
 
+def tar_kinds(files: dict[str, Path]) -> tuple[tuple[str, Path, list[str]], ...]:
+    """The GNU tar baselines: (name, archive, flags), the zstd one first."""
+    return (("zst", files["tzst"], ["--zstd", "-xf"]), ("tar", files["tar"], ["-xf"]))
+
+
+def time_tar(archive: Path, flags: list[str], dest: Path) -> tuple[float, float]:
+    """Extract ``archive`` with GNU tar into a new folder ``dest``, after an untimed ``sync``:
+    (wall seconds, CPU seconds of tar and its zstd); the caller times the ``sync`` after it."""
+    dest.mkdir()
+    _run(["sync"])
+    cpu = _children_cpu()
+    wall = _timed(["tar", *flags, str(archive), "-C", str(dest)])[0]
+    return wall, _children_cpu() - cpu
+
+
 def _children_cpu() -> float:
     """User + system CPU seconds of every child waited for so far (a step's is the difference:
     tar's includes its zstd child; ours every thread of the child process)."""
@@ -303,17 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     done = False
     try:
         for i in range(args.runs):
-            for kind, archive, flags in (
-                ("zst", files["tzst"], ["--zstd", "-xf"]),
-                ("tar", files["tar"], ["-xf"]),
-            ):
-                dest = runs_dir / f"{kind}-{i}"
-                dest.mkdir()
-                _run(["sync"])
-                cpu = _children_cpu()
-                add(kind, _timed(["tar", *flags, str(archive), "-C", str(dest)])[0])
-                add(f"{kind}-cpu", _children_cpu() - cpu)
-                add(f"{kind}+sync", t[kind][-1] + _timed(["sync"])[0])
+            for kind, archive, flags in tar_kinds(files):
+                wall, cpu = time_tar(archive, flags, runs_dir / f"{kind}-{i}")
+                add(kind, wall)
+                add(f"{kind}-cpu", cpu)
+                add(f"{kind}+sync", wall + _timed(["sync"])[0])
             # With and without chunks alternate which goes first, so that neither always runs
             # right after the other (the previous figures always ran the chunked one first).
             for kind in ("ours", "ours-whole")[:: 1 if i % 2 == 0 else -1]:
