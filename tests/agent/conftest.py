@@ -20,11 +20,15 @@ import pytest
 import zstandard
 
 from cutover.agent.extract.extractor import ExtractLimits, ExtractStats, extract_payload
+from cutover.agent.host.content import ContentIndex
+from cutover.agent.host.layout import Layout
+from cutover.agent.host.state import StateFile
 from cutover.agent.keys import PrivateKey, generate_keypair
 from cutover.agent.package.container import open_package, write_package
-from cutover.agent.package.manifest import canonical_json
+from cutover.agent.package.manifest import FileEntry, canonical_json, parse_manifest
 from cutover.agent.trust.policy import HostHistory, TrustPolicy, verify_release
 from cutover.controller.build import sign_package
+from tests.conftest import Host
 
 APP = "ame"
 VERSION = "1.0.0"
@@ -134,6 +138,16 @@ def entries_for(members: Iterable[Member]) -> list[dict[str, Any]]:
 
 
 Tree = dict[str, tuple[str, int, str]]  # relpath -> (kind, mode, sha256 | link target | "")
+
+
+def lacking(host: Host, package: Path) -> list[str]:
+    """What the agent's ``missing`` endpoint answers for ``package`` (its content index)."""
+    parts, fh = open_package(package)
+    fh.close()
+    manifest = parse_manifest(parts.manifest_bytes)
+    state = StateFile(host.root / ".cutover" / "state.json", host.app).load()
+    index = ContentIndex.build(Layout(host.root), state)
+    return index.missing(sorted({e.sha256 for e in manifest.files if isinstance(e, FileEntry)}))
 
 
 def snapshot(root: Path) -> Tree:

@@ -20,9 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from cutover.agent.host.content import ContentIndex
-from cutover.agent.host.layout import Layout
-from cutover.agent.host.state import StateFile
 from cutover.agent.keys import PrivateKey
 from cutover.agent.package.container import open_package, write_package
 from cutover.agent.package.delta import DeltaPayload, DeltaSpec, render_delta
@@ -30,7 +27,7 @@ from cutover.agent.package.manifest import FileEntry, Manifest, parse_manifest
 from cutover.agent.package.writer import PayloadWriter
 from cutover.controller.build import build_package, sign_package
 from cutover.controller.delta import make_delta_container
-from tests.agent.conftest import snapshot
+from tests.agent.conftest import lacking, snapshot
 from tests.agent.test_lifecycle import op
 from tests.conftest import Host
 
@@ -69,16 +66,6 @@ def pkgs(trees: tuple[Path, Path], tmp_path: Path, release_key: PrivateKey) -> d
     return {A: a, B: b}
 
 
-def _lacking(host: Host, package: Path) -> list[str]:
-    """What the agent's ``missing`` endpoint answers for ``package`` (its content index)."""
-    parts, fh = open_package(package)
-    fh.close()
-    manifest = parse_manifest(parts.manifest_bytes)
-    state = StateFile(host.root / ".cutover" / "state.json", host.app).load()
-    index = ContentIndex.build(Layout(host.root), state)
-    return index.missing(sorted({e.sha256 for e in manifest.files if isinstance(e, FileEntry)}))
-
-
 def _second_host(host: Host) -> Host:
     """Another app root with the same trust, for the full stage to compare with."""
     tmp = host.tmp / "other"
@@ -98,7 +85,7 @@ def test_a_delta_stage_of_a_mutated_corpus_equals_a_full_stage(
     host: Host, pkgs: dict[str, Path], tmp_path: Path
 ) -> None:
     op(host, "stage", pkgs[A])
-    missing = _lacking(host, pkgs[B])
+    missing = lacking(host, pkgs[B])
     parts, fh = open_package(pkgs[B])
     fh.close()
     manifest = parse_manifest(parts.manifest_bytes)
@@ -194,7 +181,7 @@ def _delta_with(pkg: Path, out: Path, members: list[tuple[str, bytes, int]]) -> 
 
 def _changed(host: Host, pkg: Path) -> FileEntry:
     """A file of ``pkg`` the host lacks (so a thin payload must carry it)."""
-    missing = set(_lacking(host, pkg))
+    missing = set(lacking(host, pkg))
     manifest = _manifest(pkg)
     return next(e for e in manifest.files if isinstance(e, FileEntry) and e.sha256 in missing)
 
@@ -219,7 +206,7 @@ def test_thin_payload_bytes_changed_in_transit_are_rejected(
     host: Host, pkgs: dict[str, Path], tmp_path: Path
 ) -> None:
     op(host, "stage", pkgs[A])
-    delta = make_delta_container(pkgs[B], _lacking(host, pkgs[B]), tmp_path / "d.cutover")
+    delta = make_delta_container(pkgs[B], lacking(host, pkgs[B]), tmp_path / "d.cutover")
     parts, fh = open_package(delta.path)
     fh.close()
     with delta.path.open("r+b") as f:
@@ -239,9 +226,9 @@ def test_a_thin_payload_claiming_a_file_the_host_lacks_is_rejected_naming_it(
 ) -> None:
     """A delta made for another host: it omits a file this host does not hold."""
     op(host, "stage", pkgs[A])
-    lacking = _lacking(host, pkgs[B])
+    missing = lacking(host, pkgs[B])
     entry = _changed(host, pkgs[B])
-    shipped = [d for d in lacking if d != entry.sha256]
+    shipped = [d for d in missing if d != entry.sha256]
     delta = make_delta_container(pkgs[B], shipped, tmp_path / "d.cutover")
     before = host.snapshot()
     proc = host.cli("stage", str(delta.path))

@@ -17,13 +17,9 @@ from pathlib import Path
 import pytest
 
 from cutover.agent.extract.thintree import ThinTree, tree_order
-from cutover.agent.host.content import ContentIndex
-from cutover.agent.host.layout import Layout
-from cutover.agent.host.state import StateFile
-from cutover.agent.package.container import open_package
-from cutover.agent.package.manifest import DirEntry, FileEntry, SymlinkEntry, parse_manifest
+from cutover.agent.package.manifest import DirEntry, FileEntry, SymlinkEntry
 from cutover.controller.delta import make_delta_container
-from tests.agent.conftest import snapshot
+from tests.agent.conftest import lacking, snapshot
 from tests.agent.test_lifecycle import op
 from tests.conftest import Host, PackageFactory
 
@@ -135,21 +131,12 @@ def test_a_failure_in_the_walk_closes_every_fd_it_opened(tmp_path: Path) -> None
         os.close(root_fd)
 
 
-def _lacking(host: Host, package: Path) -> list[str]:
-    parts, fh = open_package(package)
-    fh.close()
-    manifest = parse_manifest(parts.manifest_bytes)
-    state = StateFile(host.root / ".cutover" / "state.json", host.app).load()
-    index = ContentIndex.build(Layout(host.root), state)
-    return index.missing(sorted({e.sha256 for e in manifest.files if isinstance(e, FileEntry)}))
-
-
 def test_a_delta_stage_of_a_tree_whose_names_sort_apart_equals_the_full_stage(
     host: Host, make_package: PackageFactory, tmp_path: Path
 ) -> None:
     op(host, "stage", make_package(A, files=FILES_A))
     full_b = make_package(B, files=FILES_B)
-    missing = _lacking(host, full_b)
+    missing = lacking(host, full_b)
     assert len(missing) == 1  # only the changed file travels
     delta = make_delta_container(full_b, missing, tmp_path / "b.delta.cutover")
     result = op(host, "stage", delta.path)
@@ -182,7 +169,7 @@ def test_a_delta_stage_whose_host_copy_drifted_mid_tree_leaves_nothing_behind(
     and leaves the root exactly as it was (no release, no temp tree, release A untouched)."""
     op(host, "stage", make_package(A, files=FILES_A))
     full_b = make_package(B, files=FILES_B)
-    delta = make_delta_container(full_b, _lacking(host, full_b), tmp_path / "b.delta.cutover")
+    delta = make_delta_container(full_b, lacking(host, full_b), tmp_path / "b.delta.cutover")
     drifted = host.root / "releases" / A / "a/b/c/w.txt"
     os.chmod(drifted, 0o644)
     drifted.write_text("W\n" * 70)  # same size, other content

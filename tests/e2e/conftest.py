@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,17 +70,50 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return Keys(made["deploy"], made["read"], made["release"], made["stranger"], made["other"], d)
 
 
-def _build(tmp: Path, version: str, key: PrivateKey, toml: str = "") -> Path:
-    src = tmp / f"src-{version}"
-    (src / "lib").mkdir(parents=True)
-    (src / "index.html").write_text(f"<h1>{APP} {version}</h1>\n")
-    (src / "VERSION").write_text(f"{version}\n")
-    (src / "lib" / "app.php").write_text(f"<?php return '{version}';\n" * 50)
+def signed_package(
+    tmp: Path,
+    key: PrivateKey,
+    version: str,
+    files: Mapping[str, str | bytes],
+    *,
+    toml: str = "",
+    tag: str = "",
+) -> Path:
+    """Build and sign ``tmp/demo[-tag]-VERSION.cutover`` from ``files`` (relative path: text or
+    bytes) and a ``cutover.toml`` naming the app, with ``toml`` appended."""
+    name = f"{APP}-{tag}-{version}" if tag else f"{APP}-{version}"
+    src = tmp / f"src-{name}"
+    src.mkdir(parents=True)
+    for rel, content in files.items():
+        path = src / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
     (src / "cutover.toml").write_text(f'app = "{APP}"\n{toml}')
-    out = tmp / f"{APP}-{version}.cutover"
+    out = tmp / f"{name}.cutover"
     build_package(src, out, version=version)
     sign_package(out, key)
     return out
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    """Poll until ``predicate()`` holds (a bounded wait for an event, not a timing claim)."""
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"never happened within {timeout_s:.0f} s: {what}")
+        time.sleep(0.05)
+
+
+def _build(tmp: Path, version: str, key: PrivateKey, toml: str = "") -> Path:
+    files = {
+        "index.html": f"<h1>{APP} {version}</h1>\n",
+        "VERSION": f"{version}\n",
+        "lib/app.php": f"<?php return '{version}';\n" * 50,
+    }
+    return signed_package(tmp, key, version, files, toml=toml)
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cutover.controller.build import build_package, sign_package
-from tests.e2e.conftest import AGENT, APP, Agent, Keys
+from tests.e2e.conftest import AGENT, APP, Agent, Keys, signed_package, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,24 +25,8 @@ BLOB = 10 << 20  # incompressible: a payload of three 4 MiB chunks
 
 
 def _package(tmp: Path, keys: Keys, version: str) -> Path:
-    src = tmp / f"src-{version}"
-    (src / "a").mkdir(parents=True)
-    (src / "a" / "index.php").write_text(f"<?php echo '{version}';\n")
-    (src / "zz.bin").write_bytes(os.urandom(BLOB))
-    (src / "cutover.toml").write_text(f'app = "{APP}"\n')
-    out = tmp / f"{APP}-{version}.cutover"
-    build_package(src, out, version=version)
-    sign_package(out, keys.release)
-    return out
-
-
-def _wait_for(predicate: Any, what: str) -> None:
-    """Poll until ``predicate()`` holds (a bounded wait for an event, not a timing claim)."""
-    for _ in range(1200):
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
+    files = {"a/index.php": f"<?php echo '{version}';\n", "zz.bin": os.urandom(BLOB)}
+    return signed_package(tmp, keys.release, version, files)
 
 
 def _open_under(folder: Path) -> dict[int, list[str]]:
@@ -92,7 +74,7 @@ async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
     pkg = _package(tmp_path, keys, "1.0.0")
     async with agent.client(upload_timeout_s=120) as c:
         op = (await c.upload(APP, "1.0.0", pkg)).operation
-        _wait_for(marker.exists, "the stage's worker paused before sealing the release")
+        wait_until(marker.exists, "the stage's worker paused before sealing the release")
         # extracted, not yet sealed, synced or recorded: the spool is already gone, and no
         # process (the daemon, the stage's worker) keeps it alive through a descriptor
         assert sorted(p.name for p in uploads.iterdir()) == []

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from cutover.agent.errors import InternalError
 from cutover.agent.host import workerlock
 from cutover.agent.host.seal import seal_projection
 from cutover.agent.host.workerlock import holders
-from cutover.controller.build import build_package, sign_package
 from cutover.controller.client import AgentClient
-from tests.e2e.conftest import AGENT, APP, Agent, Keys
+from tests.e2e.conftest import AGENT, APP, Agent, Keys, signed_package, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,25 +30,12 @@ BLOB = 12 << 20  # incompressible: the extraction passes 4 MiB while writing it
 
 
 def _package(tmp: Path, keys: Keys, version: str) -> Path:
-    src = tmp / f"src-{version}"
-    (src / "a").mkdir(parents=True)
-    (src / "a" / "index.php").write_text(f"<?php echo '{version}';\n")
-    (src / "VERSION").write_text(f"{version}\n")
-    (src / "zz.bin").write_bytes(os.urandom(BLOB))
-    (src / "cutover.toml").write_text(f'app = "{APP}"\n')
-    out = tmp / f"{APP}-{version}.cutover"
-    build_package(src, out, version=version)
-    sign_package(out, keys.release)
-    return out
-
-
-def _wait_for(predicate: Any, what: str) -> None:
-    """Poll until ``predicate()`` holds (a bounded wait for an event, not a timing claim)."""
-    for _ in range(1200):
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
+    files = {
+        "a/index.php": f"<?php echo '{version}';\n",
+        "VERSION": f"{version}\n",
+        "zz.bin": os.urandom(BLOB),
+    }
+    return signed_package(tmp, keys.release, version, files)
 
 
 def _alive(pid: int) -> bool:
@@ -101,7 +86,7 @@ def _pause_at(point: str, marker: Path) -> dict[str, str]:
 
 def _spare(agent: Agent) -> int:
     """The one stage worker started ahead (once it is there)."""
-    _wait_for(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
+    wait_until(lambda: len(_workers_of(agent.pid)) == 1, "the spare started ahead")
     (spare,) = _workers_of(agent.pid)
     return spare
 
@@ -137,7 +122,7 @@ class Paused:
     async def upload(self, c: AgentClient) -> tuple[str, int]:
         """Upload 2.0.0 until its stage worker pauses: (the operation, the worker's pid)."""
         op = (await c.upload(APP, "2.0.0", self.pkg)).operation
-        _wait_for(self.marker.exists, "a stage worker paused mid-extraction")
+        wait_until(self.marker.exists, "a stage worker paused mid-extraction")
         return op, _stage_worker_pids(self.agent)[-1]  # the last stage's
 
     async def upload_on_the_spare(self, c: AgentClient) -> int:
@@ -202,7 +187,7 @@ async def test_kill_9_of_the_daemon_kills_its_workers_and_the_restart_recovers(
     async with agent.client(upload_timeout_s=120) as c:
         pid = await paused.upload_on_the_spare(c)  # the daemon's only worker
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
-    _wait_for(lambda: not _alive(pid), "every worker died with the daemon")
+    wait_until(lambda: not _alive(pid), "every worker died with the daemon")
     assert any((agent.meta / "incoming").iterdir())  # the dead worker's partial tree
 
     agent.start()  # recovery under the lock; no writer survived to race it
@@ -236,7 +221,7 @@ def test_kill_9_of_an_idle_daemon_kills_its_spare_worker(make_agent: Any) -> Non
     agent.start()
     spare = _spare(agent)
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
-    _wait_for(lambda: not _alive(spare), "the spare died with the daemon")
+    wait_until(lambda: not _alive(spare), "the spare died with the daemon")
     assert not _alive(spare)
 
 
@@ -252,22 +237,17 @@ async def test_the_next_spare_starts_once_the_stage_ended(
         staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
     assert staged.status == "succeeded", staged
     assert _stage_worker_pids(agent) == [spare]
-    _wait_for(lambda: _workers_of(agent.pid) not in ([], [spare]), "the next spare")
+    wait_until(lambda: _workers_of(agent.pid) not in ([], [spare]), "the next spare")
     assert spare not in _workers_of(agent.pid) and len(_workers_of(agent.pid)) == 1
 
 
 def _shared_package(tmp: Path, keys: Keys, version: str) -> Path:
     """A release whose ``lib/`` is the same in every version (reused by a delta stage)."""
-    src = tmp / f"src-shared-{version}"
-    (src / "lib").mkdir(parents=True)
-    for i in range(8):
-        (src / "lib" / f"m{i}.php").write_text(f"<?php // module {i}\n" + "x" * 4000 * i)
-    (src / "VERSION").write_text(f"{version}\n")
-    (src / "cutover.toml").write_text(f'app = "{APP}"\n')
-    out = tmp / f"{APP}-shared-{version}.cutover"
-    build_package(src, out, version=version)
-    sign_package(out, keys.release)
-    return out
+    files: dict[str, str | bytes] = {
+        f"lib/m{i}.php": f"<?php // module {i}\n" + "x" * 4000 * i for i in range(8)
+    }
+    files["VERSION"] = f"{version}\n"
+    return signed_package(tmp, keys.release, version, files, tag="shared")
 
 
 @pytest.mark.parametrize("stream_uploads", [True, False])
@@ -346,14 +326,14 @@ async def test_recovery_waits_until_a_worker_that_outlived_its_daemon_is_gone(
     ready = tmp_path / "writing"
     writer = _survivor(agent.meta / "worker.lock", dest, ready)
     try:
-        _wait_for(ready.exists, "the surviving worker writes into incoming/")
+        wait_until(ready.exists, "the surviving worker writes into incoming/")
         assert holders(agent.meta / "worker.lock") == [writer.pid]
         err = tmp_path / "cli.err"
         cli = _cli_status(agent, err)
-        _wait_for(lambda: "waiting_for_stage_worker" in err.read_text(), "recovery waits")
+        wait_until(lambda: "waiting_for_stage_worker" in err.read_text(), "recovery waits")
         assert str(writer.pid) in err.read_text()  # the log names the holder
         seen = len(list(dest.iterdir()))
-        _wait_for(lambda: len(list(dest.iterdir())) > seen, "the worker writes on meanwhile")
+        wait_until(lambda: len(list(dest.iterdir())) > seen, "the worker writes on meanwhile")
         assert cli.poll() is None  # recovery has not removed its tree while it writes
     finally:
         writer.kill()
@@ -384,7 +364,7 @@ async def test_the_cli_right_after_kill_9_of_the_daemon_waits_for_its_worker(
     (view,) = json.loads(out)["apps"]
     assert any(a.startswith("removed partial staging 2.0.0.") for a in view["recovered"])
     assert holders(agent.meta / "worker.lock") == []
-    _wait_for(lambda: not _alive(pid), "the worker died with the daemon")
+    wait_until(lambda: not _alive(pid), "the worker died with the daemon")
     assert _leftovers(agent) == {"incoming": [], "streaming": []}
     assert agent.current() == "releases/1.0.0"
     assert sorted(p.name for p in (agent.root / "releases").iterdir()) == ["1.0.0"]
@@ -410,7 +390,7 @@ async def test_an_operation_right_after_a_stage_never_waits_for_a_worker_lock(
         assert used and not any(_alive(pid) for pid in used)
         for lock in locks:  # free now: a non-blocking try, no wait at all
             workerlock.release(workerlock.acquire_exclusive(lock, timeout_s=0))
-        _wait_for(lambda: _workers_of(agent.pid), "the spare worker started ahead")
+        wait_until(lambda: _workers_of(agent.pid), "the spare worker started ahead")
         assert [holders(lock) for lock in locks] == [[], []]  # the idle spare holds nothing
         active = await c.wait((await c.activate(APP, "1.0.0")).operation)
         assert active.status == "succeeded", active
@@ -437,7 +417,7 @@ async def test_the_worker_holds_its_lock_while_it_seals_a_release(
     pkg = _package(tmp_path, keys, "2.0.0")
     async with agent.client(upload_timeout_s=120) as c:
         op = (await c.upload(APP, "2.0.0", pkg)).operation
-        _wait_for(marker.exists, "the stage's worker paused before making the release read-only")
+        wait_until(marker.exists, "the stage's worker paused before making the release read-only")
         pid = _stage_worker_pids(agent)[-1]
         assert _alive(pid) and _ppid(pid) == agent.pid
         assert pid in holders(agent.meta / "worker.lock")
