@@ -7,13 +7,24 @@ spool named are ever removed. The clock of a sweep is a parameter: no test waits
 
 from __future__ import annotations
 
+import array
+import fcntl
 import hashlib
 import os
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from cutover.agent.daemon.uploads import ResumeLimits, UploadKey, UploadSpool, owner_of
+from cutover.agent.daemon.uploads import (
+    ResumeLimits,
+    SpoolFile,
+    UploadKey,
+    UploadSpool,
+    owner_of,
+)
 from cutover.agent.errors import DigestMismatchError, LockedError, UploadOffsetError
 
 APP = "ame"
@@ -215,3 +226,51 @@ async def test_a_batch_of_chunks_is_appended_in_order_and_hashed_whole(tmp_path:
     spool.check_complete(g)  # the whole file hashes to the key
     await spool.complete(g)
     assert g.path.read_bytes() == data + data
+
+
+def _pipe_spool(tmp_path: Path) -> tuple[SpoolFile, int]:
+    """A spool file whose descriptor is a pipe's write end (its read end returned): a write
+    then blocks until the test reads, so "a write in flight" is a state, never a timing."""
+    r, w = os.pipe()
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(b"").hexdigest())
+    return SpoolFile(key, tmp_path / "op.cutover", 0, OWNER, os.fdopen(w, "wb"), None), r
+
+
+def _drain(r: int) -> bytes:
+    got = bytearray()
+    while chunk := os.read(r, 1 << 16):
+        got += chunk
+    os.close(r)
+    return bytes(got)
+
+
+def test_closing_a_spool_waits_for_the_write_in_flight_and_no_write_follows_it(
+    tmp_path: Path,
+) -> None:
+    """A receive cancelled mid-write (the agent stopping: RESUMABLE) leaves its append running
+    in its thread while keep() closes the file. The close waits for that append, whose every
+    writev goes to the spool: none to the descriptor number after the close, which the next
+    open takes (another file would receive upload bytes). An append after the close fails."""
+    f, r = _pipe_spool(tmp_path)
+    chunks = [b"x" * 100] * 2000  # two writevs (IOV_MAX); the first fills the pipe and waits
+    appending = threading.Thread(target=f._append, args=(chunks,))
+    appending.start()
+    capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+    queued = array.array("i", [0])
+    for _ in range(1200):  # until the first writev waits on the full pipe (bounded)
+        fcntl.ioctl(r, termios.FIONREAD, queued)
+        if queued[0] >= capacity:
+            break
+        time.sleep(0.01)
+    closing = threading.Thread(target=f.close)
+    closing.start()
+    closing.join(timeout=0.5)  # before the fix: closed at once, under the write in flight
+    with open(tmp_path / "victim", "wb"):  # takes the lowest free descriptor number
+        got = _drain(r)
+        appending.join()
+        closing.join()
+    assert got == b"".join(chunks)  # every byte reached the spool, in order
+    assert (tmp_path / "victim").read_bytes() == b""
+    assert f.size == len(got)
+    with pytest.raises(ValueError, match="closed"):
+        f._append([b"late"])
