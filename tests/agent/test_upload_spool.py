@@ -8,6 +8,7 @@ spool named are ever removed. The clock of a sweep is a parameter: no test waits
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import hashlib
 import os
@@ -274,3 +275,59 @@ def test_closing_a_spool_waits_for_the_write_in_flight_and_no_write_follows_it(
     assert f.size == len(got)
     with pytest.raises(ValueError, match="closed"):
         f._append([b"late"])
+
+
+@pytest.mark.parametrize(
+    ("chunks", "cap"),
+    [
+        ([os.urandom(7) for _ in range(2500)], None),  # more buffers than one writev takes
+        ([os.urandom(n) for n in (5000, 1, 70_000, 3)], 4096),  # each writev writes a prefix
+        ([os.urandom(3) for _ in range(1500)], 1000),  # short, across the IOV_MAX cut
+    ],
+    ids=["over-iov-max", "short-writes", "short-over-iov-max"],
+)
+async def test_a_batch_written_in_several_writevs_lands_whole_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: list[bytes], cap: int | None
+) -> None:
+    """writev may take at most IOV_MAX buffers and may write less than it was given (a signal,
+    a quota): the rest is written next, from where the kernel stopped. ``cap``: a real writev
+    of at most that many bytes (the kernel's short write, made certain)."""
+    calls: list[int] = []
+    real = os.writev
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        assert len(buffers) <= 1024
+        if cap is not None:
+            kept, room = [], cap
+            for b in buffers:
+                if room <= 0:
+                    break
+                kept.append(memoryview(b)[:room])
+                room -= len(kept[-1])
+            buffers = kept
+        calls.append(real(fd, buffers))
+        return calls[-1]
+
+    monkeypatch.setattr(os, "writev", writev)
+    spool = _spool(tmp_path, max_bytes=1 << 30)
+    data = b"".join(chunks)
+    f = await spool.open(UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest()), 0, "op", OWNER)
+    await f.write(chunks)
+    assert len(calls) > 1 and sum(calls) == len(data)
+    assert f.path.read_bytes() == data and f.size == len(data)
+    spool.check_complete(f)
+    await spool.complete(f)
+
+
+async def test_a_writev_that_writes_nothing_fails_instead_of_looping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: 0)
+    spool = _spool(tmp_path, max_bytes=1 << 30)
+    f = await spool.open(_key(1), 0, "op", OWNER)
+    with pytest.raises(OSError, match="wrote nothing") as err:
+        await f.write([b"abc", b"def"])
+    assert err.value.errno == errno.EIO
+    assert f.size == 0
+    await spool.discard(f)
+    assert list(spool.uploads_dir.iterdir()) == []
