@@ -108,6 +108,17 @@ def test_lazy_exports_match_their_typing_imports(package: str) -> None:
         assert all(getattr(mod, n) is getattr(importlib.import_module(module), n) for n in names)
 
 
+@pytest.mark.parametrize("package", [p for p in _packages() if _is_lazy(p)])
+def test_no_lazy_name_is_also_the_name_of_a_submodule(package: str) -> None:
+    """Importing ``package.name`` binds that submodule over a re-exported ``name`` (what
+    happened to ``controller.fleet.release_log``). lazy.py refuses it when the name's own module
+    is that submodule; this checks it against every submodule on disk."""
+    mod = importlib.import_module(package)
+    submodules = {info.name for info in pkgutil.iter_modules(mod.__path__)}
+    lazy = set().union(*typing_exports(package).values())
+    assert lazy & submodules == set()
+
+
 @pytest.mark.parametrize(
     ("block", "message"),
     [
