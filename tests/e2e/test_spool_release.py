@@ -99,6 +99,9 @@ async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
         assert _open_under(uploads) == {}
         assert "1.0.0" not in _releases(agent)
         assert (agent.root / "releases" / "1.0.0").is_dir()  # installed, unrecorded
+        # the path the parameter names: the stage took the streamed tree, or extracted itself
+        claimed = [e for e in agent.log_events() if e.get("event") == "stream_stage_claimed"]
+        assert len(claimed) == (1 if stream_uploads else 0)
         # a stage failing from here on fails as before: nothing left, nothing recorded staged
         os.kill(_stage_worker_pids(agent)[-1], signal.SIGKILL)
         record = await c.wait(op)
