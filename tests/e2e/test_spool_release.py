@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 
 from cutover.controller.build import build_package, sign_package
 from tests.e2e.conftest import AGENT, APP, Agent, Keys
+from tests.e2e.test_stage_worker import _pause_at, _stage_worker_pids, _wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +36,6 @@ def _package(tmp: Path, keys: Keys, version: str) -> Path:
     build_package(src, out, version=version)
     sign_package(out, keys.release)
     return out
-
-
-def _wait_for(predicate: Any, what: str) -> None:
-    """Poll until ``predicate()`` holds (a bounded wait for an event, not a timing claim)."""
-    for _ in range(1200):
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def _open_under(folder: Path) -> dict[int, list[str]]:
@@ -69,10 +60,6 @@ def _releases(agent: Agent) -> dict[str, Any]:
     return json.loads(state.read_text()).get("releases", {}) if state.exists() else {}
 
 
-def _stage_worker_pids(agent: Agent) -> list[int]:
-    return [int(e["pid"]) for e in agent.log_events() if e.get("event") == "stage_worker"]
-
-
 @pytest.mark.parametrize("stream_uploads", [False, True], ids=["stage-extracts", "streamed"])
 async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
     make_agent: Any, keys: Keys, tmp_path: Path, stream_uploads: bool
@@ -84,9 +71,7 @@ async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
         upload_timeout_s=120.0,
         app_toml='reuse = "off"\n',
     )
-    agent.start(
-        env={"CUTOVER_TEST_PAUSE_AT": "worker.readonly", "CUTOVER_TEST_PAUSE_FILE": str(marker)}
-    )
+    agent.start(env=_pause_at("worker.readonly", marker))
     uploads = agent.state_dir / "uploads"
     before = agent.snapshot()
     pkg = _package(tmp_path, keys, "1.0.0")
