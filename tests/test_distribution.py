@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -91,3 +92,49 @@ def test_sdist_ships_systemd_docs_and_license(dists: tuple[Path, Path]) -> None:
     assert "systemd/cutover-agent.service" in names
     assert "docs/design.md" in names
     assert "docs/operations.md" in names
+
+
+# Every public name of every package, as a user of the installed distribution looks it up.
+_EVERY_NAME = """
+import importlib, pkgutil, sys
+import cutover.agent, cutover.controller
+count = 0
+for top in (cutover.agent, cutover.controller):
+    found = [top.__name__]
+    found += [i.name for i in pkgutil.walk_packages(top.__path__, top.__name__ + ".") if i.ispkg]
+    for name in found:
+        mod = importlib.import_module(name)
+        for attr in mod.__all__:
+            getattr(mod, attr)
+            count += 1
+print(cutover.agent.__file__, cutover.controller.__file__, count)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [[], ["-O"], ["-OO"]], ids=["plain", "O", "OO"])
+def test_an_installed_wheel_serves_every_lazy_name(
+    dists: tuple[Path, Path], tmp_path: Path, flags: list[str]
+) -> None:
+    """Installed from the wheel, not editable: each package ``__init__`` reads its names from
+    the installed source (agent/_util/lazy.py), also with asserts off (``-O``) and docstrings
+    stripped (``-OO``). The wheel's files come first on ``sys.path`` (the dependencies from
+    this interpreter's site-packages)."""
+    wheel, _ = dists
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:  # what `pip install --no-deps` does for a pure wheel
+        zf.extractall(site)  # noqa: S202 (our own wheel, just built)
+    proc = subprocess.run(
+        [sys.executable, *flags, "-c", _EVERY_NAME],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    agent_init, controller_init, count = proc.stdout.split()
+    assert agent_init == str(site / "cutover" / "agent" / "__init__.py")
+    assert controller_init == str(site / "cutover" / "controller" / "__init__.py")
+    assert int(count) > 100

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pathlib
 import pkgutil
+import py_compile
+import subprocess
+import sys
+import zipfile
 
 import pytest
 
@@ -103,6 +108,17 @@ def test_lazy_exports_match_their_typing_imports(package: str) -> None:
         assert all(getattr(mod, n) is getattr(importlib.import_module(module), n) for n in names)
 
 
+@pytest.mark.parametrize("package", [p for p in _packages() if _is_lazy(p)])
+def test_no_lazy_name_is_also_the_name_of_a_submodule(package: str) -> None:
+    """Importing ``package.name`` binds that submodule over a re-exported ``name`` (what
+    happened to ``controller.fleet.release_log``). lazy.py refuses it when the name's own module
+    is that submodule; this checks it against every submodule on disk."""
+    mod = importlib.import_module(package)
+    submodules = {info.name for info in pkgutil.iter_modules(mod.__path__)}
+    lazy = set().union(*typing_exports(package).values())
+    assert lazy & submodules == set()
+
+
 @pytest.mark.parametrize(
     ("block", "message"),
     [
@@ -176,3 +192,55 @@ def test_importing_a_module_does_not_import_its_siblings() -> None:
     }
     # what the eager __init__s used to pull in
     assert not loaded & {"cutover.agent.config", "cutover.agent.trust.policy"}
+
+
+_LAZYPKG = (
+    "import typing\n"
+    "from cutover.agent._util.lazy import lazy_exports\n"
+    "if typing.TYPE_CHECKING:\n"
+    "    from cutover.agent.host.layout import Layout as Layout\n"
+    "__getattr__, __dir__ = lazy_exports(__name__)\n"
+)
+
+
+def _lazy_lookup(path: pathlib.Path, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """``lazypkg.Layout`` in a fresh interpreter with ``path`` first on ``sys.path``."""
+    code = "import lazypkg; print(lazypkg.Layout.__module__, lazypkg.__all__)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(path)},
+        check=False,
+        timeout=60,
+    )
+
+
+def test_a_lazy_package_imported_from_a_zip_finds_its_names(tmp_path: pathlib.Path) -> None:
+    """The block is read through the package's loader, not ``open(__file__)``: a package on
+    ``sys.path`` inside a zip (a wheel or a zipapp put there as it is) serves its names."""
+    archive = tmp_path / "lazypkg.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("lazypkg/__init__.py", _LAZYPKG)
+    proc = _lazy_lookup(archive, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cutover.agent.host.layout", "['Layout']"]
+
+
+def test_a_sourceless_lazy_package_fails_its_first_lookup_with_an_import_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Installed without its ``__init__.py`` (only the ``.pyc``): the first lookup is an
+    ``ImportError`` naming the package and saying what to do (agent/_util/lazy.py's docstring),
+    not a ``UnicodeDecodeError`` from reading the bytecode as text."""
+    pkg = tmp_path / "site" / "lazypkg"
+    pkg.mkdir(parents=True)
+    source = pkg / "__init__.py"
+    source.write_text(_LAZYPKG)
+    py_compile.compile(str(source), cfile=str(pkg / "__init__.pyc"), doraise=True)
+    source.unlink()
+    proc = _lazy_lookup(tmp_path / "site", tmp_path)
+    assert proc.returncode == 1
+    assert "ImportError: lazypkg: " in proc.stderr and "UnicodeDecodeError" not in proc.stderr
+    assert "__init__.pyc" in proc.stderr, proc.stderr

@@ -23,8 +23,9 @@ Usage in a package ``__init__``::
 
 The block holds only ``from ... import ...`` statements (ruff-formatted, parenthesised or not),
 each name re-exported under its own name. The ``__init__.py`` sources must be installed (pip and
-the wheel install them beside the ``.pyc``); a sourceless install fails the first lookup with an
-``ImportError`` naming the file.
+the wheel install them beside the ``.pyc``); they are read through the package's loader, so a
+package in a zip on ``sys.path`` works too, and a sourceless install fails the first lookup with
+an ``ImportError`` naming the file.
 """
 
 from __future__ import annotations
@@ -82,13 +83,24 @@ def typing_exports(package: str) -> dict[str, tuple[str, ...]]:
     Raises:
         ImportError: the source is missing or its block is not one of re-exports.
     """
-    path = getattr(sys.modules[package], "__file__", None)
-    try:
-        with open(str(path), encoding="utf-8") as f:
-            source = f.read()
-    except OSError as exc:
+    module = sys.modules[package]
+    path = str(getattr(module, "__file__", None))
+    if not path.endswith(".py"):  # e.g. __init__.pyc alone: bytecode, no block to read
         raise ImportError(
-            f"{package}: cannot read its source {path} for its lazy re-exports: {exc.strerror}"
+            f"{package}: no source for its lazy re-exports ({path}): install the package with "
+            "its __init__.py (pip and the wheel do)"
+        )
+    # Through the loader that imported it: a plain file, or a member of a zip on sys.path
+    # (zipimport), which open() cannot read.
+    loader = getattr(getattr(module, "__spec__", None), "loader", None)
+    get_data = getattr(loader, "get_data", None)
+    try:
+        if get_data is None:
+            raise OSError(f"its loader {loader!r} reads no files")
+        source = get_data(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportError(
+            f"{package}: cannot read its source {path} for its lazy re-exports: {exc}"
         ) from exc
     return _parse_block(package, source)
 

@@ -246,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = _main(argv, served)
     if argv is None and not served:
         for stream in (sys.stdout, sys.stderr):
+            if stream is None:  # started without that descriptor (`>&-`): nothing to flush
+                continue
             try:
                 stream.flush()
             except OSError:  # e.g. a closed pipe: as Python's own exit does, status 120

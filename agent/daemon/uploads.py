@@ -67,6 +67,7 @@ import errno
 import hashlib
 import hmac
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,10 @@ class SpoolFile:
     size: int = 0
     settled: bool = False  # completed, kept or discarded: the key is free again
     _closed: bool = field(default=False, repr=False)
+    # An append and the close, one at a time: a receive cancelled mid-write (the agent
+    # stopping) leaves its append running in its thread while keep() closes the file, and the
+    # append writes through the raw descriptor number, which the next open() may take.
+    _mu: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     async def write(self, data: bytes | Sequence[bytes]) -> None:
         """Append ``data``, one buffer or a batch of them in order (blocking work in a thread)."""
@@ -137,26 +142,32 @@ class SpoolFile:
     def _append(self, chunks: Sequence[bytes]) -> None:
         # One writev of the batch's chunks as received: no joined copy of each byte. Straight
         # to the file, never a buffer: a streaming stage reads it as it grows.
-        fd = self._fh.fileno()
-        pending: list[bytes | memoryview] = [c for c in chunks if c]
-        while pending:
-            n = os.writev(fd, pending[:_IOV_MAX])
-            if not n:  # never for a regular file with room (that is ENOSPC): no endless loop
-                raise OSError(errno.EIO, f"writing the upload spool {self.path} wrote nothing")
-            while n and pending:
-                if n >= len(pending[0]):
-                    n -= len(pending.pop(0))
-                else:
-                    pending[0] = memoryview(pending[0])[n:]  # a short write: the rest
-                    n = 0
-        for c in chunks:
-            if self._digest is not None:
-                self._digest.update(c)
-            self.size += len(c)
+        with self._mu:
+            if self._closed:
+                raise ValueError(f"the upload spool {self.path} is closed: nothing appended")
+            fd = self._fh.fileno()
+            pending: list[bytes | memoryview] = [c for c in chunks if c]
+            while pending:
+                n = os.writev(fd, pending[:_IOV_MAX])
+                if not n:  # never for a regular file with room (that is ENOSPC): no endless loop
+                    raise OSError(errno.EIO, f"writing the upload spool {self.path} wrote nothing")
+                while n and pending:
+                    if n >= len(pending[0]):
+                        n -= len(pending.pop(0))
+                    else:
+                        pending[0] = memoryview(pending[0])[n:]  # a short write: the rest
+                        n = 0
+            for c in chunks:
+                if self._digest is not None:
+                    self._digest.update(c)
+                self.size += len(c)
 
     def close(self, fsync: bool = False) -> None:
-        """Close the file, fsynced first if ``fsync`` (blocking; idempotent)."""
-        if not self._closed:
+        """Close the file, fsynced first if ``fsync`` (blocking; idempotent). An append still
+        running (its receive was cancelled) ends first: every byte it took is in the file."""
+        with self._mu:
+            if self._closed:
+                return
             self._closed = True
             try:
                 if fsync:

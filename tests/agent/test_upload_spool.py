@@ -7,13 +7,25 @@ spool named are ever removed. The clock of a sweep is a parameter: no test waits
 
 from __future__ import annotations
 
+import array
+import errno
+import fcntl
 import hashlib
 import os
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from cutover.agent.daemon.uploads import ResumeLimits, UploadKey, UploadSpool, owner_of
+from cutover.agent.daemon.uploads import (
+    ResumeLimits,
+    SpoolFile,
+    UploadKey,
+    UploadSpool,
+    owner_of,
+)
 from cutover.agent.errors import DigestMismatchError, LockedError, UploadOffsetError
 
 APP = "ame"
@@ -215,3 +227,107 @@ async def test_a_batch_of_chunks_is_appended_in_order_and_hashed_whole(tmp_path:
     spool.check_complete(g)  # the whole file hashes to the key
     await spool.complete(g)
     assert g.path.read_bytes() == data + data
+
+
+def _pipe_spool(tmp_path: Path) -> tuple[SpoolFile, int]:
+    """A spool file whose descriptor is a pipe's write end (its read end returned): a write
+    then blocks until the test reads, so "a write in flight" is a state, never a timing."""
+    r, w = os.pipe()
+    key = UploadKey(APP, "1.0.0", hashlib.sha256(b"").hexdigest())
+    return SpoolFile(key, tmp_path / "op.cutover", 0, OWNER, os.fdopen(w, "wb"), None), r
+
+
+def _drain(r: int) -> bytes:
+    got = bytearray()
+    while chunk := os.read(r, 1 << 16):
+        got += chunk
+    os.close(r)
+    return bytes(got)
+
+
+def test_closing_a_spool_waits_for_the_write_in_flight_and_no_write_follows_it(
+    tmp_path: Path,
+) -> None:
+    """A receive cancelled mid-write (the agent stopping: RESUMABLE) leaves its append running
+    in its thread while keep() closes the file. The close waits for that append, whose every
+    writev goes to the spool: none to the descriptor number after the close, which the next
+    open takes (another file would receive upload bytes). An append after the close fails."""
+    f, r = _pipe_spool(tmp_path)
+    chunks = [b"x" * 100] * 2000  # two writevs (IOV_MAX); the first fills the pipe and waits
+    appending = threading.Thread(target=f._append, args=(chunks,))
+    appending.start()
+    capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+    queued = array.array("i", [0])
+    for _ in range(1200):  # until the first writev waits on the full pipe (bounded)
+        fcntl.ioctl(r, termios.FIONREAD, queued)
+        if queued[0] >= capacity:
+            break
+        time.sleep(0.01)
+    closing = threading.Thread(target=f.close)
+    closing.start()
+    closing.join(timeout=0.5)  # before the fix: closed at once, under the write in flight
+    with open(tmp_path / "victim", "wb"):  # takes the lowest free descriptor number
+        got = _drain(r)
+        appending.join()
+        closing.join()
+    assert got == b"".join(chunks)  # every byte reached the spool, in order
+    assert (tmp_path / "victim").read_bytes() == b""
+    assert f.size == len(got)
+    with pytest.raises(ValueError, match="closed"):
+        f._append([b"late"])
+
+
+@pytest.mark.parametrize(
+    ("chunks", "cap"),
+    [
+        ([os.urandom(7) for _ in range(2500)], None),  # more buffers than one writev takes
+        ([os.urandom(n) for n in (5000, 1, 70_000, 3)], 4096),  # each writev writes a prefix
+        ([os.urandom(3) for _ in range(1500)], 1000),  # short, across the IOV_MAX cut
+    ],
+    ids=["over-iov-max", "short-writes", "short-over-iov-max"],
+)
+async def test_a_batch_written_in_several_writevs_lands_whole_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: list[bytes], cap: int | None
+) -> None:
+    """writev may take at most IOV_MAX buffers and may write less than it was given (a signal,
+    a quota): the rest is written next, from where the kernel stopped. ``cap``: a real writev
+    of at most that many bytes (the kernel's short write, made certain)."""
+    calls: list[int] = []
+    real = os.writev
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        assert len(buffers) <= 1024
+        if cap is not None:
+            kept, room = [], cap
+            for b in buffers:
+                if room <= 0:
+                    break
+                kept.append(memoryview(b)[:room])
+                room -= len(kept[-1])
+            buffers = kept
+        calls.append(real(fd, buffers))
+        return calls[-1]
+
+    monkeypatch.setattr(os, "writev", writev)
+    spool = _spool(tmp_path, max_bytes=1 << 30)
+    data = b"".join(chunks)
+    f = await spool.open(UploadKey(APP, "1.0.0", hashlib.sha256(data).hexdigest()), 0, "op", OWNER)
+    await f.write(chunks)
+    assert len(calls) > 1 and sum(calls) == len(data)
+    assert f.path.read_bytes() == data and f.size == len(data)
+    spool.check_complete(f)
+    await spool.complete(f)
+
+
+async def test_a_writev_that_writes_nothing_fails_instead_of_looping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: 0)
+    spool = _spool(tmp_path, max_bytes=1 << 30)
+    f = await spool.open(_key(1), 0, "op", OWNER)
+    with pytest.raises(OSError, match="wrote nothing") as err:
+        await f.write([b"abc", b"def"])
+    assert err.value.errno == errno.EIO
+    assert f.size == 0
+    await spool.discard(f)
+    assert list(spool.uploads_dir.iterdir()) == []

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import subprocess
 import sys
+import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tests.conftest import Host, PackageFactory
 # a stage worker's side of the lock, as agent/worker/ takes it, in a process of its own
 _WORKER = """
 import sys
+import time
 from pathlib import Path
 from cutover.agent.host.workerlock import hold_shared
 hold_shared(Path(sys.argv[1]))
@@ -190,3 +192,32 @@ def test_the_daemon_start_clearing_streaming_stops_waiting_when_cancelled(tmp_pa
         _stop_worker(worker)
     assert _free_for_another_process(layout.stream_worker_lock)
     assert sorted(p.name for p in layout.incoming.iterdir()) == []
+
+
+def _hold_the_loop_until_taken(lock: Path) -> None:
+    """Block (the event loop, when called from it) until some thread holds ``lock`` (bounded)."""
+    for _ in range(1200):
+        if not _free_for_another_process(lock):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the thread never took the lock")
+
+
+def test_a_lock_taken_as_its_wait_is_cancelled_is_released_not_leaked(tmp_path: Path) -> None:
+    """The thread takes ``LOCK_EX`` but the awaiting task is cancelled before it resumes (the
+    descriptor never reaches it): ``_Handoff.abandon`` releases it. The loop is held while the
+    thread takes the lock, so this order is a state the test makes, never a timing."""
+    lock = tmp_path / "worker.lock"
+    lock.touch(mode=0o600)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(workerlock.acquire_exclusive_async(lock))
+        await asyncio.sleep(0)  # the task starts and hands the wait to its thread
+        _hold_the_loop_until_taken(lock)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.get_running_loop().shutdown_default_executor()
+
+    asyncio.run(scenario())
+    assert _free_for_another_process(lock)  # (holders() leaves this process out)

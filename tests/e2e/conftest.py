@@ -107,6 +107,17 @@ def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = 60
         time.sleep(0.05)
 
 
+def pause_at(point: str, marker: Path) -> dict[str, str]:
+    """The agent's environment for its stage workers to pause at the fault point ``point``
+    (``marker`` appears when one does)."""
+    return {"CUTOVER_TEST_PAUSE_AT": point, "CUTOVER_TEST_PAUSE_FILE": str(marker)}
+
+
+def stage_worker_pids(agent: Agent) -> list[int]:
+    """The stage workers ``agent`` logged starting, oldest first."""
+    return [int(e["pid"]) for e in agent.log_events() if e.get("event") == "stage_worker"]
+
+
 def _build(tmp: Path, version: str, key: PrivateKey, toml: str = "") -> Path:
     files = {
         "index.html": f"<h1>{APP} {version}</h1>\n",

@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import AGENT, APP, Agent, Keys, signed_package, wait_until
+from tests.e2e.conftest import (
+    AGENT,
+    APP,
+    Agent,
+    Keys,
+    pause_at,
+    signed_package,
+    stage_worker_pids,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,10 +60,6 @@ def _releases(agent: Agent) -> dict[str, Any]:
     return json.loads(state.read_text()).get("releases", {}) if state.exists() else {}
 
 
-def _stage_worker_pids(agent: Agent) -> list[int]:
-    return [int(e["pid"]) for e in agent.log_events() if e.get("event") == "stage_worker"]
-
-
 @pytest.mark.parametrize("stream_uploads", [False, True], ids=["stage-extracts", "streamed"])
 async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
     make_agent: Any, keys: Keys, tmp_path: Path, stream_uploads: bool
@@ -66,9 +71,7 @@ async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
         upload_timeout_s=120.0,
         app_toml='reuse = "off"\n',
     )
-    agent.start(
-        env={"CUTOVER_TEST_PAUSE_AT": "worker.readonly", "CUTOVER_TEST_PAUSE_FILE": str(marker)}
-    )
+    agent.start(env=pause_at("worker.readonly", marker))
     uploads = agent.state_dir / "uploads"
     before = agent.snapshot()
     pkg = _package(tmp_path, keys, "1.0.0")
@@ -81,8 +84,11 @@ async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
         assert _open_under(uploads) == {}
         assert "1.0.0" not in _releases(agent)
         assert (agent.root / "releases" / "1.0.0").is_dir()  # installed, unrecorded
+        # the path the parameter names: the stage took the streamed tree, or extracted itself
+        claimed = [e for e in agent.log_events() if e.get("event") == "stream_stage_claimed"]
+        assert len(claimed) == (1 if stream_uploads else 0)
         # a stage failing from here on fails as before: nothing left, nothing recorded staged
-        os.kill(_stage_worker_pids(agent)[-1], signal.SIGKILL)
+        os.kill(stage_worker_pids(agent)[-1], signal.SIGKILL)
         record = await c.wait(op)
     assert record.status == "failed", record
     after = agent.snapshot()

@@ -22,7 +22,16 @@ from cutover.agent.host import workerlock
 from cutover.agent.host.seal import seal_projection
 from cutover.agent.host.workerlock import holders
 from cutover.controller.client import AgentClient
-from tests.e2e.conftest import AGENT, APP, Agent, Keys, signed_package, wait_until
+from tests.e2e.conftest import (
+    AGENT,
+    APP,
+    Agent,
+    Keys,
+    pause_at,
+    signed_package,
+    stage_worker_pids,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -66,22 +75,12 @@ def _workers_of(pid: int) -> list[int]:
     return [p for p in out if _alive(p)]
 
 
-def _stage_worker_pids(agent: Agent) -> list[int]:
-    return [int(e["pid"]) for e in agent.log_events() if e.get("event") == "stage_worker"]
-
-
 def _leftovers(agent: Agent) -> dict[str, list[str]]:
     streaming = agent.meta / "streaming"
     return {
         "incoming": sorted(p.name for p in (agent.meta / "incoming").iterdir()),
         "streaming": sorted(p.name for p in streaming.iterdir()) if streaming.exists() else [],
     }
-
-
-def _pause_at(point: str, marker: Path) -> dict[str, str]:
-    """The agent's environment for its stage workers to pause at the fault point ``point``
-    (``marker`` appears when one does)."""
-    return {"CUTOVER_TEST_PAUSE_AT": point, "CUTOVER_TEST_PAUSE_FILE": str(marker)}
 
 
 def _spare(agent: Agent) -> int:
@@ -123,7 +122,7 @@ class Paused:
         """Upload 2.0.0 until its stage worker pauses: (the operation, the worker's pid)."""
         op = (await c.upload(APP, "2.0.0", self.pkg)).operation
         wait_until(self.marker.exists, "a stage worker paused mid-extraction")
-        return op, _stage_worker_pids(self.agent)[-1]  # the last stage's
+        return op, stage_worker_pids(self.agent)[-1]  # the last stage's
 
     async def upload_on_the_spare(self, c: AgentClient) -> int:
         """:meth:`upload`, checking that the stage took the spare started ahead and that the
@@ -138,7 +137,7 @@ class Paused:
 def paused(active_agent: Agent, keys: Keys, tmp_path: Path) -> Paused:
     marker = tmp_path / "paused"
     active_agent.stop()
-    active_agent.start(env=_pause_at("worker.extracting", marker))
+    active_agent.start(env=pause_at("worker.extracting", marker))
     return Paused(active_agent, marker, _package(tmp_path, keys, "2.0.0"))
 
 
@@ -236,7 +235,7 @@ async def test_the_next_spare_starts_once_the_stage_ended(
     async with agent.client() as c:
         staged = await c.wait((await c.upload(APP, "1.0.0", packages["1.0.0"])).operation)
     assert staged.status == "succeeded", staged
-    assert _stage_worker_pids(agent) == [spare]
+    assert stage_worker_pids(agent) == [spare]
     wait_until(lambda: _workers_of(agent.pid) not in ([], [spare]), "the next spare")
     assert spare not in _workers_of(agent.pid) and len(_workers_of(agent.pid)) == 1
 
@@ -386,7 +385,7 @@ async def test_an_operation_right_after_a_stage_never_waits_for_a_worker_lock(
         assert staged.status == "succeeded", staged
         # at once, as the controller's next request would come
         assert [holders(lock) for lock in locks] == [[], []]
-        used = _stage_worker_pids(agent)
+        used = stage_worker_pids(agent)
         assert used and not any(_alive(pid) for pid in used)
         for lock in locks:  # free now: a non-blocking try, no wait at all
             workerlock.release(workerlock.acquire_exclusive(lock, timeout_s=0))
@@ -412,13 +411,13 @@ async def test_the_worker_holds_its_lock_while_it_seals_a_release(
     agent: Agent = make_agent(
         max_upload_bytes=64 << 20, stream_uploads=stream_uploads, upload_timeout_s=120.0
     )
-    agent.start(env=_pause_at("worker.readonly", marker))
+    agent.start(env=pause_at("worker.readonly", marker))
     before = agent.snapshot()
     pkg = _package(tmp_path, keys, "2.0.0")
     async with agent.client(upload_timeout_s=120) as c:
         op = (await c.upload(APP, "2.0.0", pkg)).operation
         wait_until(marker.exists, "the stage's worker paused before making the release read-only")
-        pid = _stage_worker_pids(agent)[-1]
+        pid = stage_worker_pids(agent)[-1]
         assert _alive(pid) and _ppid(pid) == agent.pid
         assert pid in holders(agent.meta / "worker.lock")
         os.kill(pid, signal.SIGKILL)
