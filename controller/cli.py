@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from cutover.agent import __version__
+from cutover.agent._util import stdout
 from cutover.agent.errors import ConfigError, CutoverError, ExitCode
 from cutover.agent.keys import PublicKey, generate_keypair, load_private_key, load_public_key
 from cutover.agent.package.manifest import (
@@ -448,10 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except CutoverError as exc:
         if args.json:
-            print(json.dumps({"error": exc.code, "message": str(exc), "exit_code": exc.exit_code}))
+            error = {"error": exc.code, "message": str(exc), "exit_code": exc.exit_code}
+            stdout.print_last(json.dumps(error))
         else:
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError as exc:
+        if not stdout.reader_gone():
+            print(f"error: {exc.strerror}", file=sys.stderr)
+            return ExitCode.FAILED
+        stdout.silence()  # the reader of our output went away (`| head`): no bug of ours
+        return stdout.CLOSED_STDOUT_EXIT
     except OSError as exc:
         print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return ExitCode.FAILED

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from cutover.agent import __version__
+from cutover.agent._util import stdout
 from cutover.agent._util.privileges import current_user, owner_of
 from cutover.agent.cli._invocation import _ARGV, _INVOKER, _actor, _Out
 from cutover.agent.config import DEFAULT_CONFIG
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 stream.flush()
             except OSError:  # e.g. a closed pipe: as Python's own exit does, status 120
-                code = code or 120
+                code = code or stdout.CLOSED_STDOUT_EXIT
         os._exit(code)
     return code
 
@@ -281,22 +282,31 @@ def _main(argv: Sequence[str] | None, served: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if not stdout.reader_gone():
+            return _internal(out, exc)
+        stdout.silence()  # the reader of our output went away (`| head`): no bug of ours
+        return stdout.CLOSED_STDOUT_EXIT
     except Exception as exc:  # no traceback reaches a user
-        hint = _permission_hint(exc)
-        if hint is not None:
-            return _error(out, "permission_denied", hint, ExitCode.FAILED)
-        return _error(
-            out,
-            "internal",
-            f"internal error ({type(exc).__name__}: {exc}); this is a bug in cutover-agent, "
-            "please report it with the command line",
-            ExitCode.FAILED,
-        )
+        return _internal(out, exc)
+
+
+def _internal(out: _Out, exc: Exception) -> int:
+    hint = _permission_hint(exc)
+    if hint is not None:
+        return _error(out, "permission_denied", hint, ExitCode.FAILED)
+    return _error(
+        out,
+        "internal",
+        f"internal error ({type(exc).__name__}: {exc}); this is a bug in cutover-agent, "
+        "please report it with the command line",
+        ExitCode.FAILED,
+    )
 
 
 def _error(out: _Out, code: str, message: str, exit_code: int) -> int:
     if out.json:
-        print(json.dumps({"error": code, "message": message, "exit_code": exit_code}))
+        stdout.print_last(json.dumps({"error": code, "message": message, "exit_code": exit_code}))
     else:
         print(f"error: {message}", file=sys.stderr)
     return exit_code

@@ -51,3 +51,43 @@ def test_a_command_started_without_stdout_exits_with_its_own_code(host: Host) ->
     )
     assert b"Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 0
+
+
+def _to_a_closed_pipe(host: Host, *args: str) -> subprocess.CompletedProcess[bytes]:
+    r, w = os.pipe()
+    os.close(r)  # nobody reads
+    try:
+        return subprocess.run(
+            _agent(host, *args),
+            stdout=w,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each print meets the closed pipe
+            check=False,
+            timeout=60,
+        )
+    finally:
+        os.close(w)
+
+
+def test_a_closed_pipe_met_by_the_command_itself_exits_120_and_is_not_called_a_bug(
+    host: Host,
+) -> None:
+    """Unbuffered output (or more than a buffer) meets the closed pipe inside the command's own
+    ``print``: the reader went away, which is no bug of ours; 120, nothing on stderr about it,
+    and the command changed nothing (status reads only)."""
+    before = host.snapshot()
+    for args in (("status",), ("--json", "status")):
+        proc = _to_a_closed_pipe(host, *args)
+        assert proc.returncode == 120, (args, proc.stderr)
+        assert b"Traceback" not in proc.stderr and b"internal error" not in proc.stderr, proc.stderr
+    assert host.snapshot() == before
+
+
+def test_a_json_error_met_by_a_closed_pipe_keeps_its_exit_code(host: Host) -> None:
+    """A refused command whose ``--json`` error line meets the closed pipe: its own exit code
+    (5: no such release), no traceback, nothing changed."""
+    before = host.snapshot()
+    proc = _to_a_closed_pipe(host, "--json", "activate", "9.9.9")
+    assert proc.returncode == 5, proc.stderr
+    assert b"Traceback" not in proc.stderr, proc.stderr
+    assert host.snapshot() == before
