@@ -20,6 +20,26 @@ from cutover.controller.build import build_package, sign_package
 BIN = Path(sys.executable).parent
 
 
+def run_to_a_closed_pipe(
+    argv: list[str], *, unbuffered: bool
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` with a stdout nobody reads (``cmd | head -c0``), stderr captured.
+
+    ``unbuffered``: with ``PYTHONUNBUFFERED=1`` the command's own ``print`` meets the closed pipe;
+    without it (buffered, as to any pipe) the final flush does."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    r, w = os.pipe()
+    os.close(r)  # nobody reads
+    try:
+        return subprocess.run(
+            argv, stdout=w, stderr=subprocess.PIPE, env=env, check=False, timeout=60
+        )
+    finally:
+        os.close(w)
+
+
 @dataclass
 class Host:
     """One app root plus its agent config, driven through the real CLI."""

@@ -109,7 +109,7 @@ async def test_the_spool_is_gone_before_the_release_is_sealed_and_made_durable(
 def test_the_cli_never_removes_the_package_it_stages(keys: Keys, tmp_path: Path) -> None:
     agent = Agent(tmp_path / "host", keys)
     pkg = _package(tmp_path, keys, "1.0.0")
-    digest = pkg.read_bytes()
+    content = pkg.read_bytes()
     proc = subprocess.run(
         [str(AGENT), "--config", str(agent.config), "--json", "stage", str(pkg)],
         capture_output=True,
@@ -118,4 +118,4 @@ def test_the_cli_never_removes_the_package_it_stages(keys: Keys, tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr
     assert _releases(agent)["1.0.0"]["status"] == "staged"
-    assert pkg.read_bytes() == digest  # still there, unchanged
+    assert pkg.read_bytes() == content  # still there, unchanged
